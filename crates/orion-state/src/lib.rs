@@ -1,0 +1,497 @@
+//! The applied cluster state and the one function that changes it: `ClusterState::apply`.
+//!
+//! Architecture invariant: `apply` is pure and deterministic. It reads nothing but its
+//! arguments (no clock, no IO, no randomness: commands carry their ids and timestamps), so
+//! every node that applies the same log holds the same state. It reports the rows it touched
+//! so the store can persist exactly those.
+
+use orion_types::{
+    AllocStatus, BackoffConfig, Command, NodeId, NodeMeta, Protocol, Resources, Response, Task,
+    TaskId, TaskState, UnixMillis,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Registered and, as far as the log knows, alive.
+    Up,
+    /// Gossip declared it dead; its tasks were released.
+    Down,
+}
+
+/// A node as the replicated state knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub meta: NodeMeta,
+    pub status: NodeStatus,
+    pub draining: bool,
+    pub updated_at: UnixMillis,
+}
+
+/// A row of the persisted state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Node(NodeId),
+    Task(TaskId),
+}
+
+impl Key {
+    pub fn encode(&self) -> String {
+        match self {
+            Key::Node(id) => format!("node/{id}"),
+            Key::Task(id) => format!("task/{id}"),
+        }
+    }
+    pub fn decode(s: &str) -> Option<Key> {
+        if let Some(id) = s.strip_prefix("node/") {
+            Some(Key::Node(id.to_string()))
+        } else {
+            s.strip_prefix("task/").map(|id| Key::Task(id.to_string()))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("row {key:?} is corrupt: {source}")]
+    CorruptRow {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("row key {0:?} is not a known kind of row")]
+    UnknownKey(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub tasks: BTreeMap<TaskId, Task>,
+}
+
+impl ClusterState {
+    /// Applies one command. Returns what to answer the proposer and the rows it touched.
+    pub fn apply(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
+        let mut touched = Vec::new();
+        let response = match cmd {
+            Command::CreateTask { task_id, spec, at } => {
+                if let Some(existing) = self.tasks.get(task_id) {
+                    // A retried proposal of the same create: answer as the first time.
+                    Response::Task(Box::new(existing.clone()))
+                } else {
+                    let task = Task::new(task_id.clone(), (**spec).clone(), *at);
+                    self.tasks.insert(task_id.clone(), task.clone());
+                    touched.push(Key::Task(task_id.clone()));
+                    Response::Task(Box::new(task))
+                }
+            }
+            Command::DeleteTask { task_id, at } => match self.tasks.get_mut(task_id) {
+                None => Response::NotFound(format!("task {task_id} not found")),
+                Some(task) => {
+                    if task.state != TaskState::Stopped {
+                        task.allocation = None;
+                        task.restart_at = None;
+                        task.reason = None;
+                        task.transition(TaskState::Stopped, *at, "deleted by a user");
+                        touched.push(Key::Task(task_id.clone()));
+                    }
+                    Response::Task(Box::new(task.clone()))
+                }
+            },
+            Command::Place {
+                placements,
+                unplaced,
+                at,
+            } => {
+                for p in placements {
+                    let node_ok = self
+                        .nodes
+                        .get(&p.node)
+                        .is_some_and(|n| n.status == NodeStatus::Up && !n.draining);
+                    let Some(task) = self.tasks.get_mut(&p.task_id) else {
+                        continue;
+                    };
+                    if !node_ok
+                        || !task.needs_placement()
+                        || p.host_ports.len() != task.spec.ports.len()
+                    {
+                        continue;
+                    }
+                    let replaced = task.node.is_some();
+                    if replaced {
+                        task.restarts = task.restarts.saturating_add(1);
+                    }
+                    task.node = Some(p.node.clone());
+                    task.allocation = Some(p.allocation.clone());
+                    task.host_ports = p.host_ports.clone();
+                    task.container_id = None;
+                    task.ports.clear();
+                    task.reason = None;
+                    task.restart_at = None;
+                    task.running_since = None;
+                    let msg = if replaced {
+                        format!("placed again, on node {}", p.node)
+                    } else {
+                        format!("placed on node {}", p.node)
+                    };
+                    task.transition(TaskState::Scheduled, *at, msg);
+                    touched.push(Key::Task(p.task_id.clone()));
+                }
+                for (task_id, reason) in unplaced {
+                    let Some(task) = self.tasks.get_mut(task_id) else {
+                        continue;
+                    };
+                    if task.needs_placement() && task.reason.as_deref() != Some(reason.as_str()) {
+                        task.reason = Some(reason.clone());
+                        task.updated_at = *at;
+                        touched.push(Key::Task(task_id.clone()));
+                    }
+                }
+                Response::Ok
+            }
+            Command::Report {
+                node,
+                task_id,
+                allocation,
+                status,
+                backoff,
+                at,
+            } => match self.tasks.get_mut(task_id) {
+                None => Response::Ignored(format!("task {task_id} is unknown")),
+                Some(task)
+                    if task.allocation.as_ref() != Some(allocation)
+                        || task.node.as_ref() != Some(node) =>
+                {
+                    Response::Ignored(format!(
+                        "allocation {allocation} of task {task_id} on {node} is no longer current"
+                    ))
+                }
+                Some(task) => {
+                    let changed = apply_report(task, status, backoff, *at);
+                    if changed {
+                        touched.push(Key::Task(task_id.clone()));
+                        Response::Ok
+                    } else {
+                        Response::Ignored("no change".to_string())
+                    }
+                }
+            },
+            Command::UpsertNode { meta, at } => {
+                let id = meta.id.clone();
+                match self.nodes.get_mut(&id) {
+                    Some(rec) if meta.generation < rec.meta.generation => {
+                        Response::Ignored(format!(
+                            "node {id}: generation {} is older than {}",
+                            meta.generation, rec.meta.generation
+                        ))
+                    }
+                    Some(rec) if rec.meta == **meta && rec.status == NodeStatus::Up => {
+                        Response::Ignored("no change".to_string())
+                    }
+                    Some(rec) => {
+                        rec.meta = (**meta).clone();
+                        rec.status = NodeStatus::Up;
+                        rec.updated_at = *at;
+                        touched.push(Key::Node(id));
+                        Response::Ok
+                    }
+                    None => {
+                        self.nodes.insert(
+                            id.clone(),
+                            NodeRecord {
+                                meta: (**meta).clone(),
+                                status: NodeStatus::Up,
+                                draining: false,
+                                updated_at: *at,
+                            },
+                        );
+                        touched.push(Key::Node(id));
+                        Response::Ok
+                    }
+                }
+            }
+            Command::NodeDown {
+                node,
+                generation,
+                reason,
+                at,
+            } => match self.nodes.get_mut(node) {
+                None => Response::NotFound(format!("node {node} not found")),
+                Some(rec)
+                    if rec.status == NodeStatus::Down || *generation < rec.meta.generation =>
+                {
+                    Response::Ignored(format!("node {node} is already down or has come back"))
+                }
+                Some(rec) => {
+                    rec.status = NodeStatus::Down;
+                    rec.updated_at = *at;
+                    touched.push(Key::Node(node.clone()));
+                    let msg =
+                        format!("node {node} is down ({reason}); waiting for a new placement");
+                    self.release_tasks_of(node, TaskState::Lost, &msg, *at, &mut touched);
+                    Response::Ok
+                }
+            },
+            Command::SetDrain { node, drain, at } => match self.nodes.get_mut(node) {
+                None => Response::NotFound(format!("node {node} not found")),
+                Some(rec) => {
+                    if rec.draining != *drain {
+                        rec.draining = *drain;
+                        rec.updated_at = *at;
+                        touched.push(Key::Node(node.clone()));
+                    }
+                    if *drain {
+                        let msg = format!("node {node} is draining; moving elsewhere");
+                        self.release_tasks_of(node, TaskState::Pending, &msg, *at, &mut touched);
+                    }
+                    Response::Ok
+                }
+            },
+            Command::Requeue {
+                task_ids,
+                reason,
+                at,
+            } => {
+                for id in task_ids {
+                    let Some(task) = self.tasks.get_mut(id) else {
+                        continue;
+                    };
+                    if matches!(task.state, TaskState::Scheduled | TaskState::Starting) {
+                        task.allocation = None;
+                        task.reason = Some(reason.clone());
+                        task.transition(TaskState::Pending, *at, reason.clone());
+                        touched.push(Key::Task(id.clone()));
+                    }
+                }
+                Response::Ok
+            }
+        };
+        (response, touched)
+    }
+
+    /// Takes every task that holds resources on `node` off it, into `state`.
+    fn release_tasks_of(
+        &mut self,
+        node: &str,
+        state: TaskState,
+        msg: &str,
+        at: UnixMillis,
+        touched: &mut Vec<Key>,
+    ) {
+        for task in self.tasks.values_mut() {
+            if task.node.as_deref() == Some(node) && task.holds_resources() {
+                task.allocation = None;
+                task.restart_at = None;
+                task.running_since = None;
+                task.reason = Some(msg.to_string());
+                task.transition(state, at, msg);
+                touched.push(Key::Task(task.id.clone()));
+            }
+        }
+    }
+
+    /// The current bytes of a row, `None` if it does not exist.
+    pub fn row(&self, key: &Key) -> Option<Vec<u8>> {
+        let bytes = match key {
+            Key::Node(id) => serde_json::to_vec(self.nodes.get(id)?),
+            Key::Task(id) => serde_json::to_vec(self.tasks.get(id)?),
+        };
+        // Serializing plain structs of strings and integers cannot fail.
+        Some(bytes.expect("state rows serialize"))
+    }
+
+    /// Every row, for a full rewrite (snapshot install).
+    pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.nodes
+            .keys()
+            .map(|k| Key::Node(k.clone()))
+            .chain(self.tasks.keys().map(|k| Key::Task(k.clone())))
+    }
+
+    pub fn from_rows(
+        rows: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> Result<ClusterState, StateError> {
+        let mut state = ClusterState::default();
+        for (key, bytes) in rows {
+            let corrupt = |source| StateError::CorruptRow {
+                key: key.clone(),
+                source,
+            };
+            match Key::decode(&key) {
+                Some(Key::Node(id)) => {
+                    state
+                        .nodes
+                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Task(id)) => {
+                    state
+                        .tasks
+                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                None => return Err(StateError::UnknownKey(key)),
+            }
+        }
+        Ok(state)
+    }
+
+    /// Tasks placed on `node` (current allocation there).
+    pub fn tasks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks
+            .values()
+            .filter(move |t| t.allocation.is_some() && t.node.as_deref() == Some(node))
+    }
+
+    /// What the tasks holding resources on each node reserve, and the host ports they use.
+    pub fn usage(&self) -> BTreeMap<NodeId, NodeUsage> {
+        let mut out: BTreeMap<NodeId, NodeUsage> = BTreeMap::new();
+        for task in self.tasks.values() {
+            let Some(node) = task.node.as_ref() else {
+                continue;
+            };
+            if !task.holds_resources() {
+                continue;
+            }
+            let u = out.entry(node.clone()).or_default();
+            u.allocated = u.allocated.saturating_add(task.spec.resources());
+            u.tasks += 1;
+            for (spec, host) in task.spec.ports.iter().zip(&task.host_ports) {
+                u.ports.insert((spec.protocol, *host));
+            }
+        }
+        out
+    }
+}
+
+/// Resources and ports held on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub allocated: Resources,
+    pub ports: BTreeSet<(Protocol, u16)>,
+    pub tasks: u32,
+}
+
+/// Applies an executor's report to its (current) task. Returns whether anything changed.
+fn apply_report(
+    task: &mut Task,
+    status: &AllocStatus,
+    backoff: &BackoffConfig,
+    at: UnixMillis,
+) -> bool {
+    match status {
+        AllocStatus::Starting => {
+            let restarting = matches!(task.state, TaskState::Completed | TaskState::Failed)
+                && task.restart_at.is_some();
+            if task.state == TaskState::Scheduled || restarting {
+                task.transition(TaskState::Starting, at, "starting the container");
+                true
+            } else {
+                false
+            }
+        }
+        AllocStatus::Running {
+            container_id,
+            ports,
+        } => {
+            if task.state == TaskState::Running
+                && task.container_id.as_ref() == Some(container_id)
+                && &task.ports == ports
+            {
+                return false;
+            }
+            if !matches!(
+                task.state,
+                TaskState::Scheduled | TaskState::Starting | TaskState::Running
+            ) && task.restart_at.is_none()
+            {
+                // An exited task that is not due for restart: a late report of its old run.
+                return false;
+            }
+            task.container_id = Some(container_id.clone());
+            task.ports = ports.clone();
+            task.reason = None;
+            task.restart_at = None;
+            task.running_since = Some(at);
+            task.transition(
+                TaskState::Running,
+                at,
+                format!("container {} running", short(container_id)),
+            );
+            true
+        }
+        AllocStatus::Exited {
+            container_id,
+            exit_code,
+            oom_killed,
+        } => {
+            let already = matches!(task.state, TaskState::Completed | TaskState::Failed)
+                && task.container_id.as_ref() == Some(container_id)
+                && task.exit_code == Some(*exit_code);
+            if already {
+                return false;
+            }
+            if let Some(since) = task.running_since
+                && at.saturating_sub(since) >= backoff.reset_after_ms
+            {
+                task.consecutive_restarts = 0;
+            }
+            task.container_id = Some(container_id.clone());
+            task.exit_code = Some(*exit_code);
+            task.running_since = None;
+            let failed = *exit_code != 0 || *oom_killed;
+            let mut reason = if *oom_killed {
+                let limit = task.spec.memory_bytes;
+                format!(
+                    "out of memory: the container was OOM-killed at its limit of {limit} bytes (exit code {exit_code})"
+                )
+            } else if failed {
+                format!("the container exited with code {exit_code}")
+            } else {
+                "the container exited with code 0".to_string()
+            };
+            let restart = task.spec.restart_policy.restarts_after(if failed {
+                (*exit_code).max(1)
+            } else {
+                0
+            });
+            if restart {
+                let delay = backoff.delay_ms(task.consecutive_restarts);
+                task.restart_at = Some(at.saturating_add(delay));
+                task.restarts = task.restarts.saturating_add(1);
+                task.consecutive_restarts = task.consecutive_restarts.saturating_add(1);
+                reason.push_str(&format!(
+                    "; restarting in {:.1} s (policy {})",
+                    delay as f64 / 1000.0,
+                    task.spec.restart_policy.as_str()
+                ));
+            } else {
+                task.restart_at = None;
+            }
+            task.reason = Some(reason.clone());
+            let state = if failed {
+                TaskState::Failed
+            } else {
+                TaskState::Completed
+            };
+            task.transition(state, at, reason);
+            true
+        }
+        AllocStatus::Failed { reason } => {
+            if task.state == TaskState::Failed && task.reason.as_ref() == Some(reason) {
+                return false;
+            }
+            task.restart_at = None;
+            task.running_since = None;
+            task.reason = Some(reason.clone());
+            task.transition(TaskState::Failed, at, reason.clone());
+            true
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests;

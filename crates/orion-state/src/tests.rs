@@ -1,0 +1,388 @@
+//! Apply tests: each case is a list of commands and the expected one-line summary of every task
+//! afterwards, so adding a case is a few lines.
+
+use super::*;
+use orion_types::api::parse_task_request;
+use orion_types::{Placement, TaskSpec};
+
+fn spec(json: &str) -> Box<TaskSpec> {
+    Box::new(parse_task_request(json.as_bytes()).expect("valid spec"))
+}
+
+fn node(id: &str, generation: u64) -> Command {
+    Command::UpsertNode {
+        meta: Box::new(NodeMeta {
+            id: id.to_string(),
+            generation,
+            api_addr: "127.0.0.1:8000".into(),
+            raft_addr: "127.0.0.1:7000".into(),
+            gossip_addr: "127.0.0.1:6000".into(),
+            publish_ip: "127.0.0.1".into(),
+            capacity: Resources {
+                memory_bytes: 1 << 30,
+                cpu_millis: 2000,
+            },
+            labels: BTreeMap::new(),
+            version: "test".into(),
+        }),
+        at: 1,
+    }
+}
+
+fn create(id: &str, json: &str) -> Command {
+    Command::CreateTask {
+        task_id: id.into(),
+        spec: spec(json),
+        at: 10,
+    }
+}
+
+fn place(id: &str, node: &str, alloc: &str) -> Command {
+    Command::Place {
+        placements: vec![Placement {
+            task_id: id.into(),
+            node: node.into(),
+            allocation: alloc.into(),
+            host_ports: vec![],
+        }],
+        unplaced: vec![],
+        at: 20,
+    }
+}
+
+fn report(id: &str, node: &str, alloc: &str, status: AllocStatus, at: u64) -> Command {
+    Command::Report {
+        node: node.into(),
+        task_id: id.into(),
+        allocation: alloc.into(),
+        status,
+        backoff: BackoffConfig {
+            base_ms: 1000,
+            max_ms: 8000,
+            reset_after_ms: 60_000,
+        },
+        at,
+    }
+}
+
+fn running(cid: &str) -> AllocStatus {
+    AllocStatus::Running {
+        container_id: cid.into(),
+        ports: vec![],
+    }
+}
+
+fn exited(cid: &str, code: i64) -> AllocStatus {
+    AllocStatus::Exited {
+        container_id: cid.into(),
+        exit_code: code,
+        oom_killed: false,
+    }
+}
+
+/// Applies `cmds` to a fresh state and compares each task's summary
+/// `id state node alloc restarts restart_at exit` with `want`.
+fn check(cmds: &[Command], want: &[&str]) -> ClusterState {
+    let mut state = ClusterState::default();
+    for c in cmds {
+        state.apply(c);
+    }
+    let got: Vec<String> = state
+        .tasks
+        .values()
+        .map(|t| {
+            format!(
+                "{} {} {} {} r{} {} {}",
+                t.id,
+                t.state.as_str(),
+                t.node.as_deref().unwrap_or("-"),
+                t.allocation.as_deref().unwrap_or("-"),
+                t.restarts,
+                t.restart_at.map_or("-".to_string(), |r| format!("at{r}")),
+                t.exit_code.map_or("-".to_string(), |c| format!("x{c}")),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Every state survives a round trip through its rows.
+    let rows = state
+        .keys()
+        .map(|k| (k.encode(), state.row(&k).expect("row")));
+    assert_eq!(ClusterState::from_rows(rows).expect("rows load"), state);
+    state
+}
+
+const NEVER: &str = r#"{"image":"x","restartPolicy":"never"}"#;
+const ONFAIL: &str = r#"{"image":"x","restartPolicy":"on-failure"}"#;
+
+#[test]
+fn create_place_run() {
+    check(
+        &[
+            node("n1", 1),
+            create("t1", NEVER),
+            place("t1", "n1", "a1"),
+            report("t1", "n1", "a1", running("c1"), 30),
+        ],
+        &["t1 running n1 a1 r0 - -"],
+    );
+}
+
+#[test]
+fn create_is_idempotent() {
+    let s = check(
+        &[create("t1", NEVER), create("t1", ONFAIL)],
+        &["t1 pending - - r0 - -"],
+    );
+    assert_eq!(
+        s.tasks["t1"].spec.restart_policy,
+        orion_types::RestartPolicy::Never
+    );
+}
+
+#[test]
+fn place_refuses_unknown_down_or_draining_nodes_and_placed_tasks() {
+    check(
+        &[create("t1", NEVER), place("t1", "n9", "a1")],
+        &["t1 pending - - r0 - -"],
+    );
+    check(
+        &[
+            node("n1", 1),
+            create("t1", NEVER),
+            Command::SetDrain {
+                node: "n1".into(),
+                drain: true,
+                at: 2,
+            },
+            place("t1", "n1", "a1"),
+        ],
+        &["t1 pending - - r0 - -"],
+    );
+    check(
+        &[
+            node("n1", 1),
+            node("n2", 1),
+            create("t1", NEVER),
+            place("t1", "n1", "a1"),
+            place("t1", "n2", "a2"),
+        ],
+        &["t1 scheduled n1 a1 r0 - -"],
+    );
+}
+
+#[test]
+fn stale_reports_are_ignored() {
+    let mut s = ClusterState::default();
+    for c in [node("n1", 1), create("t1", NEVER), place("t1", "n1", "a1")] {
+        s.apply(&c);
+    }
+    let (resp, touched) = s.apply(&report("t1", "n1", "old", running("c0"), 30));
+    assert!(matches!(resp, Response::Ignored(_)));
+    assert!(touched.is_empty());
+    let (resp, _) = s.apply(&report("t1", "n2", "a1", running("c0"), 30));
+    assert!(matches!(resp, Response::Ignored(_)));
+}
+
+#[test]
+fn exits_follow_the_restart_policy() {
+    let base = |p: &str| {
+        vec![
+            node("n1", 1),
+            create("t1", p),
+            place("t1", "n1", "a1"),
+            report("t1", "n1", "a1", running("c1"), 30),
+        ]
+    };
+    let mut never = base(NEVER);
+    never.push(report("t1", "n1", "a1", exited("c1", 3), 40));
+    check(&never, &["t1 failed n1 a1 r0 - x3"]);
+
+    let mut onfail_ok = base(ONFAIL);
+    onfail_ok.push(report("t1", "n1", "a1", exited("c1", 0), 40));
+    check(&onfail_ok, &["t1 completed n1 a1 r0 - x0"]);
+
+    // on-failure after exit 1: restart due after 1 s, then 2 s, then 4 s.
+    let mut onfail = base(ONFAIL);
+    onfail.push(report("t1", "n1", "a1", exited("c1", 1), 40));
+    check(&onfail, &["t1 failed n1 a1 r1 at1040 x1"]);
+    onfail.push(report("t1", "n1", "a1", running("c1"), 1100));
+    onfail.push(report("t1", "n1", "a1", exited("c1", 1), 1200));
+    check(&onfail, &["t1 failed n1 a1 r2 at3200 x1"]);
+    onfail.push(report("t1", "n1", "a1", running("c1"), 3300));
+    onfail.push(report("t1", "n1", "a1", exited("c1", 1), 3400));
+    check(&onfail, &["t1 failed n1 a1 r3 at7400 x1"]);
+    // Running for longer than reset_after resets the back-off to the base.
+    onfail.push(report("t1", "n1", "a1", running("c1"), 8000));
+    onfail.push(report("t1", "n1", "a1", exited("c1", 1), 100_000));
+    check(&onfail, &["t1 failed n1 a1 r4 at101000 x1"]);
+
+    let mut always = base(r#"{"image":"x"}"#);
+    always.push(report("t1", "n1", "a1", exited("c1", 0), 40));
+    check(&always, &["t1 completed n1 a1 r1 at1040 x0"]);
+}
+
+#[test]
+fn oom_is_reported_as_such() {
+    let s = check(
+        &[
+            node("n1", 1),
+            create(
+                "t1",
+                r#"{"image":"x","restartPolicy":"never","memory":"8m"}"#,
+            ),
+            place("t1", "n1", "a1"),
+            report(
+                "t1",
+                "n1",
+                "a1",
+                AllocStatus::Exited {
+                    container_id: "c1".into(),
+                    exit_code: 137,
+                    oom_killed: true,
+                },
+                40,
+            ),
+        ],
+        &["t1 failed n1 a1 r0 - x137"],
+    );
+    assert!(
+        s.tasks["t1"]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("out of memory")
+    );
+}
+
+#[test]
+fn node_down_loses_its_tasks_and_they_are_placed_again() {
+    let cmds = vec![
+        node("n1", 1),
+        node("n2", 1),
+        create("t1", NEVER),
+        place("t1", "n1", "a1"),
+        report("t1", "n1", "a1", running("c1"), 30),
+        Command::NodeDown {
+            node: "n1".into(),
+            generation: 1,
+            reason: "declared dead by gossip".into(),
+            at: 50,
+        },
+    ];
+    let s = check(&cmds, &["t1 lost n1 - r0 - -"]);
+    assert_eq!(s.nodes["n1"].status, NodeStatus::Down);
+    let mut more = cmds.clone();
+    more.push(place("t1", "n2", "a2"));
+    check(&more, &["t1 scheduled n2 a2 r1 - -"]);
+    // A report from the dead node's old allocation changes nothing.
+    more.push(report("t1", "n1", "a1", exited("c1", 137), 60));
+    check(&more, &["t1 scheduled n2 a2 r1 - -"]);
+    // The node comes back with a new generation: Up again; an old-generation NodeDown is ignored.
+    more.push(node("n1", 2));
+    more.push(Command::NodeDown {
+        node: "n1".into(),
+        generation: 1,
+        reason: "late".into(),
+        at: 70,
+    });
+    let s = check(&more, &["t1 scheduled n2 a2 r1 - -"]);
+    assert_eq!(s.nodes["n1"].status, NodeStatus::Up);
+}
+
+#[test]
+fn delete_stops_and_releases() {
+    let s = check(
+        &[
+            node("n1", 1),
+            create("t1", NEVER),
+            place("t1", "n1", "a1"),
+            Command::DeleteTask {
+                task_id: "t1".into(),
+                at: 40,
+            },
+        ],
+        &["t1 stopped n1 - r0 - -"],
+    );
+    assert!(s.usage().is_empty());
+    let mut s2 = ClusterState::default();
+    assert!(matches!(
+        s2.apply(&Command::DeleteTask {
+            task_id: "nope".into(),
+            at: 1
+        })
+        .0,
+        Response::NotFound(_)
+    ));
+}
+
+#[test]
+fn drain_moves_tasks_back_to_pending() {
+    check(
+        &[
+            node("n1", 1),
+            create("t1", NEVER),
+            place("t1", "n1", "a1"),
+            Command::SetDrain {
+                node: "n1".into(),
+                drain: true,
+                at: 40,
+            },
+        ],
+        &["t1 pending n1 - r0 - -"],
+    );
+}
+
+#[test]
+fn requeue_only_touches_stuck_states() {
+    check(
+        &[
+            node("n1", 1),
+            create("t1", NEVER),
+            create("t2", NEVER),
+            place("t1", "n1", "a1"),
+            place("t2", "n1", "a2"),
+            report("t2", "n1", "a2", running("c2"), 30),
+            Command::Requeue {
+                task_ids: vec!["t1".into(), "t2".into()],
+                reason: "no progress".into(),
+                at: 40,
+            },
+        ],
+        &["t1 pending n1 - r0 - -", "t2 running n1 a2 r0 - -"],
+    );
+}
+
+#[test]
+fn usage_counts_resources_and_ports() {
+    let mut s = ClusterState::default();
+    for c in [
+        node("n1", 1),
+        create(
+            "t1",
+            r#"{"image":"x","memory":"64m","cpu":0.5,"portBindings":{"80":"8080"}}"#,
+        ),
+        Command::Place {
+            placements: vec![Placement {
+                task_id: "t1".into(),
+                node: "n1".into(),
+                allocation: "a1".into(),
+                host_ports: vec![8080],
+            }],
+            unplaced: vec![],
+            at: 20,
+        },
+    ] {
+        s.apply(&c);
+    }
+    let u = &s.usage()["n1"];
+    assert_eq!(
+        u.allocated,
+        Resources {
+            memory_bytes: 64 << 20,
+            cpu_millis: 500
+        }
+    );
+    assert!(u.ports.contains(&(Protocol::Tcp, 8080)));
+    assert_eq!(u.tasks, 1);
+}

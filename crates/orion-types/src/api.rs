@@ -1,0 +1,596 @@
+//! Parsing and validating the task a user submits (`POST /tasks`, API.md) into a `TaskSpec`.
+//!
+//! The body is read as a JSON object and each field is checked by hand rather than by serde
+//! derive, so that every error names its field (`{"error": "memory: must be ..."}`), and
+//! unknown fields are refused rather than silently ignored.
+
+use crate::limits::*;
+use crate::{Constraint, PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A field of the request and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+fn err(field: &str, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "image",
+    "name",
+    "command",
+    "env",
+    "memory",
+    "cpu",
+    "portBindings",
+    "restartPolicy",
+    "labels",
+    "nodeSelectors",
+    "constraints",
+    "strategy",
+];
+
+/// Parses a `POST /tasks` body into a valid `TaskSpec`.
+pub fn parse_task_request(body: &[u8]) -> Result<TaskSpec, ValidationError> {
+    if body.len() > BODY_BYTES_MAX {
+        return Err(err(
+            "",
+            format!("request body is larger than {BODY_BYTES_MAX} bytes"),
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| err("", format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(err("", "request body must be a JSON object"));
+    };
+    validate_task(&obj)
+}
+
+/// Validates an already parsed JSON object.
+pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationError> {
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(err(
+            unknown,
+            format!("unknown field; known fields are {}", FIELDS.join(", ")),
+        ));
+    }
+    let image = match obj.get("image") {
+        None | Some(Value::Null) => return Err(err("image", "is required")),
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(_) => return Err(err("image", "must be a string")),
+    };
+    check_image(&image)?;
+    let name = opt_string(obj, "name", NAME_BYTES_MAX)?;
+    if let Some(n) = &name {
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(err(
+                "name",
+                "may hold only letters, digits, '_', '.' and '-'",
+            ));
+        }
+    }
+    let command = match obj.get("command") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            if items.len() > COMMAND_ARGS_MAX {
+                return Err(err(
+                    "command",
+                    format!("has more than {COMMAND_ARGS_MAX} arguments"),
+                ));
+            }
+            let mut args = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) if s.len() <= ARG_BYTES_MAX => args.push(s.clone()),
+                    Value::String(_) => {
+                        return Err(err(
+                            "command",
+                            format!("an argument is longer than {ARG_BYTES_MAX} bytes"),
+                        ));
+                    }
+                    _ => return Err(err("command", "must be an array of strings")),
+                }
+            }
+            if args.is_empty() { None } else { Some(args) }
+        }
+        Some(_) => {
+            return Err(err(
+                "command",
+                "must be an array of strings, e.g. [\"sh\", \"-c\", \"exit 3\"]",
+            ));
+        }
+    };
+    let env = string_map(obj, "env")?;
+    if let Some(k) = env.keys().find(|k| k.is_empty() || k.contains('=')) {
+        return Err(err(
+            "env",
+            format!("variable name {k:?} must be non-empty and hold no '='"),
+        ));
+    }
+    let memory_bytes = parse_memory(obj.get("memory"))?;
+    let cpu_millis = parse_cpu(obj.get("cpu"))?;
+    let ports = parse_ports(obj.get("portBindings"))?;
+    let restart_policy = match obj.get("restartPolicy") {
+        None | Some(Value::Null) => RestartPolicy::default(),
+        Some(Value::String(s)) => RestartPolicy::parse(s).ok_or_else(|| {
+            err(
+                "restartPolicy",
+                format!("{s:?} is not one of \"always\", \"on-failure\", \"never\""),
+            )
+        })?,
+        Some(_) => {
+            return Err(err(
+                "restartPolicy",
+                "must be one of \"always\", \"on-failure\", \"never\"",
+            ));
+        }
+    };
+    let labels = string_map(obj, "labels")?;
+    let node_selectors = string_map(obj, "nodeSelectors")?;
+    let constraints = match obj.get("constraints") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            if items.len() > CONSTRAINTS_MAX {
+                return Err(err(
+                    "constraints",
+                    format!("has more than {CONSTRAINTS_MAX} entries"),
+                ));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::String(text) = item else {
+                    return Err(err("constraints", "must be an array of strings"));
+                };
+                out.push(Constraint::parse(text).map_err(|m| err("constraints", m))?);
+            }
+            out
+        }
+        Some(_) => {
+            return Err(err(
+                "constraints",
+                "must be an array of strings like \"node.labels.zone == a\"",
+            ));
+        }
+    };
+    let strategy = match obj.get("strategy") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(Strategy::parse(s).ok_or_else(|| {
+            err(
+                "strategy",
+                format!("{s:?} is not one of \"spread\", \"binpack\""),
+            )
+        })?),
+        Some(_) => return Err(err("strategy", "must be \"spread\" or \"binpack\"")),
+    };
+    Ok(TaskSpec {
+        image,
+        name,
+        command,
+        env,
+        memory_bytes,
+        cpu_millis,
+        ports,
+        restart_policy,
+        labels,
+        node_selectors,
+        constraints,
+        strategy,
+    })
+}
+
+fn check_image(image: &str) -> Result<(), ValidationError> {
+    if image.is_empty() {
+        return Err(err("image", "must not be empty"));
+    }
+    if image.len() > IMAGE_BYTES_MAX {
+        return Err(err(
+            "image",
+            format!("is longer than {IMAGE_BYTES_MAX} bytes"),
+        ));
+    }
+    let ok = image
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    if !ok || image.starts_with(['-', '.', '/', ':']) {
+        return Err(err(
+            "image",
+            format!("{image:?} is not a valid image reference"),
+        ));
+    }
+    Ok(())
+}
+
+fn opt_string(
+    obj: &Map<String, Value>,
+    field: &str,
+    max: usize,
+) -> Result<Option<String>, ValidationError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= max => Ok(Some(s.clone())),
+        Some(Value::String(_)) => Err(err(field, format!("is longer than {max} bytes"))),
+        Some(_) => Err(err(field, "must be a string")),
+    }
+}
+
+fn string_map(
+    obj: &Map<String, Value>,
+    field: &str,
+) -> Result<BTreeMap<String, String>, ValidationError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(m)) => {
+            if m.len() > MAP_ENTRIES_MAX {
+                return Err(err(
+                    field,
+                    format!("has more than {MAP_ENTRIES_MAX} entries"),
+                ));
+            }
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                if k.is_empty() || k.len() > KEY_BYTES_MAX {
+                    return Err(err(
+                        field,
+                        format!("keys must be 1 to {KEY_BYTES_MAX} bytes"),
+                    ));
+                }
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => return Err(err(field, format!("value of {k:?} must be a string"))),
+                };
+                if v.len() > VALUE_BYTES_MAX {
+                    return Err(err(
+                        field,
+                        format!("value of {k:?} is longer than {VALUE_BYTES_MAX} bytes"),
+                    ));
+                }
+                out.insert(k.clone(), v);
+            }
+            Ok(out)
+        }
+        Some(_) => Err(err(field, "must be an object of string values")),
+    }
+}
+
+/// Memory in bytes: a non-negative integer, or a string with a unit ("100m", "1g", "512Mi").
+fn parse_memory(v: Option<&Value>) -> Result<u64, ValidationError> {
+    let bytes = match v {
+        None | Some(Value::Null) => return Ok(0),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(b), _, _) => b,
+            (None, Some(_), _) => return Err(err("memory", "must not be negative")),
+            (None, None, Some(f)) if f < 0.0 => return Err(err("memory", "must not be negative")),
+            _ => return Err(err("memory", "must be a whole number of bytes")),
+        },
+        Some(Value::String(s)) => parse_size(s).map_err(|m| err("memory", m))?,
+        Some(_) => {
+            return Err(err(
+                "memory",
+                "must be a number of bytes, e.g. 100000000, or a size like \"100m\"",
+            ));
+        }
+    };
+    if bytes == 0 {
+        return Ok(0);
+    }
+    if bytes < TASK_MEMORY_MIN_BYTES {
+        return Err(err(
+            "memory",
+            format!("{bytes} bytes is below Docker's minimum of {TASK_MEMORY_MIN_BYTES} (6 MiB)"),
+        ));
+    }
+    if bytes > TASK_MEMORY_MAX_BYTES {
+        return Err(err(
+            "memory",
+            format!("{bytes} bytes is absurd (more than 16 TiB)"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses "100m", "1g", "512Mi", "1024" (bytes) in the manner of `docker run -m`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t.starts_with('-') {
+        return Err("must not be negative".to_string());
+    }
+    let digits_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use bytes or a unit like 100m, 1g"))?;
+    let mult: f64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("{s:?} has an unknown unit; use k, m, g or t")),
+    };
+    let bytes = num * mult;
+    if !bytes.is_finite() || bytes > TASK_MEMORY_MAX_BYTES as f64 * 2.0 {
+        return Err(format!("{s:?} is absurd"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+fn parse_cpu(v: Option<&Value>) -> Result<u64, ValidationError> {
+    let cores = match v {
+        None | Some(Value::Null) => return Ok(0),
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| err("cpu", format!("{s:?} is not a number of cores")))?,
+        Some(_) => return Err(err("cpu", "must be a number of cores, e.g. 0.5")),
+    };
+    if !cores.is_finite() || cores < 0.0 {
+        return Err(err("cpu", "must be a non-negative number of cores"));
+    }
+    let millis = (cores * 1000.0).round();
+    if millis == 0.0 && cores == 0.0 {
+        return Ok(0);
+    }
+    if millis < TASK_CPU_MIN_MILLIS as f64 {
+        return Err(err("cpu", "must be at least 0.01 cores"));
+    }
+    if millis > TASK_CPU_MAX_MILLIS as f64 {
+        return Err(err(
+            "cpu",
+            format!("{cores} cores is absurd (more than 1024)"),
+        ));
+    }
+    Ok(millis as u64)
+}
+
+/// `{"80/tcp": "8080", "53/udp": "", "9000": 0}`.
+fn parse_ports(v: Option<&Value>) -> Result<Vec<PortSpec>, ValidationError> {
+    const F: &str = "portBindings";
+    let map = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(err(F, "must be an object like {\"80/tcp\": \"8080\"}")),
+    };
+    if map.len() > PORTS_MAX {
+        return Err(err(F, format!("has more than {PORTS_MAX} entries")));
+    }
+    let mut out: Vec<PortSpec> = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let (port, proto) = match key.split_once('/') {
+            Some((p, proto)) => (p, proto),
+            None => (key.as_str(), "tcp"),
+        };
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => {
+                return Err(err(
+                    F,
+                    format!("{key:?}: protocol {proto:?} is not tcp or udp"),
+                ));
+            }
+        };
+        let container_port = parse_port_number(port)
+            .ok_or_else(|| err(F, format!("{key:?}: container port must be 1-65535")))?;
+        let host_port = match value {
+            Value::String(s) if s.trim().is_empty() || s.trim() == "0" => None,
+            Value::String(s) => Some(parse_port_number(s.trim()).ok_or_else(|| {
+                err(
+                    F,
+                    format!("{key:?}: host port {s:?} must be 1-65535, or \"\"/\"0\" to pick one"),
+                )
+            })?),
+            Value::Number(n) if n.as_u64() == Some(0) => None,
+            Value::Number(n) => Some(
+                n.as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| err(F, format!("{key:?}: host port {n} must be 1-65535")))?,
+            ),
+            Value::Null => None,
+            _ => {
+                return Err(err(
+                    F,
+                    format!("{key:?}: host port must be a string like \"8080\""),
+                ));
+            }
+        };
+        if out
+            .iter()
+            .any(|p| p.container_port == container_port && p.protocol == protocol)
+        {
+            return Err(err(F, format!("{key:?} is given twice")));
+        }
+        if let Some(h) = host_port {
+            if out
+                .iter()
+                .any(|p| p.host_port == Some(h) && p.protocol == protocol)
+            {
+                return Err(err(
+                    F,
+                    format!("host port {h}/{} is bound twice", protocol.as_str()),
+                ));
+            }
+        }
+        out.push(PortSpec {
+            container_port,
+            protocol,
+            host_port,
+        });
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn parse_port_number(s: &str) -> Option<u16> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 5 {
+        return None;
+    }
+    s.parse::<u32>()
+        .ok()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `body` and checks the outcome: `Ok(())` for a valid spec, or the field the
+    /// error must name.
+    fn check(body: &str, want_field: Option<&str>) {
+        let got = parse_task_request(body.as_bytes());
+        match (got, want_field) {
+            (Ok(_), None) => {}
+            (Err(e), Some(f)) => {
+                assert_eq!(e.field, f, "{body}: {e}");
+                assert!(
+                    e.to_string().starts_with(f),
+                    "{body}: message must name the field: {e}"
+                );
+            }
+            (Ok(spec), Some(f)) => panic!("{body}: accepted {spec:?}, wanted an error on {f}"),
+            (Err(e), None) => panic!("{body}: refused: {e}"),
+        }
+    }
+
+    #[test]
+    fn seed_request_is_accepted_verbatim() {
+        let spec = parse_task_request(
+            br#"{"image": "nginx", "memory": 100000000, "portBindings": {"80/tcp": "8080"}}"#,
+        )
+        .expect("seed request");
+        assert_eq!(spec.image, "nginx");
+        assert_eq!(spec.memory_bytes, 100_000_000);
+        assert_eq!(
+            spec.ports,
+            vec![PortSpec {
+                container_port: 80,
+                protocol: Protocol::Tcp,
+                host_port: Some(8080)
+            }]
+        );
+        assert_eq!(spec.restart_policy, RestartPolicy::Always);
+    }
+
+    #[test]
+    fn full_request_is_accepted() {
+        check(
+            r#"{"image":"orion/busybox","name":"web-1","command":["busybox","httpd","-f","-p","80"],
+                "env":{"A":"1"},"memory":"64m","cpu":0.5,"portBindings":{"80/tcp":"","53/udp":0,"81":"0"},
+                "restartPolicy":"on-failure","labels":{"app":"web"},"nodeSelectors":{"zone":"a"},
+                "constraints":["node.id != node2","node.labels.zone in (a,b)"],"strategy":"binpack"}"#,
+            None,
+        );
+    }
+
+    #[test]
+    fn each_bad_input_names_its_field() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"memory": 100}"#, "image"),
+            (r#"{"image": ""}"#, "image"),
+            (r#"{"image": 3}"#, "image"),
+            (r#"{"image": "a b"}"#, "image"),
+            (r#"{"image": "x", "memory": -1}"#, "memory"),
+            (r#"{"image": "x", "memory": 1.5}"#, "memory"),
+            (r#"{"image": "x", "memory": 1000}"#, "memory"),
+            (
+                r#"{"image": "x", "memory": 99999999999999999999}"#,
+                "memory",
+            ),
+            (r#"{"image": "x", "memory": "lots"}"#, "memory"),
+            (r#"{"image": "x", "cpu": -0.5}"#, "cpu"),
+            (r#"{"image": "x", "cpu": 5000}"#, "cpu"),
+            (
+                r#"{"image": "x", "portBindings": {"80/xyz": "8080"}}"#,
+                "portBindings",
+            ),
+            (
+                r#"{"image": "x", "portBindings": {"80/tcp": "99999"}}"#,
+                "portBindings",
+            ),
+            (
+                r#"{"image": "x", "portBindings": {"99999": "80"}}"#,
+                "portBindings",
+            ),
+            (
+                r#"{"image": "x", "portBindings": {"80/tcp": "abc"}}"#,
+                "portBindings",
+            ),
+            (
+                r#"{"image": "x", "portBindings": {"80": "8080", "81": "8080"}}"#,
+                "portBindings",
+            ),
+            (r#"{"image": "x", "portBindings": ["80"]}"#, "portBindings"),
+            (
+                r#"{"image": "x", "restartPolicy": "sometimes"}"#,
+                "restartPolicy",
+            ),
+            (r#"{"image": "x", "restartPolicy": 1}"#, "restartPolicy"),
+            (r#"{"image": "x", "command": "sh -c"}"#, "command"),
+            (r#"{"image": "x", "command": [1]}"#, "command"),
+            (r#"{"image": "x", "env": {"A=B": "1"}}"#, "env"),
+            (r#"{"image": "x", "env": []}"#, "env"),
+            (
+                r#"{"image": "x", "constraints": ["zone == a"]}"#,
+                "constraints",
+            ),
+            (r#"{"image": "x", "strategy": "random"}"#, "strategy"),
+            (r#"{"image": "x", "name": "a b"}"#, "name"),
+            (r#"{"image": "x", "imagee": "y"}"#, "imagee"),
+        ];
+        for (body, field) in cases {
+            check(body, Some(field));
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused() {
+        for body in ["", "{", "[]", "null", "\"x\"", "{\"image\": \"x\",}"] {
+            let e = parse_task_request(body.as_bytes()).expect_err(body);
+            assert!(e.field.is_empty(), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_like_docker() {
+        assert_eq!(parse_size("100m"), Ok(100 * 1024 * 1024));
+        assert_eq!(parse_size("1g"), Ok(1024 * 1024 * 1024));
+        assert_eq!(parse_size("512Mi"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_size("2048"), Ok(2048));
+        assert!(parse_size("-1m").is_err());
+        assert!(parse_size("10q").is_err());
+    }
+}

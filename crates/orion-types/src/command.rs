@@ -1,0 +1,142 @@
+//! `Command`: every change to cluster state is one of these, proposed through Raft and applied
+//! in log order by `orion-state`. Commands carry everything apply needs (ids, the proposer's
+//! clock), so applying the log is deterministic on every node.
+
+use crate::{AllocId, NodeId, NodeMeta, PortMapping, TaskId, TaskSpec, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+/// One placement decided by the leader's scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub task_id: TaskId,
+    pub node: NodeId,
+    pub allocation: AllocId,
+    /// Host port chosen for each published port, in the order of `TaskSpec::ports`.
+    pub host_ports: Vec<u16>,
+}
+
+/// What a node's executor reports about one of its allocations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocStatus {
+    /// Pulling the image, creating or starting the container.
+    Starting,
+    Running {
+        container_id: String,
+        ports: Vec<PortMapping>,
+    },
+    /// The container exited.
+    Exited {
+        container_id: String,
+        exit_code: i64,
+        oom_killed: bool,
+    },
+    /// The container could not be started (image missing, engine refused): terminal.
+    Failed { reason: String },
+}
+
+/// Restart back-off: `base_ms * 2^n`, capped at `max_ms`; `n` goes back to zero after the
+/// container ran for `reset_after_ms`. Carried in the command so apply stays deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackoffConfig {
+    pub base_ms: u64,
+    pub max_ms: u64,
+    pub reset_after_ms: u64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        // Docker restarts after 100 ms doubling; Nomad waits 15 s. A second is quick enough
+        // for a crash loop to recover and slow enough not to hammer the engine.
+        BackoffConfig {
+            base_ms: 1_000,
+            max_ms: 60_000,
+            reset_after_ms: 60_000,
+        }
+    }
+}
+
+impl BackoffConfig {
+    /// Delay before restart number `consecutive` (0-based).
+    pub fn delay_ms(&self, consecutive: u32) -> u64 {
+        let factor = 1u64.checked_shl(consecutive.min(32)).unwrap_or(u64::MAX);
+        self.base_ms.saturating_mul(factor).min(self.max_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Accept a new task; it waits as `pending` until placed.
+    CreateTask {
+        task_id: TaskId,
+        spec: Box<TaskSpec>,
+        at: UnixMillis,
+    },
+    /// A user deleted the task: it ends `stopped` and its container is removed.
+    DeleteTask { task_id: TaskId, at: UnixMillis },
+    /// A batch of placements and of reasons why other tasks could not be placed.
+    Place {
+        placements: Vec<Placement>,
+        unplaced: Vec<(TaskId, String)>,
+        at: UnixMillis,
+    },
+    /// A node's executor reports on one of its allocations. Ignored unless the allocation is
+    /// still the task's current one on that node.
+    Report {
+        node: NodeId,
+        task_id: TaskId,
+        allocation: AllocId,
+        status: AllocStatus,
+        backoff: BackoffConfig,
+        at: UnixMillis,
+    },
+    /// A node joined or came back (a newer generation), or its metadata changed.
+    UpsertNode { meta: Box<NodeMeta>, at: UnixMillis },
+    /// Gossip declared the node dead: its tasks must be placed again.
+    NodeDown {
+        node: NodeId,
+        generation: u64,
+        reason: String,
+        at: UnixMillis,
+    },
+    /// Drain (no new placements; its tasks move elsewhere) or undrain a node.
+    SetDrain {
+        node: NodeId,
+        drain: bool,
+        at: UnixMillis,
+    },
+    /// Requeue tasks stuck in `scheduled`/`starting` past their deadline.
+    Requeue {
+        task_ids: Vec<TaskId>,
+        reason: String,
+        at: UnixMillis,
+    },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::CreateTask { .. } => "create-task",
+            Command::DeleteTask { .. } => "delete-task",
+            Command::Place { .. } => "place",
+            Command::Report { .. } => "report",
+            Command::UpsertNode { .. } => "upsert-node",
+            Command::NodeDown { .. } => "node-down",
+            Command::SetDrain { .. } => "set-drain",
+            Command::Requeue { .. } => "requeue",
+        }
+    }
+}
+
+/// What applying a command gave. Carried back to the client that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Response {
+    #[default]
+    Ok,
+    /// The task as it is after the command (create, delete).
+    Task(Box<crate::Task>),
+    NotFound(String),
+    /// The command was valid but does not apply to the current state (stale report, drain of
+    /// an unknown node). Carries a human sentence.
+    Ignored(String),
+}

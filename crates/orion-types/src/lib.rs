@@ -1,0 +1,172 @@
+//! The vocabulary every other Orion crate speaks: ids, resources, node metadata, the validated
+//! `TaskSpec`, and the `Command` enum that is the only way to change cluster state.
+//!
+//! No IO and no async here. Wire formats that users see (`api` module) are kept apart from the
+//! internal types; a user's request is parsed, then converted into a `TaskSpec` that cannot be
+//! invalid (`api::TaskRequest::validate`).
+
+pub mod api;
+pub mod command;
+pub mod constraint;
+pub mod spec;
+pub mod task;
+
+pub use command::{AllocStatus, BackoffConfig, Command, Placement, Response};
+pub use constraint::{Constraint, ConstraintOp, NodeAttr};
+pub use spec::{PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
+pub use task::Task;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A node's id as the operator named it (`--id`). Unique among live members.
+pub type NodeId = String;
+/// A task's id: 32 lowercase hex digits, chosen by the node that accepted the request.
+pub type TaskId = String;
+/// An allocation id: names one placement of a task on a node. Changes on every re-placement,
+/// and is the fence: a container may run only under its node's current allocation.
+pub type AllocId = String;
+
+/// Milliseconds since the Unix epoch. Commands carry the proposer's clock so that applying the
+/// log is deterministic.
+pub type UnixMillis = u64;
+
+/// Memory and CPU, as reserved by a task or offered by a node. CPU is kept in millicores so
+/// that scheduling arithmetic is exact integer arithmetic.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Resources {
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+}
+
+impl Resources {
+    pub fn saturating_add(self, other: Resources) -> Resources {
+        Resources {
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+        }
+    }
+    pub fn saturating_sub(self, other: Resources) -> Resources {
+        Resources {
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+        }
+    }
+}
+
+/// What a node tells the cluster about itself, through gossip and then through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    pub id: NodeId,
+    /// Grows on every start of the process: a returning node is never its old self.
+    pub generation: u64,
+    /// `ip:port` of the HTTP API.
+    pub api_addr: String,
+    /// `ip:port` of the inter-node RPC (Raft and forwarding).
+    pub raft_addr: String,
+    /// `ip:port` of gossip.
+    pub gossip_addr: String,
+    /// Host address that published container ports bind to.
+    pub publish_ip: String,
+    /// Schedulable capacity: detected from the host and cgroup, minus the reserve.
+    pub capacity: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+}
+
+/// A state change as recorded in a task's recent history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub at: UnixMillis,
+    pub state: TaskState,
+    pub message: String,
+}
+
+/// The life of a task, as users see it (API.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Accepted, waiting for a node.
+    Pending,
+    /// Placed on a node; the node has not yet started it.
+    Scheduled,
+    /// The node is creating and starting the container.
+    Starting,
+    Running,
+    /// Exited with code 0.
+    Completed,
+    /// Exited with a non-zero code, or could not be started.
+    Failed,
+    /// Deleted by a user.
+    Stopped,
+    /// Its node died and no other node can take it yet.
+    Lost,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::Stopped => "stopped",
+            TaskState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        Some(match s {
+            "pending" => TaskState::Pending,
+            "scheduled" => TaskState::Scheduled,
+            "starting" => TaskState::Starting,
+            "running" => TaskState::Running,
+            "completed" => TaskState::Completed,
+            "failed" => TaskState::Failed,
+            "stopped" => TaskState::Stopped,
+            "lost" => TaskState::Lost,
+            _ => return None,
+        })
+    }
+}
+
+/// A port as bound on the host, reported by the node that runs the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub container_port: u16,
+    pub protocol: Protocol,
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// Limits that bound what users may ask for. Each says where its value comes from.
+pub mod limits {
+    /// Docker refuses memory limits under 6 MiB.
+    pub const TASK_MEMORY_MIN_BYTES: u64 = 6 * 1024 * 1024;
+    /// No single machine we target has more than 16 TiB; larger is a typo.
+    pub const TASK_MEMORY_MAX_BYTES: u64 = 16 * 1024 * 1024 * 1024 * 1024;
+    /// Docker's NanoCPUs granularity makes 0.01 core the smallest useful share.
+    pub const TASK_CPU_MIN_MILLIS: u64 = 10;
+    /// 1024 cores: beyond any machine we target.
+    pub const TASK_CPU_MAX_MILLIS: u64 = 1024 * 1000;
+    /// Bounds on user strings, so one request cannot bloat every node's state.
+    pub const IMAGE_BYTES_MAX: usize = 512;
+    pub const NAME_BYTES_MAX: usize = 128;
+    pub const COMMAND_ARGS_MAX: usize = 256;
+    pub const ARG_BYTES_MAX: usize = 8 * 1024;
+    pub const MAP_ENTRIES_MAX: usize = 256;
+    pub const KEY_BYTES_MAX: usize = 256;
+    pub const VALUE_BYTES_MAX: usize = 8 * 1024;
+    pub const PORTS_MAX: usize = 64;
+    pub const CONSTRAINTS_MAX: usize = 32;
+    /// A task keeps its last few state changes; older ones are dropped (API.md: "the last few").
+    pub const TASK_EVENTS_MAX: usize = 10;
+    /// Request bodies above this are refused before parsing: a full spec at the limits above
+    /// stays well under it.
+    pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+}
