@@ -1,0 +1,332 @@
+//! The HTTP/JSON API that users, scripts and the CLI speak (API.md), served by every node.
+//!
+//! Architecture invariant: handlers parse and validate, then hand a `Command` to the
+//! `Backend`; they never touch Docker, Raft internals or gossip. Every answer, errors
+//! included, is JSON. The agent implements `Backend` on top of Raft, gossip and the executor.
+
+mod view;
+
+pub use view::{NodeView, StatusView, TaskView};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use orion_state::ClusterState;
+use orion_types::api::parse_task_request;
+use orion_types::{Command, Response as CmdResponse, Task, TaskState, limits};
+use serde::Deserialize;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client that does not finish sending its body in this time is cut off: a slow or stalled
+/// client must not hold a connection and a buffer forever. Ten seconds is generous for a body
+/// of at most `BODY_BYTES_MAX` on any network a cluster runs on.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A short id prefix must be at least this long to be accepted, as with Docker.
+const ID_PREFIX_MIN_CHARS: usize = 4;
+
+/// An error with its HTTP status, rendered as `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// What the API needs from the node it runs in.
+pub trait Backend: Send + Sync + 'static {
+    /// Proposes a command through Raft (forwarded to the leader when needed) and answers after
+    /// commit.
+    fn write(&self, cmd: Command) -> impl Future<Output = Result<CmdResponse, ApiError>> + Send;
+    /// Waits until the local replica has applied everything committed before this call.
+    fn consistent_read(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Reads the local replica.
+    fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T;
+    fn nodes(&self) -> Vec<NodeView>;
+    fn status(&self) -> StatusView;
+    /// A fresh unique id for a task or allocation.
+    fn new_id(&self) -> String;
+    /// Milliseconds since the Unix epoch, for the timestamps commands carry.
+    fn now_ms(&self) -> u64;
+    /// Container logs of a task that runs on this node, or an error saying where it runs.
+    fn logs(
+        &self,
+        task: Task,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> impl Future<Output = Result<Body, ApiError>> + Send;
+}
+
+/// The router with every route of API.md.
+pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/status", get(status::<B>))
+        .route("/nodes", get(nodes::<B>))
+        .route("/nodes/{id}/drain", post(drain::<B>))
+        .route("/nodes/{id}/undrain", post(undrain::<B>))
+        .route("/tasks", get(list_tasks::<B>).post(create_task::<B>))
+        .route("/tasks/{id}", get(get_task::<B>).delete(delete_task::<B>))
+        .route("/tasks/{id}/logs", get(task_logs::<B>))
+        .fallback(|| async { ApiError::not_found("no such route; see API.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .with_state(backend)
+}
+
+async fn health() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn status<B: Backend>(State(b): State<Arc<B>>) -> Response {
+    Json(b.status()).into_response()
+}
+
+async fn nodes<B: Backend>(State(b): State<Arc<B>>) -> Response {
+    Json(b.nodes()).into_response()
+}
+
+async fn drain<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_drain(b, id, true).await
+}
+
+async fn undrain<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_drain(b, id, false).await
+}
+
+async fn set_drain<B: Backend>(b: Arc<B>, id: String, drain: bool) -> Result<Response, ApiError> {
+    let cmd = Command::SetDrain {
+        node: id.clone(),
+        drain,
+        at: b.now_ms(),
+    };
+    match b.write(cmd).await? {
+        CmdResponse::NotFound(m) => Err(ApiError::not_found(m)),
+        _ => {
+            let node = b.nodes().into_iter().find(|n| n.id == id);
+            Ok(Json(node).into_response())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    node: Option<String>,
+    consistent: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadQuery {
+    consistent: Option<bool>,
+}
+
+async fn list_tasks<B: Backend>(
+    State(b): State<Arc<B>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state: {s:?} is not one of pending, scheduled, starting, running, completed, failed, stopped, lost"
+            ))
+        })?),
+    };
+    if q.consistent.unwrap_or(false) {
+        b.consistent_read().await?;
+    }
+    let views: Vec<TaskView> = b.read(|s| {
+        s.tasks
+            .values()
+            .filter(|t| state.is_none_or(|st| t.state == st))
+            .filter(|t| q.node.as_ref().is_none_or(|n| t.node.as_ref() == Some(n)))
+            .map(TaskView::from)
+            .collect()
+    });
+    Ok(Json(views).into_response())
+}
+
+/// Finds a task by id or by a unique id prefix.
+fn find_task(s: &ClusterState, id: &str) -> Result<Task, ApiError> {
+    if let Some(t) = s.tasks.get(id) {
+        return Ok(t.clone());
+    }
+    if id.len() >= ID_PREFIX_MIN_CHARS {
+        let mut matches = s
+            .tasks
+            .range(id.to_string()..)
+            .take_while(|(k, _)| k.starts_with(id));
+        if let Some((_, first)) = matches.next() {
+            if matches.next().is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "id prefix {id:?} matches more than one task"
+                )));
+            }
+            return Ok(first.clone());
+        }
+    }
+    // Task names are a convenience for people; ids stay the key.
+    let mut by_name = s
+        .tasks
+        .values()
+        .filter(|t| t.spec.name.as_deref() == Some(id) && t.state != TaskState::Stopped);
+    if let Some(t) = by_name.next() {
+        if by_name.next().is_none() {
+            return Ok(t.clone());
+        }
+    }
+    Err(ApiError::not_found(format!("task {id} not found")))
+}
+
+async fn get_task<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    if q.consistent.unwrap_or(false) {
+        b.consistent_read().await?;
+    }
+    let task = b.read(|s| find_task(s, &id))?;
+    Ok(Json(TaskView::from(&task)).into_response())
+}
+
+async fn create_task<B: Backend>(
+    State(b): State<Arc<B>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body).await?;
+    let spec = parse_task_request(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let cmd = Command::CreateTask {
+        task_id: b.new_id(),
+        spec: Box::new(spec),
+        at: b.now_ms(),
+    };
+    match b.write(cmd).await? {
+        CmdResponse::Task(task) => {
+            Ok((StatusCode::CREATED, Json(TaskView::from(&*task))).into_response())
+        }
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a create: {other:?}"
+        ))),
+    }
+}
+
+async fn delete_task<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let task = b.read(|s| find_task(s, &id))?;
+    let cmd = Command::DeleteTask {
+        task_id: task.id,
+        at: b.now_ms(),
+    };
+    match b.write(cmd).await? {
+        CmdResponse::Task(task) => Ok(Json(TaskView::from(&*task)).into_response()),
+        CmdResponse::NotFound(m) => Err(ApiError::not_found(m)),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a delete: {other:?}"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    follow: Option<bool>,
+    tail: Option<usize>,
+}
+
+async fn task_logs<B: Backend>(
+    State(b): State<Arc<B>>,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let task = b.read(|s| find_task(s, &id))?;
+    let body = b.logs(task, q.follow.unwrap_or(false), q.tail).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// Reads a request body within the size limit and the time limit.
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, limits::BODY_BYTES_MAX),
+    )
+    .await
+    {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body was not received in time",
+        )),
+        Ok(Err(e)) => {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.to_string().contains("length limit"))
+                || e.to_string().contains("length limit");
+            if too_big {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "request body is larger than {} bytes",
+                        limits::BODY_BYTES_MAX
+                    ),
+                ))
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "could not read the request body: {e}"
+                )))
+            }
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests;

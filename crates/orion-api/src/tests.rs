@@ -1,0 +1,177 @@
+//! HTTP-level tests against an in-memory backend that applies commands directly (the Raft
+//! path is tested in orion-raft and by the cluster tests). Each case is one `check` call.
+
+use super::*;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tower::ServiceExt;
+
+#[derive(Default)]
+struct MemBackend {
+    state: Mutex<ClusterState>,
+    ids: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Backend for MemBackend {
+    async fn write(&self, cmd: Command) -> Result<CmdResponse, ApiError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(self.state.lock().expect("lock").apply(&cmd).0)
+    }
+    async fn consistent_read(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+    fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.state.lock().expect("lock"))
+    }
+    fn nodes(&self) -> Vec<NodeView> {
+        Vec::new()
+    }
+    fn status(&self) -> StatusView {
+        StatusView {
+            id: "n1".into(),
+            role: "leader".into(),
+            ..Default::default()
+        }
+    }
+    fn new_id(&self) -> String {
+        format!(
+            "{:032x}",
+            0xabc000 + self.ids.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+    fn now_ms(&self) -> u64 {
+        1_700_000_000_000
+    }
+    async fn logs(
+        &self,
+        _task: Task,
+        _follow: bool,
+        _tail: Option<usize>,
+    ) -> Result<Body, ApiError> {
+        Ok(Body::from("log line\n"))
+    }
+}
+
+/// Sends one request and returns status and JSON body.
+async fn call(
+    b: &Arc<MemBackend>,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let resp = router(b.clone()).oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{method} {uri}: body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, json)
+}
+
+/// Checks a request's status and that an error body names `error_contains`.
+async fn check(
+    b: &Arc<MemBackend>,
+    method: &str,
+    uri: &str,
+    body: &str,
+    want: u16,
+    error_contains: &str,
+) {
+    let (status, json) = call(b, method, uri, body).await;
+    assert_eq!(status.as_u16(), want, "{method} {uri} {body}: {json}");
+    if !error_contains.is_empty() {
+        let msg = json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {json}"));
+        assert!(msg.contains(error_contains), "{method} {uri} {body}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn seed_flow_create_get_list_delete() {
+    let b = Arc::new(MemBackend::default());
+    let (status, task) = call(
+        &b,
+        "POST",
+        "/tasks",
+        r#"{"image": "nginx", "memory": 100000000, "portBindings": {"80/tcp": "8080"}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(task["state"], "pending");
+    assert_eq!(task["memory"], 100000000);
+    assert_eq!(task["portBindings"]["80/tcp"], "8080");
+    let id = task["id"].as_str().expect("id").to_string();
+    let (status, got) = call(&b, "GET", &format!("/tasks/{id}"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["id"], id.as_str());
+    // A unique prefix finds it too.
+    let (status, _) = call(&b, "GET", &format!("/tasks/{}", &id[..8]), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = call(&b, "GET", "/tasks?state=pending", "").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (_, list) = call(&b, "GET", "/tasks?state=running&consistent=true", "").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0));
+    let (status, deleted) = call(&b, "DELETE", &format!("/tasks/{id}"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["state"], "stopped");
+}
+
+#[tokio::test]
+async fn bad_input_gets_400_naming_the_field_and_writes_nothing() {
+    let b = Arc::new(MemBackend::default());
+    let cases: &[(&str, &str)] = &[
+        ("{not json", "not valid JSON"),
+        (r#"{"memory": 100}"#, "image"),
+        (r#"{"image": "x", "memory": -5}"#, "memory"),
+        (r#"{"image": "x", "memory": 999999999999999999}"#, "memory"),
+        (
+            r#"{"image": "x", "portBindings": {"80/xyz": "1"}}"#,
+            "portBindings",
+        ),
+        (
+            r#"{"image": "x", "portBindings": {"80/tcp": "99999"}}"#,
+            "portBindings",
+        ),
+        (
+            r#"{"image": "x", "restartPolicy": "sometimes"}"#,
+            "restartPolicy",
+        ),
+        (r#"{"image": "x", "bogus": 1}"#, "bogus"),
+    ];
+    for (body, field) in cases {
+        check(&b, "POST", "/tasks", body, 400, field).await;
+    }
+    assert_eq!(b.writes.load(Ordering::SeqCst), 0);
+    assert!(b.read(|s| s.tasks.is_empty()));
+}
+
+#[tokio::test]
+async fn errors_are_json_everywhere() {
+    let b = Arc::new(MemBackend::default());
+    check(&b, "GET", "/tasks/0123456789", "", 404, "not found").await;
+    check(&b, "DELETE", "/tasks/nope", "", 404, "not found").await;
+    check(&b, "GET", "/nope", "", 404, "no such route").await;
+    check(&b, "PUT", "/tasks", "", 405, "method not allowed").await;
+    check(&b, "GET", "/tasks?state=sleepy", "", 400, "state").await;
+    check(&b, "POST", "/nodes/ghost/drain", "", 404, "ghost").await;
+    let huge = format!(
+        r#"{{"image": "x", "name": "{}"}}"#,
+        "a".repeat(limits::BODY_BYTES_MAX + 10)
+    );
+    check(&b, "POST", "/tasks", &huge, 413, "larger than").await;
+    check(&b, "GET", "/health", "", 200, "").await;
+    let (_, status) = call(&b, "GET", "/status", "").await;
+    assert_eq!(status["role"], "leader");
+}
