@@ -1,0 +1,426 @@
+//! Membership tests on real UDP over loopback (127.0.0.x). Each test uses its
+//! own loopback addresses so tests run in parallel without sharing sockets.
+//! They wait on conditions with deadlines, never on fixed sleeps, except where
+//! a duration is the thing being measured or simulated (kill, stall).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Gossip, GossipConfig, MemberEvent, MemberStatus, spawn};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Meta {
+    role: String,
+    api_port: u16,
+}
+
+fn meta(role: &str) -> Meta {
+    Meta {
+        role: role.into(),
+        api_port: 8080,
+    }
+}
+
+fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+fn config(id: &str, ip: [u8; 4], port: u16, generation: u64, lifeguard: bool) -> GossipConfig {
+    let mut c = GossipConfig::lan_fast(id, addr(ip, port), addr(ip, port), generation);
+    c.lifeguard.enabled = lifeguard;
+    c
+}
+
+async fn node(id: &str, ip: [u8; 4], generation: u64) -> Gossip<Meta> {
+    spawn(config(id, ip, 0, generation, true), meta(id))
+        .await
+        .expect("spawn")
+}
+
+/// Poll `f` every 10 ms until it holds or `within` passes.
+async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+fn status_of(g: &Gossip<Meta>, id: &str) -> Option<MemberStatus> {
+    g.members()
+        .iter()
+        .find(|m| m.node_id == id)
+        .map(|m| m.status)
+}
+
+fn all_alive(nodes: &[&Gossip<Meta>], ids: &[&str]) -> bool {
+    nodes.iter().all(|n| {
+        ids.iter()
+            .all(|id| status_of(n, id) == Some(MemberStatus::Alive))
+    })
+}
+
+/// Three members on `base.1`, `base.2`, `base.3`, joined through the first.
+async fn cluster(base: [u8; 3], lifeguard: bool) -> Vec<Gossip<Meta>> {
+    cluster_of(&["a", "b", "c"], base, lifeguard).await
+}
+
+/// Members `ids` on `base.1`, `base.2`, ..., joined through the first.
+async fn cluster_of(ids: &[&str], base: [u8; 3], lifeguard: bool) -> Vec<Gossip<Meta>> {
+    let mut nodes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let ip = [base[0], base[1], base[2], i as u8 + 1];
+        let g = spawn(config(id, ip, 0, 1, lifeguard), meta(id))
+            .await
+            .expect("spawn");
+        nodes.push(g);
+    }
+    let seed = nodes[0].advertise_addr();
+    for n in &nodes[1..] {
+        n.join(&[seed]).await.expect("join");
+    }
+    let refs: Vec<&Gossip<Meta>> = nodes.iter().collect();
+    assert!(
+        until(Duration::from_secs(2), || all_alive(&refs, ids)).await,
+        "cluster did not form within 2 s"
+    );
+    nodes
+}
+
+#[tokio::test]
+async fn three_members_see_each_other_with_metadata() {
+    let started = Instant::now();
+    let nodes = cluster([127, 0, 10], true).await;
+    println!("three members all Alive after {:?}", started.elapsed());
+    for n in &nodes {
+        let members = n.members();
+        assert_eq!(members.len(), 3);
+        for m in members {
+            assert_eq!(m.meta, meta(&m.node_id), "metadata of {}", m.node_id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn killed_member_is_declared_down_within_bound() {
+    let nodes = cluster([127, 0, 11], true).await;
+    let mut ev_a = nodes[0].subscribe();
+    let mut ev_b = nodes[1].subscribe();
+    let killed = Instant::now();
+    nodes[2].kill();
+    let wait_down = |rx: &mut tokio::sync::broadcast::Receiver<MemberEvent<Meta>>| {
+        let mut rx = rx.resubscribe();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(MemberEvent::Down(m)) if m.node_id == "c" => return killed.elapsed(),
+                    Ok(_) => {}
+                    Err(e) => panic!("event stream: {e}"),
+                }
+            }
+        }
+    };
+    let (ta, tb) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(wait_down(&mut ev_a), wait_down(&mut ev_b))
+    })
+    .await
+    .expect("killed member not declared Down within 5 s");
+    println!("killed member declared Down: a after {ta:?}, b after {tb:?}");
+    assert_eq!(status_of(&nodes[0], "c"), Some(MemberStatus::Down));
+}
+
+#[tokio::test]
+async fn graceful_leave_gives_left() {
+    let nodes = cluster([127, 0, 12], true).await;
+    let mut ev = nodes[0].subscribe();
+    let t = Instant::now();
+    nodes[2].leave().await;
+    let left = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ev.recv().await {
+                Ok(MemberEvent::Left(m)) if m.node_id == "c" => return true,
+                Ok(MemberEvent::Down(m)) if m.node_id == "c" => return false,
+                Ok(_) => {}
+                Err(e) => panic!("event stream: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no Left/Down within 2 s");
+    println!("leave seen after {:?}", t.elapsed());
+    assert!(left, "a graceful leave was reported as Down");
+    assert!(
+        until(Duration::from_secs(1), || status_of(&nodes[1], "c")
+            == Some(MemberStatus::Left))
+        .await
+    );
+}
+
+#[tokio::test]
+async fn restart_with_higher_generation_is_the_same_node_back() {
+    let nodes = cluster([127, 0, 13], true).await;
+    let old_addr = nodes[2].advertise_addr();
+    let mut ev = nodes[0].subscribe();
+    nodes[2].kill();
+    // Rebind the same address as a new process would; the old socket closes
+    // once the aborted tasks are dropped.
+    let mut restarted = None;
+    for _ in 0..100 {
+        match spawn(
+            config("c", [127, 0, 13, 3], old_addr.port(), 2, true),
+            meta("c2"),
+        )
+        .await
+        {
+            Ok(g) => {
+                restarted = Some(g);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let c2 = restarted.expect("could not rebind the old address");
+    c2.join(&[nodes[0].advertise_addr()]).await.expect("join");
+    let up = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Ok(MemberEvent::Up(m)) = ev.recv().await
+                && m.node_id == "c"
+                && m.generation == 2
+            {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("restarted node not Up within 3 s");
+    assert_eq!(up.meta, meta("c2"));
+    for n in &nodes[..2] {
+        assert!(
+            until(Duration::from_secs(2), || {
+                let cs: Vec<_> = n
+                    .members()
+                    .into_iter()
+                    .filter(|m| m.node_id == "c")
+                    .collect();
+                cs.len() == 1 && cs[0].generation == 2 && cs[0].status == MemberStatus::Alive
+            })
+            .await,
+            "expected one live entry for c at generation 2: {:?}",
+            n.members()
+        );
+    }
+}
+
+#[tokio::test]
+async fn impostor_with_a_live_node_id_is_refused() {
+    let nodes = cluster([127, 0, 14], true).await;
+    let original = nodes[1].advertise_addr();
+    // Same node id "b", another address, a higher generation.
+    let impostor = node("b", [127, 0, 14, 9], 99).await;
+    impostor
+        .join(&[nodes[0].advertise_addr(), nodes[2].advertise_addr()])
+        .await
+        .expect("join");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in &nodes {
+        let b = n
+            .members()
+            .into_iter()
+            .find(|m| m.node_id == "b")
+            .expect("b known");
+        assert_eq!(b.addr, original);
+        assert_eq!(b.generation, 1);
+        assert_eq!(b.status, MemberStatus::Alive);
+    }
+    assert_eq!(impostor.members().len(), 1, "impostor should see no one");
+    let refused: u64 = nodes.iter().map(|n| n.stats().impostor_packets).sum();
+    println!("impostor packets refused: {refused}");
+    assert!(refused > 0);
+}
+
+#[tokio::test]
+async fn garbage_packets_are_counted_and_dropped() {
+    let nodes = cluster([127, 0, 15], true).await;
+    let target = nodes[0].advertise_addr();
+    let sock = tokio::net::UdpSocket::bind(addr([127, 0, 15, 9], 0))
+        .await
+        .expect("bind");
+    // A valid packet to cut short: a real header from a fake identity.
+    let mut valid = Vec::new();
+    {
+        use crate::codec::WireCodec;
+        use crate::identity::NodeIdentity;
+        use foca::{Codec, Header, Message};
+        use std::sync::Arc;
+        let id = |p| NodeIdentity::<Meta> {
+            node_id: "x".into(),
+            generation: 1,
+            addr: addr([127, 0, 15, 9], p),
+            meta: Arc::new(meta("x")),
+            meta_json: Arc::from(serde_json::to_vec(&meta("x")).expect("json").as_slice()),
+        };
+        let header = Header {
+            src: id(1),
+            src_incarnation: 0,
+            dst: id(2),
+            message: Message::Ping(1),
+        };
+        WireCodec::<Meta>::new()
+            .encode_header(&header, &mut valid)
+            .expect("encode");
+    }
+    let mut sent = 0u64;
+    let mut garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 7],
+        b"OG".to_vec(),
+        b"OG\x01\xff\xff".to_vec(),
+        b"ORC".to_vec(),
+        vec![0u8; 2000], // over max_packet_bytes
+    ];
+    for cut in 1..valid.len() {
+        garbage.push(valid[..cut].to_vec());
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    println!("garbage seed {seed:#x}");
+    for _ in 0..200 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = (seed % 300) as usize;
+        garbage.push((0..len).map(|i| (seed >> (i % 56)) as u8).collect());
+    }
+    for g in &garbage {
+        sock.send_to(g, target).await.expect("send");
+        sent += 1;
+        // Pace the flood so the kernel's receive buffer does not drop any.
+        if sent.is_multiple_of(16) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert!(
+        until(Duration::from_secs(2), || nodes[0]
+            .stats()
+            .bad_packets_dropped
+            >= sent)
+        .await,
+        "bad packets counted of {sent}: {:?}",
+        nodes[0].stats()
+    );
+    println!("garbage sent {sent}, stats {:?}", nodes[0].stats());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refs: Vec<&Gossip<Meta>> = nodes.iter().collect();
+    assert!(all_alive(&refs, &["a", "b", "c"]), "membership damaged");
+}
+
+struct StallOutcome {
+    downs_of_stalled: usize,
+    downs_of_healthy: usize,
+    max_health_stalled: u32,
+}
+
+/// Five members; the last one's engine is stalled periodically for `stall`
+/// (longer than suspect-to-down, shorter than the documented detection bound)
+/// and runs for `awake` in between. Counts Down events seen by anyone.
+async fn false_downs_under_stalls(
+    base: [u8; 3],
+    lifeguard: bool,
+    run: Duration,
+    stall: Duration,
+    awake: Duration,
+) -> StallOutcome {
+    let ids = ["a", "b", "c", "d", "s"];
+    let nodes = cluster_of(&ids, base, lifeguard).await;
+    let mut subs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let stalled = nodes[4].clone();
+    let end = Instant::now() + run;
+    let mut max_health_stalled = 0;
+    while Instant::now() < end {
+        stalled.stall(stall).await;
+        let next = Instant::now() + stall + awake;
+        while Instant::now() < next {
+            max_health_stalled = max_health_stalled.max(stalled.local_health());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (mut downs_of_stalled, mut downs_of_healthy) = (0, 0);
+    for rx in &mut subs {
+        while let Ok(e) = rx.try_recv() {
+            if let MemberEvent::Down(m) = e {
+                if m.node_id == "s" {
+                    downs_of_stalled += 1;
+                } else {
+                    downs_of_healthy += 1;
+                }
+            }
+        }
+    }
+    for n in &nodes {
+        n.kill();
+    }
+    StallOutcome {
+        downs_of_stalled,
+        downs_of_healthy,
+        max_health_stalled,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifeguard_false_downs_of_a_stalling_member() {
+    let run = Duration::from_secs(15);
+    let stall = Duration::from_millis(900);
+    let awake = Duration::from_millis(600);
+    let (on, off) = tokio::join!(
+        false_downs_under_stalls([127, 0, 16], true, run, stall, awake),
+        false_downs_under_stalls([127, 0, 17], false, run, stall, awake)
+    );
+    println!(
+        "5 members, one stalled {stall:?} every {:?} for {run:?}: Down events (summed over observers) \
+         lifeguard on: of the stalled member {}, of healthy members {}, max local health of the stalled member {}; \
+         lifeguard off: of the stalled member {}, of healthy members {}",
+        stall + awake,
+        on.downs_of_stalled,
+        on.downs_of_healthy,
+        on.max_health_stalled,
+        off.downs_of_stalled,
+        off.downs_of_healthy
+    );
+}
+
+#[tokio::test]
+#[ignore = "measurement, ~40 s: cargo test -p orion-gossip -- --ignored --nocapture"]
+async fn gossip_bytes_per_second_per_node() {
+    for (n, third) in [(8usize, 20u8), (32, 21), (128, 22)] {
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let ip = [127, 0, third, (i + 1) as u8];
+            nodes.push(node(&format!("n{i}"), ip, 1).await);
+        }
+        let seed = nodes[0].advertise_addr();
+        for g in &nodes[1..] {
+            g.join(&[seed]).await.expect("join");
+        }
+        let formed = until(Duration::from_secs(30), || {
+            nodes
+                .iter()
+                .all(|g| g.members().iter().filter(|m| m.status.is_live()).count() == n)
+        })
+        .await;
+        let before: u64 = nodes.iter().map(|g| g.stats().bytes_sent).sum();
+        let window = Duration::from_secs(5);
+        tokio::time::sleep(window).await;
+        let after: u64 = nodes.iter().map(|g| g.stats().bytes_sent).sum();
+        println!(
+            "{n} members (converged: {formed}): {:.0} bytes/s sent per node",
+            (after - before) as f64 / window.as_secs_f64() / n as f64
+        );
+        for g in &nodes {
+            g.kill();
+        }
+    }
+}
