@@ -1,0 +1,332 @@
+//! The agent: wires consensus, membership, the executor, the leader's controller and the API
+//! into one process, and takes them down again in order on SIGTERM/SIGINT.
+//!
+//! `Node` is the one object that knows all the parts; it implements the narrow traits the
+//! API (`orion_api::Backend`) and the executor (`orion_executor::Cluster`) need, so neither
+//! of them depends on Raft or gossip.
+
+use crate::config::AgentConfig;
+use crate::controller;
+use anyhow::{Context, Result};
+use axum::body::Body;
+use futures_util::StreamExt;
+use orion_api::{ApiError, Backend, NodeView, StatusView};
+use orion_docker::DockerRuntime;
+use orion_gossip::{Gossip, GossipConfig, MemberStatus};
+use orion_raft::{RaftConfig, RaftNode, WriteError};
+use orion_state::ClusterState;
+use orion_types::{Command, NodeMeta, Response, Task};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Logs proxied from another node stream for at most this long without `follow`, and a
+/// followed stream ends when the client goes away.
+const LOGS_PROXY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub struct Node {
+    pub cfg: AgentConfig,
+    pub raft: RaftNode,
+    pub gossip: Gossip<NodeMeta>,
+    pub docker: DockerRuntime,
+    http: reqwest::Client,
+}
+
+fn write_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::NoLeader(m) => ApiError::unavailable(m),
+        WriteError::Timeout(_) => ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        WriteError::Shutdown => ApiError::unavailable("this node is shutting down; ask another"),
+        WriteError::Other(m) => ApiError::unavailable(m),
+    }
+}
+
+impl Backend for Node {
+    async fn write(&self, cmd: Command) -> Result<Response, ApiError> {
+        self.raft.write(cmd).await.map_err(write_error)
+    }
+
+    async fn consistent_read(&self) -> Result<(), ApiError> {
+        self.raft.consistent_read().await.map_err(write_error)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        self.raft.read(f)
+    }
+
+    fn nodes(&self) -> Vec<NodeView> {
+        let status = self.raft.status();
+        let members: BTreeMap<String, orion_gossip::Member<NodeMeta>> =
+            self.gossip.members().into_iter().map(|m| (m.node_id.clone(), m)).collect();
+        let (records, usage) = self.raft.read(|s| (s.nodes.clone(), s.usage()));
+        let mut ids: Vec<String> = records.keys().chain(members.keys()).cloned().collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| {
+                let rec = records.get(&id);
+                let member = members.get(&id);
+                let meta = match (rec, member) {
+                    (Some(r), Some(m)) if m.meta.generation > r.meta.generation => m.meta.clone(),
+                    (Some(r), _) => r.meta.clone(),
+                    (None, Some(m)) => m.meta.clone(),
+                    (None, None) => unreachable!("id comes from one of the two maps"),
+                };
+                let gossip_status = match member.map(|m| m.status) {
+                    Some(MemberStatus::Alive) => "alive",
+                    Some(MemberStatus::Suspect) => "suspect",
+                    Some(MemberStatus::Down) => "dead",
+                    Some(MemberStatus::Left) => "left",
+                    None => "dead",
+                };
+                let role = if status.leader.as_deref() == Some(id.as_str()) {
+                    "leader"
+                } else if status.voters.contains(&id) {
+                    "voter"
+                } else if status.learners.contains(&id) {
+                    "learner"
+                } else {
+                    "none"
+                };
+                let u = usage.get(&id).cloned().unwrap_or_default();
+                NodeView {
+                    id: id.clone(),
+                    address: meta.gossip_addr.clone(),
+                    api_addr: meta.api_addr.clone(),
+                    raft_addr: meta.raft_addr.clone(),
+                    status: gossip_status.to_string(),
+                    role: role.to_string(),
+                    recorded: rec.map_or("unregistered", |r| match r.status {
+                        orion_state::NodeStatus::Up => "up",
+                        orion_state::NodeStatus::Down => "down",
+                    })
+                    .to_string(),
+                    draining: rec.is_some_and(|r| r.draining),
+                    generation: meta.generation,
+                    labels: meta.labels.clone(),
+                    capacity: meta.capacity.into(),
+                    allocated: u.allocated.into(),
+                    tasks: u.tasks,
+                    last_contact_ms: member.map(|m| m.last_contact.elapsed().as_millis() as u64),
+                    version: meta.version.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn status(&self) -> StatusView {
+        let s = self.raft.status();
+        StatusView {
+            id: self.cfg.id.clone(),
+            role: s.role.as_str().to_string(),
+            leader: s.leader.clone(),
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            voters: s.voters.clone(),
+            learners: s.learners.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn new_id(&self) -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    async fn logs(&self, task: Task, follow: bool, tail: Option<usize>) -> Result<Body, ApiError> {
+        let Some(node) = task.node.clone() else {
+            return Err(ApiError::bad_request(format!("task {} has not been placed on a node", task.id)));
+        };
+        if node == self.cfg.id {
+            let Some(cid) = task.container_id.clone() else {
+                return Err(ApiError::not_found(format!("task {} has no container yet", task.id)));
+            };
+            let stream = self
+                .docker
+                .logs(&cid, follow, tail)
+                .await
+                .map_err(|e| ApiError::not_found(format!("logs of task {}: {e}", task.id)))?;
+            return Ok(Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other))));
+        }
+        // Another node runs it: ask that node's API and pass its stream through.
+        let api = self
+            .raft
+            .read(|s| s.nodes.get(&node).map(|n| n.meta.api_addr.clone()))
+            .ok_or_else(|| ApiError::not_found(format!("node {node} of task {} is unknown", task.id)))?;
+        let mut url = format!("http://{api}/tasks/{}/logs?follow={follow}", task.id);
+        if let Some(t) = tail {
+            url.push_str(&format!("&tail={t}"));
+        }
+        let mut req = self.http.get(url);
+        if !follow {
+            req = req.timeout(LOGS_PROXY_TIMEOUT);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ApiError::unavailable(format!("node {node} runs task {} but cannot be reached: {e}", task.id)))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(text);
+            return Err(ApiError::new(status, msg));
+        }
+        Ok(Body::from_stream(resp.bytes_stream().map(|r| r.map_err(std::io::Error::other))))
+    }
+}
+
+impl orion_executor::Cluster for Node {
+    fn tasks_on(&self, node: &str) -> Vec<Task> {
+        self.raft.read(|s| s.tasks_on(node).cloned().collect())
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.raft.subscribe()
+    }
+    async fn report(&self, cmd: Command) -> Result<(), String> {
+        self.raft.write(cmd).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+    async fn ready(&self) -> Result<(), String> {
+        self.raft.consistent_read().await.map_err(|e| e.to_string())
+    }
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// Runs an agent until SIGTERM/SIGINT.
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let generation = now_ms();
+    info!(id = %cfg.id, api = %cfg.api_addr(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
+
+    let docker = DockerRuntime::connect().await.context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
+
+    let api_listener = tokio::net::TcpListener::bind(cfg.api_bind)
+        .await
+        .with_context(|| format!("cannot listen on the API port {}", cfg.api_bind))?;
+
+    let raft_cfg = RaftConfig::new(
+        cfg.id.clone(),
+        cfg.data_dir.clone(),
+        cfg.raft_bind,
+        cfg.raft_addr(),
+        cfg.api_addr().to_string(),
+    );
+    let raft = RaftNode::start(raft_cfg).await.context("cannot start consensus")?;
+    if cfg.bootstrap {
+        raft.bootstrap().await.context("cannot bootstrap the cluster")?;
+    }
+
+    let meta = NodeMeta {
+        id: cfg.id.clone(),
+        generation,
+        api_addr: cfg.api_addr().to_string(),
+        raft_addr: cfg.raft_addr().to_string(),
+        gossip_addr: cfg.gossip_addr().to_string(),
+        publish_ip: cfg.publish_ip.to_string(),
+        capacity: cfg.capacity,
+        labels: cfg.labels.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let mut gcfg = GossipConfig::lan_fast(cfg.id.clone(), cfg.gossip_bind, cfg.gossip_addr(), generation);
+    gcfg.lifeguard.enabled = cfg.lifeguard;
+    let gossip = orion_gossip::spawn(gcfg, meta).await.context("cannot start gossip")?;
+    if !cfg.join.is_empty() {
+        gossip.join(&cfg.join).await.context("cannot join the cluster")?;
+    }
+
+    let http = reqwest::Client::builder()
+        .local_address(cfg.advertise)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let node = Arc::new(Node { cfg: cfg.clone(), raft, gossip, docker: docker.clone(), http });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let executor = orion_executor::spawn(
+        orion_executor::ExecutorConfig {
+            node_id: cfg.id.clone(),
+            publish_ip: cfg.publish_ip.to_string(),
+            backoff: cfg.backoff,
+        },
+        docker.clone(),
+        node.clone(),
+        stop_rx.clone(),
+    );
+    let controller = tokio::spawn(controller::run(node.clone(), stop_rx.clone()));
+
+    let app = orion_api::router(node.clone());
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(api_listener, app).with_graceful_shutdown(shutdown).await {
+            warn!(error = %e, "API server ended");
+        }
+    });
+    info!(id = %cfg.id, "orion agent ready");
+
+    shutdown_signal().await;
+    info!("shutting down: leaving gossip and Raft");
+    let _ = stop_tx.send(true);
+    let others_alive = node
+        .gossip
+        .members()
+        .iter()
+        .any(|m| m.node_id != cfg.id && m.status == MemberStatus::Alive);
+    let _ = controller.await;
+    let _ = executor.await;
+    node.gossip.leave().await;
+    if others_alive {
+        // Our tasks will be placed elsewhere: do not leave them running here as duplicates.
+        remove_own_containers(&docker, &cfg.id).await;
+    }
+    node.raft.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn remove_own_containers(docker: &DockerRuntime, node: &str) {
+    match docker.list(&[(orion_executor::LABEL_NODE, node)]).await {
+        Ok(list) => {
+            for c in list {
+                if let Err(e) = docker.remove(&c.id).await {
+                    warn!(container = %c.id, error = %e, "could not remove container on leave");
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "could not list containers on leave"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

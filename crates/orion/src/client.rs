@@ -1,0 +1,562 @@
+//! The command-line client: Docker-like subcommands that talk to any node's HTTP API
+//! (`--addr`, `ORION_ADDR`). Human tables by default, `--json` for scripts; an error is one
+//! line on stderr and a non-zero exit.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long `run --wait` waits for a task to run or fail.
+const WAIT_LIMIT: Duration = Duration::from_secs(300);
+/// Every request but a followed log stream is bounded by this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Address of any Orion node's API
+    #[arg(long, env = "ORION_ADDR", default_value = "http://127.0.0.1:8000")]
+    pub addr: String,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    /// Run a task: orion run [-p 8080:80] [-m 100m] IMAGE [CMD...]
+    Run(RunArgs),
+    /// List tasks (running and waiting; -a for all)
+    Ps {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// Show all tasks, also stopped, completed and failed
+        #[arg(short, long)]
+        all: bool,
+        /// Only tasks on this node
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show a task in full (JSON)
+    Inspect {
+        #[command(flatten)]
+        c: ClientArgs,
+        id: String,
+    },
+    /// Stop and remove tasks
+    Rm {
+        #[command(flatten)]
+        c: ClientArgs,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// List the cluster's nodes
+    Nodes {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Show the answering node's Raft status
+    Status {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Stop placing tasks on a node and move its tasks elsewhere
+    Drain {
+        #[command(flatten)]
+        c: ClientArgs,
+        node: String,
+    },
+    /// Let a drained node take tasks again
+    Undrain {
+        #[command(flatten)]
+        c: ClientArgs,
+        node: String,
+    },
+    /// Print a task's container logs, from whichever node runs it
+    Logs {
+        #[command(flatten)]
+        c: ClientArgs,
+        id: String,
+        /// Keep streaming new output
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    c: ClientArgs,
+    /// Publish a port: HOST:CONTAINER[/udp], or CONTAINER alone for a free host port
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// Memory limit, e.g. 100m, 1g
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPU limit in cores, e.g. 0.5
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Environment variable K=V
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// A name for the task
+    #[arg(long)]
+    name: Option<String>,
+    /// always, on-failure or never
+    #[arg(long)]
+    restart: Option<String>,
+    /// Task label k=v
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Placement constraint, e.g. 'node.labels.zone==a'
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// Placement strategy: spread or binpack
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Wait until the task runs or fails, showing progress
+    #[arg(long)]
+    wait: bool,
+    /// Image to run
+    image: String,
+    /// Command and arguments for the container
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(c: &ClientArgs) -> Result<Api> {
+        let mut base = c.addr.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            base = format!("http://{base}");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .context("cannot build an HTTP client")?;
+        Ok(Api { base, http })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| anyhow!("cannot reach orion at {}: {}", self.base, root_cause(&e)))?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the answer")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let msg = value["error"].as_str().map(String::from).unwrap_or_else(|| value.to_string());
+            bail!("{msg}");
+        }
+        Ok(value)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+pub async fn run(cmd: ClientCmd) -> Result<()> {
+    match cmd {
+        ClientCmd::Run(args) => run_task(args).await,
+        ClientCmd::Ps { c, all, node } => {
+            let api = Api::new(&c)?;
+            let mut path = "/tasks".to_string();
+            if let Some(n) = &node {
+                path.push_str(&format!("?node={n}"));
+            }
+            let tasks = api.get(&path).await?;
+            let mut list: Vec<Value> = tasks.as_array().cloned().unwrap_or_default();
+            if !all {
+                list.retain(|t| !matches!(t["state"].as_str(), Some("stopped" | "completed" | "failed")));
+            }
+            if c.json {
+                return print_json(&Value::Array(list));
+            }
+            let rows = list.iter().map(|t| {
+                vec![
+                    short(t["id"].as_str().unwrap_or("")),
+                    t["name"].as_str().unwrap_or("").to_string(),
+                    t["image"].as_str().unwrap_or("").to_string(),
+                    t["state"].as_str().unwrap_or("").to_string(),
+                    t["node"].as_str().unwrap_or("-").to_string(),
+                    ports_text(&t["ports"]),
+                    t["restarts"].to_string(),
+                    age(t["createdAt"].as_str()),
+                ]
+            });
+            print_table(&["ID", "NAME", "IMAGE", "STATE", "NODE", "PORTS", "RESTARTS", "CREATED"], rows);
+            Ok(())
+        }
+        ClientCmd::Inspect { c, id } => {
+            let api = Api::new(&c)?;
+            print_json(&api.get(&format!("/tasks/{id}")).await?)
+        }
+        ClientCmd::Rm { c, ids } => {
+            let api = Api::new(&c)?;
+            let mut failed = 0;
+            for id in ids {
+                match api.call(reqwest::Method::DELETE, &format!("/tasks/{id}"), None).await {
+                    Ok(t) => println!("{}", t["id"].as_str().unwrap_or(&id)),
+                    Err(e) => {
+                        eprintln!("orion: {id}: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} task(s) could not be removed");
+            }
+            Ok(())
+        }
+        ClientCmd::Nodes { c } => {
+            let api = Api::new(&c)?;
+            let nodes = api.get("/nodes").await?;
+            if c.json {
+                return print_json(&nodes);
+            }
+            let rows = nodes.as_array().cloned().unwrap_or_default().into_iter().map(|n| {
+                let mut status = n["status"].as_str().unwrap_or("").to_string();
+                if n["draining"].as_bool() == Some(true) {
+                    status.push_str(",draining");
+                }
+                vec![
+                    n["id"].as_str().unwrap_or("").to_string(),
+                    status,
+                    n["role"].as_str().unwrap_or("").to_string(),
+                    n["apiAddr"].as_str().unwrap_or("").to_string(),
+                    format!(
+                        "{} / {}",
+                        bytes(n["allocated"]["memory"].as_u64().unwrap_or(0)),
+                        bytes(n["capacity"]["memory"].as_u64().unwrap_or(0))
+                    ),
+                    format!(
+                        "{} / {}",
+                        n["allocated"]["cpu"].as_f64().unwrap_or(0.0),
+                        n["capacity"]["cpu"].as_f64().unwrap_or(0.0)
+                    ),
+                    n["tasks"].to_string(),
+                    labels_text(&n["labels"]),
+                ]
+            });
+            print_table(&["ID", "STATUS", "ROLE", "API", "MEMORY", "CPU", "TASKS", "LABELS"], rows);
+            Ok(())
+        }
+        ClientCmd::Status { c } => {
+            let api = Api::new(&c)?;
+            let s = api.get("/status").await?;
+            if c.json {
+                return print_json(&s);
+            }
+            println!("node:     {}", s["id"].as_str().unwrap_or(""));
+            println!("role:     {}", s["role"].as_str().unwrap_or(""));
+            println!("leader:   {}", s["leader"].as_str().unwrap_or("none"));
+            println!("term:     {}", s["term"]);
+            println!("commit:   {}", s["commitIndex"]);
+            println!("applied:  {}", s["appliedIndex"]);
+            println!("voters:   {}", join(&s["voters"]));
+            println!("learners: {}", join(&s["learners"]));
+            Ok(())
+        }
+        ClientCmd::Drain { c, node } => set_drain(c, node, "drain").await,
+        ClientCmd::Undrain { c, node } => set_drain(c, node, "undrain").await,
+        ClientCmd::Logs { c, id, follow, tail } => {
+            let api = Api::new(&c)?;
+            let mut url = format!("{}/tasks/{id}/logs?follow={follow}", api.base);
+            if let Some(t) = tail {
+                url.push_str(&format!("&tail={t}"));
+            }
+            let mut req = api.http.get(url);
+            if !follow {
+                req = req.timeout(REQUEST_TIMEOUT);
+            }
+            let resp = req.send().await.map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
+            if !resp.status().is_success() {
+                let v: Value = resp.json().await.unwrap_or(Value::Null);
+                bail!("{}", v["error"].as_str().unwrap_or("logs are not available"));
+            }
+            let mut stream = resp.bytes_stream();
+            let mut out = std::io::stdout();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.context("log stream broke")?;
+                out.write_all(&chunk)?;
+                out.flush()?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn set_drain(c: ClientArgs, node: String, what: &str) -> Result<()> {
+    let api = Api::new(&c)?;
+    let n = api.call(reqwest::Method::POST, &format!("/nodes/{node}/{what}"), None).await?;
+    if c.json {
+        return print_json(&n);
+    }
+    println!("{node}");
+    Ok(())
+}
+
+/// The JSON body of `POST /tasks` for `orion run`'s flags.
+fn run_body(a: &RunArgs) -> Result<Value> {
+    let mut body = Map::new();
+    body.insert("image".into(), json!(a.image));
+    if !a.command.is_empty() {
+        body.insert("command".into(), json!(a.command));
+    }
+    if let Some(m) = &a.memory {
+        body.insert("memory".into(), json!(m));
+    }
+    if let Some(c) = a.cpus {
+        body.insert("cpu".into(), json!(c));
+    }
+    if let Some(n) = &a.name {
+        body.insert("name".into(), json!(n));
+    }
+    if let Some(r) = &a.restart {
+        body.insert("restartPolicy".into(), json!(r));
+    }
+    if let Some(s) = &a.strategy {
+        body.insert("strategy".into(), json!(s));
+    }
+    if !a.env.is_empty() {
+        body.insert("env".into(), Value::Object(pairs(&a.env, "-e")?));
+    }
+    if !a.labels.is_empty() {
+        body.insert("labels".into(), Value::Object(pairs(&a.labels, "--label")?));
+    }
+    if !a.constraints.is_empty() {
+        body.insert("constraints".into(), json!(a.constraints));
+    }
+    if !a.publish.is_empty() {
+        let mut ports = Map::new();
+        for p in &a.publish {
+            let (spec, proto) = match p.rsplit_once('/') {
+                Some((s, proto)) => (s, proto),
+                None => (p.as_str(), "tcp"),
+            };
+            let parts: Vec<&str> = spec.split(':').collect();
+            let (host, container) = match parts.as_slice() {
+                [c] => ("", *c),
+                [h, c] => (*h, *c),
+                _ => bail!("-p {p:?}: expected HOST:CONTAINER or CONTAINER, e.g. 8080:80"),
+            };
+            ports.insert(format!("{container}/{proto}"), json!(host));
+        }
+        body.insert("portBindings".into(), Value::Object(ports));
+    }
+    Ok(Value::Object(body))
+}
+
+fn pairs(items: &[String], flag: &str) -> Result<Map<String, Value>> {
+    let mut m = Map::new();
+    for kv in items {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("{flag} {kv:?}: expected KEY=VALUE"))?;
+        m.insert(k.to_string(), json!(v));
+    }
+    Ok(m)
+}
+
+async fn run_task(a: RunArgs) -> Result<()> {
+    let api = Api::new(&a.c)?;
+    let body = run_body(&a)?;
+    let task = api.call(reqwest::Method::POST, "/tasks", Some(body)).await?;
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    if a.wait {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            let t = api.get(&format!("/tasks/{id}")).await?;
+            let state = t["state"].as_str().unwrap_or("").to_string();
+            if state != last {
+                let mut line = format!("{:>6.1}s  {state}", start.elapsed().as_secs_f64());
+                if let Some(n) = t["node"].as_str() {
+                    line.push_str(&format!(" on {n}"));
+                }
+                if let Some(r) = t["reason"].as_str() {
+                    line.push_str(&format!(": {r}"));
+                }
+                if state == "running" && !ports_text(&t["ports"]).is_empty() {
+                    line.push_str(&format!(" ({})", ports_text(&t["ports"])));
+                }
+                eprintln!("{line}");
+                last = state.clone();
+            }
+            match state.as_str() {
+                "running" | "completed" => break,
+                "failed" | "stopped" => {
+                    println!("{id}");
+                    bail!("task {} {state}: {}", short(&id), t["reason"].as_str().unwrap_or("no reason given"));
+                }
+                _ => {}
+            }
+            if start.elapsed() > WAIT_LIMIT {
+                println!("{id}");
+                bail!("task {} still {state} after {:?}", short(&id), WAIT_LIMIT);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if a.c.json {
+        let t = api.get(&format!("/tasks/{id}")).await?;
+        let text = serde_json::to_string_pretty(&t)?;
+        println!("{text}");
+    }
+    println!("{id}");
+    Ok(())
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, cell) in r.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+fn ports_text(ports: &Value) -> String {
+    ports
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    format!(
+                        "{}:{}->{}/{}",
+                        p["hostIp"].as_str().unwrap_or(""),
+                        p["hostPort"],
+                        p["containerPort"],
+                        p["protocol"].as_str().unwrap_or("tcp")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn labels_text(labels: &Value) -> String {
+    labels
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+/// Humanised bytes: 1.5 GiB, 100 MiB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[i]) }
+}
+
+/// Humanised age of an RFC 3339 time: 5s, 3m, 2h, 4d.
+fn age(at: Option<&str>) -> String {
+    let Some(t) = at.and_then(|s| humantime::parse_rfc3339_weak(s).ok()) else { return String::new() };
+    let secs = SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    match secs {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86_400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(subcommand)]
+        cmd: ClientCmd,
+    }
+
+    fn body(args: &[&str]) -> Value {
+        let t = T::try_parse_from(std::iter::once("orion").chain(args.iter().copied())).expect("parse");
+        match t.cmd {
+            ClientCmd::Run(a) => run_body(&a).expect("body"),
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn run_flags_become_the_task_body() {
+        let b = body(&[
+            "run", "-p", "8080:80", "-p", "53/udp", "-m", "100m", "--cpus", "0.5", "-e", "A=1", "--name", "web",
+            "--restart", "never", "--label", "app=x", "--constraint", "node.labels.zone==a", "orion/busybox", "sh",
+            "-c", "exit 3",
+        ]);
+        assert_eq!(
+            b,
+            json!({
+                "image": "orion/busybox", "command": ["sh", "-c", "exit 3"], "memory": "100m", "cpu": 0.5,
+                "name": "web", "restartPolicy": "never", "env": {"A": "1"}, "labels": {"app": "x"},
+                "constraints": ["node.labels.zone==a"], "portBindings": {"80/tcp": "8080", "53/udp": ""}
+            })
+        );
+    }
+
+    #[test]
+    fn sizes_are_humanised() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(100 * 1024 * 1024), "100.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,236 @@
+//! The agent's command line (`AgentArgs`, as clap parses it) and the runtime configuration
+//! built from it (`AgentConfig`, every value checked), in the manner of ripgrep's
+//! low-level/high-level arguments.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use orion_types::{BackoffConfig, Resources, Strategy};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// This node's id; unique in the cluster [default: the host name]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// HTTP API port
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Gossip port (UDP)
+    #[arg(long, default_value_t = 6000)]
+    pub gossip_port: u16,
+    /// Inter-node RPC port (Raft and forwarding)
+    #[arg(long, default_value_t = 7000)]
+    pub raft_port: u16,
+    /// Address to listen on
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Address peers dial [default: --bind when specific, else the address that routes to the
+    /// first --join peer, else 127.0.0.1]
+    #[arg(long)]
+    pub advertise: Option<IpAddr>,
+    /// Host address that published container ports bind to
+    #[arg(long, default_value = "0.0.0.0")]
+    pub publish_ip: IpAddr,
+    /// Where the Raft log and state live [default: ./data-<id>]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Start a new cluster with this node as its first voter (the default when --join is not given)
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Gossip address of any live member, host:port; repeatable or comma separated
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Most Raft voters; further nodes are learners
+    #[arg(long, default_value_t = 3)]
+    pub voters: usize,
+    /// Node label key=value; repeatable
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Placement strategy for tasks that do not name one
+    #[arg(long, default_value = "spread")]
+    pub scheduler: String,
+    /// Memory kept back for the host and Orion itself (bytes or 100m, 1g)
+    #[arg(long, default_value = "256m")]
+    pub reserve_memory: String,
+    /// CPU kept back for the host, in cores
+    #[arg(long, default_value_t = 0.0)]
+    pub reserve_cpu: f64,
+    /// Override detected memory capacity (bytes or 4g); for tests and odd hosts
+    #[arg(long)]
+    pub capacity_memory: Option<String>,
+    /// Override detected CPU capacity in cores
+    #[arg(long)]
+    pub capacity_cpu: Option<f64>,
+    /// Host ports chosen for "0"/"" port bindings, FIRST-LAST
+    #[arg(long, default_value = "20000-32767")]
+    pub dynamic_ports: String,
+    /// Turn off the Lifeguard extensions to SWIM (for comparison)
+    #[arg(long)]
+    pub no_lifeguard: bool,
+    /// First restart delay after a container exits, in ms; doubles up to --restart-max-ms
+    #[arg(long, default_value_t = 1000)]
+    pub restart_base_ms: u64,
+    /// Longest restart delay, in ms
+    #[arg(long, default_value_t = 60_000)]
+    pub restart_max_ms: u64,
+    /// A container that ran this long resets its restart back-off, in ms
+    #[arg(long, default_value_t = 60_000)]
+    pub restart_reset_ms: u64,
+    /// How long gossip must have declared a voter dead before it is replaced, in ms
+    #[arg(long, default_value_t = 3_000)]
+    pub voter_grace_ms: u64,
+}
+
+/// The validated configuration of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub id: String,
+    pub api_bind: SocketAddr,
+    pub gossip_bind: SocketAddr,
+    pub raft_bind: SocketAddr,
+    pub advertise: IpAddr,
+    pub publish_ip: IpAddr,
+    pub data_dir: PathBuf,
+    pub bootstrap: bool,
+    pub join: Vec<SocketAddr>,
+    pub voters: usize,
+    pub labels: BTreeMap<String, String>,
+    pub strategy: Strategy,
+    pub capacity: Resources,
+    pub dynamic_ports: RangeInclusive<u16>,
+    pub lifeguard: bool,
+    pub backoff: BackoffConfig,
+    pub voter_grace_ms: u64,
+}
+
+impl AgentConfig {
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise, self.api_bind.port())
+    }
+    pub fn raft_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise, self.raft_bind.port())
+    }
+    pub fn gossip_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise, self.gossip_bind.port())
+    }
+}
+
+impl AgentArgs {
+    pub fn resolve(self) -> Result<AgentConfig> {
+        let id = match self.id {
+            Some(id) => id,
+            None => host_name().unwrap_or_else(|| "node1".to_string()),
+        };
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bail!("--id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
+        }
+        let mut join = Vec::new();
+        for j in self.join.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            join.push(resolve_host_port(j).with_context(|| format!("--join {j:?}"))?);
+        }
+        let advertise = match self.advertise {
+            Some(a) if a.is_unspecified() => bail!("--advertise {a}: must be an address peers can dial"),
+            Some(a) => a,
+            None if !self.bind.is_unspecified() => self.bind,
+            None => join.first().and_then(|peer| route_source(*peer)).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        };
+        let mut labels = BTreeMap::new();
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+            if k.is_empty() {
+                bail!("--label {l:?}: the key is empty");
+            }
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let strategy = Strategy::parse(&self.scheduler)
+            .with_context(|| format!("--scheduler {:?}: expected spread or binpack", self.scheduler))?;
+        if self.voters == 0 {
+            bail!("--voters must be at least 1");
+        }
+        let reserve = Resources {
+            memory_bytes: orion_types::api::parse_size(&self.reserve_memory)
+                .map_err(|e| anyhow::anyhow!("--reserve-memory: {e}"))?,
+            cpu_millis: cores_to_millis(self.reserve_cpu).context("--reserve-cpu")?,
+        };
+        let detected = crate::capacity::detect();
+        let total = Resources {
+            memory_bytes: match &self.capacity_memory {
+                Some(s) => orion_types::api::parse_size(s).map_err(|e| anyhow::anyhow!("--capacity-memory: {e}"))?,
+                None => detected.memory_bytes,
+            },
+            cpu_millis: match self.capacity_cpu {
+                Some(c) => cores_to_millis(c).context("--capacity-cpu")?,
+                None => detected.cpu_millis,
+            },
+        };
+        let dynamic_ports = parse_range(&self.dynamic_ports).context("--dynamic-ports")?;
+        if self.restart_base_ms == 0 || self.restart_max_ms < self.restart_base_ms {
+            bail!("--restart-base-ms must be > 0 and not above --restart-max-ms");
+        }
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(format!("./data-{id}")));
+        Ok(AgentConfig {
+            api_bind: SocketAddr::new(self.bind, self.port),
+            gossip_bind: SocketAddr::new(self.bind, self.gossip_port),
+            raft_bind: SocketAddr::new(self.bind, self.raft_port),
+            advertise,
+            publish_ip: self.publish_ip,
+            data_dir,
+            bootstrap: self.bootstrap || join.is_empty(),
+            join,
+            voters: self.voters,
+            labels,
+            strategy,
+            capacity: total.saturating_sub(reserve),
+            dynamic_ports,
+            lifeguard: !self.no_lifeguard,
+            backoff: BackoffConfig {
+                base_ms: self.restart_base_ms,
+                max_ms: self.restart_max_ms,
+                reset_after_ms: self.restart_reset_ms,
+            },
+            voter_grace_ms: self.voter_grace_ms,
+            id,
+        })
+    }
+}
+
+fn cores_to_millis(c: f64) -> Result<u64> {
+    if !c.is_finite() || !(0.0..=4096.0).contains(&c) {
+        bail!("{c} is not a number of cores between 0 and 4096");
+    }
+    Ok((c * 1000.0).round() as u64)
+}
+
+fn parse_range(s: &str) -> Result<RangeInclusive<u16>> {
+    let (a, b) = s.split_once('-').context("expected FIRST-LAST, e.g. 20000-32767")?;
+    let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
+    if a == 0 || b < a {
+        bail!("{s:?}: FIRST must be 1 or more and not above LAST");
+    }
+    Ok(a..=b)
+}
+
+fn resolve_host_port(s: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .context("expected host:port")?
+        .next()
+        .context("the name resolves to no address")
+}
+
+/// The local address the kernel would use to reach `peer`. A UDP "connect" sends nothing.
+fn route_source(peer: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+    let sock = UdpSocket::bind(bind).ok()?;
+    sock.connect(peer).ok()?;
+    sock.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}

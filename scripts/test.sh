@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: what the README's second set-up command and .ci/run call.
+# Installs what the tests need from Debian (busybox-static for the local test image), builds
+# the test image, then runs every test of the workspace. Under CI=true the Docker and cluster
+# tests fail rather than skip when the engine is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v busybox >/dev/null 2>&1 && busybox --list >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${need_pkgs[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
+fi
+
+if docker info >/dev/null 2>&1; then
+  bash scripts/test-image.sh
+elif [ "${CI:-}" = "true" ]; then
+  echo "CI=true but the Docker engine is unreachable" >&2
+  exit 1
+else
+  echo "Docker engine unreachable: the Docker and cluster tests will skip"
+fi
+
+cargo test --workspace "$@"
