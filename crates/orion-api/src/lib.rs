@@ -217,10 +217,10 @@ fn find_task(s: &ClusterState, id: &str) -> Result<Task, ApiError> {
         .tasks
         .values()
         .filter(|t| t.spec.name.as_deref() == Some(id) && t.state != TaskState::Stopped);
-    if let Some(t) = by_name.next() {
-        if by_name.next().is_none() {
-            return Ok(t.clone());
-        }
+    if let Some(t) = by_name.next()
+        && by_name.next().is_none()
+    {
+        return Ok(t.clone());
     }
     Err(ApiError::not_found(format!("task {id} not found")))
 }

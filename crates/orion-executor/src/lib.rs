@@ -16,7 +16,10 @@
 //! - It never decides placement; it only reports `AllocStatus`.
 
 use futures_util::StreamExt;
-use orion_docker::{ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, DockerRuntime, PortRequest, RuntimeError};
+use orion_docker::{
+    ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, DockerRuntime, PortRequest,
+    RuntimeError,
+};
 use orion_types::{AllocStatus, BackoffConfig, Command, PortMapping, Protocol, Task, TaskState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -118,7 +121,11 @@ impl<C: Cluster> Executor<C> {
         }
         info!(node = %self.cfg.node_id, "executor ready; reconciling containers");
         let (events_tx, mut events) = mpsc::channel(EVENTS_QUEUE_MAX);
-        let watcher = tokio::spawn(watch_events(self.runtime.clone(), self.cfg.node_id.clone(), events_tx));
+        let watcher = tokio::spawn(watch_events(
+            self.runtime.clone(),
+            self.cfg.node_id.clone(),
+            events_tx,
+        ));
         let mut changes = self.cluster.changes();
         let mut next_wake: Option<tokio::time::Instant> = None;
         let mut resync = tokio::time::interval(RESYNC_PERIOD);
@@ -167,7 +174,10 @@ impl<C: Cluster> Executor<C> {
                 continue;
             }
             match by_alloc.get(&alloc) {
-                Some(kept) if kept.state == ContainerState::Running || c.state != ContainerState::Running => {
+                Some(kept)
+                    if kept.state == ContainerState::Running
+                        || c.state != ContainerState::Running =>
+                {
                     info!(container = %short(&c.id), alloc = %alloc, "removing duplicate container");
                     self.remove(&c.id).await;
                 }
@@ -191,21 +201,43 @@ impl<C: Cluster> Executor<C> {
             }
             let container = by_alloc.get(alloc);
             match (task.state, container.map(|c| &c.state)) {
-                (TaskState::Scheduled | TaskState::Starting, None) => self.start_job(task.clone(), None),
-                (TaskState::Scheduled | TaskState::Starting | TaskState::Running, Some(ContainerState::Running)) => {
+                (TaskState::Scheduled | TaskState::Starting, None) => {
+                    self.start_job(task.clone(), None)
+                }
+                (
+                    TaskState::Scheduled | TaskState::Starting | TaskState::Running,
+                    Some(ContainerState::Running),
+                ) => {
                     let c = container.expect("matched Some");
                     let ports = mappings(c);
                     if task.state != TaskState::Running
                         || task.container_id.as_deref() != Some(c.id.as_str())
                         || task.ports != ports
                     {
-                        self.report(task, AllocStatus::Running { container_id: c.id.clone(), ports }).await;
+                        self.report(
+                            task,
+                            AllocStatus::Running {
+                                container_id: c.id.clone(),
+                                ports,
+                            },
+                        )
+                        .await;
                     }
                 }
-                (TaskState::Scheduled | TaskState::Starting | TaskState::Running, Some(ContainerState::Exited { code, oom_killed })) => {
+                (
+                    TaskState::Scheduled | TaskState::Starting | TaskState::Running,
+                    Some(ContainerState::Exited { code, oom_killed }),
+                ) => {
                     let c = container.expect("matched Some");
-                    self.report(task, AllocStatus::Exited { container_id: c.id.clone(), exit_code: *code, oom_killed: *oom_killed })
-                        .await;
+                    self.report(
+                        task,
+                        AllocStatus::Exited {
+                            container_id: c.id.clone(),
+                            exit_code: *code,
+                            oom_killed: *oom_killed,
+                        },
+                    )
+                    .await;
                 }
                 (TaskState::Scheduled | TaskState::Starting, Some(_)) => {
                     // Created but never started (we crashed mid-start): start it.
@@ -214,7 +246,15 @@ impl<C: Cluster> Executor<C> {
                 (TaskState::Running, None) => {
                     // The container vanished (removed from outside): count it as an exit.
                     let cid = task.container_id.clone().unwrap_or_default();
-                    self.report(task, AllocStatus::Exited { container_id: cid, exit_code: 137, oom_killed: false }).await;
+                    self.report(
+                        task,
+                        AllocStatus::Exited {
+                            container_id: cid,
+                            exit_code: 137,
+                            oom_killed: false,
+                        },
+                    )
+                    .await;
                 }
                 (TaskState::Completed | TaskState::Failed, _) => {
                     if let Some(due) = task.restart_at {
@@ -228,12 +268,15 @@ impl<C: Cluster> Executor<C> {
                 _ => {}
             }
         }
-        next_due.map(|due| tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now)))
+        next_due
+            .map(|due| tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now)))
     }
 
     /// Starts (or restarts) a task's container in the background.
     fn start_job(&mut self, task: Task, existing: Option<String>) {
-        let Some(alloc) = task.allocation.clone() else { return };
+        let Some(alloc) = task.allocation.clone() else {
+            return;
+        };
         if self.starting.len() >= STARTS_IN_FLIGHT_MAX {
             return; // picked up by a later pass
         }
@@ -254,7 +297,9 @@ impl<C: Cluster> Executor<C> {
             ContainerEvent::Died { id, labels, .. } => (id.clone(), labels.clone()),
             _ => return,
         };
-        let Some(alloc) = labels.get(LABEL_ALLOC) else { return };
+        let Some(alloc) = labels.get(LABEL_ALLOC) else {
+            return;
+        };
         if self.starting.contains(alloc) {
             return;
         }
@@ -266,14 +311,25 @@ impl<C: Cluster> Executor<C> {
         else {
             return;
         };
-        if !matches!(task.state, TaskState::Running | TaskState::Starting | TaskState::Scheduled) {
+        if !matches!(
+            task.state,
+            TaskState::Running | TaskState::Starting | TaskState::Scheduled
+        ) {
             return;
         }
         match self.runtime.inspect(&id).await {
             Ok(info) => {
                 if let ContainerState::Exited { code, oom_killed } = info.state {
                     info!(task = %task.id, code, oom_killed, "container exited");
-                    self.report(&task, AllocStatus::Exited { container_id: id, exit_code: code, oom_killed }).await;
+                    self.report(
+                        &task,
+                        AllocStatus::Exited {
+                            container_id: id,
+                            exit_code: code,
+                            oom_killed,
+                        },
+                    )
+                    .await;
                 }
             }
             Err(e) => debug!(error = %e, "inspect after exit failed; the next pass repairs it"),
@@ -281,14 +337,17 @@ impl<C: Cluster> Executor<C> {
     }
 
     async fn report(&mut self, task: &Task, status: AllocStatus) {
-        let Some(alloc) = task.allocation.clone() else { return };
+        let Some(alloc) = task.allocation.clone() else {
+            return;
+        };
         if let Some((last, at)) = self.reported.get(&alloc)
             && *last == status
             && at.elapsed() < REPORT_REPEAT_AFTER
         {
             return;
         }
-        self.reported.insert(alloc, (status.clone(), Instant::now()));
+        self.reported
+            .insert(alloc, (status.clone(), Instant::now()));
         // Reports go through Raft; do not hold the loop while they commit.
         let cluster = self.cluster.clone();
         let cfg = self.cfg.clone();
@@ -303,8 +362,15 @@ impl<C: Cluster> Executor<C> {
     }
 }
 
-async fn send_report<C: Cluster>(cluster: &C, cfg: &ExecutorConfig, task: &Task, status: AllocStatus) {
-    let Some(alloc) = task.allocation.clone() else { return };
+async fn send_report<C: Cluster>(
+    cluster: &C,
+    cfg: &ExecutorConfig,
+    task: &Task,
+    status: AllocStatus,
+) {
+    let Some(alloc) = task.allocation.clone() else {
+        return;
+    };
     let cmd = Command::Report {
         node: cfg.node_id.clone(),
         task_id: task.id.clone(),
@@ -335,7 +401,9 @@ async fn start_container<C: Cluster>(
         Some(id) => id,
         None => {
             if let Err(e) = runtime.ensure_image(&task.spec.image).await {
-                return AllocStatus::Failed { reason: image_reason(&task.spec.image, &cfg.node_id, &e) };
+                return AllocStatus::Failed {
+                    reason: image_reason(&task.spec.image, &cfg.node_id, &e),
+                };
             }
             let spec = container_spec(cfg, task);
             match runtime.create(&spec).await {
@@ -344,7 +412,11 @@ async fn start_container<C: Cluster>(
                     // A container of this allocation exists already (a crash mid-start): adopt it.
                     match runtime.inspect(&spec.name).await {
                         Ok(info) => info.id,
-                        Err(e) => return AllocStatus::Failed { reason: format!("could not create the container: {e}") },
+                        Err(e) => {
+                            return AllocStatus::Failed {
+                                reason: format!("could not create the container: {e}"),
+                            };
+                        }
                     }
                 }
                 Err(RuntimeError::ImageUnavailable { cause, .. }) => {
@@ -355,23 +427,38 @@ async fn start_container<C: Cluster>(
                         ),
                     };
                 }
-                Err(e) => return AllocStatus::Failed { reason: format!("could not create the container: {e}") },
+                Err(e) => {
+                    return AllocStatus::Failed {
+                        reason: format!("could not create the container: {e}"),
+                    };
+                }
             }
         }
     };
     if let Err(e) = runtime.start(&id).await {
         let _ = runtime.remove(&id).await;
-        return AllocStatus::Failed { reason: format!("could not start the container: {e}") };
+        return AllocStatus::Failed {
+            reason: format!("could not start the container: {e}"),
+        };
     }
     match runtime.inspect(&id).await {
         Ok(info) => match info.state {
-            ContainerState::Exited { code, oom_killed } => AllocStatus::Exited { container_id: id, exit_code: code, oom_killed },
+            ContainerState::Exited { code, oom_killed } => AllocStatus::Exited {
+                container_id: id,
+                exit_code: code,
+                oom_killed,
+            },
             _ => {
                 info!(task = %task.id, container = %short(&id), "container running");
-                AllocStatus::Running { ports: mappings(&info), container_id: id }
+                AllocStatus::Running {
+                    ports: mappings(&info),
+                    container_id: id,
+                }
             }
         },
-        Err(e) => AllocStatus::Failed { reason: format!("container started but cannot be inspected: {e}") },
+        Err(e) => AllocStatus::Failed {
+            reason: format!("container started but cannot be inspected: {e}"),
+        },
     }
 }
 
@@ -404,7 +491,12 @@ pub fn container_spec(cfg: &ExecutorConfig, task: &Task) -> ContainerSpec {
         })
         .collect();
     ContainerSpec {
-        name: format!("orion-{}-{}-{}", sanitize(&cfg.node_id), short(&task.id), short(&alloc)),
+        name: format!(
+            "orion-{}-{}-{}",
+            sanitize(&cfg.node_id),
+            short(&task.id),
+            short(&alloc)
+        ),
         image: task.spec.image.clone(),
         command: task.spec.command.clone(),
         env: task.spec.env.clone(),
@@ -425,16 +517,35 @@ fn mappings(c: &ContainerInfo) -> Vec<PortMapping> {
                 "udp" => Protocol::Udp,
                 _ => return None,
             };
-            Some(PortMapping { container_port: p.container_port, protocol, host_ip: p.host_ip.clone(), host_port: p.host_port })
+            Some(PortMapping {
+                container_port: p.container_port,
+                protocol,
+                host_ip: p.host_ip.clone(),
+                host_port: p.host_port,
+            })
         })
         .collect();
-    out.sort_by(|a, b| (a.container_port, a.protocol, a.host_port).cmp(&(b.container_port, b.protocol, b.host_port)));
+    out.sort_by(|a, b| {
+        (a.container_port, a.protocol, a.host_port).cmp(&(
+            b.container_port,
+            b.protocol,
+            b.host_port,
+        ))
+    });
     out.dedup();
     out
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 fn short(id: &str) -> &str {

@@ -82,17 +82,16 @@ pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationErr
     };
     check_image(&image)?;
     let name = opt_string(obj, "name", NAME_BYTES_MAX)?;
-    if let Some(n) = &name {
-        if n.is_empty()
+    if let Some(n) = &name
+        && (n.is_empty()
             || !n
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        {
-            return Err(err(
-                "name",
-                "may hold only letters, digits, '_', '.' and '-'",
-            ));
-        }
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
+    {
+        return Err(err(
+            "name",
+            "may hold only letters, digits, '_', '.' and '-'",
+        ));
     }
     let command = match obj.get("command") {
         None | Some(Value::Null) => None,
@@ -433,16 +432,15 @@ fn parse_ports(v: Option<&Value>) -> Result<Vec<PortSpec>, ValidationError> {
         {
             return Err(err(F, format!("{key:?} is given twice")));
         }
-        if let Some(h) = host_port {
-            if out
+        if let Some(h) = host_port
+            && out
                 .iter()
                 .any(|p| p.host_port == Some(h) && p.protocol == protocol)
-            {
-                return Err(err(
-                    F,
-                    format!("host port {h}/{} is bound twice", protocol.as_str()),
-                ));
-            }
+        {
+            return Err(err(
+                F,
+                format!("host port {h}/{} is bound twice", protocol.as_str()),
+            ));
         }
         out.push(PortSpec {
             container_port,

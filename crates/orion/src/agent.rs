@@ -27,7 +27,10 @@ use tracing::{info, warn};
 const LOGS_PROXY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub struct Node {
@@ -41,7 +44,9 @@ pub struct Node {
 fn write_error(e: WriteError) -> ApiError {
     match e {
         WriteError::NoLeader(m) => ApiError::unavailable(m),
-        WriteError::Timeout(_) => ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        WriteError::Timeout(_) => {
+            ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, e.to_string())
+        }
         WriteError::Shutdown => ApiError::unavailable("this node is shutting down; ask another"),
         WriteError::Other(m) => ApiError::unavailable(m),
     }
@@ -62,8 +67,12 @@ impl Backend for Node {
 
     fn nodes(&self) -> Vec<NodeView> {
         let status = self.raft.status();
-        let members: BTreeMap<String, orion_gossip::Member<NodeMeta>> =
-            self.gossip.members().into_iter().map(|m| (m.node_id.clone(), m)).collect();
+        let members: BTreeMap<String, orion_gossip::Member<NodeMeta>> = self
+            .gossip
+            .members()
+            .into_iter()
+            .map(|m| (m.node_id.clone(), m))
+            .collect();
         let (records, usage) = self.raft.read(|s| (s.nodes.clone(), s.usage()));
         let mut ids: Vec<String> = records.keys().chain(members.keys()).cloned().collect();
         ids.sort();
@@ -102,11 +111,12 @@ impl Backend for Node {
                     raft_addr: meta.raft_addr.clone(),
                     status: gossip_status.to_string(),
                     role: role.to_string(),
-                    recorded: rec.map_or("unregistered", |r| match r.status {
-                        orion_state::NodeStatus::Up => "up",
-                        orion_state::NodeStatus::Down => "down",
-                    })
-                    .to_string(),
+                    recorded: rec
+                        .map_or("unregistered", |r| match r.status {
+                            orion_state::NodeStatus::Up => "up",
+                            orion_state::NodeStatus::Down => "down",
+                        })
+                        .to_string(),
                     draining: rec.is_some_and(|r| r.draining),
                     generation: meta.generation,
                     labels: meta.labels.clone(),
@@ -145,24 +155,34 @@ impl Backend for Node {
 
     async fn logs(&self, task: Task, follow: bool, tail: Option<usize>) -> Result<Body, ApiError> {
         let Some(node) = task.node.clone() else {
-            return Err(ApiError::bad_request(format!("task {} has not been placed on a node", task.id)));
+            return Err(ApiError::bad_request(format!(
+                "task {} has not been placed on a node",
+                task.id
+            )));
         };
         if node == self.cfg.id {
             let Some(cid) = task.container_id.clone() else {
-                return Err(ApiError::not_found(format!("task {} has no container yet", task.id)));
+                return Err(ApiError::not_found(format!(
+                    "task {} has no container yet",
+                    task.id
+                )));
             };
             let stream = self
                 .docker
                 .logs(&cid, follow, tail)
                 .await
                 .map_err(|e| ApiError::not_found(format!("logs of task {}: {e}", task.id)))?;
-            return Ok(Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other))));
+            return Ok(Body::from_stream(
+                stream.map(|r| r.map_err(std::io::Error::other)),
+            ));
         }
         // Another node runs it: ask that node's API and pass its stream through.
         let api = self
             .raft
             .read(|s| s.nodes.get(&node).map(|n| n.meta.api_addr.clone()))
-            .ok_or_else(|| ApiError::not_found(format!("node {node} of task {} is unknown", task.id)))?;
+            .ok_or_else(|| {
+                ApiError::not_found(format!("node {node} of task {} is unknown", task.id))
+            })?;
         let mut url = format!("http://{api}/tasks/{}/logs?follow={follow}", task.id);
         if let Some(t) = tail {
             url.push_str(&format!("&tail={t}"));
@@ -171,10 +191,12 @@ impl Backend for Node {
         if !follow {
             req = req.timeout(LOGS_PROXY_TIMEOUT);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ApiError::unavailable(format!("node {node} runs task {} but cannot be reached: {e}", task.id)))?;
+        let resp = req.send().await.map_err(|e| {
+            ApiError::unavailable(format!(
+                "node {node} runs task {} but cannot be reached: {e}",
+                task.id
+            ))
+        })?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
@@ -184,7 +206,10 @@ impl Backend for Node {
                 .unwrap_or(text);
             return Err(ApiError::new(status, msg));
         }
-        Ok(Body::from_stream(resp.bytes_stream().map(|r| r.map_err(std::io::Error::other))))
+        Ok(Body::from_stream(
+            resp.bytes_stream()
+                .map(|r| r.map_err(std::io::Error::other)),
+        ))
     }
 }
 
@@ -196,7 +221,11 @@ impl orion_executor::Cluster for Node {
         self.raft.subscribe()
     }
     async fn report(&self, cmd: Command) -> Result<(), String> {
-        self.raft.write(cmd).await.map(|_| ()).map_err(|e| e.to_string())
+        self.raft
+            .write(cmd)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
     async fn ready(&self) -> Result<(), String> {
         self.raft.consistent_read().await.map_err(|e| e.to_string())
@@ -213,7 +242,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let generation = now_ms();
     info!(id = %cfg.id, api = %cfg.api_addr(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
 
-    let docker = DockerRuntime::connect().await.context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
+    let docker = DockerRuntime::connect()
+        .await
+        .context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
 
     let api_listener = tokio::net::TcpListener::bind(cfg.api_bind)
         .await
@@ -226,9 +257,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         cfg.raft_addr(),
         cfg.api_addr().to_string(),
     );
-    let raft = RaftNode::start(raft_cfg).await.context("cannot start consensus")?;
+    let raft = RaftNode::start(raft_cfg)
+        .await
+        .context("cannot start consensus")?;
     if cfg.bootstrap {
-        raft.bootstrap().await.context("cannot bootstrap the cluster")?;
+        raft.bootstrap()
+            .await
+            .context("cannot bootstrap the cluster")?;
     }
 
     let meta = NodeMeta {
@@ -242,11 +277,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         labels: cfg.labels.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let mut gcfg = GossipConfig::lan_fast(cfg.id.clone(), cfg.gossip_bind, cfg.gossip_addr(), generation);
+    let mut gcfg = GossipConfig::lan_fast(
+        cfg.id.clone(),
+        cfg.gossip_bind,
+        cfg.gossip_addr(),
+        generation,
+    );
     gcfg.lifeguard.enabled = cfg.lifeguard;
-    let gossip = orion_gossip::spawn(gcfg, meta).await.context("cannot start gossip")?;
+    let gossip = orion_gossip::spawn(gcfg, meta)
+        .await
+        .context("cannot start gossip")?;
     if !cfg.join.is_empty() {
-        gossip.join(&cfg.join).await.context("cannot join the cluster")?;
+        gossip
+            .join(&cfg.join)
+            .await
+            .context("cannot join the cluster")?;
     }
 
     let http = reqwest::Client::builder()
@@ -254,7 +299,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("cannot build the HTTP client")?;
-    let node = Arc::new(Node { cfg: cfg.clone(), raft, gossip, docker: docker.clone(), http });
+    let node = Arc::new(Node {
+        cfg: cfg.clone(),
+        raft,
+        gossip,
+        docker: docker.clone(),
+        http,
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let executor = orion_executor::spawn(
@@ -275,7 +326,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let shutdown = async move {
             let _ = api_stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(api_listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(api_listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             warn!(error = %e, "API server ended");
         }
     });

@@ -6,11 +6,20 @@ use orion_types::Resources;
 pub fn detect() -> Resources {
     let mut memory = meminfo_total().unwrap_or(0);
     if let Some(limit) = cgroup_memory_limit() {
-        memory = if memory == 0 { limit } else { memory.min(limit) };
+        memory = if memory == 0 {
+            limit
+        } else {
+            memory.min(limit)
+        };
     }
     // std honours cgroup CPU quotas and affinity masks on Linux.
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
-    Resources { memory_bytes: memory, cpu_millis: cpus * 1000 }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    Resources {
+        memory_bytes: memory,
+        cpu_millis: cpus * 1000,
+    }
 }
 
 fn meminfo_total() -> Option<u64> {
@@ -21,7 +30,10 @@ fn meminfo_total() -> Option<u64> {
 }
 
 fn cgroup_memory_limit() -> Option<u64> {
-    for path in ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"] {
+    for path in [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ] {
         if let Ok(text) = std::fs::read_to_string(path) {
             // "max" (v2) or a huge number (v1) mean no limit.
             if let Ok(v) = text.trim().parse::<u64>()

@@ -27,7 +27,7 @@ pub struct ClientArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
     /// Run a task: orion run [-p 8080:80] [-m 100m] IMAGE [CMD...]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List tasks (running and waiting; -a for all)
     Ps {
         #[command(flatten)]
@@ -147,17 +147,31 @@ impl Api {
         Ok(Api { base, http })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT);
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| anyhow!("cannot reach orion at {}: {}", self.base, root_cause(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach orion at {}: {}", self.base, root_cause(&e)))?;
         let status = resp.status();
         let text = resp.text().await.context("reading the answer")?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
-            let msg = value["error"].as_str().map(String::from).unwrap_or_else(|| value.to_string());
+            let msg = value["error"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| value.to_string());
             bail!("{msg}");
         }
         Ok(value)
@@ -178,7 +192,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 pub async fn run(cmd: ClientCmd) -> Result<()> {
     match cmd {
-        ClientCmd::Run(args) => run_task(args).await,
+        ClientCmd::Run(args) => run_task(*args).await,
         ClientCmd::Ps { c, all, node } => {
             let api = Api::new(&c)?;
             let mut path = "/tasks".to_string();
@@ -188,7 +202,12 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             let tasks = api.get(&path).await?;
             let mut list: Vec<Value> = tasks.as_array().cloned().unwrap_or_default();
             if !all {
-                list.retain(|t| !matches!(t["state"].as_str(), Some("stopped" | "completed" | "failed")));
+                list.retain(|t| {
+                    !matches!(
+                        t["state"].as_str(),
+                        Some("stopped" | "completed" | "failed")
+                    )
+                });
             }
             if c.json {
                 return print_json(&Value::Array(list));
@@ -205,7 +224,12 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
                     age(t["createdAt"].as_str()),
                 ]
             });
-            print_table(&["ID", "NAME", "IMAGE", "STATE", "NODE", "PORTS", "RESTARTS", "CREATED"], rows);
+            print_table(
+                &[
+                    "ID", "NAME", "IMAGE", "STATE", "NODE", "PORTS", "RESTARTS", "CREATED",
+                ],
+                rows,
+            );
             Ok(())
         }
         ClientCmd::Inspect { c, id } => {
@@ -216,7 +240,10 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             let api = Api::new(&c)?;
             let mut failed = 0;
             for id in ids {
-                match api.call(reqwest::Method::DELETE, &format!("/tasks/{id}"), None).await {
+                match api
+                    .call(reqwest::Method::DELETE, &format!("/tasks/{id}"), None)
+                    .await
+                {
                     Ok(t) => println!("{}", t["id"].as_str().unwrap_or(&id)),
                     Err(e) => {
                         eprintln!("orion: {id}: {e}");
@@ -235,31 +262,41 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             if c.json {
                 return print_json(&nodes);
             }
-            let rows = nodes.as_array().cloned().unwrap_or_default().into_iter().map(|n| {
-                let mut status = n["status"].as_str().unwrap_or("").to_string();
-                if n["draining"].as_bool() == Some(true) {
-                    status.push_str(",draining");
-                }
-                vec![
-                    n["id"].as_str().unwrap_or("").to_string(),
-                    status,
-                    n["role"].as_str().unwrap_or("").to_string(),
-                    n["apiAddr"].as_str().unwrap_or("").to_string(),
-                    format!(
-                        "{} / {}",
-                        bytes(n["allocated"]["memory"].as_u64().unwrap_or(0)),
-                        bytes(n["capacity"]["memory"].as_u64().unwrap_or(0))
-                    ),
-                    format!(
-                        "{} / {}",
-                        n["allocated"]["cpu"].as_f64().unwrap_or(0.0),
-                        n["capacity"]["cpu"].as_f64().unwrap_or(0.0)
-                    ),
-                    n["tasks"].to_string(),
-                    labels_text(&n["labels"]),
-                ]
-            });
-            print_table(&["ID", "STATUS", "ROLE", "API", "MEMORY", "CPU", "TASKS", "LABELS"], rows);
+            let rows = nodes
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| {
+                    let mut status = n["status"].as_str().unwrap_or("").to_string();
+                    if n["draining"].as_bool() == Some(true) {
+                        status.push_str(",draining");
+                    }
+                    vec![
+                        n["id"].as_str().unwrap_or("").to_string(),
+                        status,
+                        n["role"].as_str().unwrap_or("").to_string(),
+                        n["apiAddr"].as_str().unwrap_or("").to_string(),
+                        format!(
+                            "{} / {}",
+                            bytes(n["allocated"]["memory"].as_u64().unwrap_or(0)),
+                            bytes(n["capacity"]["memory"].as_u64().unwrap_or(0))
+                        ),
+                        format!(
+                            "{} / {}",
+                            n["allocated"]["cpu"].as_f64().unwrap_or(0.0),
+                            n["capacity"]["cpu"].as_f64().unwrap_or(0.0)
+                        ),
+                        n["tasks"].to_string(),
+                        labels_text(&n["labels"]),
+                    ]
+                });
+            print_table(
+                &[
+                    "ID", "STATUS", "ROLE", "API", "MEMORY", "CPU", "TASKS", "LABELS",
+                ],
+                rows,
+            );
             Ok(())
         }
         ClientCmd::Status { c } => {
@@ -280,7 +317,12 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
         }
         ClientCmd::Drain { c, node } => set_drain(c, node, "drain").await,
         ClientCmd::Undrain { c, node } => set_drain(c, node, "undrain").await,
-        ClientCmd::Logs { c, id, follow, tail } => {
+        ClientCmd::Logs {
+            c,
+            id,
+            follow,
+            tail,
+        } => {
             let api = Api::new(&c)?;
             let mut url = format!("{}/tasks/{id}/logs?follow={follow}", api.base);
             if let Some(t) = tail {
@@ -290,10 +332,16 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             if !follow {
                 req = req.timeout(REQUEST_TIMEOUT);
             }
-            let resp = req.send().await.map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
             if !resp.status().is_success() {
                 let v: Value = resp.json().await.unwrap_or(Value::Null);
-                bail!("{}", v["error"].as_str().unwrap_or("logs are not available"));
+                bail!(
+                    "{}",
+                    v["error"].as_str().unwrap_or("logs are not available")
+                );
             }
             let mut stream = resp.bytes_stream();
             let mut out = std::io::stdout();
@@ -309,7 +357,13 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
 
 async fn set_drain(c: ClientArgs, node: String, what: &str) -> Result<()> {
     let api = Api::new(&c)?;
-    let n = api.call(reqwest::Method::POST, &format!("/nodes/{node}/{what}"), None).await?;
+    let n = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/nodes/{node}/{what}"),
+            None,
+        )
+        .await?;
     if c.json {
         return print_json(&n);
     }
@@ -371,7 +425,9 @@ fn run_body(a: &RunArgs) -> Result<Value> {
 fn pairs(items: &[String], flag: &str) -> Result<Map<String, Value>> {
     let mut m = Map::new();
     for kv in items {
-        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("{flag} {kv:?}: expected KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{flag} {kv:?}: expected KEY=VALUE"))?;
         m.insert(k.to_string(), json!(v));
     }
     Ok(m)
@@ -380,7 +436,9 @@ fn pairs(items: &[String], flag: &str) -> Result<Map<String, Value>> {
 async fn run_task(a: RunArgs) -> Result<()> {
     let api = Api::new(&a.c)?;
     let body = run_body(&a)?;
-    let task = api.call(reqwest::Method::POST, "/tasks", Some(body)).await?;
+    let task = api
+        .call(reqwest::Method::POST, "/tasks", Some(body))
+        .await?;
     let id = task["id"].as_str().unwrap_or_default().to_string();
     if a.wait {
         let start = Instant::now();
@@ -406,7 +464,11 @@ async fn run_task(a: RunArgs) -> Result<()> {
                 "running" | "completed" => break,
                 "failed" | "stopped" => {
                     println!("{id}");
-                    bail!("task {} {state}: {}", short(&id), t["reason"].as_str().unwrap_or("no reason given"));
+                    bail!(
+                        "task {} {state}: {}",
+                        short(&id),
+                        t["reason"].as_str().unwrap_or("no reason given")
+                    );
                 }
                 _ => {}
             }
@@ -483,13 +545,23 @@ fn ports_text(ports: &Value) -> String {
 fn labels_text(labels: &Value) -> String {
     labels
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
 fn join(v: &Value) -> String {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -502,13 +574,22 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 /// Humanised age of an RFC 3339 time: 5s, 3m, 2h, 4d.
 fn age(at: Option<&str>) -> String {
-    let Some(t) = at.and_then(|s| humantime::parse_rfc3339_weak(s).ok()) else { return String::new() };
-    let secs = SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    let Some(t) = at.and_then(|s| humantime::parse_rfc3339_weak(s).ok()) else {
+        return String::new();
+    };
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     match secs {
         s if s < 60 => format!("{s}s ago"),
         s if s < 3600 => format!("{}m ago", s / 60),
@@ -529,7 +610,8 @@ mod tests {
     }
 
     fn body(args: &[&str]) -> Value {
-        let t = T::try_parse_from(std::iter::once("orion").chain(args.iter().copied())).expect("parse");
+        let t =
+            T::try_parse_from(std::iter::once("orion").chain(args.iter().copied())).expect("parse");
         match t.cmd {
             ClientCmd::Run(a) => run_body(&a).expect("body"),
             _ => panic!("not run"),
@@ -539,9 +621,29 @@ mod tests {
     #[test]
     fn run_flags_become_the_task_body() {
         let b = body(&[
-            "run", "-p", "8080:80", "-p", "53/udp", "-m", "100m", "--cpus", "0.5", "-e", "A=1", "--name", "web",
-            "--restart", "never", "--label", "app=x", "--constraint", "node.labels.zone==a", "orion/busybox", "sh",
-            "-c", "exit 3",
+            "run",
+            "-p",
+            "8080:80",
+            "-p",
+            "53/udp",
+            "-m",
+            "100m",
+            "--cpus",
+            "0.5",
+            "-e",
+            "A=1",
+            "--name",
+            "web",
+            "--restart",
+            "never",
+            "--label",
+            "app=x",
+            "--constraint",
+            "node.labels.zone==a",
+            "orion/busybox",
+            "sh",
+            "-c",
+            "exit 3",
         ]);
         assert_eq!(
             b,

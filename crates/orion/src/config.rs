@@ -124,7 +124,12 @@ impl AgentArgs {
             Some(id) => id,
             None => host_name().unwrap_or_else(|| "node1".to_string()),
         };
-        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             bail!("--id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
         }
         let mut join = Vec::new();
@@ -132,21 +137,32 @@ impl AgentArgs {
             join.push(resolve_host_port(j).with_context(|| format!("--join {j:?}"))?);
         }
         let advertise = match self.advertise {
-            Some(a) if a.is_unspecified() => bail!("--advertise {a}: must be an address peers can dial"),
+            Some(a) if a.is_unspecified() => {
+                bail!("--advertise {a}: must be an address peers can dial")
+            }
             Some(a) => a,
             None if !self.bind.is_unspecified() => self.bind,
-            None => join.first().and_then(|peer| route_source(*peer)).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            None => join
+                .first()
+                .and_then(|peer| route_source(*peer))
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         };
         let mut labels = BTreeMap::new();
         for l in &self.labels {
-            let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
             if k.is_empty() {
                 bail!("--label {l:?}: the key is empty");
             }
             labels.insert(k.to_string(), v.to_string());
         }
-        let strategy = Strategy::parse(&self.scheduler)
-            .with_context(|| format!("--scheduler {:?}: expected spread or binpack", self.scheduler))?;
+        let strategy = Strategy::parse(&self.scheduler).with_context(|| {
+            format!(
+                "--scheduler {:?}: expected spread or binpack",
+                self.scheduler
+            )
+        })?;
         if self.voters == 0 {
             bail!("--voters must be at least 1");
         }
@@ -158,7 +174,8 @@ impl AgentArgs {
         let detected = crate::capacity::detect();
         let total = Resources {
             memory_bytes: match &self.capacity_memory {
-                Some(s) => orion_types::api::parse_size(s).map_err(|e| anyhow::anyhow!("--capacity-memory: {e}"))?,
+                Some(s) => orion_types::api::parse_size(s)
+                    .map_err(|e| anyhow::anyhow!("--capacity-memory: {e}"))?,
                 None => detected.memory_bytes,
             },
             cpu_millis: match self.capacity_cpu {
@@ -170,7 +187,9 @@ impl AgentArgs {
         if self.restart_base_ms == 0 || self.restart_max_ms < self.restart_base_ms {
             bail!("--restart-base-ms must be > 0 and not above --restart-max-ms");
         }
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(format!("./data-{id}")));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("./data-{id}")));
         Ok(AgentConfig {
             api_bind: SocketAddr::new(self.bind, self.port),
             gossip_bind: SocketAddr::new(self.bind, self.gossip_port),
@@ -205,7 +224,9 @@ fn cores_to_millis(c: f64) -> Result<u64> {
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>> {
-    let (a, b) = s.split_once('-').context("expected FIRST-LAST, e.g. 20000-32767")?;
+    let (a, b) = s
+        .split_once('-')
+        .context("expected FIRST-LAST, e.g. 20000-32767")?;
     let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
     if a == 0 || b < a {
         bail!("{s:?}: FIRST must be 1 or more and not above LAST");
@@ -223,10 +244,19 @@ fn resolve_host_port(s: &str) -> Result<SocketAddr> {
 
 /// The local address the kernel would use to reach `peer`. A UDP "connect" sends nothing.
 fn route_source(peer: SocketAddr) -> Option<IpAddr> {
-    let bind: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+    let bind: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .ok()?;
     let sock = UdpSocket::bind(bind).ok()?;
     sock.connect(peer).ok()?;
-    sock.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
+    sock.local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
 }
 
 fn host_name() -> Option<String> {

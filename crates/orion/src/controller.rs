@@ -94,8 +94,13 @@ impl Controller {
             info!("this node is the leader; controller active");
             Instant::now()
         });
-        let members: BTreeMap<String, orion_gossip::Member<NodeMeta>> =
-            self.node.gossip.members().into_iter().map(|m| (m.node_id.clone(), m)).collect();
+        let members: BTreeMap<String, orion_gossip::Member<NodeMeta>> = self
+            .node
+            .gossip
+            .members()
+            .into_iter()
+            .map(|m| (m.node_id.clone(), m))
+            .collect();
         let now = Instant::now();
         for (id, m) in &members {
             if m.status.is_live() {
@@ -105,7 +110,8 @@ impl Controller {
             }
         }
         self.sync_nodes(&members, leader_since).await;
-        self.sync_raft_membership(&members, &status, leader_since).await;
+        self.sync_raft_membership(&members, &status, leader_since)
+            .await;
         self.schedule(&members).await;
         self.deadlines().await;
     }
@@ -121,18 +127,27 @@ impl Controller {
         }
     }
 
-    async fn sync_nodes(&mut self, members: &BTreeMap<String, orion_gossip::Member<NodeMeta>>, leader_since: Instant) {
+    async fn sync_nodes(
+        &mut self,
+        members: &BTreeMap<String, orion_gossip::Member<NodeMeta>>,
+        leader_since: Instant,
+    ) {
         let records = self.node.raft.read(|s| s.nodes.clone());
         for m in members.values().filter(|m| m.status.is_live()) {
             let stale = match records.get(&m.node_id) {
                 None => true,
                 Some(r) => {
-                    m.meta.generation >= r.meta.generation && (r.meta != m.meta || r.status == NodeStatus::Down)
+                    m.meta.generation >= r.meta.generation
+                        && (r.meta != m.meta || r.status == NodeStatus::Down)
                 }
             };
             if stale {
                 info!(node = %m.node_id, generation = m.meta.generation, "recording node as up");
-                self.propose(Command::UpsertNode { meta: Box::new(m.meta.clone()), at: now_ms() }).await;
+                self.propose(Command::UpsertNode {
+                    meta: Box::new(m.meta.clone()),
+                    at: now_ms(),
+                })
+                .await;
             }
         }
         for (id, r) in records.iter().filter(|(_, r)| r.status == NodeStatus::Up) {
@@ -164,7 +179,11 @@ impl Controller {
         leader_since: Instant,
     ) {
         let grace = Duration::from_millis(self.node.cfg.voter_grace_ms);
-        let alive = |id: &str| members.get(id).is_some_and(|m| m.status == MemberStatus::Alive);
+        let alive = |id: &str| {
+            members
+                .get(id)
+                .is_some_and(|m| m.status == MemberStatus::Alive)
+        };
         let gone_long = |id: &str, gone: &HashMap<String, Instant>| match members.get(id) {
             Some(m) if m.status == MemberStatus::Left => true,
             Some(_) => gone.get(id).is_some_and(|t| t.elapsed() > grace),
@@ -172,7 +191,10 @@ impl Controller {
         };
         // New live members join as learners.
         for m in members.values().filter(|m| m.status == MemberStatus::Alive) {
-            if m.node_id == self.node.cfg.id || status.voters.contains(&m.node_id) || status.learners.contains(&m.node_id) {
+            if m.node_id == self.node.cfg.id
+                || status.voters.contains(&m.node_id)
+                || status.learners.contains(&m.node_id)
+            {
                 continue;
             }
             info!(node = %m.node_id, "adding node to Raft as a learner");
@@ -191,7 +213,12 @@ impl Controller {
             .filter(|v| **v != self.node.cfg.id && gone_long(v, &self.gone_since))
             .cloned()
             .collect();
-        let mut candidates: Vec<String> = status.learners.iter().filter(|l| alive(l)).cloned().collect();
+        let mut candidates: Vec<String> = status
+            .learners
+            .iter()
+            .filter(|l| alive(l))
+            .cloned()
+            .collect();
         candidates.sort();
         let mut next: BTreeSet<String> = voters.difference(&dead).cloned().collect();
         let cap = self.node.cfg.voters;
@@ -208,7 +235,7 @@ impl Controller {
         }
         // Grow towards the cap, keeping the count odd so a lost node never costs quorum.
         while next.len() < cap && !candidates.is_empty() {
-            if next.len() % 2 == 0 {
+            if next.len().is_multiple_of(2) {
                 next.insert(candidates.remove(0));
             } else if next.len() + 2 <= cap && candidates.len() >= 2 {
                 next.insert(candidates.remove(0));
@@ -265,7 +292,9 @@ impl Controller {
                     NodeView {
                         id: r.meta.id.clone(),
                         ready: r.status == NodeStatus::Up
-                            && members.get(&r.meta.id).is_some_and(|m| m.status == MemberStatus::Alive),
+                            && members
+                                .get(&r.meta.id)
+                                .is_some_and(|m| m.status == MemberStatus::Alive),
                         draining: r.draining,
                         capacity: r.meta.capacity,
                         allocated: u.allocated,
@@ -278,13 +307,23 @@ impl Controller {
             dynamic_ports: self.node.cfg.dynamic_ports.clone(),
             default_strategy: self.node.cfg.strategy,
         };
-        let requests: Vec<TaskRequest> = pending.iter().map(|(_, id, spec, _)| TaskRequest::from_spec(id.clone(), spec)).collect();
-        let reasons: HashMap<&str, Option<&String>> = pending.iter().map(|(_, id, _, r)| (id.as_str(), r.as_ref())).collect();
+        let requests: Vec<TaskRequest> = pending
+            .iter()
+            .map(|(_, id, spec, _)| TaskRequest::from_spec(id.clone(), spec))
+            .collect();
+        let reasons: HashMap<&str, Option<&String>> = pending
+            .iter()
+            .map(|(_, id, _, r)| (id.as_str(), r.as_ref()))
+            .collect();
         let mut placements = Vec::new();
         let mut unplaced = Vec::new();
         for d in orion_scheduler::place(&snapshot, &requests) {
             match d {
-                Decision::Placed { task_id, node, host_ports } => placements.push(Placement {
+                Decision::Placed {
+                    task_id,
+                    node,
+                    host_ports,
+                } => placements.push(Placement {
                     task_id,
                     node,
                     allocation: uuid::Uuid::new_v4().simple().to_string(),
@@ -301,11 +340,20 @@ impl Controller {
             self.last_schedule_key = Some(key);
             return;
         }
-        debug!(placed = placements.len(), unplaced = unplaced.len(), "proposing placements");
+        debug!(
+            placed = placements.len(),
+            unplaced = unplaced.len(),
+            "proposing placements"
+        );
         for p in &placements {
             info!(task = %p.task_id, node = %p.node, "placing task");
         }
-        self.propose(Command::Place { placements, unplaced, at: now_ms() }).await;
+        self.propose(Command::Place {
+            placements,
+            unplaced,
+            at: now_ms(),
+        })
+        .await;
     }
 
     async fn deadlines(&mut self) {
@@ -323,10 +371,14 @@ impl Controller {
                 .collect()
         });
         if !stuck.is_empty() {
-            warn!(tasks = stuck.len(), "requeueing tasks stuck in scheduled/starting");
+            warn!(
+                tasks = stuck.len(),
+                "requeueing tasks stuck in scheduled/starting"
+            );
             self.propose(Command::Requeue {
                 task_ids: stuck,
-                reason: "its node made no progress before the deadline; placing it again".to_string(),
+                reason: "its node made no progress before the deadline; placing it again"
+                    .to_string(),
                 at: now,
             })
             .await;

@@ -30,7 +30,10 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from);
     let result = match cli.cmd {
         Some(cmd) => runtime.and_then(|rt| rt.block_on(client::run(cmd))),
         None => {

@@ -39,8 +39,15 @@ fn build_test_image() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image.sh");
-        let out = Command::new("bash").arg(script).output().expect("run scripts/test-image.sh");
-        assert!(out.status.success(), "scripts/test-image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .arg(script)
+            .output()
+            .expect("run scripts/test-image.sh");
+        assert!(
+            out.status.success(),
+            "scripts/test-image.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
 }
 
@@ -77,11 +84,22 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let ip = self.ip.to_string();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orion"));
         cmd.args(["--id", &self.id, "--bind", &ip, "--publish-ip", &ip])
-            .args(["--port", "8000", "--gossip-port", "6000", "--raft-port", "7000"])
+            .args([
+                "--port",
+                "8000",
+                "--gossip-port",
+                "6000",
+                "--raft-port",
+                "7000",
+            ])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
@@ -151,16 +169,31 @@ impl Drop for Agent {
         self.kill();
         // Remove this node's containers: the engine is shared by every test.
         let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=orion.node={}", self.id)])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=orion.node={}", self.id),
+            ])
             .output();
         if let Ok(out) = out {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
             }
         }
         if std::thread::panicking() {
-            eprintln!("---- log of {} ----\n{}", self.id, tail(&self.log_text(), 120));
+            eprintln!(
+                "---- log of {} ----\n{}",
+                self.id,
+                tail(&self.log_text(), 120)
+            );
         }
     }
 }
@@ -171,7 +204,9 @@ fn tail(s: &str, lines: usize) -> String {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
 }
 
 /// HTTP client bound to nothing in particular; short timeouts so a dead node fails fast.
@@ -184,7 +219,11 @@ pub fn client() -> reqwest::Client {
 }
 
 pub async fn get(api: &str, path: &str) -> Result<(u16, Value), String> {
-    let r = client().get(format!("{api}{path}")).send().await.map_err(|e| e.to_string())?;
+    let r = client()
+        .get(format!("{api}{path}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
     let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
     Ok((status, v))
@@ -204,7 +243,11 @@ pub async fn post(api: &str, path: &str, body: &str) -> Result<(u16, Value), Str
 }
 
 pub async fn delete(api: &str, path: &str) -> Result<(u16, Value), String> {
-    let r = client().delete(format!("{api}{path}")).send().await.map_err(|e| e.to_string())?;
+    let r = client()
+        .delete(format!("{api}{path}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
     let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
     Ok((status, v))
@@ -231,23 +274,31 @@ where
 /// Waits until the agent answers /health.
 pub async fn wait_healthy(a: &Agent) {
     let api = a.api.clone();
-    wait_for(Duration::from_secs(20), &format!("{} to answer /health", a.id), || {
-        let api = api.clone();
-        async move { get(&api, "/health").await.ok().filter(|(s, _)| *s == 200) }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{} to answer /health", a.id),
+        || {
+            let api = api.clone();
+            async move { get(&api, "/health").await.ok().filter(|(s, _)| *s == 200) }
+        },
+    )
     .await;
 }
 
 /// Waits until the agent's /status names a leader.
 pub async fn wait_leader(a: &Agent) -> String {
     let api = a.api.clone();
-    wait_for(Duration::from_secs(20), &format!("{} to see a leader", a.id), || {
-        let api = api.clone();
-        async move {
-            let (_, s) = get(&api, "/status").await.ok()?;
-            s["leader"].as_str().map(String::from)
-        }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{} to see a leader", a.id),
+        || {
+            let api = api.clone();
+            async move {
+                let (_, s) = get(&api, "/status").await.ok()?;
+                s["leader"].as_str().map(String::from)
+            }
+        },
+    )
     .await
 }
 
@@ -271,19 +322,144 @@ pub async fn wait_task_state(api: &str, id: &str, state: &str, limit: Duration) 
 
 /// Containers of node `node` (any state), via the Docker API.
 pub async fn containers_of(docker: &DockerRuntime, node: &str) -> Vec<orion_docker::ContainerInfo> {
-    docker.list(&[("orion.node", node)]).await.expect("docker list")
+    docker
+        .list(&[("orion.node", node)])
+        .await
+        .expect("docker list")
 }
 
 /// Containers of a task across all nodes.
-pub async fn containers_of_task(docker: &DockerRuntime, task: &str) -> Vec<orion_docker::ContainerInfo> {
-    docker.list(&[("orion.task", task)]).await.expect("docker list")
+pub async fn containers_of_task(
+    docker: &DockerRuntime,
+    task: &str,
+) -> Vec<orion_docker::ContainerInfo> {
+    docker
+        .list(&[("orion.task", task)])
+        .await
+        .expect("docker list")
 }
 
 /// A plain HTTP GET over TCP; returns the body if the answer is 200.
 pub async fn http_page(addr: &str) -> Option<String> {
-    let r = client().get(format!("http://{addr}/")).timeout(Duration::from_secs(2)).send().await.ok()?;
+    let r = client()
+        .get(format!("http://{addr}/"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
     if r.status().as_u16() != 200 {
         return None;
     }
     r.text().await.ok()
+}
+
+/// A cluster of agents on 127.0.<net>.1..=n: node 1 bootstraps, the others join it.
+pub struct Cluster {
+    pub agents: Vec<Agent>,
+    pub prefix: String,
+}
+
+impl Cluster {
+    pub fn start(prefix: &str, net: u8, n: usize, extra: &[&str]) -> Cluster {
+        let mut agents = Vec::new();
+        for i in 1..=n {
+            let ip = Ipv4Addr::new(127, 0, net, i as u8);
+            let id = format!("{prefix}{i}");
+            let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            if i == 1 {
+                args.push("--bootstrap".into());
+            } else {
+                args.push("--join".into());
+                args.push(format!("127.0.{net}.1:6000"));
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            agents.push(Agent::start(&id, ip, &args));
+        }
+        Cluster {
+            agents,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn by_id(&self, id: &str) -> &Agent {
+        self.agents.iter().find(|a| a.id == id).expect("agent")
+    }
+
+    pub fn by_id_mut(&mut self, id: &str) -> &mut Agent {
+        self.agents.iter_mut().find(|a| a.id == id).expect("agent")
+    }
+
+    /// Waits until `a` sees `voters` voters, `learners` learners and a leader; returns the
+    /// status.
+    pub async fn wait_membership(
+        &self,
+        a: &Agent,
+        voters: usize,
+        learners: usize,
+        limit: Duration,
+    ) -> Value {
+        let api = a.api.clone();
+        wait_for(
+            limit,
+            &format!("{} to see {voters} voters and {learners} learners", a.id),
+            || {
+                let api = api.clone();
+                async move {
+                    let (_, s) = get(&api, "/status").await.ok()?;
+                    let v = s["voters"].as_array()?.len();
+                    let l = s["learners"].as_array()?.len();
+                    (v == voters && l == learners && s["leader"].is_string()).then_some(s)
+                }
+            },
+        )
+        .await
+    }
+
+    /// The leader as seen by any live agent.
+    pub async fn leader(&self, limit: Duration) -> String {
+        let apis: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|a| a.pid().is_some())
+            .map(|a| a.api.clone())
+            .collect();
+        wait_for(limit, "a leader", || {
+            let apis = apis.clone();
+            async move {
+                for api in apis {
+                    if let Ok((_, s)) = get(&api, "/status").await
+                        && let Some(l) = s["leader"].as_str()
+                    {
+                        return Some(l.to_string());
+                    }
+                }
+                None
+            }
+        })
+        .await
+    }
+}
+
+/// A small task that runs until deleted.
+pub fn sleeper_body(name: &str) -> String {
+    format!(
+        r#"{{"image": "{IMAGE}", "name": "{name}", "command": ["sleep", "3600"], "memory": "16m"}}"#
+    )
+}
+
+/// Creates a task through `api`; returns its id.
+pub async fn create_task(api: &str, body: &str) -> Result<String, String> {
+    let (status, v) = post(api, "/tasks", body).await?;
+    if status != 201 {
+        return Err(format!("{status}: {v}"));
+    }
+    v["id"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| format!("no id in {v}"))
+}
+
+pub fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }

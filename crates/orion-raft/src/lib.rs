@@ -1,0 +1,61 @@
+//! Consensus for Orion: openraft 0.9 with its log and state machine on redb, the inter-node
+//! RPC on the raft port, and `RaftNode`, the one handle the rest of the project uses.
+//!
+//! Architecture invariant: this is the only crate that imports openraft or redb. Other crates
+//! see `RaftNode`, `RaftConfig`, `RaftStatus`, `Peer`, `raft_id` and the error enums; they
+//! propose `orion_types::Command`s and read `orion_state::ClusterState`, and never see a log
+//! id, a vote or a redb table. An openraft upgrade touches this crate alone.
+//!
+//! # Layout
+//!
+//! - `types`: the openraft type configuration; `Peer`; `raft_id` (FNV-1a of the string id).
+//! - `log_store`: the Raft log on redb, fsync'd before acknowledging.
+//! - `sm_store`: the state machine (memory + redb rows) and snapshots.
+//! - `network`: the RPC client (reqwest, sourced from the advertise IP) and wire types.
+//! - `server`: the RPC server (axum) on the raft port.
+//! - `node`: `RaftNode`, write forwarding, ReadIndex, membership changes, the watchdog.
+//!
+//! # Elections that never stick
+//!
+//! openraft 0.9 draws each node's election timeout once, when the `Raft` is built, and reuses
+//! it for every later campaign; elections fire on a tick of 1.5 heartbeats. Two survivors whose
+//! draws fall in the same tick and whose first campaigns coincide split the vote, time out
+//! together and split again, term after term: a fixed point, not bad luck (fixed upstream in
+//! 0.10 by re-drawing per campaign, databendlabs/openraft#1838). Orion guards it twice:
+//!
+//! 1. Wide randomised timeouts (300..600 ms at a 50 ms heartbeat: a 300 ms spread, four
+//!    ticks), so equal draws are unlikely in the first place.
+//! 2. A no-leader watchdog task per node: if this node is a voter, is not the leader, and has
+//!    not heard from a leader (an accepted append-entries or snapshot) for more than
+//!    3 x `election_timeout_max` (1.8 s by default; openraft's own path needs at most a lease
+//!    plus one timeout plus a tick, about 1.3 s), it waits a random 0..`election_timeout_max`
+//!    and, if still leaderless, calls `trigger().elect()`. The random wait shifts the phase
+//!    of one survivor, which breaks the tie; the next campaign wins. The watchdog never
+//!    triggers on a leader (an election triggered on a leader is another livelock,
+//!    openraft#1839; 0.9.25 also ignores such a trigger) and waits another 3 x max after
+//!    each kick. A test switches openraft's own election timer off and shows the watchdog
+//!    alone elects a new leader after the old one stops.
+//!
+//! Upgrading to openraft 0.10 was the alternative; the workspace pins `=0.9.25`, and the guard
+//! is a few dozen lines that can go when the pin moves.
+
+mod error;
+mod log_store;
+mod network;
+mod node;
+mod server;
+mod sm_store;
+mod types;
+
+pub use error::{NO_LEADER_MESSAGE, RaftError, StoreError, WriteError};
+pub use network::{RPC_BODY_BYTES_MAX, paths};
+pub use node::{RaftConfig, RaftNode, RaftStatus, Role};
+pub use types::{Peer, RaftId, raft_id};
+
+/// Storage internals, public only so the conformance test can run openraft's suite on them.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::log_store::LogStore;
+    pub use crate::sm_store::StateMachineStore;
+    pub use crate::types::TypeConfig;
+}

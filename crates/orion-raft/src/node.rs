@@ -1,0 +1,814 @@
+//! `RaftNode`: the project's one handle on consensus. It owns the openraft instance, the two
+//! redb stores, the RPC server on the raft port and the no-leader watchdog, and it hides
+//! openraft's types behind Orion's: commands go in, responses and `RaftStatus` come out.
+//!
+//! Writes go to the leader: proposed locally when this node leads, otherwise forwarded over
+//! the RPC. While no leader is known or reachable a write waits, polling at the heartbeat
+//! interval, for at most `leader_wait_ms`, then fails with `WriteError::NoLeader`. A write is
+//! only retried when it surely was not proposed (the target said it is not the leader, or no
+//! connection could be made); a write whose answer was lost fails with `WriteError::Timeout`.
+
+use crate::error::{NO_LEADER_MESSAGE, RaftError, StoreError, WriteError};
+use crate::log_store::LogStore;
+use crate::network::{
+    ForwardError, NetworkFactory, ReadIndexRequest, RpcClient, RpcFailure, paths,
+};
+use crate::server::{self, LeaderContact, ServerState};
+use crate::sm_store::StateMachineStore;
+use crate::types::{Peer, RaftId, TypeConfig, raft_id};
+use openraft::error::{ClientWriteError, RaftError as OpenRaftError};
+use openraft::{ChangeMembers, Config, Raft, RaftMetrics, ServerState as Role0, SnapshotPolicy};
+use orion_state::ClusterState;
+use orion_types::{Command, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Extra time a forwarding node gives the leader beyond the leader's own commit bound, for
+/// the round trip and the JSON on both ends.
+const FORWARD_MARGIN_MS: u64 = 500;
+
+/// How long shutdown waits for Raft's core, then for the RPC server and the watchdog, before
+/// giving up on or aborting them: in-flight RPCs end as soon as Raft stops, so this is only a
+/// backstop.
+const SHUTDOWN_JOIN_MS: u64 = 3_000;
+
+/// The watchdog calls an election after this many `election_timeout_max` without a leader.
+/// openraft's own path takes at most a leader lease (`election_timeout_max`) plus one election
+/// timeout (`<= election_timeout_max`) plus a tick, so 3x never races a healthy election.
+const WATCHDOG_STUCK_FACTOR: u64 = 3;
+
+/// Where this node's files go and how its Raft is tuned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// The operator's `--id`.
+    pub node_id: String,
+    /// Holds `raft-log.redb` and `state.redb`.
+    pub data_dir: PathBuf,
+    /// Where the RPC server listens.
+    pub bind: SocketAddr,
+    /// What peers dial, and the source address of every outgoing connection.
+    pub advertise: SocketAddr,
+    /// `ip:port` of this node's HTTP API, recorded in the membership.
+    pub api_addr: String,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many new entries.
+    pub snapshot_logs: u64,
+    /// How long a write or consistent read waits for a reachable leader before failing.
+    pub leader_wait_ms: u64,
+    /// Bound on one RPC, on a leader's commit of a forwarded write, and on a read index.
+    pub rpc_timeout_ms: u64,
+}
+
+impl RaftConfig {
+    /// Defaults tuned for fast failover on a LAN.
+    pub fn new(
+        node_id: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        bind: SocketAddr,
+        advertise: SocketAddr,
+        api_addr: impl Into<String>,
+    ) -> RaftConfig {
+        RaftConfig {
+            node_id: node_id.into(),
+            data_dir: data_dir.into(),
+            bind,
+            advertise,
+            api_addr: api_addr.into(),
+            // openraft's default and etcd's LAN advice (heartbeat ~ a few RTTs, tens of ms).
+            heartbeat_ms: 50,
+            // 6x..12x the heartbeat: a follower tolerates 5 lost heartbeats before it elects,
+            // and the 300 ms spread makes equal timeouts of two survivors unlikely. A leader
+            // crash is noticed after the lease (max) plus one timeout: 0.6 s + 0.3..0.6 s.
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            // openraft's default: a snapshot of the whole state per 5,000 entries.
+            snapshot_logs: 5_000,
+            // Covers the slowest election the watchdog allows (3 x 600 ms + up to 600 ms of
+            // jitter + one more round) with margin; then the API answers 503.
+            leader_wait_ms: 4_000,
+            // A LAN commit takes milliseconds; 2 s absorbs an fsync stall on a busy disk.
+            rpc_timeout_ms: 2_000,
+        }
+    }
+
+    fn validate(&self) -> Result<(), RaftError> {
+        let bad = |m: &str| Err(RaftError::Config(m.to_string()));
+        if self.node_id.is_empty() {
+            return bad("node_id is empty");
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_timeout_min_ms {
+            return bad("heartbeat_ms must be > 0 and below election_timeout_min_ms");
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return bad("election_timeout_min_ms must be below election_timeout_max_ms");
+        }
+        if self.snapshot_logs == 0 || self.leader_wait_ms == 0 || self.rpc_timeout_ms == 0 {
+            return bad("snapshot_logs, leader_wait_ms and rpc_timeout_ms must be > 0");
+        }
+        Ok(())
+    }
+
+    fn openraft_config(&self) -> Result<Config, RaftError> {
+        let config = Config {
+            cluster_name: "orion".to_string(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            // One snapshot chunk (about 4 MiB of JSON) must cross within this.
+            install_snapshot_timeout: self.rpc_timeout_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            snapshot_max_chunk_size: crate::network::SNAPSHOT_CHUNK_BYTES,
+            // Keep a fifth of a snapshot interval behind each snapshot (openraft: 1000 of
+            // 5000), so a briefly lagging follower catches up from the log, not a snapshot.
+            max_in_snapshot_log_to_keep: self.snapshot_logs / 5,
+            replication_lag_threshold: self.snapshot_logs,
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| RaftError::Config(e.to_string()))
+    }
+}
+
+/// A node's role in Raft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What `GET /status` shows about consensus on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    pub node_id: String,
+    pub role: Role,
+    /// The leader this node follows (its string id), if a leader is known.
+    pub leader: Option<String>,
+    /// That leader's API address.
+    pub leader_api_addr: Option<String>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// Last log index included in the current snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last log index purged from the log.
+    pub purged_index: Option<u64>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    /// Follower/learner: millis since an append-entries from an accepted leader.
+    /// Leader: millis since a quorum last acknowledged it.
+    pub last_leader_contact_ms: Option<u64>,
+}
+
+struct Inner {
+    cfg: RaftConfig,
+    id: RaftId,
+    raft: Raft<TypeConfig>,
+    log: LogStore,
+    sm: StateMachineStore,
+    rpc: RpcClient,
+    contact: Arc<LeaderContact>,
+    started: Instant,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+/// The handle on this node's Raft. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+/// Where a leader-only call goes.
+enum Target {
+    Local,
+    Remote(String),
+}
+
+impl RaftNode {
+    /// Opens the stores in `cfg.data_dir`, binds the RPC port and starts Raft. The node takes
+    /// part in no cluster until it is bootstrapped or added by a leader.
+    ///
+    /// A `bind` port of 0 takes any free port; an `advertise` port of 0 then advertises the
+    /// port actually bound (tests use this).
+    pub async fn start(mut cfg: RaftConfig) -> Result<RaftNode, RaftError> {
+        cfg.validate()?;
+        let config = Arc::new(cfg.openraft_config()?);
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StoreError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            source,
+        })?;
+        let log_path = cfg.data_dir.join("raft-log.redb");
+        let sm_path = cfg.data_dir.join("state.redb");
+        let (log, sm) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((
+                LogStore::open(&log_path)?,
+                StateMachineStore::open(&sm_path)?,
+            ))
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))??;
+
+        let listener = tokio::net::TcpListener::bind(cfg.bind)
+            .await
+            .map_err(|source| RaftError::Bind {
+                addr: cfg.bind.to_string(),
+                source,
+            })?;
+        if cfg.advertise.port() == 0 {
+            let bound = listener.local_addr().map_err(|source| RaftError::Bind {
+                addr: cfg.bind.to_string(),
+                source,
+            })?;
+            cfg.advertise.set_port(bound.port());
+        }
+        let rpc_timeout = Duration::from_millis(cfg.rpc_timeout_ms);
+        let rpc = RpcClient::new(cfg.advertise.ip(), rpc_timeout)
+            .map_err(|e| RaftError::Config(format!("http client: {e}")))?;
+
+        let id = raft_id(&cfg.node_id);
+        let raft = Raft::new(
+            id,
+            config,
+            NetworkFactory { rpc: rpc.clone() },
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| RaftError::Raft(e.to_string()))?;
+
+        let contact = Arc::new(LeaderContact::default());
+        let (shutdown_tx, _) = watch::channel(false);
+        let app = server::router(ServerState {
+            raft: raft.clone(),
+            contact: contact.clone(),
+            rpc_timeout,
+        });
+        let mut stop = shutdown_tx.subscribe();
+        let server = tokio::spawn(async move {
+            let res = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "raft RPC server failed");
+            }
+        });
+
+        let node = RaftNode {
+            inner: Arc::new(Inner {
+                cfg,
+                id,
+                raft,
+                log,
+                sm,
+                rpc,
+                contact,
+                started: Instant::now(),
+                shutdown_tx,
+                tasks: Mutex::new(Vec::new()),
+                stopped: AtomicBool::new(false),
+            }),
+        };
+        let watchdog = tokio::spawn(watchdog(
+            node.inner.raft.clone(),
+            node.inner.id,
+            node.inner.cfg.clone(),
+            node.inner.contact.clone(),
+            node.inner.started,
+            node.inner.shutdown_tx.subscribe(),
+        ));
+        node.tasks().extend([server, watchdog]);
+        tracing::info!(
+            node = %node.inner.cfg.node_id,
+            raft_id = id,
+            bind = %node.inner.cfg.bind,
+            advertise = %node.inner.cfg.advertise,
+            "raft started"
+        );
+        Ok(node)
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This node as the membership records it.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            node_id: self.inner.cfg.node_id.clone(),
+            raft_addr: self.inner.cfg.advertise.to_string(),
+            api_addr: self.inner.cfg.api_addr.clone(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.cfg.node_id
+    }
+
+    pub fn raft_id(&self) -> RaftId {
+        self.inner.id
+    }
+
+    /// Makes this node a one-voter cluster, unless its store was ever initialised (a restart,
+    /// or a node that was already added to a cluster): then it does nothing.
+    pub async fn bootstrap(&self) -> Result<(), RaftError> {
+        let raft = &self.inner.raft;
+        let ms = self.inner.cfg.rpc_timeout_ms;
+        let bound = Duration::from_millis(ms);
+        let initialized = tokio::time::timeout(bound, raft.is_initialized())
+            .await
+            .map_err(|_| RaftError::Timeout(ms))?
+            .map_err(|_| RaftError::Shutdown)?;
+        if initialized {
+            tracing::info!("raft store already initialised; not bootstrapping again");
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.inner.id, self.peer())]);
+        let res = tokio::time::timeout(bound, raft.initialize(members))
+            .await
+            .map_err(|_| RaftError::Timeout(ms))?;
+        match res {
+            Ok(()) => {
+                tracing::info!(node = %self.inner.cfg.node_id, "bootstrapped a one-voter cluster");
+                Ok(())
+            }
+            // Initialised between the check and the call (a leader reached us first).
+            Err(OpenRaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(OpenRaftError::APIError(e)) => Err(RaftError::Raft(e.to_string())),
+            Err(OpenRaftError::Fatal(_)) => Err(RaftError::Shutdown),
+        }
+    }
+
+    fn metrics(&self) -> RaftMetrics<RaftId, Peer> {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    fn target(&self) -> Option<Target> {
+        let m = self.metrics();
+        let leader = m.current_leader?;
+        if leader == self.inner.id {
+            return (m.state == Role0::Leader).then_some(Target::Local);
+        }
+        let peer = m.membership_config.membership().get_node(&leader)?;
+        Some(Target::Remote(peer.raft_addr.clone()))
+    }
+
+    /// Waits for a metrics change or one heartbeat, whichever is first; false once `deadline`
+    /// has passed.
+    async fn pause(&self, deadline: Instant) -> bool {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let step = Duration::from_millis(self.inner.cfg.heartbeat_ms).min(deadline - now);
+        let mut rx = self.inner.raft.metrics();
+        let _ = tokio::time::timeout(step, rx.changed()).await;
+        Instant::now() < deadline
+    }
+
+    fn leader_wait_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.inner.cfg.leader_wait_ms)
+    }
+
+    fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.cfg.rpc_timeout_ms + FORWARD_MARGIN_MS)
+    }
+
+    /// Proposes `cmd` through the leader and returns its response once committed and applied.
+    pub async fn write(&self, cmd: Command) -> Result<Response, WriteError> {
+        let deadline = self.leader_wait_deadline();
+        let rpc_timeout = self.inner.rpc.rpc_timeout();
+        loop {
+            if self.inner.stopped.load(Ordering::Acquire) {
+                return Err(WriteError::Shutdown);
+            }
+            let res = match self.target() {
+                None => None,
+                Some(Target::Local) => {
+                    Some(server::local_write(&self.inner.raft, cmd.clone(), rpc_timeout).await)
+                }
+                Some(Target::Remote(addr)) => {
+                    match self
+                        .inner
+                        .rpc
+                        .post::<_, Result<Response, ForwardError>>(
+                            &addr,
+                            paths::FORWARD,
+                            &cmd,
+                            self.forward_timeout(),
+                        )
+                        .await
+                    {
+                        Ok(r) => Some(r),
+                        Err(RpcFailure::Connect { addr, msg }) => {
+                            tracing::debug!(%addr, %msg, "leader unreachable; waiting");
+                            None
+                        }
+                        Err(RpcFailure::Timeout { ms, .. }) => return Err(WriteError::Timeout(ms)),
+                        Err(e) => return Err(WriteError::Other(e.to_string())),
+                    }
+                }
+            };
+            match res {
+                Some(Ok(resp)) => return Ok(resp),
+                Some(Err(ForwardError::NotLeader { .. })) | None => {}
+                Some(Err(ForwardError::Timeout { ms })) => return Err(WriteError::Timeout(ms)),
+                Some(Err(ForwardError::Shutdown)) => {
+                    return Err(WriteError::Other(
+                        "the leader shut down during the write; it may or may not have been applied"
+                            .to_string(),
+                    ));
+                }
+                Some(Err(ForwardError::Other(m))) => return Err(WriteError::Other(m)),
+            }
+            if !self.pause(deadline).await {
+                return Err(WriteError::NoLeader(NO_LEADER_MESSAGE.to_string()));
+            }
+        }
+    }
+
+    /// ReadIndex: learns the leader's linearizable read index (asking the leader over RPC
+    /// unless this node leads), then waits until this replica has applied it. A `read` after
+    /// this returns sees every write acknowledged before the call.
+    pub async fn consistent_read(&self) -> Result<(), WriteError> {
+        let deadline = self.leader_wait_deadline();
+        let rpc_timeout = self.inner.rpc.rpc_timeout();
+        let index = loop {
+            if self.inner.stopped.load(Ordering::Acquire) {
+                return Err(WriteError::Shutdown);
+            }
+            let res = match self.target() {
+                None => None,
+                Some(Target::Local) => {
+                    Some(server::local_read_index(&self.inner.raft, rpc_timeout).await)
+                }
+                Some(Target::Remote(addr)) => match self
+                    .inner
+                    .rpc
+                    .post::<_, Result<u64, ForwardError>>(
+                        &addr,
+                        paths::READ_INDEX,
+                        &ReadIndexRequest {},
+                        self.forward_timeout(),
+                    )
+                    .await
+                {
+                    Ok(r) => Some(r),
+                    // A read has no side effect: any transport failure may be retried.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read index failed; retrying");
+                        None
+                    }
+                },
+            };
+            match res {
+                Some(Ok(index)) => break index,
+                Some(Err(ForwardError::NotLeader { .. } | ForwardError::Shutdown)) | None => {}
+                Some(Err(ForwardError::Timeout { ms })) => return Err(WriteError::Timeout(ms)),
+                Some(Err(ForwardError::Other(m))) => return Err(WriteError::Other(m)),
+            }
+            if !self.pause(deadline).await {
+                return Err(WriteError::NoLeader(NO_LEADER_MESSAGE.to_string()));
+            }
+        };
+        let mut rx = self.inner.sm.subscribe();
+        match tokio::time::timeout(rpc_timeout, rx.wait_for(|applied| *applied >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(WriteError::Shutdown),
+            Err(_) => Err(WriteError::Timeout(rpc_timeout.as_millis() as u64)),
+        }
+    }
+
+    /// Reads the local replica (possibly stale on a follower; see `consistent_read`). `f` runs
+    /// under the state's read lock, which an apply waits for: keep it short, copy out what
+    /// you need.
+    pub fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.inner.sm.read().state)
+    }
+
+    /// The applied index; changes after every applied batch or installed snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.sm.subscribe()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == Role0::Leader
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let name = |id: &RaftId| {
+            membership
+                .get_node(id)
+                .map_or_else(|| format!("#{id}"), |p| p.node_id.clone())
+        };
+        let role = match m.state {
+            Role0::Leader => Role::Leader,
+            Role0::Follower => Role::Follower,
+            Role0::Candidate => Role::Candidate,
+            Role0::Learner => Role::Learner,
+            Role0::Shutdown => Role::Shutdown,
+        };
+        let last_leader_contact_ms = if role == Role::Leader {
+            m.millis_since_quorum_ack
+        } else {
+            self.inner
+                .contact
+                .last()
+                .map(|t| t.elapsed().as_millis() as u64)
+        };
+        RaftStatus {
+            node_id: self.inner.cfg.node_id.clone(),
+            role,
+            leader: m.current_leader.as_ref().map(name),
+            leader_api_addr: m
+                .current_leader
+                .and_then(|l| membership.get_node(&l).map(|p| p.api_addr.clone())),
+            term: m.current_term,
+            commit_index: self.inner.log.committed_index().unwrap_or(0),
+            // The state machine's own index: bumped before a write's response is sent, where
+            // openraft's metrics may trail it by a moment.
+            applied_index: *self.inner.sm.subscribe().borrow(),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters: membership.voter_ids().map(|id| name(&id)).collect(),
+            learners: membership.learner_ids().map(|id| name(&id)).collect(),
+            last_leader_contact_ms,
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<RaftMetrics<RaftId, Peer>, RaftError> {
+        let m = self.metrics();
+        if m.state == Role0::Leader {
+            return Ok(m);
+        }
+        let leader = m.current_leader.map(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map_or_else(|| format!("#{l}"), |p| p.node_id.clone())
+        });
+        Err(RaftError::NotLeader { leader })
+    }
+
+    async fn change(
+        &self,
+        changes: ChangeMembers<RaftId, Peer>,
+        retain: bool,
+    ) -> Result<(), RaftError> {
+        let ms = self.inner.cfg.leader_wait_ms;
+        let res = tokio::time::timeout(
+            Duration::from_millis(ms),
+            self.inner.raft.change_membership(changes, retain),
+        )
+        .await
+        .map_err(|_| RaftError::Timeout(ms))?;
+        map_membership_result(res)
+    }
+
+    /// Adds `peer` as a non-voting learner and returns at once (replication catches it up in
+    /// the background). Leader only. Adding a member again is a no-op; a member whose
+    /// addresses changed (a restart elsewhere) gets its record updated.
+    pub async fn add_learner(&self, peer: Peer) -> Result<(), RaftError> {
+        let m = self.ensure_leader()?;
+        let id = raft_id(&peer.node_id);
+        if let Some(existing) = m.membership_config.membership().get_node(&id) {
+            if existing.node_id != peer.node_id {
+                return Err(RaftError::IdCollision {
+                    new: peer.node_id,
+                    existing: existing.node_id.clone(),
+                    raft_id: id,
+                });
+            }
+            if *existing == peer {
+                return Ok(());
+            }
+            tracing::info!(node = %peer.node_id, "updating a member's addresses");
+            return self
+                .change(ChangeMembers::SetNodes(BTreeMap::from([(id, peer)])), true)
+                .await;
+        }
+        let ms = self.inner.cfg.leader_wait_ms;
+        let res = tokio::time::timeout(
+            Duration::from_millis(ms),
+            self.inner.raft.add_learner(id, peer.clone(), false),
+        )
+        .await
+        .map_err(|_| RaftError::Timeout(ms))?;
+        map_membership_result(res)?;
+        tracing::info!(node = %peer.node_id, "added learner");
+        Ok(())
+    }
+
+    /// Makes exactly `voters` (string ids, each already a member) the voting set, through joint
+    /// consensus. Leader only. Learners stay learners; voters left out become learners.
+    pub async fn change_voters(&self, voters: BTreeSet<String>) -> Result<(), RaftError> {
+        let m = self.ensure_leader()?;
+        if voters.is_empty() {
+            return Err(RaftError::Config(
+                "the voter set cannot be empty".to_string(),
+            ));
+        }
+        let membership = m.membership_config.membership();
+        let mut ids = BTreeSet::new();
+        for v in &voters {
+            let id = raft_id(v);
+            if membership.get_node(&id).is_none() {
+                return Err(RaftError::UnknownNode(v.clone()));
+            }
+            ids.insert(id);
+        }
+        if membership.voter_ids().collect::<BTreeSet<_>>() == ids {
+            return Ok(());
+        }
+        self.change(ChangeMembers::ReplaceAllVoters(ids), true)
+            .await?;
+        tracing::info!(?voters, "changed voters");
+        Ok(())
+    }
+
+    /// Removes `node_id` from the voters and the learners. Leader only. Removing a node that
+    /// is not a member is a no-op.
+    pub async fn remove_node(&self, node_id: &str) -> Result<(), RaftError> {
+        let m = self.ensure_leader()?;
+        let id = raft_id(node_id);
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Ok(());
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            // retain=false: the removed voter leaves the node list too.
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await?;
+        } else {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await?;
+        }
+        tracing::info!(node = %node_id, "removed node from raft membership");
+        Ok(())
+    }
+
+    /// Test hook: switches openraft's own election timer off (or on again), leaving the
+    /// watchdog as the only thing that starts elections.
+    #[doc(hidden)]
+    pub fn set_builtin_elections(&self, enabled: bool) {
+        self.inner.raft.runtime_config().elect(enabled);
+    }
+
+    /// Builds a snapshot now (the policy builds one every `snapshot_logs` entries anyway).
+    pub async fn trigger_snapshot(&self) -> Result<(), RaftError> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|_| RaftError::Shutdown)
+    }
+
+    /// Stops the watchdog, the RPC server and Raft, syncs the state machine to disk and joins
+    /// every task. Idempotent.
+    pub async fn shutdown(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(node = %self.inner.cfg.node_id, "raft shutting down");
+        self.inner.shutdown_tx.send_replace(true);
+        let join = Duration::from_millis(SHUTDOWN_JOIN_MS);
+        match tokio::time::timeout(join, self.inner.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft core did not stop cleanly"),
+            Err(_) => tracing::warn!("raft core did not stop in time"),
+        }
+        let tasks: Vec<_> = self.tasks().drain(..).collect();
+        for mut task in tasks {
+            if tokio::time::timeout(join, &mut task).await.is_err() {
+                tracing::warn!("a raft task did not stop in time; aborting it");
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        if let Err(e) = self.inner.sm.sync().await {
+            tracing::warn!(error = %e, "final state sync failed; the log will be replayed");
+        }
+        self.inner.sm.close();
+        self.inner.log.close();
+    }
+}
+
+fn map_membership_result<T>(
+    res: Result<T, OpenRaftError<RaftId, ClientWriteError<RaftId, Peer>>>,
+) -> Result<(), RaftError> {
+    match res {
+        Ok(_) => Ok(()),
+        Err(OpenRaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(RaftError::NotLeader {
+                leader: f.leader_node.map(|p| p.node_id),
+            })
+        }
+        Err(OpenRaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(RaftError::Raft(e.to_string()))
+        }
+        Err(OpenRaftError::Fatal(_)) => Err(RaftError::Shutdown),
+    }
+}
+
+/// A random number below `bound` (std's randomly keyed hasher; no RNG dependency needed for
+/// jitter).
+fn random_below(bound: u64) -> u64 {
+    RandomState::new().hash_one(std::time::SystemTime::now()) % bound.max(1)
+}
+
+/// The no-leader watchdog; see the crate docs ("Elections that never stick").
+async fn watchdog(
+    raft: Raft<TypeConfig>,
+    id: RaftId,
+    cfg: RaftConfig,
+    contact: Arc<LeaderContact>,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stuck = Duration::from_millis(WATCHDOG_STUCK_FACTOR * cfg.election_timeout_max_ms);
+    // Checking at the heartbeat is far finer than the 1.8 s threshold needs.
+    let check = Duration::from_millis(cfg.heartbeat_ms);
+    let mut last_kick: Option<Instant> = None;
+    let leaderless_for = |last_kick: Option<Instant>| -> Option<Duration> {
+        let m = raft.metrics().borrow().clone();
+        if m.state == Role0::Leader || m.state == Role0::Shutdown {
+            return None;
+        }
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id)
+        {
+            return None;
+        }
+        let since = [contact.last(), Some(started), last_kick]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(started);
+        let gap = since.elapsed();
+        (gap > stuck).then_some(gap)
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(check) => {}
+        }
+        if leaderless_for(last_kick).is_none() {
+            continue;
+        }
+        // Jitter so two stuck survivors do not kick at the same instant again.
+        let jitter = Duration::from_millis(random_below(cfg.election_timeout_max_ms));
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(jitter) => {}
+        }
+        let Some(gap) = leaderless_for(last_kick) else {
+            continue;
+        };
+        tracing::warn!(
+            leaderless_ms = gap.as_millis() as u64,
+            "no leader for too long; calling an election"
+        );
+        last_kick = Some(Instant::now());
+        if raft.trigger().elect().await.is_err() {
+            return;
+        }
+    }
+}

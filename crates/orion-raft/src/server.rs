@@ -1,0 +1,235 @@
+//! The server half of the inter-node RPC: an axum router on the raft port.
+//!
+//! Five POST routes with JSON bodies (`network::paths`): the three Raft RPCs, handed to
+//! openraft as they are; `forward`, a client write executed by this node if it leads; and
+//! `read-index`, the leader's linearizable read index. Bodies over `RPC_BODY_BYTES_MAX` get
+//! 413, bodies that are not the expected JSON get axum's 400/415/422, and an append-entries
+//! request whose entries do not follow `prev_log_id` one by one, or a snapshot chunk beyond
+//! `SNAPSHOT_BYTES_MAX`, or a term or index above `TERM_OR_INDEX_MAX`, gets 400 before it can reach openraft's internal assertions or
+//! allocations. Nothing a peer sends can panic this node.
+//!
+//! Every accepted append-entries or snapshot chunk stamps `LeaderContact`, which the status
+//! and the no-leader watchdog read.
+
+use crate::network::{ForwardError, RPC_BODY_BYTES_MAX, ReadIndexRequest, paths};
+use crate::types::{RaftId, TypeConfig};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
+use openraft::{LogId, Raft, Vote};
+use orion_types::{Command, Response};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// When this node last heard from a leader it accepted.
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    last: Mutex<Option<Instant>>,
+}
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    pub fn last(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Largest snapshot this node accepts: 1 GiB, well above the JSON of any state Orion targets
+/// (10^5 tasks at a few KiB each is a few hundred MiB).
+pub const SNAPSHOT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+#[derive(Clone)]
+pub(crate) struct ServerState {
+    pub raft: Raft<TypeConfig>,
+    pub contact: Arc<LeaderContact>,
+    /// Bound on a forwarded write's commit and on a read-index call.
+    pub rpc_timeout: Duration,
+}
+
+pub(crate) fn router(state: ServerState) -> Router {
+    Router::new()
+        .route(paths::APPEND, post(append))
+        .route(paths::VOTE, post(vote))
+        .route(paths::SNAPSHOT, post(snapshot))
+        .route(paths::FORWARD, post(forward))
+        .route(paths::READ_INDEX, post(read_index))
+        .layer(DefaultBodyLimit::max(RPC_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+fn bad_request(msg: String) -> HttpResponse {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": msg })),
+    )
+        .into_response()
+}
+
+/// Terms and log indexes above this are refused: openraft adds one to them unchecked, and
+/// 2^48 is a new term every millisecond, or a million entries a second, for 8,900 years.
+pub const TERM_OR_INDEX_MAX: u64 = 1 << 48;
+
+fn check_vote(vote: &Vote<RaftId>) -> Result<(), String> {
+    if vote.leader_id.term > TERM_OR_INDEX_MAX {
+        return Err(format!("term {} is out of range", vote.leader_id.term));
+    }
+    Ok(())
+}
+
+fn check_log_id(what: &str, log_id: Option<&LogId<RaftId>>) -> Result<(), String> {
+    match log_id {
+        Some(l) if l.index > TERM_OR_INDEX_MAX || l.leader_id.term > TERM_OR_INDEX_MAX => {
+            Err(format!("{what} {l} is out of range"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Entries must be consecutive and follow `prev_log_id`; openraft asserts this internally.
+fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
+    check_vote(&req.vote)?;
+    check_log_id("prev_log_id", req.prev_log_id.as_ref())?;
+    check_log_id("leader_commit", req.leader_commit.as_ref())?;
+    let first = match req.prev_log_id {
+        None => 0,
+        Some(l) => l
+            .index
+            .checked_add(1)
+            .ok_or("prev_log_id index overflows")?,
+    };
+    for (i, entry) in req.entries.iter().enumerate() {
+        let expect = first.checked_add(i as u64).ok_or("entry index overflows")?;
+        check_log_id("entry", Some(&entry.log_id))?;
+        if entry.log_id.index != expect {
+            return Err(format!(
+                "entry index {} where {expect} was expected",
+                entry.log_id.index
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn append(
+    State(s): State<ServerState>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> HttpResponse {
+    if let Err(msg) = check_append(&req) {
+        tracing::warn!(%msg, "refused a malformed append-entries request");
+        return bad_request(msg);
+    }
+    let res = s.raft.append_entries(req).await;
+    if let Ok(resp) = &res
+        && !matches!(resp, AppendEntriesResponse::HigherVote(_))
+    {
+        s.contact.touch();
+    }
+    Json(res).into_response()
+}
+
+async fn vote(State(s): State<ServerState>, Json(req): Json<VoteRequest<RaftId>>) -> HttpResponse {
+    if let Err(msg) =
+        check_vote(&req.vote).and(check_log_id("last_log_id", req.last_log_id.as_ref()))
+    {
+        tracing::warn!(%msg, "refused a malformed vote request");
+        return bad_request(msg);
+    }
+    Json(s.raft.vote(req).await).into_response()
+}
+
+async fn snapshot(
+    State(s): State<ServerState>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> HttpResponse {
+    // openraft seeks its in-memory buffer to `offset` and writes there: an absurd offset
+    // would allocate that much. Refuse chunks beyond any snapshot this node would accept.
+    let meta_ok = check_vote(&req.vote)
+        .and(check_log_id("last_log_id", req.meta.last_log_id.as_ref()))
+        .and(check_log_id(
+            "membership log id",
+            req.meta.last_membership.log_id().as_ref(),
+        ));
+    if let Err(msg) = meta_ok {
+        tracing::warn!(%msg, "refused a malformed snapshot chunk");
+        return bad_request(msg);
+    }
+    let end = req.offset.saturating_add(req.data.len() as u64);
+    if end > SNAPSHOT_BYTES_MAX {
+        return bad_request(format!(
+            "snapshot chunk ends at byte {end}, beyond the {SNAPSHOT_BYTES_MAX}-byte limit"
+        ));
+    }
+    let res = s.raft.install_snapshot(req).await;
+    if res.is_ok() {
+        s.contact.touch();
+    }
+    Json(res).into_response()
+}
+
+async fn forward(State(s): State<ServerState>, Json(cmd): Json<Command>) -> HttpResponse {
+    Json(local_write(&s.raft, cmd, s.rpc_timeout).await).into_response()
+}
+
+async fn read_index(
+    State(s): State<ServerState>,
+    Json(_req): Json<ReadIndexRequest>,
+) -> HttpResponse {
+    Json(local_read_index(&s.raft, s.rpc_timeout).await).into_response()
+}
+
+/// Proposes `cmd` on this node, which must lead, and waits up to `timeout` for its commit.
+pub(crate) async fn local_write(
+    raft: &Raft<TypeConfig>,
+    cmd: Command,
+    timeout: Duration,
+) -> Result<Response, ForwardError> {
+    match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
+        Err(_) => Err(ForwardError::Timeout {
+            ms: timeout.as_millis() as u64,
+        }),
+        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(ForwardError::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(ForwardError::Other(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(_))) => Err(ForwardError::Shutdown),
+    }
+}
+
+/// This node's linearizable read index, if it leads: confirms leadership with a quorum and
+/// waits until its own state machine has applied up to that index.
+pub(crate) async fn local_read_index(
+    raft: &Raft<TypeConfig>,
+    timeout: Duration,
+) -> Result<u64, ForwardError> {
+    match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
+        Err(_) => Err(ForwardError::Timeout {
+            ms: timeout.as_millis() as u64,
+        }),
+        Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(ForwardError::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+            Err(ForwardError::Other(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(_))) => Err(ForwardError::Shutdown),
+    }
+}
