@@ -394,9 +394,22 @@ async fn start_container<C: Cluster>(
     cluster: &C,
 ) -> AllocStatus {
     let restarting = matches!(task.state, TaskState::Completed | TaskState::Failed);
-    if !restarting {
-        send_report(cluster, cfg, task, AllocStatus::Starting).await;
-    }
+    // `starting` is news, not a gate: it commits while the engine creates the container.
+    let starting = async {
+        if !restarting {
+            send_report(cluster, cfg, task, AllocStatus::Starting).await;
+        }
+    };
+    let (_, status) = tokio::join!(starting, create_and_start(runtime, cfg, task, existing));
+    status
+}
+
+async fn create_and_start(
+    runtime: &DockerRuntime,
+    cfg: &ExecutorConfig,
+    task: &Task,
+    existing: Option<String>,
+) -> AllocStatus {
     let id = match existing {
         Some(id) => id,
         None => {

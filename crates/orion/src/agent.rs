@@ -319,6 +319,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         stop_rx.clone(),
     );
     let controller = tokio::spawn(controller::run(node.clone(), stop_rx.clone()));
+    let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
 
     let app = orion_api::router(node.clone());
     let mut api_stop = stop_rx.clone();
@@ -345,6 +346,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .any(|m| m.node_id != cfg.id && m.status == MemberStatus::Alive);
     let _ = controller.await;
     let _ = executor.await;
+    membership_log.abort();
     node.gossip.leave().await;
     if others_alive {
         // Our tasks will be placed elsewhere: do not leave them running here as duplicates.
@@ -354,6 +356,30 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     info!("stopped");
     Ok(())
+}
+
+/// One log line per membership change, as this node's gossip sees it.
+async fn log_membership(
+    mut events: tokio::sync::broadcast::Receiver<orion_gossip::MemberEvent<NodeMeta>>,
+) {
+    use orion_gossip::MemberEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(ev) => {
+                let m = ev.member();
+                let what = match &ev {
+                    MemberEvent::Up(_) => "up",
+                    MemberEvent::Suspect(_) => "suspect",
+                    MemberEvent::Down(_) => "down",
+                    MemberEvent::Left(_) => "left",
+                };
+                info!(member = %m.node_id, generation = m.generation, addr = %m.addr, "member is {what}");
+            }
+            Err(RecvError::Lagged(n)) => warn!(missed = n, "membership log lagged"),
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 async fn remove_own_containers(docker: &DockerRuntime, node: &str) {

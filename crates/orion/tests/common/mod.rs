@@ -463,3 +463,45 @@ pub fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
+
+/// Removes every container of node `id`: with the process killed, this is a machine's death.
+pub fn remove_containers_of(id: &str) {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=orion.node={id}")])
+        .output()
+        .expect("docker ps");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
+}
+
+/// The task as `api` sees it, if it answers.
+pub async fn task(api: &str, id: &str) -> Option<Value> {
+    get(api, &format!("/tasks/{id}"))
+        .await
+        .ok()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, t)| t)
+}
+
+/// `hostIp:hostPort` of a running task's first published port.
+pub fn published(t: &Value) -> Option<String> {
+    let p = &t["ports"][0];
+    Some(format!(
+        "{}:{}",
+        p["hostIp"].as_str()?,
+        p["hostPort"].as_u64()?
+    ))
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
