@@ -129,26 +129,61 @@ impl<C: Cluster> Executor<C> {
         let mut changes = self.cluster.changes();
         let mut next_wake: Option<tokio::time::Instant> = None;
         let mut resync = tokio::time::interval(RESYNC_PERIOD);
+        // Every applied entry anywhere in the cluster bumps `changes`; a pass (which lists and
+        // inspects this node's containers) runs only when this node's share of the state moved,
+        // or when an event, a finished job, the timer or a due restart asks for one.
+        let mut seen: Option<u64> = None;
+        let mut must_pass = true;
         loop {
-            next_wake = self.pass(next_wake).await;
+            let fingerprint = self.fingerprint();
+            if must_pass || seen != Some(fingerprint) {
+                next_wake = self.pass().await;
+                seen = Some(fingerprint);
+            }
+            must_pass = false;
             let wake = next_wake.unwrap_or_else(|| tokio::time::Instant::now() + RESYNC_PERIOD);
             tokio::select! {
                 _ = shutdown.changed() => break,
                 r = changes.changed() => if r.is_err() { break },
-                Some(ev) = events.recv() => self.on_event(ev).await,
+                Some(ev) = events.recv() => {
+                    self.on_event(ev).await;
+                    must_pass = true;
+                }
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
                     if let Ok(alloc) = done { self.starting.remove(&alloc); }
+                    must_pass = true;
                 }
-                _ = resync.tick() => {}
-                _ = tokio::time::sleep_until(wake), if next_wake.is_some() => { next_wake = None; }
+                _ = resync.tick() => must_pass = true,
+                _ = tokio::time::sleep_until(wake), if next_wake.is_some() => {
+                    next_wake = None;
+                    must_pass = true;
+                }
             }
         }
         watcher.abort();
         self.jobs.abort_all();
     }
 
+    /// A digest of what the local replica wants on this node.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for t in self.cluster.tasks_on(&self.cfg.node_id) {
+            (
+                &t.id,
+                &t.allocation,
+                t.state.as_str(),
+                t.restart_at,
+                &t.container_id,
+                t.ports.len(),
+            )
+                .hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// One reconcile pass. Returns when the next restart falls due, if any.
-    async fn pass(&mut self, _prev: Option<tokio::time::Instant>) -> Option<tokio::time::Instant> {
+    async fn pass(&mut self) -> Option<tokio::time::Instant> {
         let node = self.cfg.node_id.clone();
         let desired: BTreeMap<String, Task> = self
             .cluster
