@@ -339,13 +339,23 @@ async fn restarted_node_rejoins_under_the_same_id() {
 
 /// Counts "member is down" lines in the logs of `agents`.
 fn down_events(agents: &[Agent]) -> usize {
-    agents.iter().map(|a| a.log_text().matches("member is down").count()).sum()
+    agents
+        .iter()
+        .map(|a| a.log_text().matches("member is down").count())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifeguard_keeps_a_stalling_node_alive_and_a_killed_one_is_declared_dead() {
-    let Some(_docker) = docker_or_skip().await else { return };
-    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
     let secs = env("ORION_LIFEGUARD_SECS", 60);
     let stall_ms = env("ORION_LIFEGUARD_STALL_MS", 700);
     let run_ms = env("ORION_LIFEGUARD_RUN_MS", 300);
@@ -355,22 +365,31 @@ async fn lifeguard_keeps_a_stalling_node_alive_and_a_killed_one_is_declared_dead
     for a in on.agents.iter().chain(off.agents.iter()) {
         wait_healthy(a).await;
     }
-    on.wait_membership(&on.agents[0], 3, 0, Duration::from_secs(20)).await;
-    off.wait_membership(&off.agents[0], 3, 0, Duration::from_secs(20)).await;
+    on.wait_membership(&on.agents[0], 3, 0, Duration::from_secs(20))
+        .await;
+    off.wait_membership(&off.agents[0], 3, 0, Duration::from_secs(20))
+        .await;
     let before_on = down_events(&on.agents[..2]);
     let before_off = down_events(&off.agents[..2]);
     // Stall node 3 of each for 700 ms in every second: it misses several probes (period
     // 200 ms, timeout 100 ms) but is never silent as long as the detector's bound (~1 s of
     // probing plus the suspicion timeout).
-    let pids = [on.agents[2].pid().expect("pid"), off.agents[2].pid().expect("pid")];
+    let pids = [
+        on.agents[2].pid().expect("pid"),
+        off.agents[2].pid().expect("pid"),
+    ];
     let until = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < until {
         for pid in pids {
-            let _ = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
         }
         tokio::time::sleep(Duration::from_millis(stall_ms)).await;
         for pid in pids {
-            let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
         }
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
     }
@@ -386,69 +405,142 @@ async fn lifeguard_keeps_a_stalling_node_alive_and_a_killed_one_is_declared_dead
     let api = on.agents[0].api.clone();
     let killed_at = Instant::now();
     on.agents[2].kill();
-    wait_for(Duration::from_secs(5), "the killed node to be declared dead", || {
-        let api = api.clone();
-        async move {
-            let (_, nodes) = get(&api, "/nodes").await.ok()?;
-            nodes.as_array()?.iter().any(|n| n["id"] == "lg-on-n3" && n["status"] == "dead").then_some(())
-        }
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "the killed node to be declared dead",
+        || {
+            let api = api.clone();
+            async move {
+                let (_, nodes) = get(&api, "/nodes").await.ok()?;
+                nodes
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["id"] == "lg-on-n3" && n["status"] == "dead")
+                    .then_some(())
+            }
+        },
+    )
     .await;
     println!("killed node declared dead after {:?}", killed_at.elapsed());
-    assert_eq!(false_on, 0, "Lifeguard let a stalling but live node be declared dead");
+    assert_eq!(
+        false_on, 0,
+        "Lifeguard let a stalling but live node be declared dead"
+    );
     assert!(false_on <= false_off);
     off.agents[2].kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_packets_and_impostors_are_refused() {
-    let Some(_docker) = docker_or_skip().await else { return };
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
     let c = Cluster::start("bad-n", 15, 2, &[]);
     for a in &c.agents {
         wait_healthy(a).await;
     }
-    c.wait_membership(&c.agents[0], 1, 1, Duration::from_secs(20)).await;
+    c.wait_membership(&c.agents[0], 1, 1, Duration::from_secs(20))
+        .await;
     let api = c.agents[0].api.clone();
 
     // Garbage and truncated gossip packets.
     let sock = std::net::UdpSocket::bind("127.0.15.9:0").expect("udp");
-    let mut junk: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0xff; 1400], b"hello".to_vec(), vec![0x80; 70_000.min(65_000)]];
+    let mut junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0xff; 1400],
+        b"hello".to_vec(),
+        vec![0x80; 65_000],
+    ];
     let mut x: u32 = 12345;
     for len in [1usize, 7, 31, 200, 1399] {
-        junk.push((0..len).map(|_| { x ^= x << 13; x ^= x >> 17; x ^= x << 5; x as u8 }).collect());
+        junk.push(
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect(),
+        );
     }
     for p in &junk {
         let _ = sock.send_to(p, "127.0.15.1:6000");
     }
     // Garbage to every RPC route, and raw bytes to the RPC port.
     let client = client();
-    for route in ["/raft/append", "/raft/vote", "/raft/snapshot", "/raft/forward", "/raft/read-index"] {
+    for route in [
+        "/raft/append",
+        "/raft/vote",
+        "/raft/snapshot",
+        "/raft/forward",
+        "/raft/read-index",
+    ] {
         for body in ["", "{", "null", "[1,2,3]", "{\"vote\": 7}"] {
-            if let Ok(r) = client.post(format!("http://127.0.15.1:7000{route}")).body(body).send().await {
-                assert!(r.status().is_client_error(), "{route} {body:?}: {}", r.status());
+            if let Ok(r) = client
+                .post(format!("http://127.0.15.1:7000{route}"))
+                .body(body)
+                .send()
+                .await
+            {
+                assert!(
+                    r.status().is_client_error(),
+                    "{route} {body:?}: {}",
+                    r.status()
+                );
             }
         }
     }
     {
         use tokio::io::AsyncWriteExt;
-        let mut s = tokio::net::TcpStream::connect("127.0.15.1:7000").await.expect("tcp");
-        let _ = s.write_all(&[0u8, 1, 2, 3, 0xff, 0xfe, b'\r', b'\n', b'\r', b'\n']).await;
+        let mut s = tokio::net::TcpStream::connect("127.0.15.1:7000")
+            .await
+            .expect("tcp");
+        let _ = s
+            .write_all(&[0u8, 1, 2, 3, 0xff, 0xfe, b'\r', b'\n', b'\r', b'\n'])
+            .await;
     }
     // A node whose --join points at a port that is not Orion's gossip (the HTTP API).
-    let mut lost = Agent::start("bad-lost", "127.0.15.3".parse().expect("ip"), &["--join", "127.0.15.1:8000"]);
+    let mut lost = Agent::start(
+        "bad-lost",
+        "127.0.15.3".parse().expect("ip"),
+        &["--join", "127.0.15.1:8000"],
+    );
     wait_healthy(&lost).await;
     // A node claiming the id of a live member, from another address.
-    let mut impostor = Agent::start("bad-n1", "127.0.15.4".parse().expect("ip"), &["--join", "127.0.15.1:6000"]);
+    let mut impostor = Agent::start(
+        "bad-n1",
+        "127.0.15.4".parse().expect("ip"),
+        &["--join", "127.0.15.1:6000"],
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // The cluster still works, and still knows bad-n1 at its own address.
-    create_task(&api, &sleeper_body("after-garbage")).await.expect("write");
+    create_task(&api, &sleeper_body("after-garbage"))
+        .await
+        .expect("write");
     let (_, nodes) = get(&api, "/nodes").await.expect("nodes");
-    let n1 = nodes.as_array().expect("nodes").iter().find(|n| n["id"] == "bad-n1").expect("bad-n1").clone();
+    let n1 = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"] == "bad-n1")
+        .expect("bad-n1")
+        .clone();
     assert_eq!(n1["address"], "127.0.15.1:6000", "{n1}");
     assert_eq!(n1["status"], "alive");
-    assert!(!nodes.as_array().expect("nodes").iter().any(|n| n["id"] == "bad-lost"), "{nodes}");
-    assert!(lost.log_text().contains("no seed answered") || get(&lost.api, "/health").await.is_ok());
+    assert!(
+        !nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| n["id"] == "bad-lost"),
+        "{nodes}"
+    );
+    assert!(
+        lost.log_text().contains("no seed answered") || get(&lost.api, "/health").await.is_ok()
+    );
     for a in &c.agents {
         let log = a.log_text();
         assert!(!log.contains("panicked"), "{} panicked:\n{log}", a.id);
