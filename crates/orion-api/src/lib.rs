@@ -263,7 +263,16 @@ async fn delete_task<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let task = b.read(|s| find_task(s, &id))?;
+    // A write must not act on a stale read: if this replica does not know the task (yet),
+    // catch up with the leader and look again before answering 404.
+    let task = match b.read(|s| find_task(s, &id)) {
+        Ok(t) => t,
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            b.consistent_read().await?;
+            b.read(|s| find_task(s, &id))?
+        }
+        Err(e) => return Err(e),
+    };
     let cmd = Command::DeleteTask {
         task_id: task.id,
         at: b.now_ms(),

@@ -27,6 +27,9 @@ pub struct NodeRecord {
     pub meta: NodeMeta,
     pub status: NodeStatus,
     pub draining: bool,
+    /// It left on purpose (graceful shutdown) rather than failing.
+    #[serde(default)]
+    pub left: bool,
     pub updated_at: UnixMillis,
 }
 
@@ -189,9 +192,16 @@ impl ClusterState {
                     Some(rec) if rec.meta == **meta && rec.status == NodeStatus::Up => {
                         Response::Ignored("no change".to_string())
                     }
+                    // A node that left comes back only as a new process (a newer generation).
+                    Some(rec) if rec.left && meta.generation == rec.meta.generation => {
+                        Response::Ignored(format!(
+                            "node {id} left; it returns with a new generation"
+                        ))
+                    }
                     Some(rec) => {
                         rec.meta = (**meta).clone();
                         rec.status = NodeStatus::Up;
+                        rec.left = false;
                         rec.updated_at = *at;
                         touched.push(Key::Node(id));
                         Response::Ok
@@ -203,6 +213,7 @@ impl ClusterState {
                                 meta: (**meta).clone(),
                                 status: NodeStatus::Up,
                                 draining: false,
+                                left: false,
                                 updated_at: *at,
                             },
                         );
@@ -216,23 +227,19 @@ impl ClusterState {
                 generation,
                 reason,
                 at,
-            } => match self.nodes.get_mut(node) {
-                None => Response::NotFound(format!("node {node} not found")),
-                Some(rec)
-                    if rec.status == NodeStatus::Down || *generation < rec.meta.generation =>
-                {
-                    Response::Ignored(format!("node {node} is already down or has come back"))
-                }
-                Some(rec) => {
-                    rec.status = NodeStatus::Down;
-                    rec.updated_at = *at;
-                    touched.push(Key::Node(node.clone()));
-                    let msg =
-                        format!("node {node} is down ({reason}); waiting for a new placement");
-                    self.release_tasks_of(node, TaskState::Lost, &msg, *at, &mut touched);
-                    Response::Ok
-                }
-            },
+            } => self.node_down(node, *generation, reason, false, *at, &mut touched),
+            Command::NodeLeave {
+                node,
+                generation,
+                at,
+            } => self.node_down(
+                node,
+                *generation,
+                "left the cluster",
+                true,
+                *at,
+                &mut touched,
+            ),
             Command::SetDrain { node, drain, at } => match self.nodes.get_mut(node) {
                 None => Response::NotFound(format!("node {node} not found")),
                 Some(rec) => {
@@ -268,6 +275,40 @@ impl ClusterState {
             }
         };
         (response, touched)
+    }
+
+    fn node_down(
+        &mut self,
+        node: &str,
+        generation: u64,
+        reason: &str,
+        left: bool,
+        at: UnixMillis,
+        touched: &mut Vec<Key>,
+    ) -> Response {
+        match self.nodes.get_mut(node) {
+            None => Response::NotFound(format!("node {node} not found")),
+            Some(rec) if generation < rec.meta.generation => {
+                Response::Ignored(format!("node {node} has come back since"))
+            }
+            Some(rec) if rec.status == NodeStatus::Down => {
+                if left && !rec.left {
+                    rec.left = true;
+                    rec.updated_at = at;
+                    touched.push(Key::Node(node.to_string()));
+                }
+                Response::Ignored(format!("node {node} is already down"))
+            }
+            Some(rec) => {
+                rec.status = NodeStatus::Down;
+                rec.left = left;
+                rec.updated_at = at;
+                touched.push(Key::Node(node.to_string()));
+                let msg = format!("node {node} is down ({reason}); waiting for a new placement");
+                self.release_tasks_of(node, TaskState::Lost, &msg, at, touched);
+                Response::Ok
+            }
+        }
     }
 
     /// Takes every task that holds resources on `node` off it, into `state`.

@@ -98,6 +98,12 @@ pub enum Command {
         reason: String,
         at: UnixMillis,
     },
+    /// The node is shutting down on purpose: like `NodeDown`, and it gives up its Raft seat.
+    NodeLeave {
+        node: NodeId,
+        generation: u64,
+        at: UnixMillis,
+    },
     /// Drain (no new placements; its tasks move elsewhere) or undrain a node.
     SetDrain {
         node: NodeId,
@@ -122,6 +128,7 @@ impl Command {
             Command::Report { .. } => "report",
             Command::UpsertNode { .. } => "upsert-node",
             Command::NodeDown { .. } => "node-down",
+            Command::NodeLeave { .. } => "node-leave",
             Command::SetDrain { .. } => "set-drain",
             Command::Requeue { .. } => "requeue",
         }

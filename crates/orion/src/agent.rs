@@ -25,6 +25,9 @@ use tracing::{info, warn};
 /// Logs proxied from another node stream for at most this long without `follow`, and a
 /// followed stream ends when the client goes away.
 const LOGS_PROXY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A leaving node waits at most this long for its leave to commit: a shutdown must not hang
+/// on a cluster without quorum.
+const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -347,6 +350,20 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let _ = controller.await;
     let _ = executor.await;
     membership_log.abort();
+    if others_alive {
+        // Say so in the log first: the leader then re-places our tasks at once and takes our
+        // Raft seat away, rather than waiting for gossip to call us dead.
+        let cmd = Command::NodeLeave {
+            node: cfg.id.clone(),
+            generation,
+            at: now_ms(),
+        };
+        match tokio::time::timeout(LEAVE_WRITE_TIMEOUT, node.raft.write(cmd)).await {
+            Ok(Ok(_)) => info!("recorded our leave in the cluster state"),
+            Ok(Err(e)) => warn!(error = %e, "could not record our leave; gossip will tell"),
+            Err(_) => warn!("recording our leave timed out; gossip will tell"),
+        }
+    }
     node.gossip.leave().await;
     if others_alive {
         // Our tasks will be placed elsewhere: do not leave them running here as duplicates.

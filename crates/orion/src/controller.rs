@@ -138,6 +138,7 @@ impl Controller {
         for m in members.values().filter(|m| m.status.is_live()) {
             let stale = match records.get(&m.node_id) {
                 None => true,
+                Some(r) if r.left => m.meta.generation > r.meta.generation,
                 Some(r) => {
                     m.meta.generation >= r.meta.generation
                         && (r.meta != m.meta || r.status == NodeStatus::Down)
@@ -181,13 +182,27 @@ impl Controller {
         leader_since: Instant,
     ) {
         let grace = Duration::from_millis(self.node.cfg.voter_grace_ms);
+        // Nodes that left on purpose, by gossip or by their own word in the log.
+        let left_on_purpose: BTreeSet<String> = self.node.raft.read(|s| {
+            s.nodes
+                .values()
+                .filter(|r| r.left)
+                .map(|r| r.meta.id.clone())
+                .collect()
+        });
+        let left = |id: &str| {
+            left_on_purpose.contains(id)
+                || members
+                    .get(id)
+                    .is_some_and(|m| m.status == MemberStatus::Left)
+        };
         let alive = |id: &str| {
             members
                 .get(id)
                 .is_some_and(|m| m.status == MemberStatus::Alive)
         };
         let gone_long = |id: &str, gone: &HashMap<String, Instant>| match members.get(id) {
-            Some(m) if m.status == MemberStatus::Left => true,
+            _ if left(id) => true,
             Some(_) => gone.get(id).is_some_and(|t| t.elapsed() > grace),
             None => leader_since.elapsed() > grace.max(UNSEEN_NODE_GRACE),
         };
@@ -224,15 +239,14 @@ impl Controller {
         candidates.sort();
         let mut next: BTreeSet<String> = voters.difference(&dead).cloned().collect();
         let cap = self.node.cfg.voters;
-        // Replace dead voters one for one, only when a healthy learner can take the seat:
-        // shrinking the voter set would not let it survive more failures.
-        if !dead.is_empty() {
-            if candidates.len() >= dead.len() {
-                for _ in 0..dead.len() {
-                    next.insert(candidates.remove(0));
-                }
-            } else {
-                next = voters.clone();
+        // Replace dead voters one for one while healthy learners last. A crashed voter with no
+        // one to take its seat keeps it (it may come back, and a smaller voter set would not
+        // survive more failures); a voter that left on purpose gives its seat up.
+        for d in &dead {
+            if !candidates.is_empty() {
+                next.insert(candidates.remove(0));
+            } else if !left(d) {
+                next.insert(d.clone());
             }
         }
         // Grow towards the cap, keeping the count odd so a lost node never costs quorum.

@@ -47,11 +47,16 @@ fn main() {
     }
 }
 
+/// openraft logs every failed heartbeat to an unreachable peer (five lines every 200 ms while
+/// a node is down); Orion logs the events that matter itself, so openraft is silenced unless
+/// `ORION_LOG` asks for it.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=off,foca=warn";
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("ORION_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,foca=warn"));
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

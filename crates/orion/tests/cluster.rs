@@ -550,3 +550,78 @@ async fn hostile_packets_and_impostors_are_refused() {
     // The impostor's container label is bad-n1: make sure its drop does not remove the real
     // node's containers before the real node is dropped.
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_then_lost_quorum_answers_503() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let mut c = Cluster::start("leave-n", 19, 3, &[]);
+    for a in &c.agents {
+        wait_healthy(a).await;
+    }
+    c.wait_membership(&c.agents[0], 3, 0, Duration::from_secs(20))
+        .await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    // SIGTERM a follower: it exits cleanly, others see it left, and it gives up its seat.
+    let leaver = c
+        .agents
+        .iter()
+        .map(|a| a.id.clone())
+        .find(|id| *id != leader)
+        .expect("follower");
+    let status = c.by_id_mut(&leaver).terminate().expect("exit status");
+    assert!(status.success(), "{leaver} exited with {status}");
+    assert!(c.by_id(&leaver).log_text().contains("stopped"));
+    let api = c.by_id(&leader).api.clone();
+    let gone = leaver.clone();
+    wait_for(
+        Duration::from_secs(10),
+        "the leaver to be shown left and out of the voters",
+        || {
+            let api = api.clone();
+            let gone = gone.clone();
+            async move {
+                let (_, nodes) = get(&api, "/nodes").await.ok()?;
+                let left = nodes
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["id"] == gone.as_str() && n["status"] == "left");
+                let (_, s) = get(&api, "/status").await.ok()?;
+                let seated = s["voters"].as_array()?.iter().any(|v| v == gone.as_str());
+                (left && !seated).then_some(())
+            }
+        },
+    )
+    .await;
+    create_task(&api, &sleeper_body("after-leave"))
+        .await
+        .expect("write after a graceful leave");
+    // Kill the other follower: two voters, one dead, no quorum. A write waits a bounded time,
+    // then fails with a clear message.
+    let other = c
+        .agents
+        .iter()
+        .map(|a| a.id.clone())
+        .find(|id| *id != leader && *id != leaver)
+        .expect("other");
+    c.by_id_mut(&other).kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    let (status, err) = post(&api, "/tasks", &sleeper_body("no-quorum"))
+        .await
+        .expect("an answer");
+    let took = t0.elapsed();
+    println!("write without quorum answered {status} after {took:?}: {err}");
+    // 503 when no leader is known; 504 when a leader took the write but cannot commit it
+    // (it may still commit if a voter returns, so the answer must not say "not applied").
+    assert!(status == 503 || status == 504, "{status}: {err}");
+    assert!(
+        err["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    // Reads still answer from the local replica.
+    let (s, _) = get(&api, "/tasks").await.expect("read");
+    assert_eq!(s, 200);
+}

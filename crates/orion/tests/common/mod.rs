@@ -103,7 +103,6 @@ impl Agent {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
-            .env("ORION_LOG", "info,orion_raft=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
