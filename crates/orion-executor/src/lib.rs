@@ -54,6 +54,9 @@ const READY_RETRY: Duration = Duration::from_millis(200);
 pub trait Cluster: Send + Sync + 'static {
     /// Tasks that the local replica places on `node` (allocation set).
     fn tasks_on(&self, node: &str) -> Vec<Task>;
+    /// A digest of what `tasks_on(node)` would return (see `digest_tasks`), computed without
+    /// copying the tasks: it runs on every applied entry.
+    fn tasks_digest(&self, node: &str) -> u64;
     /// Bumps whenever the local replica applies something.
     fn changes(&self) -> watch::Receiver<u64>;
     /// Proposes a report through Raft.
@@ -166,20 +169,7 @@ impl<C: Cluster> Executor<C> {
 
     /// A digest of what the local replica wants on this node.
     fn fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for t in self.cluster.tasks_on(&self.cfg.node_id) {
-            (
-                &t.id,
-                &t.allocation,
-                t.state.as_str(),
-                t.restart_at,
-                &t.container_id,
-                t.ports.len(),
-            )
-                .hash(&mut h);
-        }
-        h.finish()
+        self.cluster.tasks_digest(&self.cfg.node_id)
     }
 
     /// One reconcile pass. Returns when the next restart falls due, if any.
@@ -395,6 +385,24 @@ impl<C: Cluster> Executor<C> {
             warn!(container = %short(id), error = %e, "could not remove container; will retry");
         }
     }
+}
+
+/// The digest `Cluster::tasks_digest` returns: what a reconcile pass acts on.
+pub fn digest_tasks<'a>(tasks: impl Iterator<Item = &'a Task>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for t in tasks {
+        (
+            &t.id,
+            &t.allocation,
+            t.state.as_str(),
+            t.restart_at,
+            &t.container_id,
+            t.ports.len(),
+        )
+            .hash(&mut h);
+    }
+    h.finish()
 }
 
 async fn send_report<C: Cluster>(

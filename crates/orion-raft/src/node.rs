@@ -274,6 +274,10 @@ impl RaftNode {
         });
         let mut stop = shutdown_tx.subscribe();
         let server = tokio::spawn(async move {
+            // Raft messages are small and latency-bound: never let Nagle hold a reply back.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let res = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;

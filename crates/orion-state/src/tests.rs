@@ -394,15 +394,25 @@ fn a_node_that_left_returns_only_as_a_new_generation() {
         node("n2", 1),
         create("t1", NEVER),
         place("t1", "n2", "a1"),
-        Command::NodeLeave { node: "n2".into(), generation: 1, at: 30 },
+        Command::NodeLeave {
+            node: "n2".into(),
+            generation: 1,
+            at: 30,
+        },
     ];
     let s = check(&cmds, &["t1 lost n2 - r0 - -"]);
     assert!(s.nodes["n2"].left);
     // Gossip still seeing the old process alive must not bring it back.
     cmds.push(node("n2", 1));
     let s = check(&cmds, &["t1 lost n2 - r0 - -"]);
-    assert_eq!((s.nodes["n2"].status, s.nodes["n2"].left), (NodeStatus::Down, true));
+    assert_eq!(
+        (s.nodes["n2"].status, s.nodes["n2"].left),
+        (NodeStatus::Down, true)
+    );
     cmds.push(node("n2", 2));
     let s = check(&cmds, &["t1 lost n2 - r0 - -"]);
-    assert_eq!((s.nodes["n2"].status, s.nodes["n2"].left), (NodeStatus::Up, false));
+    assert_eq!(
+        (s.nodes["n2"].status, s.nodes["n2"].left),
+        (NodeStatus::Up, false)
+    );
 }

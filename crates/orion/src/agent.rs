@@ -220,6 +220,10 @@ impl orion_executor::Cluster for Node {
     fn tasks_on(&self, node: &str) -> Vec<Task> {
         self.raft.read(|s| s.tasks_on(node).cloned().collect())
     }
+    fn tasks_digest(&self, node: &str) -> u64 {
+        self.raft
+            .read(|s| orion_executor::digest_tasks(s.tasks_on(node)))
+    }
     fn changes(&self) -> watch::Receiver<u64> {
         self.raft.subscribe()
     }
@@ -330,6 +334,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let shutdown = async move {
             let _ = api_stop.wait_for(|s| *s).await;
         };
+        // Answers are small and clients wait on them: no Nagle delay.
+        let api_listener = axum::serve::ListenerExt::tap_io(api_listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(api_listener, app)
             .with_graceful_shutdown(shutdown)
             .await

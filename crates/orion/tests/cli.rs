@@ -26,8 +26,14 @@ fn last_line(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_against_a_real_node() {
-    let Some(_docker) = docker_or_skip().await else { return };
-    let a = Agent::start("cli-n1", "127.0.18.1".parse().expect("ip"), &["--label", "zone=a"]);
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let a = Agent::start(
+        "cli-n1",
+        "127.0.18.1".parse().expect("ip"),
+        &["--label", "zone=a"],
+    );
     wait_healthy(&a).await;
     wait_leader(&a).await;
     let addr = a.api.clone();
@@ -35,23 +41,58 @@ async fn cli_against_a_real_node() {
     // run --wait: progress on stderr, the id on the last line of stdout.
     let (ok, out, err) = orion(
         &addr,
-        &["run", "-p", "80", "-m", "32m", "--cpus", "0.5", "-e", "GREETING=hi", "--name", "web", "--label", "app=web",
-          "--constraint", "node.labels.zone==a", "--wait", IMAGE, "busybox", "httpd", "-f", "-p", "80", "-h", "/www"],
+        &[
+            "run",
+            "-p",
+            "80",
+            "-m",
+            "32m",
+            "--cpus",
+            "0.5",
+            "-e",
+            "GREETING=hi",
+            "--name",
+            "web",
+            "--label",
+            "app=web",
+            "--constraint",
+            "node.labels.zone==a",
+            "--wait",
+            IMAGE,
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ],
     );
     assert!(ok, "run failed: {out} {err}");
     let id = last_line(&out);
     assert_eq!(id.len(), 32, "{out}");
-    assert!(err.contains("running"), "progress should show running: {err}");
+    assert!(
+        err.contains("running"),
+        "progress should show running: {err}"
+    );
     let t = task(&addr, &id).await.expect("task");
-    assert_eq!((t["memory"].as_u64(), t["cpu"].as_f64()), (Some(32 << 20), Some(0.5)));
+    assert_eq!(
+        (t["memory"].as_u64(), t["cpu"].as_f64()),
+        (Some(32 << 20), Some(0.5))
+    );
     assert_eq!(t["env"]["GREETING"], "hi");
-    let page = http_page(&published(&t).expect("port")).await.expect("page");
+    let page = http_page(&published(&t).expect("port"))
+        .await
+        .expect("page");
     assert!(page.contains("hello"));
 
     // ps shows it with a short id; --json is parseable.
     let (ok, out, _) = orion(&addr, &["ps"]);
     assert!(ok);
-    assert!(out.contains(&id[..12]) && out.contains("running") && out.contains("web"), "{out}");
+    assert!(
+        out.contains(&id[..12]) && out.contains("running") && out.contains("web"),
+        "{out}"
+    );
     let (ok, out, _) = orion(&addr, &["ps", "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).expect("ps --json");
@@ -64,7 +105,17 @@ async fn cli_against_a_real_node() {
     assert_eq!(v["id"], id.as_str());
 
     // logs, from the node that runs the task.
-    let (ok, out, _) = orion(&addr, &["run", "--wait", IMAGE, "sh", "-c", "echo hello-from-logs; sleep 3600"]);
+    let (ok, out, _) = orion(
+        &addr,
+        &[
+            "run",
+            "--wait",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo hello-from-logs; sleep 3600",
+        ],
+    );
     assert!(ok);
     let logger = last_line(&out);
     let logs = wait_for(Duration::from_secs(10), "logs", || {
@@ -80,7 +131,10 @@ async fn cli_against_a_real_node() {
 
     // nodes, status, drain, undrain.
     let (ok, out, _) = orion(&addr, &["nodes"]);
-    assert!(ok && out.contains("cli-n1") && out.contains("leader") && out.contains("zone=a"), "{out}");
+    assert!(
+        ok && out.contains("cli-n1") && out.contains("leader") && out.contains("zone=a"),
+        "{out}"
+    );
     let (ok, out, _) = orion(&addr, &["status"]);
     assert!(ok && out.contains("leader:   cli-n1"), "{out}");
     let (ok, _, err) = orion(&addr, &["drain", "cli-n1"]);
@@ -101,7 +155,10 @@ async fn cli_against_a_real_node() {
     for (args, want) in [
         (vec!["inspect", "doesnotexist"], "not found"),
         (vec!["run", "-p", "80/xyz", IMAGE], "portBindings"),
-        (vec!["run", "--restart", "sometimes", IMAGE], "restartPolicy"),
+        (
+            vec!["run", "--restart", "sometimes", IMAGE],
+            "restartPolicy",
+        ),
         (vec!["drain", "ghost"], "ghost"),
     ] {
         let (ok, _, err) = orion(&addr, &args);

@@ -128,8 +128,27 @@ async fn three_nodes_write_through_a_follower_is_visible_everywhere() {
         .await
         .expect("get");
     assert_eq!((s, t["id"].as_str()), (200, Some(id.as_str())));
-    // /nodes shows every node alive with a role and capacity.
-    let (_, nodes) = get(&c.agents[2].api, "/nodes").await.expect("nodes");
+    // /nodes shows every node alive with a role and capacity (gossip spreads news in rounds,
+    // so each node's view converges within a few probe periods).
+    let api3 = c.agents[2].api.clone();
+    let nodes = wait_for(
+        Duration::from_secs(10),
+        "node3 to see all three alive",
+        || {
+            let api3 = api3.clone();
+            async move {
+                let (_, nodes) = get(&api3, "/nodes").await.ok()?;
+                let all = nodes
+                    .as_array()?
+                    .iter()
+                    .filter(|n| n["status"] == "alive")
+                    .count()
+                    == 3;
+                all.then_some(nodes)
+            }
+        },
+    )
+    .await;
     let nodes = nodes.as_array().expect("array");
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     for n in nodes {

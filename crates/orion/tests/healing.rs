@@ -39,6 +39,21 @@ async fn wait_moved_and_serving(apis: &[String], id: &str, not_on: &str, limit: 
     }
 }
 
+/// Waits until task `id` has exactly one container, and checks it is on `node`.
+async fn wait_single_container_on(
+    docker: &orion_docker::DockerRuntime,
+    id: &str,
+    node: Option<&str>,
+    what: &str,
+) {
+    wait_for(Duration::from_secs(20), what, || async move {
+        (containers_of_task(docker, id).await.len() == 1).then_some(())
+    })
+    .await;
+    let cs = containers_of_task(docker, id).await;
+    assert_eq!(cs[0].labels.get("orion.node").map(String::as_str), node);
+}
+
 /// Waits until every node of the cluster is alive, recorded up and the voters are complete.
 async fn wait_healed(c: &Cluster, voters: usize) {
     let apis: Vec<String> = c.agents.iter().map(|a| a.api.clone()).collect();
@@ -218,23 +233,13 @@ async fn returning_node_fences_its_stale_containers() {
         "the dead node's container should still be there"
     );
     c.by_id_mut(&host).restart();
-    let d = docker.clone();
-    let idc = id.clone();
-    wait_for(
-        Duration::from_secs(20),
+    wait_single_container_on(
+        &docker,
+        &id,
+        moved["node"].as_str(),
         "the returning node to remove its stale container",
-        || {
-            let d = d.clone();
-            let idc = idc.clone();
-            async move { (containers_of_task(&d, &idc).await.len() == 1).then_some(()) }
-        },
     )
     .await;
-    let cs = containers_of_task(&docker, &id).await;
-    assert_eq!(
-        cs[0].labels.get("orion.node").map(String::as_str),
-        moved["node"].as_str()
-    );
     wait_healed(&c, 3).await;
 
     // 2. SIGSTOP past the detection bound: the task is placed elsewhere; on SIGCONT the node
@@ -259,23 +264,13 @@ async fn returning_node_fences_its_stale_containers() {
         stalled_at.elapsed()
     );
     c.by_id(&host).cont_signal();
-    let d = docker.clone();
-    let idc = id.clone();
-    wait_for(
-        Duration::from_secs(20),
+    wait_single_container_on(
+        &docker,
+        &id,
+        moved["node"].as_str(),
         "the resumed node to remove its stale container",
-        || {
-            let d = d.clone();
-            let idc = idc.clone();
-            async move { (containers_of_task(&d, &idc).await.len() == 1).then_some(()) }
-        },
     )
     .await;
-    let cs = containers_of_task(&docker, &id).await;
-    assert_eq!(
-        cs[0].labels.get("orion.node").map(String::as_str),
-        moved["node"].as_str()
-    );
     wait_healed(&c, 3).await;
 }
 

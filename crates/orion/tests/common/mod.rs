@@ -167,26 +167,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
         // Remove this node's containers: the engine is shared by every test.
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=orion.node={}", self.id),
-            ])
-            .output();
-        if let Ok(out) = out {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .output();
-            }
-        }
+        remove_containers_of(&self.id);
         if std::thread::panicking() {
             eprintln!(
                 "---- log of {} ----\n{}",
