@@ -154,5 +154,7 @@ pub struct StatusView {
     pub applied_index: u64,
     pub voters: Vec<String>,
     pub learners: Vec<String>,
+    /// A voter change is under way (joint consensus): `voters` lists old and new together.
+    pub membership_changing: bool,
     pub version: String,
 }

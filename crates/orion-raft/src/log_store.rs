@@ -4,10 +4,21 @@
 //! Durability contract with openraft: `append` and `save_vote` commit with
 //! `Durability::Immediate` (one fsync) before they call the IO callback or return, so an
 //! acknowledged entry or vote survives a crash; `truncate` does the same because it undoes
-//! entries a restarted node must not resurrect. `save_committed` and `purge` commit without
-//! fsync (`Durability::None`): both are hints that may roll back after a crash to an older,
-//! still-true value (a committed index that was once committed; a purge that had not happened
-//! yet), and the next fsync'd commit of this database makes them durable along with it.
+//! entries a restarted node must not resurrect. `purge` commits without fsync
+//! (`Durability::None`): it is a hint that may roll back after a crash to a purge that had not
+//! happened yet, and the next fsync'd commit of this database makes it durable along with it.
+//!
+//! `save_committed` writes no transaction of its own: openraft calls it once per commit, on
+//! the leader between the quorum's acknowledgement and the apply, so a redb commit there sat on
+//! every write's path. The value is kept in memory (`read_committed` answers from there) and
+//! goes to disk inside the next write transaction of this database (normally the next
+//! `append`), and at shutdown (`flush`). The committed index is a hint: after a crash an older,
+//! still-true value comes back, or none, and openraft re-applies from the state machine's own
+//! `last_applied` (it takes the larger of the two), so nothing committed is lost.
+//!
+//! The most recently appended entries are also kept in memory (`Tail`, bounded by count and
+//! bytes), so replication reads them without a redb read transaction and a JSON decode per
+//! entry; anything older is read from redb.
 //!
 //! redb is synchronous, so every write transaction runs on tokio's blocking pool.
 
@@ -21,11 +32,12 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Log index -> JSON of `Entry<TypeConfig>`.
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
@@ -36,6 +48,11 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
+/// At most this many recently appended entries are kept in memory for replication reads.
+const TAIL_ENTRIES_MAX: usize = 4096;
+/// ... and at most this many bytes of them (their JSON size), so big commands cannot pin much.
+const TAIL_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 type StResult<T> = Result<T, StorageError<RaftId>>;
 
 /// The redb-backed Raft log. Cheap to clone: clones share the database.
@@ -45,6 +62,78 @@ pub struct LogStore {
     /// Index of the last committed log id as last saved, plus one (0: none). Read by
     /// `RaftNode::status`, since openraft's metrics do not carry the commit index.
     committed: Arc<AtomicU64>,
+    /// The committed log id openraft last saved, and whether redb has yet to get it.
+    pending_committed: Arc<Mutex<PendingCommitted>>,
+    /// The latest appended entries, as they are in redb.
+    tail: Arc<Mutex<Tail>>,
+}
+
+#[derive(Default)]
+struct PendingCommitted {
+    value: Option<LogId<RaftId>>,
+    dirty: bool,
+}
+
+/// Recently appended entries by index, each with its JSON size. Always a suffix of the log
+/// as redb holds it: filled after an append commits, cut before a truncate or purge runs.
+#[derive(Default)]
+struct Tail {
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn insert(&mut self, entries: Vec<(Entry<TypeConfig>, usize)>) {
+        for (entry, size) in entries {
+            if let Some((_, old)) = self.entries.insert(entry.log_id.index, (entry, size)) {
+                self.bytes -= old;
+            }
+            self.bytes += size;
+        }
+        while self.entries.len() > TAIL_ENTRIES_MAX || self.bytes > TAIL_BYTES_MAX {
+            match self.entries.pop_first() {
+                Some((_, (_, size))) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops every entry at or after `index`.
+    fn truncate(&mut self, index: u64) {
+        let removed = self.entries.split_off(&index);
+        self.bytes -= removed.values().map(|(_, size)| size).sum::<usize>();
+    }
+
+    /// Drops every entry at or before `index`.
+    fn purge(&mut self, index: u64) {
+        let Some(after) = index.checked_add(1) else {
+            self.entries.clear();
+            self.bytes = 0;
+            return;
+        };
+        let kept = self.entries.split_off(&after);
+        self.bytes -= self.entries.values().map(|(_, size)| size).sum::<usize>();
+        self.entries = kept;
+    }
+
+    /// The entries `[start, end)` if the tail holds every one of them.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        if start >= end {
+            return Some(Vec::new());
+        }
+        let (first, _) = self.entries.first_key_value()?;
+        let (last, _) = self.entries.last_key_value()?;
+        if start < *first || end - 1 > *last {
+            return None;
+        }
+        let out: Vec<_> = self
+            .entries
+            .range(start..end)
+            .map(|(_, (e, _))| e.clone())
+            .collect();
+        // The tail is contiguous by construction; check rather than trust it.
+        (out.len() as u64 == end - start).then_some(out)
+    }
 }
 
 impl LogStore {
@@ -58,15 +147,46 @@ impl LogStore {
         let store = LogStore {
             db: DbSlot::new(db),
             committed: Arc::new(AtomicU64::new(0)),
+            pending_committed: Arc::default(),
+            tail: Arc::default(),
         };
         let committed: Option<LogId<RaftId>> = store.read_meta(KEY_COMMITTED)?;
         store.set_committed_cache(committed.as_ref());
+        store.lock_committed().value = committed;
         Ok(store)
     }
 
     /// Releases the database file (see `DbSlot`); later calls fail with `StoreError::Closed`.
     pub fn close(&self) {
         self.db.close();
+    }
+
+    /// Writes a committed log id that is still only in memory (fsync'd). Shutdown calls this
+    /// before `close`; skipping it only costs a longer replay on the next start.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        if !self.lock_committed().dirty {
+            return Ok(());
+        }
+        let slot = self.db.clone();
+        let pending = self.pending_committed.clone();
+        blocking(move || {
+            let db = slot.get()?;
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let wrote = write_pending_committed(&txn, &pending)?;
+            commit_or_redirty(txn, &pending, wrote)
+        })
+        .await
+    }
+
+    fn lock_committed(&self) -> std::sync::MutexGuard<'_, PendingCommitted> {
+        self.pending_committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The commit index as last saved by openraft.
@@ -97,13 +217,14 @@ impl LogStore {
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value)?;
         let slot = self.db.clone();
+        let pending = self.pending_committed.clone();
         blocking(move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
             txn.set_durability(durability)?;
             txn.open_table(META)?.insert(key, bytes.as_slice())?;
-            txn.commit()?;
-            Ok(())
+            let wrote = write_pending_committed(&txn, &pending)?;
+            commit_or_redirty(txn, &pending, wrote)
         })
         .await
     }
@@ -113,6 +234,21 @@ impl LogStore {
         start: Bound<u64>,
         end: Bound<u64>,
     ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let from = match start {
+            Bound::Included(s) => Some(s),
+            Bound::Excluded(s) => s.checked_add(1),
+            Bound::Unbounded => None,
+        };
+        let to = match end {
+            Bound::Included(e) => e.checked_add(1),
+            Bound::Excluded(e) => Some(e),
+            Bound::Unbounded => None,
+        };
+        if let (Some(from), Some(to)) = (from, to)
+            && let Some(hit) = self.lock_tail().get(from, to)
+        {
+            return Ok(hit);
+        }
         let txn = self.db.get()?.begin_read()?;
         let table = txn.open_table(LOGS)?;
         let mut out = Vec::new();
@@ -164,6 +300,36 @@ impl DbSlot {
     }
 }
 
+/// Puts the committed log id into `txn` if redb does not have it yet; true if it did. Runs
+/// inside the write transaction, so of two transactions the later one writes the later value.
+fn write_pending_committed(
+    txn: &redb::WriteTransaction,
+    pending: &Mutex<PendingCommitted>,
+) -> Result<bool, StoreError> {
+    let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+    if !p.dirty {
+        return Ok(false);
+    }
+    let bytes = serde_json::to_vec(&p.value)?;
+    txn.open_table(META)?
+        .insert(KEY_COMMITTED, bytes.as_slice())?;
+    p.dirty = false;
+    Ok(true)
+}
+
+/// Commits `txn`; if it carried the committed log id and failed, marks that unwritten again.
+fn commit_or_redirty(
+    txn: redb::WriteTransaction,
+    pending: &Mutex<PendingCommitted>,
+    wrote_committed: bool,
+) -> Result<(), StoreError> {
+    let res = txn.commit();
+    if res.is_err() && wrote_committed {
+        pending.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+    }
+    Ok(res?)
+}
+
 /// Runs a redb write on tokio's blocking pool and waits for it.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
 where
@@ -210,16 +376,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<RaftId>>) -> StResult<()> {
-        self.write_meta(KEY_COMMITTED, &committed, Durability::None)
-            .await
-            .map_err(|e| StorageIOError::write(&e))?;
+        // Memory only; the next write transaction takes it to disk (see the module docs).
+        {
+            let mut p = self.lock_committed();
+            p.value = committed;
+            p.dirty = true;
+        }
         self.set_committed_cache(committed.as_ref());
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StResult<Option<LogId<RaftId>>> {
-        self.read_meta(KEY_COMMITTED)
-            .map_err(|e| StorageIOError::read(&e).into())
+        Ok(self.lock_committed().value)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StResult<()>
@@ -228,12 +396,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
+        let mut cached = Vec::new();
         for entry in entries {
             let bytes = serde_json::to_vec(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(*entry.get_log_id(), &e))?;
             rows.push((entry.get_log_id().index, bytes));
+            cached.push(entry);
         }
         let slot = self.db.clone();
+        let pending = self.pending_committed.clone();
         let res = blocking(move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
@@ -244,12 +415,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     table.insert(*index, bytes.as_slice())?;
                 }
             }
-            txn.commit()?;
-            Ok(())
+            let wrote = write_pending_committed(&txn, &pending)?;
+            commit_or_redirty(txn, &pending, wrote)?;
+            Ok(rows.into_iter().map(|(_, bytes)| bytes.len()))
         })
         .await;
         match res {
-            Ok(()) => {
+            Ok(sizes) => {
+                // Readable from memory from now on, as it is from redb.
+                self.lock_tail().insert(cached.into_iter().zip(sizes).collect());
                 // Only now is the batch on disk: tell openraft.
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -263,15 +437,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> StResult<()> {
         tracing::debug!(%log_id, "truncate raft log");
+        // Before redb: a failed truncate then leaves reads to redb, which still has it all.
+        self.lock_tail().truncate(log_id.index);
         let slot = self.db.clone();
+        let pending = self.pending_committed.clone();
         blocking(move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
             txn.open_table(LOGS)?
                 .retain_in::<u64, _>(log_id.index.., |_, _| false)?;
-            txn.commit()?;
-            Ok(())
+            let wrote = write_pending_committed(&txn, &pending)?;
+            commit_or_redirty(txn, &pending, wrote)
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&e).into())
@@ -281,7 +458,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tracing::debug!(%log_id, "purge raft log");
         let bytes =
             serde_json::to_vec(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.lock_tail().purge(log_id.index);
         let slot = self.db.clone();
+        let pending = self.pending_committed.clone();
         blocking(move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
@@ -292,8 +471,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .insert(KEY_LAST_PURGED, bytes.as_slice())?;
             txn.open_table(LOGS)?
                 .retain_in::<u64, _>(..=log_id.index, |_, _| false)?;
-            txn.commit()?;
-            Ok(())
+            let wrote = write_pending_committed(&txn, &pending)?;
+            commit_or_redirty(txn, &pending, wrote)
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&e).into())

@@ -180,6 +180,9 @@ pub struct RaftStatus {
     pub snapshot_index: Option<u64>,
     /// Last log index purged from the log.
     pub purged_index: Option<u64>,
+    /// During a membership change (joint consensus) `voters` is the union of the old and new
+    /// voter sets, and this is true.
+    pub membership_changing: bool,
     pub voters: Vec<String>,
     pub learners: Vec<String>,
     /// Follower/learner: millis since an append-entries from an accepted leader.
@@ -570,6 +573,7 @@ impl RaftNode {
             purged_index: m.purged.map(|l| l.index),
             voters: membership.voter_ids().map(|id| name(&id)).collect(),
             learners: membership.learner_ids().map(|id| name(&id)).collect(),
+            membership_changing: membership.get_joint_config().len() > 1,
             last_leader_contact_ms,
         }
     }
@@ -726,6 +730,9 @@ impl RaftNode {
         }
         if let Err(e) = self.inner.sm.sync().await {
             tracing::warn!(error = %e, "final state sync failed; the log will be replayed");
+        }
+        if let Err(e) = self.inner.log.flush().await {
+            tracing::warn!(error = %e, "saving the commit index failed; the log will be replayed");
         }
         self.inner.sm.close();
         self.inner.log.close();

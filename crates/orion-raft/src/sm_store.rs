@@ -204,6 +204,7 @@ impl StateMachineStore {
         &self,
         entries: Vec<Entry<TypeConfig>>,
     ) -> Result<Vec<Response>, StoreError> {
+        crate::tmark("apply_in", entries.last().map_or(0, |e| e.log_id.index));
         let _gate = self.shared.persist.lock().await;
         let mut responses = Vec::with_capacity(entries.len());
         let (rows, last_applied, last_membership, index) = {
@@ -272,6 +273,7 @@ impl StateMachineStore {
             Ok(())
         })
         .await?;
+        crate::tmark("apply_done", index);
         self.shared.applied_tx.send_replace(index);
         Ok(responses)
     }

@@ -90,7 +90,10 @@ impl Backend for Node {
                     (None, Some(m)) => m.meta.clone(),
                     (None, None) => unreachable!("id comes from one of the two maps"),
                 };
+                let left = rec.is_some_and(|r| r.left && r.meta.generation >= meta.generation);
                 let gossip_status = match member.map(|m| m.status) {
+                    // It said goodbye in the log, whatever gossip made of its silence.
+                    Some(MemberStatus::Down) | None if left => "left",
                     Some(MemberStatus::Alive) => "alive",
                     Some(MemberStatus::Suspect) => "suspect",
                     Some(MemberStatus::Down) => "dead",
@@ -144,6 +147,7 @@ impl Backend for Node {
             applied_index: s.applied_index,
             voters: s.voters.clone(),
             learners: s.learners.clone(),
+            membership_changing: s.membership_changing,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -249,10 +253,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let generation = now_ms();
     info!(id = %cfg.id, api = %cfg.api_addr(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
 
-    let docker = DockerRuntime::connect()
-        .await
-        .context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
-
     let api_listener = tokio::net::TcpListener::bind(cfg.api_bind)
         .await
         .with_context(|| format!("cannot listen on the API port {}", cfg.api_bind))?;
@@ -264,9 +264,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         cfg.raft_addr(),
         cfg.api_addr().to_string(),
     );
-    let raft = RaftNode::start(raft_cfg)
-        .await
-        .context("cannot start consensus")?;
+    // The engine's ping and opening the stores are independent: do both at once, start-up
+    // time is the sum of what is left.
+    let (docker, raft) = tokio::join!(DockerRuntime::connect(), RaftNode::start(raft_cfg));
+    let docker =
+        docker.context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
+    let raft = raft.context("cannot start consensus")?;
     if cfg.bootstrap {
         raft.bootstrap()
             .await

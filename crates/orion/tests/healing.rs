@@ -363,6 +363,19 @@ async fn restart_policies() {
         "{t}"
     );
 
+    // An OOM kill is reported as such.
+    let oom = create_task(
+        &api,
+        &format!(
+            r#"{{"image": "{IMAGE}", "memory": "8m", "restartPolicy": "never", "command": ["sh", "-c", "x=a; while true; do x=$x$x; done"]}}"#
+        ),
+    )
+    .await
+    .expect("create");
+    let t = wait_task_state(&api, &oom, "failed", Duration::from_secs(30)).await;
+    let reason = t["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("out of memory"), "{t}");
+
     // always: a container killed from outside comes back.
     let t = wait_task_state(&api, &always, "running", Duration::from_secs(20)).await;
     let cid = t["containerId"].as_str().expect("cid").to_string();

@@ -369,8 +369,9 @@ impl Cluster {
         self.agents.iter_mut().find(|a| a.id == id).expect("agent")
     }
 
-    /// Waits until `a` sees `voters` voters, `learners` learners and a leader; returns the
-    /// status.
+    /// Waits until every live agent sees `voters` voters, `learners` learners, a leader, and
+    /// no voter change under way (a change from one voter is fatal if that voter dies before
+    /// it completes); returns `a`'s status.
     pub async fn wait_membership(
         &self,
         a: &Agent,
@@ -379,16 +380,33 @@ impl Cluster {
         limit: Duration,
     ) -> Value {
         let api = a.api.clone();
+        let all: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|x| x.pid().is_some())
+            .map(|x| x.api.clone())
+            .collect();
         wait_for(
             limit,
             &format!("{} to see {voters} voters and {learners} learners", a.id),
             || {
                 let api = api.clone();
+                let all = all.clone();
                 async move {
+                    let settled = |s: &Value| {
+                        s["voters"].as_array().map(Vec::len) == Some(voters)
+                            && s["learners"].as_array().map(Vec::len) == Some(learners)
+                            && s["leader"].is_string()
+                            && s["membershipChanging"] == false
+                    };
+                    for other in &all {
+                        let (_, s) = get(other, "/status").await.ok()?;
+                        if !settled(&s) {
+                            return None;
+                        }
+                    }
                     let (_, s) = get(&api, "/status").await.ok()?;
-                    let v = s["voters"].as_array()?.len();
-                    let l = s["learners"].as_array()?.len();
-                    (v == voters && l == learners && s["leader"].is_string()).then_some(s)
+                    settled(&s).then_some(s)
                 }
             },
         )
