@@ -6,8 +6,8 @@
 //! so the store can persist exactly those.
 
 use orion_types::{
-    AllocStatus, BackoffConfig, Command, NodeId, NodeMeta, Protocol, Resources, Response, Task,
-    TaskId, TaskState, UnixMillis,
+    AllocStatus, BackoffConfig, Command, NodeId, NodeMeta, Placement, Protocol, Resources,
+    Response, Task, TaskId, TaskState, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,14 +79,26 @@ impl ClusterState {
         let mut touched = Vec::new();
         let response = match cmd {
             Command::CreateTask { task_id, spec, at } => {
-                if let Some(existing) = self.tasks.get(task_id) {
-                    // A retried proposal of the same create: answer as the first time.
-                    Response::Task(Box::new(existing.clone()))
+                self.create_task(task_id, spec, *at, &mut touched)
+            }
+            Command::CreatePlacedTask {
+                task_id,
+                spec,
+                placement,
+                at,
+            } => {
+                let fresh = !self.tasks.contains_key(task_id);
+                let response = self.create_task(task_id, spec, *at, &mut touched);
+                // The leader chose the node when it proposed; other proposals may have taken
+                // the room since, so the placement stands only if it still fits. If not, the
+                // task waits as pending and the controller places it.
+                if fresh
+                    && placement.task_id == *task_id
+                    && self.try_place(placement, *at, true, &mut touched)
+                {
+                    Response::Task(Box::new(self.tasks[task_id].clone()))
                 } else {
-                    let task = Task::new(task_id.clone(), (**spec).clone(), *at);
-                    self.tasks.insert(task_id.clone(), task.clone());
-                    touched.push(Key::Task(task_id.clone()));
-                    Response::Task(Box::new(task))
+                    response
                 }
             }
             Command::DeleteTask { task_id, at } => match self.tasks.get_mut(task_id) {
@@ -108,38 +120,7 @@ impl ClusterState {
                 at,
             } => {
                 for p in placements {
-                    let node_ok = self
-                        .nodes
-                        .get(&p.node)
-                        .is_some_and(|n| n.status == NodeStatus::Up && !n.draining);
-                    let Some(task) = self.tasks.get_mut(&p.task_id) else {
-                        continue;
-                    };
-                    if !node_ok
-                        || !task.needs_placement()
-                        || p.host_ports.len() != task.spec.ports.len()
-                    {
-                        continue;
-                    }
-                    let replaced = task.node.is_some();
-                    if replaced {
-                        task.restarts = task.restarts.saturating_add(1);
-                    }
-                    task.node = Some(p.node.clone());
-                    task.allocation = Some(p.allocation.clone());
-                    task.host_ports = p.host_ports.clone();
-                    task.container_id = None;
-                    task.ports.clear();
-                    task.reason = None;
-                    task.restart_at = None;
-                    task.running_since = None;
-                    let msg = if replaced {
-                        format!("placed again, on node {}", p.node)
-                    } else {
-                        format!("placed on node {}", p.node)
-                    };
-                    task.transition(TaskState::Scheduled, *at, msg);
-                    touched.push(Key::Task(p.task_id.clone()));
+                    self.try_place(p, *at, false, &mut touched);
                 }
                 for (task_id, reason) in unplaced {
                     let Some(task) = self.tasks.get_mut(task_id) else {
@@ -275,6 +256,101 @@ impl ClusterState {
             }
         };
         (response, touched)
+    }
+
+    fn create_task(
+        &mut self,
+        task_id: &str,
+        spec: &orion_types::TaskSpec,
+        at: UnixMillis,
+        touched: &mut Vec<Key>,
+    ) -> Response {
+        if let Some(existing) = self.tasks.get(task_id) {
+            // A retried proposal of the same create: answer as the first time.
+            return Response::Task(Box::new(existing.clone()));
+        }
+        let task = Task::new(task_id.to_string(), spec.clone(), at);
+        self.tasks.insert(task_id.to_string(), task.clone());
+        touched.push(Key::Task(task_id.to_string()));
+        Response::Task(Box::new(task))
+    }
+
+    /// Places a task that needs it on `p.node`, if that node takes placements. With
+    /// `check_fit`, also only if the node still has the memory, CPU and host ports free (for
+    /// placements chosen before earlier entries were applied). Returns whether it placed.
+    fn try_place(
+        &mut self,
+        p: &Placement,
+        at: UnixMillis,
+        check_fit: bool,
+        touched: &mut Vec<Key>,
+    ) -> bool {
+        let Some(node) = self.nodes.get(&p.node) else {
+            return false;
+        };
+        if node.status != NodeStatus::Up || node.draining {
+            return false;
+        }
+        let capacity = node.meta.capacity;
+        let Some(task) = self.tasks.get(&p.task_id) else {
+            return false;
+        };
+        if !task.needs_placement() || p.host_ports.len() != task.spec.ports.len() {
+            return false;
+        }
+        if check_fit && !self.fits(&p.node, capacity, task, &p.host_ports) {
+            return false;
+        }
+        let Some(task) = self.tasks.get_mut(&p.task_id) else {
+            return false;
+        };
+        let replaced = task.node.is_some();
+        if replaced {
+            task.restarts = task.restarts.saturating_add(1);
+        }
+        task.node = Some(p.node.clone());
+        task.allocation = Some(p.allocation.clone());
+        task.host_ports = p.host_ports.clone();
+        task.container_id = None;
+        task.ports.clear();
+        task.reason = None;
+        task.restart_at = None;
+        task.running_since = None;
+        let msg = if replaced {
+            format!("placed again, on node {}", p.node)
+        } else {
+            format!("placed on node {}", p.node)
+        };
+        task.transition(TaskState::Scheduled, at, msg);
+        touched.push(Key::Task(p.task_id.clone()));
+        true
+    }
+
+    /// Whether `task` with these host ports still fits on `node` beside what holds resources
+    /// there now.
+    fn fits(&self, node: &str, capacity: Resources, task: &Task, host_ports: &[u16]) -> bool {
+        let mut used = Resources::default();
+        let mut ports = BTreeSet::new();
+        for t in self.tasks.values() {
+            if t.id != task.id && t.node.as_deref() == Some(node) && t.holds_resources() {
+                used = used.saturating_add(t.spec.resources());
+                for (spec, host) in t.spec.ports.iter().zip(&t.host_ports) {
+                    ports.insert((spec.protocol, *host));
+                }
+            }
+        }
+        let need = task.spec.resources();
+        let mem_ok = need.memory_bytes == 0
+            || used.memory_bytes.saturating_add(need.memory_bytes) <= capacity.memory_bytes;
+        let cpu_ok = need.cpu_millis == 0
+            || used.cpu_millis.saturating_add(need.cpu_millis) <= capacity.cpu_millis;
+        let ports_ok = task
+            .spec
+            .ports
+            .iter()
+            .zip(host_ports)
+            .all(|(spec, host)| *host != 0 && !ports.contains(&(spec.protocol, *host)));
+        mem_ok && cpu_ok && ports_ok
     }
 
     fn node_down(

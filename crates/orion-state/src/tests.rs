@@ -416,3 +416,60 @@ fn a_node_that_left_returns_only_as_a_new_generation() {
         (NodeStatus::Up, false)
     );
 }
+
+fn create_placed(id: &str, json: &str, node: &str, alloc: &str, host_ports: Vec<u16>) -> Command {
+    Command::CreatePlacedTask {
+        task_id: id.into(),
+        spec: spec(json),
+        placement: Placement {
+            task_id: id.into(),
+            node: node.into(),
+            allocation: alloc.into(),
+            host_ports,
+        },
+        at: 10,
+    }
+}
+
+#[test]
+fn a_task_placed_at_creation_keeps_its_place_only_if_it_still_fits() {
+    // Nodes have 1 GiB and 2 cores (see `node`).
+    let big = r#"{"image":"x","memory":"600m","restartPolicy":"never"}"#;
+    check(
+        &[node("n1", 1), create_placed("t1", big, "n1", "a1", vec![])],
+        &["t1 scheduled n1 a1 r0 - -"],
+    );
+    // Two proposals chosen against the same state: the second no longer fits and waits.
+    check(
+        &[
+            node("n1", 1),
+            create_placed("t1", big, "n1", "a1", vec![]),
+            create_placed("t2", big, "n1", "a2", vec![]),
+        ],
+        &["t1 scheduled n1 a1 r0 - -", "t2 pending - - r0 - -"],
+    );
+    // The same for a host port.
+    let web = r#"{"image":"x","portBindings":{"80":"8080"},"restartPolicy":"never"}"#;
+    check(
+        &[
+            node("n1", 1),
+            create_placed("t1", web, "n1", "a1", vec![8080]),
+            create_placed("t2", web, "n1", "a2", vec![8080]),
+        ],
+        &["t1 scheduled n1 a1 r0 - -", "t2 pending - - r0 - -"],
+    );
+    // A node that went down meanwhile takes nothing.
+    check(
+        &[
+            node("n1", 1),
+            Command::NodeDown {
+                node: "n1".into(),
+                generation: 1,
+                reason: "dead".into(),
+                at: 5,
+            },
+            create_placed("t1", NEVER, "n1", "a1", vec![]),
+        ],
+        &["t1 pending - - r0 - -"],
+    );
+}

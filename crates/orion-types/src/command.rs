@@ -71,6 +71,15 @@ pub enum Command {
         spec: Box<TaskSpec>,
         at: UnixMillis,
     },
+    /// Accept a new task already placed by the leader's scheduler when it proposed the
+    /// command: one Raft entry instead of two. The placement stands only if it still fits when
+    /// applied; otherwise the task waits as `pending` like any other.
+    CreatePlacedTask {
+        task_id: TaskId,
+        spec: Box<TaskSpec>,
+        placement: Placement,
+        at: UnixMillis,
+    },
     /// A user deleted the task: it ends `stopped` and its container is removed.
     DeleteTask { task_id: TaskId, at: UnixMillis },
     /// A batch of placements and of reasons why other tasks could not be placed.
@@ -123,6 +132,7 @@ impl Command {
     pub fn kind(&self) -> &'static str {
         match self {
             Command::CreateTask { .. } => "create-task",
+            Command::CreatePlacedTask { .. } => "create-placed-task",
             Command::DeleteTask { .. } => "delete-task",
             Command::Place { .. } => "place",
             Command::Report { .. } => "report",

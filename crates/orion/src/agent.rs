@@ -18,6 +18,7 @@ use orion_state::ClusterState;
 use orion_types::{Command, NodeMeta, Response, Task};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -42,6 +43,8 @@ pub struct Node {
     pub gossip: Gossip<NodeMeta>,
     pub docker: DockerRuntime,
     http: reqwest::Client,
+    /// Creates this node is proposing right now (see `Node::create`).
+    creates_in_flight: AtomicUsize,
 }
 
 fn write_error(e: WriteError) -> ApiError {
@@ -55,9 +58,77 @@ fn write_error(e: WriteError) -> ApiError {
     }
 }
 
+impl Node {
+    /// On the leader, with nothing else waiting or being placed, a new task is placed in the
+    /// same Raft entry that creates it (one commit instead of two). Otherwise it is created
+    /// pending and the controller places it with the others, in batches: that keeps spread
+    /// even under a burst and the queue first come, first placed.
+    async fn create(
+        &self,
+        task_id: String,
+        spec: Box<orion_types::TaskSpec>,
+        at: u64,
+    ) -> Result<Response, ApiError> {
+        let plain = || Command::CreateTask {
+            task_id: task_id.clone(),
+            spec: spec.clone(),
+            at,
+        };
+        let alone = self.creates_in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let cmd = if alone && self.raft.is_leader() {
+            self.place_now(&task_id, &spec, at).unwrap_or_else(plain)
+        } else {
+            plain()
+        };
+        let res = self.raft.write(cmd).await.map_err(write_error);
+        self.creates_in_flight.fetch_sub(1, Ordering::SeqCst);
+        res
+    }
+
+    fn place_now(&self, task_id: &str, spec: &orion_types::TaskSpec, at: u64) -> Option<Command> {
+        let (waiting, nodes, usage) = self.raft.read(|s| {
+            (
+                s.tasks.values().any(|t| t.needs_placement()),
+                s.nodes.clone(),
+                s.usage(),
+            )
+        });
+        if waiting {
+            return None;
+        }
+        let members = self
+            .gossip
+            .members()
+            .into_iter()
+            .map(|m| (m.node_id.clone(), m))
+            .collect();
+        let snapshot = controller::scheduler_snapshot(&self.cfg, &members, &nodes, usage);
+        let request = orion_scheduler::TaskRequest::from_spec(task_id, spec);
+        match orion_scheduler::place(&snapshot, &[request]).pop()? {
+            orion_scheduler::Decision::Placed {
+                node, host_ports, ..
+            } => Some(Command::CreatePlacedTask {
+                task_id: task_id.to_string(),
+                spec: Box::new(spec.clone()),
+                placement: orion_types::Placement {
+                    task_id: task_id.to_string(),
+                    node,
+                    allocation: uuid::Uuid::new_v4().simple().to_string(),
+                    host_ports,
+                },
+                at,
+            }),
+            orion_scheduler::Decision::Unplaced { .. } => None,
+        }
+    }
+}
+
 impl Backend for Node {
     async fn write(&self, cmd: Command) -> Result<Response, ApiError> {
-        self.raft.write(cmd).await.map_err(write_error)
+        match cmd {
+            Command::CreateTask { task_id, spec, at } => self.create(task_id, spec, at).await,
+            cmd => self.raft.write(cmd).await.map_err(write_error),
+        }
     }
 
     async fn consistent_read(&self) -> Result<(), ApiError> {
@@ -315,6 +386,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         gossip,
         docker: docker.clone(),
         http,
+        creates_in_flight: AtomicUsize::new(0),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

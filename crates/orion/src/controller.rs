@@ -41,6 +41,39 @@ const STARTING_DEADLINE: Duration = Duration::from_secs(600);
 /// declared down: gossip has had ample time to tell us about it.
 const UNSEEN_NODE_GRACE: Duration = Duration::from_secs(10);
 
+/// What the scheduler sees: every recorded node, ready if it is up in the state and alive in
+/// this node's gossip view, with what is already placed on it.
+pub(crate) fn scheduler_snapshot(
+    cfg: &crate::config::AgentConfig,
+    members: &BTreeMap<String, orion_gossip::Member<NodeMeta>>,
+    nodes: &BTreeMap<String, orion_state::NodeRecord>,
+    mut usage: BTreeMap<String, orion_state::NodeUsage>,
+) -> Snapshot {
+    Snapshot {
+        nodes: nodes
+            .values()
+            .map(|r| {
+                let u = usage.remove(&r.meta.id).unwrap_or_default();
+                NodeView {
+                    id: r.meta.id.clone(),
+                    ready: r.status == NodeStatus::Up
+                        && members
+                            .get(&r.meta.id)
+                            .is_some_and(|m| m.status == MemberStatus::Alive),
+                    draining: r.draining,
+                    capacity: r.meta.capacity,
+                    allocated: u.allocated,
+                    used_ports: u.ports,
+                    labels: r.meta.labels.clone(),
+                    task_count: u.tasks,
+                }
+            })
+            .collect(),
+        dynamic_ports: cfg.dynamic_ports.clone(),
+        default_strategy: cfg.strategy,
+    }
+}
+
 struct Controller {
     node: Arc<Node>,
     leader_since: Option<Instant>,
@@ -301,29 +334,7 @@ impl Controller {
         // tasks on 5,000 nodes in well under a second), so a task that fits nowhere never
         // blocks a later one that fits; proposals are cut into entries of bounded size.
         pending.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let snapshot = Snapshot {
-            nodes: nodes
-                .values()
-                .map(|r| {
-                    let u = usage.get(&r.meta.id).cloned().unwrap_or_default();
-                    NodeView {
-                        id: r.meta.id.clone(),
-                        ready: r.status == NodeStatus::Up
-                            && members
-                                .get(&r.meta.id)
-                                .is_some_and(|m| m.status == MemberStatus::Alive),
-                        draining: r.draining,
-                        capacity: r.meta.capacity,
-                        allocated: u.allocated,
-                        used_ports: u.ports,
-                        labels: r.meta.labels.clone(),
-                        task_count: u.tasks,
-                    }
-                })
-                .collect(),
-            dynamic_ports: self.node.cfg.dynamic_ports.clone(),
-            default_strategy: self.node.cfg.strategy,
-        };
+        let snapshot = scheduler_snapshot(&self.node.cfg, members, &nodes, usage);
         let requests: Vec<TaskRequest> = pending
             .iter()
             .map(|(_, id, spec, _)| TaskRequest::from_spec(id.clone(), spec))

@@ -62,7 +62,7 @@ async fn readme_quick_start_works_as_typed() {
         "the quick start failed:\n{stdout}\n{stderr}"
     );
     assert!(
-        stdout.contains("\"state\":\"pending\""),
+        stdout.contains("\"image\":\"orion/busybox\""),
         "POST /tasks did not answer the task:\n{stdout}"
     );
     assert!(
