@@ -5,6 +5,7 @@
 //! exactly one container.
 //!
 //! Run: `cargo test -p orion --test faults -- --nocapture`. Replay: `ORION_FAULT_SEED=<seed>`.
+//! Each run draws a new seed, except under `CI=true`, which replays `CI_SEED`.
 //! Longer: `ORION_FAULT_PROFILE=long` (about 15 minutes of faults). Needs Docker and root
 //! (iptables). Results go to `target/fault-results.json` and `target/fault-results.md`.
 
@@ -40,9 +41,14 @@ const LIVE_TASKS_MAX: usize = 18;
 /// container starts and removals on a loaded two-core machine.
 const CONVERGENCE_MAX: Duration = Duration::from_secs(90);
 
+/// The schedule CI replays unless told otherwise: a landing should not hinge on which
+/// schedule the clock picked. Elsewhere every run draws a new seed.
+const CI_SEED: u64 = 603_372_068;
+
 fn seed_from_env() -> u64 {
     match std::env::var("ORION_FAULT_SEED") {
         Ok(s) => s.trim().parse().expect("ORION_FAULT_SEED must be a u64"),
+        Err(_) if std::env::var("CI").as_deref() == Ok("true") => CI_SEED,
         Err(_) => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64 % 1_000_000_000)
