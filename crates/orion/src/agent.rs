@@ -200,7 +200,11 @@ impl Backend for Node {
                     capacity: meta.capacity.into(),
                     allocated: u.allocated.into(),
                     tasks: u.tasks,
-                    last_contact_ms: member.map(|m| m.last_contact.elapsed().as_millis() as u64),
+                    last_contact_ms: if id == self.cfg.id {
+                        Some(0)
+                    } else {
+                        member.map(|m| m.last_contact.elapsed().as_millis() as u64)
+                    },
                     version: meta.version.clone(),
                 }
             })
@@ -322,6 +326,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let generation = now_ms();
+    if cfg.advertise.is_loopback() && cfg.api_bind.ip().is_unspecified() {
+        warn!(advertise = %cfg.advertise, "advertising a loopback address: nodes on other hosts cannot reach this one; pass --advertise for a multi-host cluster");
+    }
     info!(id = %cfg.id, api = %cfg.api_addr(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
 
     let api_listener = tokio::net::TcpListener::bind(cfg.api_bind)
