@@ -18,6 +18,9 @@ pub enum StoreError {
     State(#[from] orion_state::StateError),
     #[error("the store is closed")]
     Closed,
+    /// A background write of the state machine failed earlier; the store takes no more.
+    #[error("an earlier state write failed: {0}")]
+    WriteFailed(String),
     #[error("storage task failed: {0}")]
     Join(String),
     #[error("cannot create data dir {path}: {source}")]

@@ -59,15 +59,3 @@ pub mod testing {
     pub use crate::sm_store::StateMachineStore;
     pub use crate::types::TypeConfig;
 }
-
-// TEMP-TIMING
-pub(crate) fn tmark(ev: &str, idx: u64) {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *ON.get_or_init(|| std::env::var_os("ORION_RAFT_TIMING").is_some()) {
-        let ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        eprintln!("TMARK {ev} {idx} {ns}");
-    }
-}

@@ -260,11 +260,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<RaftId>, RPCError<RaftId, Peer, RaftError<RaftId>>> {
         let entries = rpc.entries.len() as u64;
-        let last = rpc.entries.last().map_or(0, |e| e.log_id.index);
-        crate::tmark("rpc_send", last);
-        let r = self.call(paths::APPEND, &rpc, &option).await;
-        crate::tmark("rpc_recv", last);
-        match r {
+        match self.call(paths::APPEND, &rpc, &option).await {
             // Ask openraft to send half as many entries next time.
             Err(RPCError::PayloadTooLarge(_)) => Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint((entries / 2).max(1)),

@@ -129,10 +129,7 @@ async fn append(
         tracing::warn!(%msg, "refused a malformed append-entries request");
         return bad_request(msg);
     }
-    let last = req.entries.last().map_or(0, |e| e.log_id.index);
-    crate::tmark("f_handler_in", last);
     let res = s.raft.append_entries(req).await;
-    crate::tmark("f_handler_out", last);
     if let Ok(resp) = &res
         && !matches!(resp, AppendEntriesResponse::HigherVote(_))
     {
@@ -197,16 +194,7 @@ pub(crate) async fn local_write(
     cmd: Command,
     timeout: Duration,
 ) -> Result<Response, ForwardError> {
-    crate::tmark("write_in", 0);
-    let r = tokio::time::timeout(timeout, raft.client_write(cmd)).await;
-    crate::tmark(
-        "write_out",
-        r.as_ref()
-            .ok()
-            .and_then(|r| r.as_ref().ok())
-            .map_or(0, |r| r.log_id.index),
-    );
-    match r {
+    match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
         Err(_) => Err(ForwardError::Timeout {
             ms: timeout.as_millis() as u64,
         }),

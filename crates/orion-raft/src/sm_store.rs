@@ -2,18 +2,26 @@
 //!
 //! Memory holds the whole `ClusterState` (every read is served from it); redb holds one row per
 //! node and per task, written from `ClusterState::row` for exactly the keys a batch touched, in
-//! the same write transaction as `last_applied` and `last_membership`, one transaction per
-//! `apply` batch. On open the rows are loaded back with `ClusterState::from_rows`.
+//! the same write transaction as `last_applied` and `last_membership`. On open the rows are
+//! loaded back with `ClusterState::from_rows`.
 //!
-//! Durability argument for the apply transactions (`Durability::None`, no fsync): redb keeps a
-//! non-durable commit consistent and atomic, and after a crash the database returns to an
-//! earlier commit: rows and `last_applied` roll back *together*. The Raft log, which is
-//! fsync'd before anything is acknowledged, still holds every entry after that older
-//! `last_applied`, because the log is only purged behind a snapshot and a snapshot is written
-//! with `Durability::Immediate`, which makes every earlier non-durable commit durable too (the
-//! `persist` gate orders the snapshot commit after the apply commits it covers). openraft then
-//! re-applies the gap from the log (it reads the saved commit index on start), and `apply` is
-//! deterministic, so the replayed state is the one that was lost. Every
+//! Every redb write of this store runs on one writer thread, strictly in the order it was
+//! queued (`Job`). `apply` changes memory, queues the touched rows (under the state lock, so
+//! the queue order is the apply order) and returns without waiting for redb: the commit of a
+//! batch is off the path of the write that proposed it. The writer merges apply batches queued
+//! behind each other into one transaction. Snapshots, installs and `sync` are queued as
+//! barriers and waited for, so each runs after every apply queued before it.
+//!
+//! Durability argument for the apply transactions (`Durability::None`, no fsync, written after
+//! `apply` returned): redb keeps a non-durable commit consistent and atomic, and after a crash
+//! the database returns to an earlier commit: rows and `last_applied` roll back *together*.
+//! The Raft log, which is fsync'd before anything is acknowledged, still holds every entry
+//! after that older `last_applied`, because the log is only purged behind a snapshot and a
+//! snapshot is written with `Durability::Immediate` behind the applies it covers, which makes
+//! them durable too. openraft then re-applies the gap from the log (it reads the saved commit
+//! index on start), and `apply` is deterministic, so the replayed state is the one that was
+//! lost. A write that fails leaves redb at the last good commit and stops the writer: later
+//! applies and barriers fail with `StoreError::WriteFailed`, which stops Raft. Every
 //! `SYNC_EVERY_BATCHES`-th batch is fsync'd anyway, to bound that replay and let redb reclaim
 //! pages, and shutdown syncs once more.
 //!
@@ -21,7 +29,7 @@
 //! current one is stored in redb too, so it survives a restart and can be sent to a new learner.
 
 use crate::error::StoreError;
-use crate::log_store::{DbSlot, blocking};
+use crate::log_store::DbSlot;
 use crate::types::{Peer, RaftId, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -32,12 +40,13 @@ use orion_state::{ClusterState, Key};
 use orion_types::Response;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 
 /// Row key (`Key::encode`) -> row bytes (`ClusterState::row`).
@@ -81,11 +90,116 @@ struct Shared {
     applied: RwLock<Applied>,
     /// Applied index (0 before the first entry); bumps after each apply batch or install.
     applied_tx: watch::Sender<u64>,
-    /// Held from the in-memory change to the redb commit of an apply batch, and while a
-    /// snapshot is taken or installed, so redb sees them in log order.
+    /// To the writer thread. Sent to under the `applied` lock, so jobs queue in apply order.
+    writer: mpsc::Sender<Job>,
+    /// Set by the writer when a write failed; nothing is written after that.
+    failed: Arc<Mutex<Option<String>>>,
+    /// Held while a snapshot is taken or installed, or a sync runs: one at a time.
     persist: tokio::sync::Mutex<()>,
-    batches: AtomicU64,
     snapshot_seq: AtomicU64,
+}
+
+/// What the writer thread does, in the order queued.
+enum Job {
+    /// The rows one apply batch touched, as they are after it, and the markers after it.
+    Apply(ApplyRows),
+    /// Runs once every earlier job is written; gets the database or why not.
+    Barrier(Box<dyn FnOnce(Result<Arc<Database>, StoreError>) + Send>),
+}
+
+struct ApplyRows {
+    rows: Vec<(String, Option<Vec<u8>>)>,
+    last_applied: Vec<u8>,
+    last_membership: Vec<u8>,
+}
+
+fn failed_message(failed: &Mutex<Option<String>>) -> Option<String> {
+    failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The writer thread: runs jobs in order, merging apply batches queued behind each other into
+/// one transaction. Ends when every store handle is gone.
+fn run_writer(slot: Arc<DbSlot>, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Option<String>>>) {
+    let mut batches: u64 = 0;
+    let mut held: Option<Job> = None;
+    loop {
+        let job = match held.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Barrier(f) => match failed_message(&failed) {
+                Some(msg) => f(Err(StoreError::WriteFailed(msg))),
+                None => f(slot.get()),
+            },
+            Job::Apply(first) => {
+                let mut rows: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+                let mut last = first;
+                let mut merged: u64 = 1;
+                loop {
+                    rows.extend(std::mem::take(&mut last.rows));
+                    match rx.try_recv() {
+                        Ok(Job::Apply(next)) => {
+                            last = next;
+                            merged += 1;
+                        }
+                        Ok(barrier) => {
+                            held = Some(barrier);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if failed_message(&failed).is_some() {
+                    continue;
+                }
+                // Fsync when this merge crosses a multiple of SYNC_EVERY_BATCHES.
+                let sync = (batches + merged) / SYNC_EVERY_BATCHES > batches / SYNC_EVERY_BATCHES;
+                batches += merged;
+                if let Err(e) = write_apply(&slot, &rows, &last, sync) {
+                    tracing::error!(error = %e, "writing the state machine failed");
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+fn write_apply(
+    slot: &DbSlot,
+    rows: &BTreeMap<String, Option<Vec<u8>>>,
+    last: &ApplyRows,
+    sync: bool,
+) -> Result<(), StoreError> {
+    let db = slot.get()?;
+    let mut txn = db.begin_write()?;
+    // See the module docs for why a non-durable commit is safe here.
+    txn.set_durability(if sync {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
+    {
+        let mut table = txn.open_table(ROWS)?;
+        for (key, row) in rows {
+            match row {
+                Some(bytes) => {
+                    table.insert(key.as_str(), bytes.as_slice())?;
+                }
+                None => {
+                    table.remove(key.as_str())?;
+                }
+            }
+        }
+        let mut meta = txn.open_table(SM_META)?;
+        meta.insert(KEY_LAST_APPLIED, last.last_applied.as_slice())?;
+        meta.insert(KEY_LAST_MEMBERSHIP, last.last_membership.as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// The redb-backed state machine. Cheap to clone: clones share everything.
@@ -148,16 +262,54 @@ impl StateMachineStore {
         }
 
         let (applied_tx, _) = watch::channel(applied_index(applied.last_applied.as_ref()));
+        let slot = DbSlot::new(db);
+        let failed = Arc::new(Mutex::new(None));
+        let (writer, rx) = mpsc::channel();
+        {
+            let slot = slot.clone();
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("orion-sm-writer".to_string())
+                .spawn(move || run_writer(slot, rx, failed))
+                .map_err(|e| StoreError::Join(format!("cannot start the state writer: {e}")))?;
+        }
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
-                db: DbSlot::new(db),
+                db: slot,
                 applied: RwLock::new(applied),
                 applied_tx,
+                writer,
+                failed,
                 persist: tokio::sync::Mutex::new(()),
-                batches: AtomicU64::new(0),
                 snapshot_seq: AtomicU64::new(RandomState::new().hash_one(path)),
             }),
         })
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.shared
+            .writer
+            .send(job)
+            .map_err(|_| StoreError::Join("the state writer stopped".to_string()))
+    }
+
+    /// Queues `f` behind every job queued so far; the receiver gets its result.
+    fn barrier<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Arc<Database>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<T, StoreError>>, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Job::Barrier(Box::new(move |db| {
+            let _ = tx.send(db.and_then(f));
+        })))?;
+        Ok(rx)
+    }
+
+    async fn wait<T>(
+        rx: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        rx.await
+            .map_err(|_| StoreError::Join("the state writer stopped".to_string()))?
     }
 
     /// Read access to the applied state.
@@ -187,27 +339,24 @@ impl StateMachineStore {
         self.shared.db.close();
     }
 
-    /// Makes every earlier non-durable commit durable (one fsync).
+    /// Writes every apply queued so far and makes it durable (one fsync).
     pub async fn sync(&self) -> Result<(), StoreError> {
         let _gate = self.shared.persist.lock().await;
-        let db = self.shared.db.get()?;
-        blocking(move || {
+        let rx = self.barrier(|db| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
             txn.commit()?;
             Ok(())
-        })
-        .await
+        })?;
+        Self::wait(rx).await
     }
 
-    async fn apply_batch(
-        &self,
-        entries: Vec<Entry<TypeConfig>>,
-    ) -> Result<Vec<Response>, StoreError> {
-        crate::tmark("apply_in", entries.last().map_or(0, |e| e.log_id.index));
-        let _gate = self.shared.persist.lock().await;
+    fn apply_batch(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Response>, StoreError> {
+        if let Some(msg) = failed_message(&self.shared.failed) {
+            return Err(StoreError::WriteFailed(msg));
+        }
         let mut responses = Vec::with_capacity(entries.len());
-        let (rows, last_applied, last_membership, index) = {
+        let index = {
             let mut applied = self.write();
             let mut touched = BTreeSet::new();
             for entry in entries {
@@ -235,52 +384,22 @@ impl StateMachineStore {
                 .into_iter()
                 .map(|k: Key| (k.encode(), applied.state.row(&k)))
                 .collect();
-            (
+            // Queued under the state lock: the writer sees batches, snapshots and installs in
+            // the order memory did. Not waited for (see the module docs).
+            self.send(Job::Apply(ApplyRows {
                 rows,
-                serde_json::to_vec(&applied.last_applied)?,
-                serde_json::to_vec(&applied.last_membership)?,
-                applied_index(applied.last_applied.as_ref()),
-            )
+                last_applied: serde_json::to_vec(&applied.last_applied)?,
+                last_membership: serde_json::to_vec(&applied.last_membership)?,
+            }))?;
+            applied_index(applied.last_applied.as_ref())
         };
-        let sync = self.shared.batches.fetch_add(1, Ordering::Relaxed) % SYNC_EVERY_BATCHES
-            == SYNC_EVERY_BATCHES - 1;
-        let db = self.shared.db.get()?;
-        blocking(move || {
-            let mut txn = db.begin_write()?;
-            // See the module docs for why a non-durable commit is safe here.
-            txn.set_durability(if sync {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })?;
-            {
-                let mut table = txn.open_table(ROWS)?;
-                for (key, row) in &rows {
-                    match row {
-                        Some(bytes) => {
-                            table.insert(key.as_str(), bytes.as_slice())?;
-                        }
-                        None => {
-                            table.remove(key.as_str())?;
-                        }
-                    }
-                }
-                let mut meta = txn.open_table(SM_META)?;
-                meta.insert(KEY_LAST_APPLIED, last_applied.as_slice())?;
-                meta.insert(KEY_LAST_MEMBERSHIP, last_membership.as_slice())?;
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await?;
-        crate::tmark("apply_done", index);
         self.shared.applied_tx.send_replace(index);
         Ok(responses)
     }
 
     async fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let _gate = self.shared.persist.lock().await;
-        let (meta, data) = {
+        let (meta, rx) = {
             let applied = self.read();
             let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match &applied.last_applied {
@@ -297,24 +416,24 @@ impl StateMachineStore {
                 last_membership: applied.last_membership.clone(),
                 state: applied.state.clone(),
             })?;
-            (meta, data)
+            let meta_bytes = serde_json::to_vec(&meta)?;
+            // Queued under the state lock, behind every apply this snapshot covers.
+            let rx = self.barrier(move |db| {
+                let mut txn = db.begin_write()?;
+                // Immediate: also makes every earlier apply durable, which purging the log
+                // behind this snapshot relies on.
+                txn.set_durability(Durability::Immediate)?;
+                {
+                    let mut snap = txn.open_table(SNAPSHOT)?;
+                    snap.insert(KEY_SNAP_META, meta_bytes.as_slice())?;
+                    snap.insert(KEY_SNAP_DATA, data.as_slice())?;
+                }
+                txn.commit()?;
+                Ok(data)
+            })?;
+            (meta, rx)
         };
-        let meta_bytes = serde_json::to_vec(&meta)?;
-        let db = self.shared.db.get()?;
-        let data = blocking(move || {
-            let mut txn = db.begin_write()?;
-            // Immediate: also makes every earlier apply durable, which purging the log behind
-            // this snapshot relies on.
-            txn.set_durability(Durability::Immediate)?;
-            {
-                let mut snap = txn.open_table(SNAPSHOT)?;
-                snap.insert(KEY_SNAP_META, meta_bytes.as_slice())?;
-                snap.insert(KEY_SNAP_DATA, data.as_slice())?;
-            }
-            txn.commit()?;
-            Ok(data)
-        })
-        .await?;
+        let data = Self::wait(rx).await?;
         tracing::info!(snapshot = %meta, bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -335,12 +454,12 @@ impl StateMachineStore {
             last_membership: meta.last_membership.clone(),
         };
         let meta_bytes = serde_json::to_vec(meta)?;
-        let db = self.shared.db.get()?;
-        let new = blocking(move || {
+        // Behind every apply queued so far, so none of them can overwrite these rows.
+        let rx = self.barrier(move |db| {
             write_all_rows(&db, &new, Some((&meta_bytes, &data)))?;
             Ok(new)
-        })
-        .await?;
+        })?;
+        let new = Self::wait(rx).await?;
         let index = applied_index(new.last_applied.as_ref());
         *self.write() = new;
         self.shared.applied_tx.send_replace(index);
@@ -445,7 +564,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(Vec::new());
         }
         self.apply_batch(entries)
-            .await
             .map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
 
