@@ -157,8 +157,11 @@ class Report:
                f"leader's scheduler, and its executor then fails fast at the pull, so no container is started. "
                f"*Commit* is `POST /tasks` until its `201` (the `CreateTask` command is committed by Raft and "
                f"applied). *Commit + placed* adds polling `GET /tasks/{{id}}` on the leader every 1 ms until the "
-               f"task has a node (its `Place` command is applied). The follow-on work (placements, the "
-               f"executors' failed pulls and their `Report` commands) runs during the measurement on the same "
+               f"task has a node: on an otherwise idle leader the task is placed in the entry that creates it "
+               f"(`CreatePlacedTask`); with other creates in flight the controller places it in a following "
+               f"`Place` entry. Order of the runs: commit + placed at 1 client first, on the fresh cluster; then "
+               f"commit at 1 and 64 clients; then commit + placed at 64. The follow-on work (placements, the "
+               f"executors' failed pulls and their `Report` commands) runs behind later runs on the same "
                f"two cores.")
         self.p()
         self.p(f"etcd {d.get('etcd_version', '?')}: three members on 127.0.31.1-3, no TLS, default settings, "

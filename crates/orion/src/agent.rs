@@ -348,11 +348,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let docker =
         docker.context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
     let raft = raft.context("cannot start consensus")?;
-    if cfg.bootstrap {
-        raft.bootstrap()
-            .await
-            .context("cannot bootstrap the cluster")?;
-    }
+    // Bootstrapping (two fsyncs and a one-voter election) runs while gossip and the API come
+    // up; writes that arrive first wait for the leader like any write during an election.
+    let bootstrap = cfg.bootstrap.then(|| {
+        let raft = raft.clone();
+        tokio::spawn(async move { raft.bootstrap().await })
+    });
 
     let meta = NodeMeta {
         id: cfg.id.clone(),
@@ -427,6 +428,17 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             warn!(error = %e, "API server ended");
         }
     });
+    if let Some(b) = bootstrap {
+        let res = b
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrap task failed: {e}"))
+            .and_then(|r| r.context("cannot bootstrap the cluster"));
+        if let Err(e) = res {
+            let _ = stop_tx.send(true);
+            node.raft.shutdown().await;
+            return Err(e);
+        }
+    }
     info!(id = %cfg.id, "orion agent ready");
 
     shutdown_signal().await;
