@@ -221,7 +221,23 @@ async fn leader_crash_twenty_times_never_sticks() {
                         .iter()
                         .filter(|n| n["status"] == "alive")
                         .count();
-                    (voters.len() == 3 && voters.iter().any(|v| v == back.as_str()) && alive == 3)
+                    if !(voters.len() == 3
+                        && voters.iter().any(|v| v == back.as_str())
+                        && alive == 3)
+                    {
+                        return None;
+                    }
+                    // Caught up: the restarted node has applied what the cluster committed,
+                    // so each round starts from a whole cluster, not a lagging voter.
+                    let commit = s["commitIndex"].as_u64()?;
+                    let api_back = nodes
+                        .as_array()?
+                        .iter()
+                        .find(|n| n["id"] == back.as_str())?["apiAddr"]
+                        .as_str()?
+                        .to_string();
+                    let (_, sb) = get(&format!("http://{api_back}"), "/status").await.ok()?;
+                    (sb["appliedIndex"].as_u64()? >= commit && sb["leader"].is_string())
                         .then_some(())
                 }
             },
