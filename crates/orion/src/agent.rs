@@ -132,7 +132,15 @@ impl Backend for Node {
     }
 
     async fn consistent_read(&self) -> Result<(), ApiError> {
-        self.raft.consistent_read().await.map_err(write_error)
+        self.raft.consistent_read().await.map_err(|e| match e {
+            WriteError::Other(detail) => {
+                tracing::debug!(%detail, "consistent read failed");
+                ApiError::unavailable(
+                    "cannot confirm with a quorum of voters right now (a partition or an election); retry",
+                )
+            }
+            other => write_error(other),
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {

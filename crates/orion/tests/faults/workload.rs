@@ -491,7 +491,9 @@ pub async fn hostile(seed: u64, apis: Vec<String>, shared: Arc<Shared>) -> Hosti
             5 => (
                 "delete-missing-id",
                 http.delete(format!("{api}/tasks/no-such-task-{}", rng.next_u64())),
-                &[404],
+                // A delete must not act on a stale replica: on a miss the node confirms with
+                // the leader first, so a node cut off from the quorum answers 503, not 404.
+                &[404, 503],
             ),
             _ => (
                 "not-json-at-all",
