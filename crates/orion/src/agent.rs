@@ -132,14 +132,16 @@ impl Backend for Node {
     }
 
     async fn consistent_read(&self) -> Result<(), ApiError> {
+        // A read changes nothing, so unlike a write a timeout here is not ambiguous: every
+        // failure to confirm with the leader is a plain 503.
         self.raft.consistent_read().await.map_err(|e| match e {
-            WriteError::Other(detail) => {
-                tracing::debug!(%detail, "consistent read failed");
+            WriteError::Shutdown => write_error(e),
+            other => {
+                tracing::debug!(error = %other, "consistent read failed");
                 ApiError::unavailable(
                     "cannot confirm with a quorum of voters right now (a partition or an election); retry",
                 )
             }
-            other => write_error(other),
         })
     }
 
