@@ -225,15 +225,13 @@ impl<C: Cluster> Executor<C> {
                 continue;
             }
             let container = by_alloc.get(alloc);
-            match (task.state, container.map(|c| &c.state)) {
+            match (task.state, container) {
                 (TaskState::Scheduled | TaskState::Starting, None) => {
                     self.start_job(task.clone(), None)
                 }
-                (
-                    TaskState::Scheduled | TaskState::Starting | TaskState::Running,
-                    Some(ContainerState::Running),
-                ) => {
-                    let c = container.expect("matched Some");
+                (TaskState::Scheduled | TaskState::Starting | TaskState::Running, Some(c))
+                    if c.state == ContainerState::Running =>
+                {
                     let ports = mappings(c);
                     if task.state != TaskState::Running
                         || task.container_id.as_deref() != Some(c.id.as_str())
@@ -251,9 +249,13 @@ impl<C: Cluster> Executor<C> {
                 }
                 (
                     TaskState::Scheduled | TaskState::Starting | TaskState::Running,
-                    Some(ContainerState::Exited { code, oom_killed }),
+                    Some(
+                        c @ ContainerInfo {
+                            state: ContainerState::Exited { code, oom_killed },
+                            ..
+                        },
+                    ),
                 ) => {
-                    let c = container.expect("matched Some");
                     self.report(
                         task,
                         AllocStatus::Exited {

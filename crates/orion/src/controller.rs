@@ -34,6 +34,8 @@ const PLACEMENT_LOG_LINES_MAX: usize = 20;
 /// A task placed on a node that has not started working on it within this time is placed
 /// again: a live executor reports `starting` within a second.
 const SCHEDULED_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the controller scans for tasks past their deadline.
+const DEADLINE_SCAN_PERIOD: Duration = Duration::from_secs(1);
 /// A task stuck in `starting` (e.g. a hung image pull) is placed again after this; the
 /// executor's own pull timeout is shorter, so this fires only if the node itself is stuck.
 const STARTING_DEADLINE: Duration = Duration::from_secs(600);
@@ -82,6 +84,8 @@ struct Controller {
     /// The inputs of the last scheduling turn that found nothing to do.
     last_schedule_key: Option<(u64, u64)>,
     gossip_epoch: u64,
+    /// When `deadlines` last scanned the tasks.
+    deadlines_checked: Option<Instant>,
 }
 
 pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
@@ -93,6 +97,7 @@ pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         gone_since: HashMap::new(),
         last_schedule_key: None,
         gossip_epoch: 0,
+        deadlines_checked: None,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -395,6 +400,15 @@ impl Controller {
     }
 
     async fn deadlines(&mut self) {
+        // Turns run on every applied entry; the deadlines are tens of seconds long, so one
+        // scan of all tasks per second is plenty and keeps it off the write path.
+        if self
+            .deadlines_checked
+            .is_some_and(|t| t.elapsed() < DEADLINE_SCAN_PERIOD)
+        {
+            return;
+        }
+        self.deadlines_checked = Some(Instant::now());
         let now = now_ms();
         let stuck: Vec<String> = self.node.raft.read(|s| {
             s.tasks

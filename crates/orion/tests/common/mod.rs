@@ -198,39 +198,30 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-pub async fn get(api: &str, path: &str) -> Result<(u16, Value), String> {
-    let r = client()
-        .get(format!("{api}{path}"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+/// Sends one request and returns its status and JSON body.
+async fn call(req: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
+    let r = req.send().await.map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
     let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
     Ok((status, v))
+}
+
+pub async fn get(api: &str, path: &str) -> Result<(u16, Value), String> {
+    call(client().get(format!("{api}{path}"))).await
 }
 
 pub async fn post(api: &str, path: &str, body: &str) -> Result<(u16, Value), String> {
-    let r = client()
-        .post(format!("{api}{path}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
-    Ok((status, v))
+    call(
+        client()
+            .post(format!("{api}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
 }
 
 pub async fn delete(api: &str, path: &str) -> Result<(u16, Value), String> {
-    let r = client()
-        .delete(format!("{api}{path}"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
-    Ok((status, v))
+    call(client().delete(format!("{api}{path}"))).await
 }
 
 /// Polls `f` every 50 ms until it gives `Some`, or panics with `what` after `limit`.
