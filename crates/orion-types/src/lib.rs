@@ -8,6 +8,7 @@
 pub mod api;
 pub mod command;
 pub mod constraint;
+pub mod env;
 pub mod spec;
 pub mod task;
 
