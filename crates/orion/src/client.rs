@@ -87,6 +87,21 @@ pub enum ClientCmd {
         c: ClientArgs,
         node: String,
     },
+    /// Print the cluster's events (tasks, services, deployments, nodes) in Raft order
+    Events {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// Keep streaming new events
+        #[arg(short, long)]
+        follow: bool,
+        /// Start at this event index (the last one seen plus one, to resume) [default: the
+        /// oldest this node holds]
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only these topics: task, service, deployment, node (repeatable or comma separated)
+        #[arg(long, value_delimiter = ',')]
+        topic: Vec<String>,
+    },
     /// Print a task's container logs, from whichever node runs it
     Logs {
         #[command(flatten)]
@@ -371,7 +386,85 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             }
             Ok(())
         }
+        ClientCmd::Events {
+            c,
+            follow,
+            since,
+            topic,
+        } => print_events(c, follow, since, topic).await,
     }
+}
+
+/// `orion events`: one line per event (`--json`: the API's JSON lines as they come).
+async fn print_events(
+    c: ClientArgs,
+    follow: bool,
+    since: Option<u64>,
+    topics: Vec<String>,
+) -> Result<()> {
+    let api = Api::new(&c)?;
+    let mut url = format!("{}/events?follow={follow}", api.base);
+    if let Some(i) = since {
+        url.push_str(&format!("&index={i}"));
+    }
+    if !topics.is_empty() {
+        url.push_str(&format!("&topic={}", topics.join(",")));
+    }
+    let mut req = api.http.get(url);
+    if !follow {
+        req = req.timeout(REQUEST_TIMEOUT);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
+    if !resp.status().is_success() {
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!(
+            "{}",
+            v["error"].as_str().unwrap_or("events are not available")
+        );
+    }
+    let mut stream = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    let mut partial: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        partial.extend_from_slice(&chunk.context("event stream broke")?);
+        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
+            let rest = partial.split_off(pos + 1);
+            let line = std::mem::replace(&mut partial, rest);
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            if c.json {
+                writeln!(out, "{text}")?;
+            } else {
+                let e: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                if let Some(err) = e["error"].as_str() {
+                    bail!("{err}");
+                }
+                let p = &e["payload"];
+                let detail = ["state", "node", "status", "message", "reason", "leader"]
+                    .iter()
+                    .filter_map(|k| p[*k].as_str().map(|v| format!("{k}={v}")))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                writeln!(
+                    out,
+                    "{:<12} {}  {:<10} {:<10} {:<34} {detail}",
+                    e["index"],
+                    e["at"].as_str().unwrap_or(""),
+                    e["topic"].as_str().unwrap_or(""),
+                    e["type"].as_str().unwrap_or(""),
+                    e["key"].as_str().unwrap_or(""),
+                )?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
 }
 
 async fn set_drain(c: ClientArgs, node: String, what: &str) -> Result<()> {

@@ -40,8 +40,9 @@ pub struct UiArgs {
     /// Browse only: no scaling, no deleting
     #[arg(long)]
     readonly: bool,
-    /// How often the current view is fetched again, in ms
-    #[arg(long, default_value_t = 1000)]
+    /// How often the current view is fetched again even without news, in ms (events from the
+    /// cluster refresh it at once)
+    #[arg(long, default_value_t = 5000)]
     refresh_ms: u64,
 }
 
@@ -147,10 +148,23 @@ pub enum Effect {
 #[derive(Debug, Clone)]
 pub enum Input {
     Key(KeyEvent),
-    Data { view: View, items: Vec<Value> },
-    FetchFailed { view: View, error: String },
-    LogLine { task: String, line: String },
-    Done { message: String },
+    Data {
+        view: View,
+        items: Vec<Value>,
+    },
+    FetchFailed {
+        view: View,
+        error: String,
+    },
+    LogLine {
+        task: String,
+        line: String,
+    },
+    /// Something happened in the cluster (a line of the live event stream).
+    Live,
+    Done {
+        message: String,
+    },
 }
 
 /// One line of a table: the object's id, its cells, and the state that picks its colour.
@@ -177,6 +191,8 @@ pub struct App {
     services: Vec<Value>,
     tasks: Vec<Value>,
     events: Vec<Value>,
+    /// Where the next read of the event history starts.
+    events_next: Option<u64>,
     /// `None` while the last fetch succeeded; the error otherwise.
     pub connection_error: Option<String>,
     /// A one-line message for the footer (the result of the last action).
@@ -199,19 +215,27 @@ impl App {
             services: Vec::new(),
             tasks: Vec::new(),
             events: Vec::new(),
+            events_next: None,
             connection_error: None,
             message: None,
             quit: false,
         }
     }
 
-    /// The API paths the current view needs.
-    pub fn fetches(&self) -> Vec<(View, &'static str)> {
+    /// The API paths the current view needs. The events view reads only what is new since
+    /// its last read (the last `EVENTS_MAX` the first time).
+    pub fn fetches(&self) -> Vec<(View, String)> {
         match self.view {
-            View::Nodes => vec![(View::Nodes, "/nodes")],
-            View::Services | View::Deployments => vec![(View::Services, "/services")],
-            View::Tasks => vec![(View::Tasks, "/tasks")],
-            View::Events => vec![(View::Events, "/events?limit=500")],
+            View::Nodes => vec![(View::Nodes, "/nodes".into())],
+            View::Services | View::Deployments => vec![(View::Services, "/services".into())],
+            View::Tasks => vec![(View::Tasks, "/tasks".into())],
+            View::Events => vec![(
+                View::Events,
+                match self.events_next {
+                    None => format!("/events?follow=false&tail={EVENTS_MAX}"),
+                    Some(i) => format!("/events?follow=false&index={i}&limit={EVENTS_MAX}"),
+                },
+            )],
         }
     }
 
@@ -225,7 +249,10 @@ impl App {
                     View::Services | View::Deployments => self.services = items,
                     View::Tasks => self.tasks = items,
                     View::Events => {
-                        self.events = items;
+                        if let Some(last) = items.last().and_then(|e| e["index"].as_u64()) {
+                            self.events_next = Some(last + 1);
+                        }
+                        self.events.extend(items);
                         let excess = self.events.len().saturating_sub(EVENTS_MAX);
                         self.events.drain(..excess);
                     }
@@ -252,6 +279,7 @@ impl App {
                 }
                 Vec::new()
             }
+            Input::Live => vec![Effect::Refresh],
             Input::Done { message } => {
                 self.message = Some(message);
                 vec![Effect::Refresh]
@@ -1001,6 +1029,10 @@ async fn drive(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logs: Option<tokio::task::JoinHandle<()>> = None;
     let mut fetch_in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    let mut refresh_pending = true;
+    // Live: every event the cluster records asks for a fresh view, so the screen follows the
+    // cluster without polling hard; the tick is only a safety net.
+    let live = tokio::spawn(follow_events(api.clone(), tx.clone()));
     loop {
         term.draw(|f| render(app, f))?;
         if app.quit {
@@ -1012,34 +1044,7 @@ async fn drive(
         };
         for e in effects {
             match e {
-                Effect::Refresh => {
-                    // One fetch at a time: a slow node is not hammered.
-                    if fetch_in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
-                        continue;
-                    }
-                    let api = api.clone();
-                    let tx = tx.clone();
-                    let wanted = app.fetches();
-                    fetch_in_flight = Some(tokio::spawn(async move {
-                        for (view, path) in wanted {
-                            let input = match api.get(path).await {
-                                Ok(Value::Array(items)) => Input::Data { view, items },
-                                Ok(other) => Input::Data {
-                                    view,
-                                    items: other
-                                        .get("events")
-                                        .and_then(|e| e.as_array().cloned())
-                                        .unwrap_or_default(),
-                                },
-                                Err(e) => Input::FetchFailed {
-                                    view,
-                                    error: format!("{e:#}"),
-                                },
-                            };
-                            let _ = tx.send(input).await;
-                        }
-                    }));
-                }
+                Effect::Refresh => refresh_pending = true,
                 Effect::Delete { path } => {
                     let api = api.clone();
                     let tx = tx.clone();
@@ -1080,11 +1085,90 @@ async fn drive(
                 }
             }
         }
+        // One fetch at a time: a burst of events or a slow node makes one fetch, not many.
+        if refresh_pending && !fetch_in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            refresh_pending = false;
+            fetch_in_flight = Some(tokio::spawn(fetch(api.clone(), app.fetches(), tx.clone())));
+        }
     }
+    live.abort();
     if let Some(h) = logs.take() {
         h.abort();
     }
     Ok(())
+}
+
+/// Reads each wanted path and sends what came back.
+async fn fetch(api: std::sync::Arc<Api>, wanted: Vec<(View, String)>, tx: mpsc::Sender<Input>) {
+    for (view, path) in wanted {
+        let input = if view == View::Events {
+            match read_lines(&api, &path).await {
+                Ok(items) => Input::Data { view, items },
+                Err(error) => Input::FetchFailed { view, error },
+            }
+        } else {
+            match api.get(&path).await {
+                Ok(Value::Array(items)) => Input::Data { view, items },
+                Ok(_) => Input::Data {
+                    view,
+                    items: Vec::new(),
+                },
+                Err(e) => Input::FetchFailed {
+                    view,
+                    error: format!("{e:#}"),
+                },
+            }
+        };
+        if tx.send(input).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A newline-delimited JSON answer, as values.
+async fn read_lines(api: &Api, path: &str) -> Result<Vec<Value>, String> {
+    let resp = api
+        .http
+        .get(format!("{}{path}", api.base))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {text}"));
+    }
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("error").is_none())
+        .collect())
+}
+
+/// Follows the live event stream and turns every event into `Input::Live`; reconnects with a
+/// growing pause when the node goes away.
+async fn follow_events(api: std::sync::Arc<Api>, tx: mpsc::Sender<Input>) {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let url = format!("{}/events?tail=0&follow=true", api.base);
+        if let Ok(resp) = api.http.get(url).send().await
+            && resp.status().is_success()
+        {
+            pause = Duration::from_millis(250);
+            let mut stream = resp.bytes_stream();
+            while let Some(Ok(chunk)) = stream.next().await {
+                if chunk.contains(&b'\n') && tx.send(Input::Live).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 async fn follow_logs(api: std::sync::Arc<Api>, task: String, tx: mpsc::Sender<Input>) {

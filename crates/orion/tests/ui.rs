@@ -133,10 +133,7 @@ async fn tui_in_tmux_switches_views_filters_follows_logs_deletes_and_sees_a_deat
 
     let ui = Tmux::start(
         "orion-tui-test",
-        &format!(
-            "{} ui --addr {a1} --refresh-ms 250",
-            env!("CARGO_BIN_EXE_orion")
-        ),
+        &format!("{} ui --addr {a1}", env!("CARGO_BIN_EXE_orion")),
     );
     // The nodes view first: all three alive.
     ui.wait_screen(Duration::from_secs(15), "three alive nodes", |s| {
