@@ -1086,7 +1086,7 @@ async fn drive(
             }
         }
         // One fetch at a time: a burst of events or a slow node makes one fetch, not many.
-        if refresh_pending && !fetch_in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+        if refresh_pending && fetch_in_flight.as_ref().is_none_or(|h| h.is_finished()) {
             refresh_pending = false;
             fetch_in_flight = Some(tokio::spawn(fetch(api.clone(), app.fetches(), tx.clone())));
         }
