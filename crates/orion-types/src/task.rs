@@ -2,7 +2,8 @@
 //! actual state together. The API renders it to the JSON of API.md.
 
 use crate::{
-    AllocId, NodeId, PortMapping, TaskEvent, TaskId, TaskSpec, TaskState, UnixMillis, limits,
+    AllocId, Health, NodeId, PortMapping, TaskEvent, TaskId, TaskSpec, TaskState, UnixMillis,
+    limits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,24 @@ pub struct Task {
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub events: Vec<TaskEvent>,
+    /// The service it belongs to (its id), `None` for a one-off task.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The service's version it was created for; 0 for a one-off task.
+    #[serde(default)]
+    pub version: u64,
+    /// Its slot (1-based) in a replicated service.
+    #[serde(default)]
+    pub slot: Option<u32>,
+    /// `none` unless a check is defined; then `starting` until the executor says otherwise.
+    #[serde(default)]
+    pub health: Health,
+    /// When `health` last changed (the monitor window of an update counts from here).
+    #[serde(default)]
+    pub health_since: Option<UnixMillis>,
+    /// The last probe's output, bounded by `limits::HEALTH_OUTPUT_BYTES_MAX`.
+    #[serde(default)]
+    pub health_output: Option<String>,
 }
 
 impl Task {
@@ -59,6 +78,12 @@ impl Task {
             created_at: at,
             updated_at: at,
             events: Vec::new(),
+            service: None,
+            version: 0,
+            slot: None,
+            health: Health::None,
+            health_since: None,
+            health_output: None,
         };
         t.record(at, "task accepted");
         t
