@@ -3,11 +3,12 @@
 //! Architecture invariant: `apply` is pure and deterministic. It reads nothing but its
 //! arguments (no clock, no IO, no randomness: commands carry their ids and timestamps), so
 //! every node that applies the same log holds the same state. It reports the rows it touched
-//! so the store can persist exactly those.
+//! so the store can persist exactly those. Services and their deployments are applied in
+//! `services`.
 
 use orion_types::{
     AllocStatus, BackoffConfig, Command, NodeId, NodeMeta, Placement, Protocol, Resources,
-    Response, Task, TaskId, TaskState, UnixMillis,
+    Response, Service, Task, TaskId, TaskState, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +39,7 @@ pub struct NodeRecord {
 pub enum Key {
     Node(NodeId),
     Task(TaskId),
+    Service(String),
 }
 
 impl Key {
@@ -45,11 +47,14 @@ impl Key {
         match self {
             Key::Node(id) => format!("node/{id}"),
             Key::Task(id) => format!("task/{id}"),
+            Key::Service(id) => format!("service/{id}"),
         }
     }
     pub fn decode(s: &str) -> Option<Key> {
         if let Some(id) = s.strip_prefix("node/") {
             Some(Key::Node(id.to_string()))
+        } else if let Some(id) = s.strip_prefix("service/") {
+            Some(Key::Service(id.to_string()))
         } else {
             s.strip_prefix("task/").map(|id| Key::Task(id.to_string()))
         }
@@ -71,6 +76,9 @@ pub enum StateError {
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub tasks: BTreeMap<TaskId, Task>,
+    /// Services by id (`web`, `db.shop`).
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
 }
 
 impl ClusterState {
@@ -254,6 +262,90 @@ impl ClusterState {
                 }
                 Response::Ok
             }
+            Command::CreateService { spec, at } => self.create_service(spec, *at, &mut touched),
+            Command::UpdateService {
+                id,
+                spec,
+                deployment_id,
+                at,
+            } => self.update_service(id, spec, deployment_id, *at, &mut touched),
+            Command::ScaleService { id, replicas, at } => {
+                self.scale_service(id, *replicas, *at, &mut touched)
+            }
+            Command::DeleteService { id, at } => self.delete_service(id, *at, &mut touched),
+            Command::RollbackService {
+                id,
+                deployment_id,
+                reason,
+                at,
+            } => self.rollback_service(id, deployment_id, reason.as_deref(), *at, &mut touched),
+            Command::CreateServiceTasks { tasks, at } => {
+                self.create_service_tasks(tasks, *at, &mut touched)
+            }
+            Command::StopTasks {
+                task_ids,
+                reason,
+                at,
+            } => {
+                self.stop_tasks(task_ids, reason, *at, &mut touched);
+                Response::Ok
+            }
+            Command::ForgetTasks { task_ids, .. } => {
+                for id in task_ids {
+                    if self
+                        .tasks
+                        .get(id)
+                        .is_some_and(|t| t.state == TaskState::Stopped)
+                    {
+                        self.tasks.remove(id);
+                        touched.push(Key::Task(id.clone()));
+                    }
+                }
+                Response::Ok
+            }
+            Command::DeploymentProgress {
+                id,
+                deployment_id,
+                state,
+                updated,
+                failed,
+                message,
+                at,
+            } => self.deployment_progress(
+                id,
+                deployment_id,
+                *state,
+                (*updated, *failed),
+                message,
+                *at,
+                &mut touched,
+            ),
+            Command::ReportHealth {
+                node,
+                task_id,
+                allocation,
+                health,
+                output,
+                at,
+            } => match self.tasks.get_mut(task_id) {
+                None => Response::Ignored(format!("task {task_id} is unknown")),
+                Some(task)
+                    if task.allocation.as_ref() != Some(allocation)
+                        || task.node.as_ref() != Some(node) =>
+                {
+                    Response::Ignored(format!(
+                        "allocation {allocation} of task {task_id} on {node} is no longer current"
+                    ))
+                }
+                Some(task) => {
+                    if services::set_health(task, *health, output.as_deref(), *at) {
+                        touched.push(Key::Task(task_id.clone()));
+                        Response::Ok
+                    } else {
+                        Response::Ignored("no change".to_string())
+                    }
+                }
+            },
         };
         (response, touched)
     }
@@ -413,6 +505,7 @@ impl ClusterState {
         let bytes = match key {
             Key::Node(id) => serde_json::to_vec(self.nodes.get(id)?),
             Key::Task(id) => serde_json::to_vec(self.tasks.get(id)?),
+            Key::Service(id) => serde_json::to_vec(self.services.get(id)?),
         };
         // Serializing plain structs of strings and integers cannot fail.
         Some(bytes.expect("state rows serialize"))
@@ -424,6 +517,7 @@ impl ClusterState {
             .keys()
             .map(|k| Key::Node(k.clone()))
             .chain(self.tasks.keys().map(|k| Key::Task(k.clone())))
+            .chain(self.services.keys().map(|k| Key::Service(k.clone())))
     }
 
     pub fn from_rows(
@@ -444,6 +538,11 @@ impl ClusterState {
                 Some(Key::Task(id)) => {
                     state
                         .tasks
+                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Service(id)) => {
+                    state
+                        .services
                         .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
                 }
                 None => return Err(StateError::UnknownKey(key)),
@@ -609,6 +708,8 @@ fn apply_report(
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
+
+mod services;
 
 #[cfg(test)]
 mod tests;
