@@ -4,8 +4,11 @@
 //! `Backend`; they never touch Docker, Raft internals or gossip. Every answer, errors
 //! included, is JSON. The agent implements `Backend` on top of Raft, gossip and the executor.
 
+mod service_view;
+mod services;
 mod view;
 
+pub use service_view::{format_duration, service_json, spec_json};
 pub use view::{NodeView, StatusView, TaskView};
 
 use axum::body::Body;
@@ -52,6 +55,9 @@ impl ApiError {
     }
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
@@ -103,6 +109,19 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/tasks", get(list_tasks::<B>).post(create_task::<B>))
         .route("/tasks/{id}", get(get_task::<B>).delete(delete_task::<B>))
         .route("/tasks/{id}/logs", get(task_logs::<B>))
+        .route(
+            "/services",
+            get(services::list::<B>).post(services::create::<B>),
+        )
+        .route(
+            "/services/{id}",
+            get(services::get_one::<B>)
+                .put(services::update::<B>)
+                .delete(services::delete::<B>),
+        )
+        .route("/services/{id}/tasks", get(services::tasks::<B>))
+        .route("/services/{id}/scale", post(services::scale::<B>))
+        .route("/services/{id}/rollback", post(services::rollback::<B>))
         .fallback(|| async { ApiError::not_found("no such route; see API.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -162,8 +181,8 @@ struct ListQuery {
 }
 
 #[derive(Debug, Deserialize)]
-struct ReadQuery {
-    consistent: Option<bool>,
+pub(crate) struct ReadQuery {
+    pub(crate) consistent: Option<bool>,
 }
 
 async fn list_tasks<B: Backend>(
@@ -304,7 +323,7 @@ async fn task_logs<B: Backend>(
 }
 
 /// Reads a request body within the size limit and the time limit.
-async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
     match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         axum::body::to_bytes(body, limits::BODY_BYTES_MAX),

@@ -78,7 +78,7 @@ pub(crate) fn refuse_unknown(
 }
 
 /// Parses a JSON body into an object, or an error that names no field.
-pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ValidationError> {
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ValidationError> {
     if body.len() > BODY_BYTES_MAX {
         return Err(err(
             "",
