@@ -263,12 +263,30 @@ impl ServiceSpec {
         spec
     }
 
-    /// Whether a task with `spec` runs what this service asks for now (its name and the
-    /// global pin aside): if not, a rolling update replaces it.
+    /// Whether a task with `spec` runs what this service asks for now: if not, a rolling
+    /// update replaces it. Its name and the placement constraints the reconciler appends
+    /// after the user's (the global pin, the `maxPerNode` exclusions) are not compared.
     pub fn runs_same(&self, spec: &TaskSpec) -> bool {
-        let node = pinned_node(spec);
-        let want = self.task_spec(spec.name.clone().unwrap_or_default(), node.as_deref());
+        let n = self.task.constraints.len();
+        if spec.constraints.len() < n {
+            return false;
+        }
+        let mut want = self.task_spec(spec.name.clone().unwrap_or_default(), None);
+        want.constraints
+            .extend(spec.constraints[n..].iter().cloned());
         want == *spec
+    }
+
+    /// `spec` with a constraint keeping it off `nodes` (which hold `maxPerNode` tasks of
+    /// this service already). Appended after the user's constraints, like the global pin.
+    pub fn exclude_nodes(spec: &mut TaskSpec, nodes: Vec<String>) {
+        if !nodes.is_empty() {
+            spec.constraints.push(Constraint {
+                attr: NodeAttr::Id,
+                op: ConstraintOp::NotIn,
+                values: nodes,
+            });
+        }
     }
 
     /// Whether the tasks of `other` would differ from this spec's (a rolling update is due),
@@ -1021,6 +1039,16 @@ mod tests {
         other = s.clone();
         other.replicas = 7;
         assert!(other.same_tasks(&s) && other.runs_same(&t));
+        // Constraints the reconciler appends are not a change of spec; the user's are.
+        let mut excluded = t.clone();
+        ServiceSpec::exclude_nodes(&mut excluded, vec!["n1".into(), "n2".into()]);
+        assert!(s.runs_same(&excluded));
+        other = s.clone();
+        other
+            .task
+            .constraints
+            .push(Constraint::parse("node.id != n9").expect("valid"));
+        assert!(!other.runs_same(&t) && !s.runs_same(&other.task_spec("x".into(), None)));
     }
 
     #[test]

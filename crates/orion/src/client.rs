@@ -9,6 +9,8 @@ use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
+mod service;
+
 /// How long `run --wait` waits for a task to run or fail.
 const WAIT_LIMIT: Duration = Duration::from_secs(300);
 /// Every request but a followed log stream is bounded by this.
@@ -74,6 +76,9 @@ pub enum ClientCmd {
         c: ClientArgs,
         node: String,
     },
+    /// Manage services: create, ls, ps, inspect, update, scale, rollback, rm
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
     /// Print a task's container logs, from whichever node runs it
     Logs {
         #[command(flatten)]
@@ -193,6 +198,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 pub async fn run(cmd: ClientCmd) -> Result<()> {
     match cmd {
         ClientCmd::Run(args) => run_task(*args).await,
+        ClientCmd::Service(cmd) => service::run(cmd).await,
         ClientCmd::Ps { c, all, node } => {
             let api = Api::new(&c)?;
             let mut path = "/tasks".to_string();
