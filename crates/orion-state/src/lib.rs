@@ -6,8 +6,8 @@
 //! so the store can persist exactly those.
 
 use orion_types::{
-    AllocStatus, BackoffConfig, Command, NodeId, NodeMeta, Placement, Protocol, Resources,
-    Response, Task, TaskId, TaskState, UnixMillis,
+    AllocStatus, BackoffConfig, ClusterConfig, Command, NodeId, NodeMeta, Placement, Protocol,
+    Resources, Response, Task, TaskId, TaskState, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,17 +38,25 @@ pub struct NodeRecord {
 pub enum Key {
     Node(NodeId),
     Task(TaskId),
+    /// The cluster-wide settings (one row).
+    Config,
 }
+
+/// The row key of `Key::Config`.
+const CONFIG_KEY: &str = "cluster/config";
 
 impl Key {
     pub fn encode(&self) -> String {
         match self {
             Key::Node(id) => format!("node/{id}"),
             Key::Task(id) => format!("task/{id}"),
+            Key::Config => CONFIG_KEY.to_string(),
         }
     }
     pub fn decode(s: &str) -> Option<Key> {
-        if let Some(id) = s.strip_prefix("node/") {
+        if s == CONFIG_KEY {
+            Some(Key::Config)
+        } else if let Some(id) = s.strip_prefix("node/") {
             Some(Key::Node(id.to_string()))
         } else {
             s.strip_prefix("task/").map(|id| Key::Task(id.to_string()))
@@ -71,12 +79,23 @@ pub enum StateError {
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub tasks: BTreeMap<TaskId, Task>,
+    /// The cluster-wide settings; `None` until the bootstrapping node (or an operator) sets
+    /// them, and in snapshots from before they existed.
+    #[serde(default)]
+    pub config: Option<ClusterConfig>,
 }
 
 impl ClusterState {
+    /// The cluster-wide settings in force: the stored ones, else the defaults.
+    pub fn config(&self) -> ClusterConfig {
+        self.config.unwrap_or_default()
+    }
+
     /// Applies one command. Returns what to answer the proposer and the rows it touched.
     pub fn apply(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
         let mut touched = Vec::new();
+        // Restart back-off comes from the replicated config, so every node restarts alike.
+        let backoff_now = self.config().backoff;
         let response = match cmd {
             Command::CreateTask { task_id, spec, at } => {
                 self.create_task(task_id, spec, *at, &mut touched)
@@ -139,7 +158,8 @@ impl ClusterState {
                 task_id,
                 allocation,
                 status,
-                backoff,
+                // The reporter's back-off is ignored: the cluster's applies to every node.
+                backoff: _,
                 at,
             } => match self.tasks.get_mut(task_id) {
                 None => Response::Ignored(format!("task {task_id} is unknown")),
@@ -152,7 +172,7 @@ impl ClusterState {
                     ))
                 }
                 Some(task) => {
-                    let changed = apply_report(task, status, backoff, *at);
+                    let changed = apply_report(task, status, &backoff_now, *at);
                     if changed {
                         touched.push(Key::Task(task_id.clone()));
                         Response::Ok
@@ -253,6 +273,25 @@ impl ClusterState {
                     }
                 }
                 Response::Ok
+            }
+            Command::SetClusterConfig {
+                config,
+                if_unset,
+                at: _,
+            } => {
+                if *if_unset && self.config.is_some() {
+                    Response::Ignored("the cluster already has a configuration".to_string())
+                } else if let Err(e) = config.validate() {
+                    // The API validates first; this keeps an invalid config out of the state
+                    // whatever proposed it.
+                    Response::Ignored(format!("invalid cluster configuration: {e}"))
+                } else if self.config == Some(*config) {
+                    Response::Ignored("no change".to_string())
+                } else {
+                    self.config = Some(*config);
+                    touched.push(Key::Config);
+                    Response::Ok
+                }
             }
         };
         (response, touched)
@@ -413,6 +452,7 @@ impl ClusterState {
         let bytes = match key {
             Key::Node(id) => serde_json::to_vec(self.nodes.get(id)?),
             Key::Task(id) => serde_json::to_vec(self.tasks.get(id)?),
+            Key::Config => serde_json::to_vec(self.config.as_ref()?),
         };
         // Serializing plain structs of strings and integers cannot fail.
         Some(bytes.expect("state rows serialize"))
@@ -424,6 +464,7 @@ impl ClusterState {
             .keys()
             .map(|k| Key::Node(k.clone()))
             .chain(self.tasks.keys().map(|k| Key::Task(k.clone())))
+            .chain(self.config.map(|_| Key::Config))
     }
 
     pub fn from_rows(
@@ -445,6 +486,9 @@ impl ClusterState {
                     state
                         .tasks
                         .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Config) => {
+                    state.config = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
                 }
                 None => return Err(StateError::UnknownKey(key)),
             }

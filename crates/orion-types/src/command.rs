@@ -2,7 +2,7 @@
 //! in log order by `orion-state`. Commands carry everything apply needs (ids, the proposer's
 //! clock), so applying the log is deterministic on every node.
 
-use crate::{AllocId, NodeId, NodeMeta, PortMapping, TaskId, TaskSpec, UnixMillis};
+use crate::{AllocId, ClusterConfig, NodeId, NodeMeta, PortMapping, TaskId, TaskSpec, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// One placement decided by the leader's scheduler.
@@ -35,7 +35,7 @@ pub enum AllocStatus {
 }
 
 /// Restart back-off: `base_ms * 2^n`, capped at `max_ms`; `n` goes back to zero after the
-/// container ran for `reset_after_ms`. Carried in the command so apply stays deterministic.
+/// container ran for `reset_after_ms`. Part of the replicated `ClusterConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackoffConfig {
     pub base_ms: u64,
@@ -95,6 +95,9 @@ pub enum Command {
         task_id: TaskId,
         allocation: AllocId,
         status: AllocStatus,
+        /// The reporter's back-off, from before the cluster config held it. Kept so that old
+        /// log entries decode; `apply` ignores it and uses the state's `ClusterConfig`.
+        #[serde(default)]
         backoff: BackoffConfig,
         at: UnixMillis,
     },
@@ -125,6 +128,15 @@ pub enum Command {
         reason: String,
         at: UnixMillis,
     },
+    /// Replace the cluster-wide settings (`PUT /cluster/config`). With `if_unset`, only if
+    /// the state holds none yet: how the bootstrapping node seeds its flags, without ever
+    /// overwriting an operator's change.
+    SetClusterConfig {
+        config: ClusterConfig,
+        #[serde(default)]
+        if_unset: bool,
+        at: UnixMillis,
+    },
 }
 
 impl Command {
@@ -141,6 +153,7 @@ impl Command {
             Command::NodeLeave { .. } => "node-leave",
             Command::SetDrain { .. } => "set-drain",
             Command::Requeue { .. } => "requeue",
+            Command::SetClusterConfig { .. } => "set-cluster-config",
         }
     }
 }

@@ -7,12 +7,14 @@
 
 pub mod api;
 pub mod command;
+pub mod config;
 pub mod constraint;
 pub mod env;
 pub mod spec;
 pub mod task;
 
 pub use command::{AllocStatus, BackoffConfig, Command, Placement, Response};
+pub use config::{ClusterConfig, PortRange};
 pub use constraint::{Constraint, ConstraintOp, NodeAttr};
 pub use spec::{PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
 pub use task::Task;
