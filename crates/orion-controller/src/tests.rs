@@ -118,8 +118,18 @@ impl World {
         self.raft.learners = ids.iter().map(|s| s.to_string()).collect();
         self
     }
+    /// Declared dead by the view `ms` ago.
+    fn dead_for(self, id: &str, ms: u64) -> World {
+        let g = self.members.get(id).map_or(1, |m| m.meta.generation);
+        self.member(id, g, MemberStatus::Dead).gone_for(id, ms)
+    }
     fn gone_for(mut self, id: &str, ms: u64) -> World {
         self.memory.gone_since.insert(id.into(), self.now - ms);
+        self
+    }
+    /// A joint-consensus change is under way.
+    fn joint_change(mut self) -> World {
+        self.raft.membership_changing = true;
         self
     }
     fn leader_for(mut self, ms: u64) -> World {
@@ -315,139 +325,102 @@ fn node_sync() {
 
 #[test]
 fn voters() {
-    check(
-        "a new member joins as a learner",
-        &world().recorded("n2", 1).newcomer("n2", 1),
-        &["learner n2"],
-    );
-    check(
-        "two nodes keep one voter (odd count)",
-        &world().node("n2", 1).learners(&["n2"]),
-        &[],
-    );
-    check(
-        "1 -> 3 growth",
-        &world().node("n2", 1).node("n3", 1).learners(&["n2", "n3"]),
-        &["voters n1,n2,n3"],
-    );
-    check(
-        "no growth past the config's count",
-        &world()
-            .node("n2", 1)
-            .node("n3", 1)
-            .node("n4", 1)
-            .node("n5", 1)
-            .voters(&["n1", "n2", "n3"])
-            .learners(&["n4", "n5"]),
-        &[],
-    );
-    check(
-        "growth to the config's five",
-        &world()
-            .config(ClusterConfig {
-                voters: 5,
-                ..ClusterConfig::default()
-            })
-            .node("n2", 1)
-            .node("n3", 1)
-            .node("n4", 1)
-            .node("n5", 1)
-            .voters(&["n1", "n2", "n3"])
-            .learners(&["n4", "n5"]),
-        &["voters n1,n2,n3,n4,n5"],
-    );
-    check(
-        "a cap of 4 stays at 3 (odd)",
-        &world()
-            .config(ClusterConfig {
-                voters: 4,
-                ..ClusterConfig::default()
-            })
-            .node("n2", 1)
-            .node("n3", 1)
-            .node("n4", 1)
-            .voters(&["n1", "n2", "n3"])
-            .learners(&["n4"]),
-        &[],
-    );
-    let three_and_a_learner = world()
-        .node("n2", 1)
-        .node("n3", 1)
-        .node("n4", 1)
-        .voters(&["n1", "n2", "n3"])
-        .learners(&["n4"]);
-    check(
-        "a dead voter within the grace keeps its seat",
-        &three_and_a_learner
-            .clone()
-            .member("n3", 1, MemberStatus::Dead)
-            .gone_for("n3", 1_000),
-        &["down n3: declared dead by gossip"],
-    );
-    check(
-        "replace a dead voter with a live learner",
-        &three_and_a_learner
-            .clone()
-            .member("n3", 1, MemberStatus::Dead)
-            .gone_for("n3", 5_000),
-        &["down n3: declared dead by gossip", "voters n1,n2,n4"],
-    );
-    check(
-        "keep a crashed voter's seat with no learner",
-        &world()
+    let five = ClusterConfig {
+        voters: 5,
+        ..ClusterConfig::default()
+    };
+    let four = ClusterConfig {
+        voters: 4,
+        ..ClusterConfig::default()
+    };
+    // Three voters, n4 a live learner.
+    let three = || {
+        world()
             .node("n2", 1)
             .node("n3", 1)
             .voters(&["n1", "n2", "n3"])
-            .member("n3", 1, MemberStatus::Dead)
-            .gone_for("n3", 5_000),
-        &["down n3: declared dead by gossip"],
-    );
-    check(
-        "a voter that left gives its seat up even with no learner",
-        &world()
-            .node("n2", 1)
-            .node("n3", 1)
-            .voters(&["n1", "n2", "n3"])
-            .member("n3", 1, MemberStatus::Left),
-        &["down n3: left the cluster", "voters n1,n2"],
-    );
-    check(
-        "drop dead learners past the grace",
-        &three_and_a_learner
-            .clone()
-            .member("n4", 1, MemberStatus::Dead)
-            .gone_for("n4", 5_000),
-        &["down n4: declared dead by gossip", "remove n4"],
-    );
-    check(
-        "keep a dead learner within the grace",
-        &three_and_a_learner
-            .clone()
-            .member("n4", 1, MemberStatus::Dead)
-            .gone_for("n4", 1_000),
-        &["down n4: declared dead by gossip"],
-    );
-    check(
-        "a learner unseen by a new leader is dropped only after the unseen grace",
-        &three_and_a_learner
-            .clone()
-            .no_member("n4")
-            .leader_for(UNSEEN_NODE_GRACE_MS + 1),
-        &["down n4: not seen in gossip", "remove n4"],
-    );
-    check(
-        "nothing changes during a joint-consensus change",
-        &{
-            let mut w = three_and_a_learner
-                .clone()
+    };
+    let three_and_a_learner = || three().node("n4", 1);
+    let cases: Vec<(&str, World, &[&str])> = vec![
+        (
+            "a new member joins as a learner",
+            world().recorded("n2", 1).newcomer("n2", 1),
+            &["learner n2"],
+        ),
+        (
+            "two nodes keep one voter (odd count)",
+            world().node("n2", 1),
+            &[],
+        ),
+        (
+            "1 -> 3 growth",
+            world().node("n2", 1).node("n3", 1),
+            &["voters n1,n2,n3"],
+        ),
+        (
+            "no growth past the config's count",
+            three_and_a_learner().node("n5", 1),
+            &[],
+        ),
+        (
+            "growth to the config's five",
+            three_and_a_learner().node("n5", 1).config(five),
+            &["voters n1,n2,n3,n4,n5"],
+        ),
+        (
+            "a cap of 4 stays at 3 (odd)",
+            three_and_a_learner().config(four),
+            &[],
+        ),
+        (
+            "a dead voter within the grace keeps its seat",
+            three_and_a_learner().dead_for("n3", 1_000),
+            &["down n3: declared dead by gossip"],
+        ),
+        (
+            "replace a dead voter with a live learner",
+            three_and_a_learner().dead_for("n3", 5_000),
+            &["down n3: declared dead by gossip", "voters n1,n2,n4"],
+        ),
+        (
+            "keep a crashed voter's seat with no learner",
+            three().dead_for("n3", 5_000),
+            &["down n3: declared dead by gossip"],
+        ),
+        (
+            "a voter that left gives its seat up even with no learner",
+            three().member("n3", 1, MemberStatus::Left),
+            &["down n3: left the cluster", "voters n1,n2"],
+        ),
+        (
+            "drop dead learners past the grace",
+            three_and_a_learner().dead_for("n4", 5_000),
+            &["down n4: declared dead by gossip", "remove n4"],
+        ),
+        (
+            "keep a dead learner within the grace",
+            three_and_a_learner().dead_for("n4", 1_000),
+            &["down n4: declared dead by gossip"],
+        ),
+        (
+            "a learner unseen by a new leader is dropped only after the unseen grace",
+            three_and_a_learner()
+                .no_member("n4")
+                .leader_for(UNSEEN_NODE_GRACE_MS + 1),
+            &["down n4: not seen in gossip", "remove n4"],
+        ),
+        (
+            "nothing changes during a joint-consensus change",
+            three_and_a_learner()
                 .node("n5", 1)
-                .member("n3", 1, MemberStatus::Dead)
-                .gone_for("n3", 5_000);
-            w.raft.membership_changing = true;
-            w
-        },
-        &["down n3: declared dead by gossip"],
-    );
+                .dead_for("n3", 5_000)
+                .joint_change(),
+            &["down n3: declared dead by gossip"],
+        ),
+    ];
+    for (name, w, want) in &cases {
+        check(name, w, want);
+    }
 }
 
 const SMALL: &str = r#"{"image":"x","memory":"100m"}"#;

@@ -67,12 +67,12 @@ async fn single_node_bootstraps_commits_and_restarts() {
     let resp = node.write(create_task(1)).await.unwrap();
     assert!(matches!(resp, Response::Task(_)), "got {resp:?}");
     assert!(has_task(&node, 1));
-    let config = orion_types::ClusterConfig {
+    let cluster_config = orion_types::ClusterConfig {
         voters: 5,
         ..Default::default()
     };
     let set = Command::SetClusterConfig {
-        config,
+        config: cluster_config,
         if_unset: false,
         at: 2,
     };
@@ -101,7 +101,7 @@ async fn single_node_bootstraps_commits_and_restarts() {
     );
     assert_eq!(
         node.read(|s| s.config),
-        Some(config),
+        Some(cluster_config),
         "the cluster config is a row too"
     );
     assert!(node.status().applied_index >= before.applied_index);

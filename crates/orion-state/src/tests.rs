@@ -533,17 +533,19 @@ fn report_uses_the_cluster_backoff_not_the_reporters() {
         node("n1", 1),
         create("t1", ONFAIL),
         place("t1", "n1", "a1"),
-        report("t1", "n1", "a1", running("c1"), 30),
-        report("t1", "n1", "a1", exited("c1", 1), 40),
     ];
-    check(&cmds, &["t1 failed n1 a1 r1 at240 x1"]);
-    cmds.push(report("t1", "n1", "a1", running("c1"), 300));
-    cmds.push(report("t1", "n1", "a1", exited("c1", 1), 400));
-    check(&cmds, &["t1 failed n1 a1 r2 at800 x1"]);
-    // Capped at the cluster's max.
-    cmds.push(report("t1", "n1", "a1", running("c1"), 900));
-    cmds.push(report("t1", "n1", "a1", exited("c1", 1), 1000));
-    check(&cmds, &["t1 failed n1 a1 r3 at1400 x1"]);
+    // Each crash: running at `run`, exit 1 at `exit`; then the task as expected. The delay
+    // doubles from the cluster's 200 ms and is capped at its 400 ms.
+    let crashes = [
+        (30, 40, "t1 failed n1 a1 r1 at240 x1"),
+        (300, 400, "t1 failed n1 a1 r2 at800 x1"),
+        (900, 1000, "t1 failed n1 a1 r3 at1400 x1"),
+    ];
+    for (run, exit, want) in crashes {
+        cmds.push(report("t1", "n1", "a1", running("c1"), run));
+        cmds.push(report("t1", "n1", "a1", exited("c1", 1), exit));
+        check(&cmds, &[want]);
+    }
 }
 
 #[test]
