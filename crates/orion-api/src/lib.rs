@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use orion_state::ClusterState;
 use orion_types::api::parse_task_request;
+use orion_types::config::parse_config_patch;
 use orion_types::{Command, Response as CmdResponse, Task, TaskState, limits};
 use serde::Deserialize;
 use std::future::Future;
@@ -109,6 +110,10 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/tasks", get(list_tasks::<B>).post(create_task::<B>))
         .route("/tasks/{id}", get(get_task::<B>).delete(delete_task::<B>))
         .route("/tasks/{id}/logs", get(task_logs::<B>))
+        .route(
+            "/cluster/config",
+            get(get_cluster_config::<B>).put(put_cluster_config::<B>),
+        )
         .route(
             "/services",
             get(services::list::<B>).post(services::create::<B>),
@@ -301,6 +306,41 @@ async fn delete_task<B: Backend>(
         CmdResponse::NotFound(m) => Err(ApiError::not_found(m)),
         other => Err(ApiError::internal(format!(
             "unexpected answer to a delete: {other:?}"
+        ))),
+    }
+}
+
+async fn get_cluster_config<B: Backend>(
+    State(b): State<Arc<B>>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    if q.consistent.unwrap_or(false) {
+        b.consistent_read().await?;
+    }
+    Ok(Json(b.read(|s| s.config()).to_json()).into_response())
+}
+
+/// Merges the fields of the body over the current config (as this replica knows it) and
+/// proposes the result. Two concurrent changes of different fields can undo each other: the
+/// later one carries the earlier value of the other's field.
+async fn put_cluster_config<B: Backend>(
+    State(b): State<Arc<B>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body).await?;
+    let current = b.read(|s| s.config());
+    let config =
+        parse_config_patch(&bytes, &current).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let cmd = Command::SetClusterConfig {
+        config,
+        if_unset: false,
+        at: b.now_ms(),
+    };
+    match b.write(cmd).await? {
+        CmdResponse::Ok | CmdResponse::Ignored(_) => Ok(Json(config.to_json()).into_response()),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a config change: {other:?}"
         ))),
     }
 }

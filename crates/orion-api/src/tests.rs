@@ -176,6 +176,46 @@ async fn errors_are_json_everywhere() {
     assert_eq!(status["role"], "leader");
 }
 
+#[tokio::test]
+async fn cluster_config_reads_the_defaults_and_merges_a_partial_change() {
+    let b = Arc::new(MemBackend::default());
+    let (status, got) = call(&b, "GET", "/cluster/config", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, orion_types::ClusterConfig::default().to_json());
+    let (status, put) = call(
+        &b,
+        "PUT",
+        "/cluster/config",
+        r#"{"strategy": "binpack", "voters": 5}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(put["strategy"], "binpack");
+    assert_eq!(put["voters"], 5);
+    assert_eq!(put["dynamicPorts"], "20000-32767", "untouched fields stay");
+    let (_, got) = call(&b, "GET", "/cluster/config?consistent=true", "").await;
+    assert_eq!(got, put);
+    assert_eq!(b.read(|s| s.config.map(|c| c.voters)), Some(5));
+}
+
+#[tokio::test]
+async fn a_bad_cluster_config_gets_400_naming_the_field_and_writes_nothing() {
+    let b = Arc::new(MemBackend::default());
+    let cases: &[(&str, &str)] = &[
+        (r#"{"strategy": "random"}"#, "strategy"),
+        (r#"{"dynamicPorts": "9-1"}"#, "dynamicPorts"),
+        (r#"{"voters": 0}"#, "voters"),
+        (r#"{"restartBaseMs": 0}"#, "restartBaseMs"),
+        (r#"{"restartMaxMs": 1}"#, "restartMaxMs"),
+        (r#"{"colour": 1}"#, "colour"),
+        ("{not json", "not valid JSON"),
+    ];
+    for (body, field) in cases {
+        check(&b, "PUT", "/cluster/config", body, 400, field).await;
+    }
+    assert_eq!(b.writes.load(Ordering::SeqCst), 0);
+}
+
 mod services {
     //! `/services`: the contract of API.md, each family through the same `call`/`check`.
 

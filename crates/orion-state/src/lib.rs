@@ -7,8 +7,8 @@
 //! `services`.
 
 use orion_types::{
-    AllocStatus, BackoffConfig, Command, NodeId, NodeMeta, Placement, Protocol, Resources,
-    Response, Service, Task, TaskId, TaskState, UnixMillis,
+    AllocStatus, BackoffConfig, ClusterConfig, Command, NodeId, NodeMeta, Placement, Protocol,
+    Resources, Response, Service, Task, TaskId, TaskState, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,19 +39,27 @@ pub struct NodeRecord {
 pub enum Key {
     Node(NodeId),
     Task(TaskId),
+    /// The cluster-wide settings (one row).
+    Config,
     Service(String),
 }
+
+/// The row key of `Key::Config`.
+const CONFIG_KEY: &str = "cluster/config";
 
 impl Key {
     pub fn encode(&self) -> String {
         match self {
             Key::Node(id) => format!("node/{id}"),
             Key::Task(id) => format!("task/{id}"),
+            Key::Config => CONFIG_KEY.to_string(),
             Key::Service(id) => format!("service/{id}"),
         }
     }
     pub fn decode(s: &str) -> Option<Key> {
-        if let Some(id) = s.strip_prefix("node/") {
+        if s == CONFIG_KEY {
+            Some(Key::Config)
+        } else if let Some(id) = s.strip_prefix("node/") {
             Some(Key::Node(id.to_string()))
         } else if let Some(id) = s.strip_prefix("service/") {
             Some(Key::Service(id.to_string()))
@@ -76,15 +84,26 @@ pub enum StateError {
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub tasks: BTreeMap<TaskId, Task>,
+    /// The cluster-wide settings; `None` until the bootstrapping node (or an operator) sets
+    /// them, and in snapshots from before they existed.
+    #[serde(default)]
+    pub config: Option<ClusterConfig>,
     /// Services by id (`web`, `db.shop`).
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
 }
 
 impl ClusterState {
+    /// The cluster-wide settings in force: the stored ones, else the defaults.
+    pub fn config(&self) -> ClusterConfig {
+        self.config.unwrap_or_default()
+    }
+
     /// Applies one command. Returns what to answer the proposer and the rows it touched.
     pub fn apply(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
         let mut touched = Vec::new();
+        // Restart back-off comes from the replicated config, so every node restarts alike.
+        let backoff_now = self.config().backoff;
         let response = match cmd {
             Command::CreateTask { task_id, spec, at } => {
                 self.create_task(task_id, spec, *at, &mut touched)
@@ -147,7 +166,8 @@ impl ClusterState {
                 task_id,
                 allocation,
                 status,
-                backoff,
+                // The reporter's back-off is ignored: the cluster's applies to every node.
+                backoff: _,
                 at,
             } => match self.tasks.get_mut(task_id) {
                 None => Response::Ignored(format!("task {task_id} is unknown")),
@@ -160,7 +180,7 @@ impl ClusterState {
                     ))
                 }
                 Some(task) => {
-                    let changed = apply_report(task, status, backoff, *at);
+                    let changed = apply_report(task, status, &backoff_now, *at);
                     if changed {
                         touched.push(Key::Task(task_id.clone()));
                         Response::Ok
@@ -261,6 +281,25 @@ impl ClusterState {
                     }
                 }
                 Response::Ok
+            }
+            Command::SetClusterConfig {
+                config,
+                if_unset,
+                at: _,
+            } => {
+                if *if_unset && self.config.is_some() {
+                    Response::Ignored("the cluster already has a configuration".to_string())
+                } else if let Err(e) = config.validate() {
+                    // The API validates first; this keeps an invalid config out of the state
+                    // whatever proposed it.
+                    Response::Ignored(format!("invalid cluster configuration: {e}"))
+                } else if self.config == Some(*config) {
+                    Response::Ignored("no change".to_string())
+                } else {
+                    self.config = Some(*config);
+                    touched.push(Key::Config);
+                    Response::Ok
+                }
             }
             Command::CreateService { spec, at } => self.create_service(spec, *at, &mut touched),
             Command::UpdateService {
@@ -505,6 +544,7 @@ impl ClusterState {
         let bytes = match key {
             Key::Node(id) => serde_json::to_vec(self.nodes.get(id)?),
             Key::Task(id) => serde_json::to_vec(self.tasks.get(id)?),
+            Key::Config => serde_json::to_vec(self.config.as_ref()?),
             Key::Service(id) => serde_json::to_vec(self.services.get(id)?),
         };
         // Serializing plain structs of strings and integers cannot fail.
@@ -517,6 +557,7 @@ impl ClusterState {
             .keys()
             .map(|k| Key::Node(k.clone()))
             .chain(self.tasks.keys().map(|k| Key::Task(k.clone())))
+            .chain(self.config.map(|_| Key::Config))
             .chain(self.services.keys().map(|k| Key::Service(k.clone())))
     }
 
@@ -539,6 +580,9 @@ impl ClusterState {
                     state
                         .tasks
                         .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Config) => {
+                    state.config = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
                 }
                 Some(Key::Service(id)) => {
                     state

@@ -56,10 +56,11 @@ fn report(id: &str, node: &str, alloc: &str, status: AllocStatus, at: u64) -> Co
         task_id: id.into(),
         allocation: alloc.into(),
         status,
+        // Ignored by apply, which uses the cluster's back-off: an absurd value shows it.
         backoff: BackoffConfig {
-            base_ms: 1000,
-            max_ms: 8000,
-            reset_after_ms: 60_000,
+            base_ms: 7,
+            max_ms: 7,
+            reset_after_ms: 7,
         },
         at,
     }
@@ -474,6 +475,89 @@ fn a_task_placed_at_creation_keeps_its_place_only_if_it_still_fits() {
     );
 }
 
+fn set_config(config: ClusterConfig, if_unset: bool) -> Command {
+    Command::SetClusterConfig {
+        config,
+        if_unset,
+        at: 5,
+    }
+}
+
+/// Applies `cmds` and compares the stored config (and that it survives its rows).
+fn check_config(cmds: &[Command], want: Option<ClusterConfig>) {
+    let state = check(cmds, &[]);
+    assert_eq!(state.config, want, "{cmds:?}");
+}
+
+#[test]
+fn set_cluster_config_applies_validated_and_seeds_only_once() {
+    let d = ClusterConfig::default();
+    let binpack = ClusterConfig {
+        strategy: orion_types::Strategy::Binpack,
+        ..d
+    };
+    let five = ClusterConfig { voters: 5, ..d };
+    check_config(&[], None);
+    check_config(&[set_config(binpack, false)], Some(binpack));
+    // A seed applies to a state without a config, never over one.
+    check_config(&[set_config(binpack, true)], Some(binpack));
+    check_config(
+        &[set_config(five, false), set_config(binpack, true)],
+        Some(five),
+    );
+    check_config(
+        &[set_config(binpack, true), set_config(five, false)],
+        Some(five),
+    );
+    // An invalid config never reaches the state, whoever proposed it.
+    let zero_voters = ClusterConfig { voters: 0, ..d };
+    check_config(&[set_config(zero_voters, false)], None);
+    check_config(
+        &[set_config(five, false), set_config(zero_voters, false)],
+        Some(five),
+    );
+}
+
+#[test]
+fn report_uses_the_cluster_backoff_not_the_reporters() {
+    let fast = ClusterConfig {
+        backoff: BackoffConfig {
+            base_ms: 200,
+            max_ms: 400,
+            reset_after_ms: 60_000,
+        },
+        ..ClusterConfig::default()
+    };
+    let mut cmds = vec![
+        set_config(fast, false),
+        node("n1", 1),
+        create("t1", ONFAIL),
+        place("t1", "n1", "a1"),
+    ];
+    // Each crash: running at `run`, exit 1 at `exit`; then the task as expected. The delay
+    // doubles from the cluster's 200 ms and is capped at its 400 ms.
+    let crashes = [
+        (30, 40, "t1 failed n1 a1 r1 at240 x1"),
+        (300, 400, "t1 failed n1 a1 r2 at800 x1"),
+        (900, 1000, "t1 failed n1 a1 r3 at1400 x1"),
+    ];
+    for (run, exit, want) in crashes {
+        cmds.push(report("t1", "n1", "a1", running("c1"), run));
+        cmds.push(report("t1", "n1", "a1", exited("c1", 1), exit));
+        check(&cmds, &[want]);
+    }
+}
+
+#[test]
+fn an_old_report_entry_without_backoff_still_decodes() {
+    let json =
+        r#"{"Report":{"node":"n1","task_id":"t1","allocation":"a1","status":"Starting","at":3}}"#;
+    let cmd: Command = serde_json::from_str(json).expect("old report decodes");
+    assert!(matches!(cmd, Command::Report { at: 3, .. }));
+    // A snapshot from before the config existed loads with none.
+    let old: ClusterState = serde_json::from_str(r#"{"nodes":{},"tasks":{}}"#).expect("decodes");
+    assert_eq!(old.config, None);
+}
 mod services {
     //! Service commands: each case applies commands and compares a one-line summary of the
     //! service (`version state updated/total`) and of each of its tasks.

@@ -3,8 +3,8 @@
 //! clock), so applying the log is deterministic on every node.
 
 use crate::{
-    AllocId, DeploymentState, Health, NodeId, NodeMeta, PortMapping, ServiceSpec, TaskId, TaskSpec,
-    UnixMillis,
+    AllocId, ClusterConfig, DeploymentState, Health, NodeId, NodeMeta, PortMapping, ServiceSpec,
+    TaskId, TaskSpec, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,7 @@ pub enum AllocStatus {
 }
 
 /// Restart back-off: `base_ms * 2^n`, capped at `max_ms`; `n` goes back to zero after the
-/// container ran for `reset_after_ms`. Carried in the command so apply stays deterministic.
+/// container ran for `reset_after_ms`. Part of the replicated `ClusterConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackoffConfig {
     pub base_ms: u64,
@@ -98,6 +98,9 @@ pub enum Command {
         task_id: TaskId,
         allocation: AllocId,
         status: AllocStatus,
+        /// The reporter's back-off, from before the cluster config held it. Kept so that old
+        /// log entries decode; `apply` ignores it and uses the state's `ClusterConfig`.
+        #[serde(default)]
         backoff: BackoffConfig,
         at: UnixMillis,
     },
@@ -126,6 +129,15 @@ pub enum Command {
     Requeue {
         task_ids: Vec<TaskId>,
         reason: String,
+        at: UnixMillis,
+    },
+    /// Replace the cluster-wide settings (`PUT /cluster/config`). With `if_unset`, only if
+    /// the state holds none yet: how the bootstrapping node seeds its flags, without ever
+    /// overwriting an operator's change.
+    SetClusterConfig {
+        config: ClusterConfig,
+        #[serde(default)]
+        if_unset: bool,
         at: UnixMillis,
     },
     /// A user created a service (version 1). Refused (`Response::Conflict`) if the id exists.
@@ -223,6 +235,7 @@ impl Command {
             Command::NodeLeave { .. } => "node-leave",
             Command::SetDrain { .. } => "set-drain",
             Command::Requeue { .. } => "requeue",
+            Command::SetClusterConfig { .. } => "set-cluster-config",
             Command::CreateService { .. } => "create-service",
             Command::UpdateService { .. } => "update-service",
             Command::ScaleService { .. } => "scale-service",

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod command;
+pub mod config;
 pub mod constraint;
 pub mod env;
 pub mod service;
@@ -14,6 +15,7 @@ pub mod spec;
 pub mod task;
 
 pub use command::{AllocStatus, BackoffConfig, Command, NewServiceTask, Placement, Response};
+pub use config::{ClusterConfig, PortRange};
 pub use constraint::{Constraint, ConstraintOp, NodeAttr};
 pub use service::{
     Deployment, DeploymentState, Health, HealthCheck, Service, ServiceMode, ServiceSpec,

@@ -268,7 +268,12 @@ impl ServiceSpec {
     /// after the user's (the global pin, the `maxPerNode` exclusions) are not compared.
     pub fn runs_same(&self, spec: &TaskSpec) -> bool {
         let n = self.task.constraints.len();
-        if spec.constraints.len() < n {
+        // What the reconciler appends: one `node.id ==` pin or one `node.id not in` exclusion.
+        let appended = spec.constraints.get(n..).unwrap_or(&[]);
+        let ours = |c: &Constraint| {
+            c.attr == NodeAttr::Id && matches!(c.op, ConstraintOp::Eq | ConstraintOp::NotIn)
+        };
+        if spec.constraints.len() < n || appended.len() > 1 || !appended.iter().all(ours) {
             return false;
         }
         let mut want = self.task_spec(spec.name.clone().unwrap_or_default(), None);

@@ -76,6 +76,11 @@ pub enum ClientCmd {
         c: ClientArgs,
         node: String,
     },
+    /// Cluster-wide settings
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// Manage services: create, ls, ps, inspect, update, scale, rollback, rm
     #[command(subcommand)]
     Service(service::ServiceCmd),
@@ -91,6 +96,61 @@ pub enum ClientCmd {
         #[arg(long)]
         tail: Option<usize>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Show the cluster-wide settings, or change the ones given
+    Config(Box<ConfigArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    c: ClientArgs,
+    /// Placement strategy for tasks that do not name one: spread or binpack
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Host ports chosen for "0"/"" port bindings, FIRST-LAST
+    #[arg(long)]
+    dynamic_ports: Option<String>,
+    /// Most Raft voters (the leader keeps an odd count up to this)
+    #[arg(long)]
+    voters: Option<u64>,
+    /// First restart delay after a container exits, in ms
+    #[arg(long)]
+    restart_base_ms: Option<u64>,
+    /// Longest restart delay, in ms
+    #[arg(long)]
+    restart_max_ms: Option<u64>,
+    /// A container that ran this long resets its restart back-off, in ms
+    #[arg(long)]
+    restart_reset_ms: Option<u64>,
+}
+
+impl ConfigArgs {
+    /// The `PUT /cluster/config` body of the flags given; `None` when none is (a plain show).
+    fn patch(&self) -> Option<Value> {
+        let mut body = Map::new();
+        if let Some(s) = &self.strategy {
+            body.insert("strategy".into(), json!(s));
+        }
+        if let Some(p) = &self.dynamic_ports {
+            body.insert("dynamicPorts".into(), json!(p));
+        }
+        let numbers = [
+            ("voters", self.voters),
+            ("restartBaseMs", self.restart_base_ms),
+            ("restartMaxMs", self.restart_max_ms),
+            ("restartResetAfterMs", self.restart_reset_ms),
+        ];
+        for (field, n) in numbers {
+            if let Some(n) = n {
+                body.insert(field.into(), json!(n));
+            }
+        }
+        (!body.is_empty()).then_some(Value::Object(body))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +381,9 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             println!("learners: {}", join(&s["learners"]));
             Ok(())
         }
+        ClientCmd::Cluster {
+            cmd: ClusterCmd::Config(a),
+        } => cluster_config(*a).await,
         ClientCmd::Drain { c, node } => set_drain(c, node, "drain").await,
         ClientCmd::Undrain { c, node } => set_drain(c, node, "undrain").await,
         ClientCmd::Logs {
@@ -359,6 +422,31 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn cluster_config(a: ConfigArgs) -> Result<()> {
+    let api = Api::new(&a.c)?;
+    let config = match a.patch() {
+        Some(body) => {
+            api.call(reqwest::Method::PUT, "/cluster/config", Some(body))
+                .await?
+        }
+        None => api.get("/cluster/config").await?,
+    };
+    if a.c.json {
+        return print_json(&config);
+    }
+    let text = |f: &str| match &config[f] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("strategy:        {}", text("strategy"));
+    println!("dynamic ports:   {}", text("dynamicPorts"));
+    println!("voters:          {}", text("voters"));
+    println!("restart base:    {} ms", text("restartBaseMs"));
+    println!("restart max:     {} ms", text("restartMaxMs"));
+    println!("restart reset:   {} ms", text("restartResetAfterMs"));
+    Ok(())
 }
 
 async fn set_drain(c: ClientArgs, node: String, what: &str) -> Result<()> {
@@ -622,6 +710,48 @@ mod tests {
             ClientCmd::Run(a) => run_body(&a).expect("body"),
             _ => panic!("not run"),
         }
+    }
+
+    /// The PUT body of `orion cluster config ARGS`, `None` for a plain show.
+    fn check_config(args: &[&str], want: Option<Value>) {
+        let t = T::try_parse_from(
+            ["orion", "cluster", "config"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .expect("parse");
+        match t.cmd {
+            ClientCmd::Cluster {
+                cmd: ClusterCmd::Config(a),
+            } => assert_eq!(a.patch(), want, "{args:?}"),
+            _ => panic!("not cluster config"),
+        }
+    }
+
+    #[test]
+    fn cluster_config_flags_become_a_partial_change() {
+        check_config(&[], None);
+        check_config(&["--json"], None);
+        check_config(
+            &["--strategy", "binpack", "--voters", "5"],
+            Some(json!({"strategy": "binpack", "voters": 5})),
+        );
+        check_config(
+            &[
+                "--dynamic-ports",
+                "30000-31000",
+                "--restart-base-ms",
+                "200",
+                "--restart-max-ms",
+                "3200",
+                "--restart-reset-ms",
+                "0",
+            ],
+            Some(json!({
+                "dynamicPorts": "30000-31000", "restartBaseMs": 200, "restartMaxMs": 3200,
+                "restartResetAfterMs": 0
+            })),
+        );
     }
 
     #[test]
