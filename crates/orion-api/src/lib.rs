@@ -8,7 +8,7 @@ mod service_view;
 mod services;
 mod view;
 
-pub use service_view::{format_duration, service_json, spec_json};
+pub use service_view::{SERVICE_VIEW_ONLY_FIELDS, format_duration, service_json, spec_json};
 pub use view::{NodeView, StatusView, TaskView};
 
 use axum::body::Body;

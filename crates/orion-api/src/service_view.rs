@@ -9,6 +9,18 @@ use orion_types::service::{HealthTest, ServiceMode};
 use orion_types::{Deployment, Health, Service, ServiceSpec, TaskState};
 use serde_json::{Map, Value, json};
 
+/// The fields of the service object that are not part of the spec: a client removes these
+/// (and turns `replicas` back into a number) to `PUT` a service it has read.
+pub const SERVICE_VIEW_ONLY_FIELDS: &[&str] = &[
+    "id",
+    "version",
+    "createdAt",
+    "updatedAt",
+    "vip",
+    "deployment",
+    "endpoints",
+];
+
 /// A duration in Docker's notation: "0s", "500ms", "5s", "1m30s", "1h".
 pub fn format_duration(ms: u64) -> String {
     if ms == 0 {

@@ -300,16 +300,8 @@ mod services {
         );
         // A PUT of the object as read (view-only fields removed) is an unchanged spec.
         let mut obj = svc.as_object().cloned().expect("object");
-        for k in [
-            "id",
-            "version",
-            "createdAt",
-            "updatedAt",
-            "vip",
-            "deployment",
-            "endpoints",
-        ] {
-            obj.remove(k);
+        for k in SERVICE_VIEW_ONLY_FIELDS {
+            obj.remove(*k);
         }
         obj.insert("replicas".into(), svc["replicas"]["desired"].clone());
         let body = serde_json::to_string(&obj).expect("json");

@@ -169,26 +169,9 @@ impl ClusterState {
                 // The reporter's back-off is ignored: the cluster's applies to every node.
                 backoff: _,
                 at,
-            } => match self.tasks.get_mut(task_id) {
-                None => Response::Ignored(format!("task {task_id} is unknown")),
-                Some(task)
-                    if task.allocation.as_ref() != Some(allocation)
-                        || task.node.as_ref() != Some(node) =>
-                {
-                    Response::Ignored(format!(
-                        "allocation {allocation} of task {task_id} on {node} is no longer current"
-                    ))
-                }
-                Some(task) => {
-                    let changed = apply_report(task, status, &backoff_now, *at);
-                    if changed {
-                        touched.push(Key::Task(task_id.clone()));
-                        Response::Ok
-                    } else {
-                        Response::Ignored("no change".to_string())
-                    }
-                }
-            },
+            } => self.fenced(node, task_id, allocation, &mut touched, |task| {
+                apply_report(task, status, &backoff_now, *at)
+            }),
             Command::UpsertNode { meta, at } => {
                 let id = meta.id.clone();
                 match self.nodes.get_mut(&id) {
@@ -366,27 +349,42 @@ impl ClusterState {
                 health,
                 output,
                 at,
-            } => match self.tasks.get_mut(task_id) {
-                None => Response::Ignored(format!("task {task_id} is unknown")),
-                Some(task)
-                    if task.allocation.as_ref() != Some(allocation)
-                        || task.node.as_ref() != Some(node) =>
-                {
-                    Response::Ignored(format!(
-                        "allocation {allocation} of task {task_id} on {node} is no longer current"
-                    ))
-                }
-                Some(task) => {
-                    if services::set_health(task, *health, output.as_deref(), *at) {
-                        touched.push(Key::Task(task_id.clone()));
-                        Response::Ok
-                    } else {
-                        Response::Ignored("no change".to_string())
-                    }
-                }
-            },
+            } => self.fenced(node, task_id, allocation, &mut touched, |task| {
+                services::set_health(task, *health, output.as_deref(), *at)
+            }),
         };
         (response, touched)
+    }
+
+    /// Runs `change` on the task if `allocation` on `node` is still its current one (the
+    /// fence against late reports), and records the row if it changed anything.
+    fn fenced(
+        &mut self,
+        node: &str,
+        task_id: &str,
+        allocation: &str,
+        touched: &mut Vec<Key>,
+        change: impl FnOnce(&mut Task) -> bool,
+    ) -> Response {
+        match self.tasks.get_mut(task_id) {
+            None => Response::Ignored(format!("task {task_id} is unknown")),
+            Some(task)
+                if task.allocation.as_deref() != Some(allocation)
+                    || task.node.as_deref() != Some(node) =>
+            {
+                Response::Ignored(format!(
+                    "allocation {allocation} of task {task_id} on {node} is no longer current"
+                ))
+            }
+            Some(task) => {
+                if change(task) {
+                    touched.push(Key::Task(task_id.to_string()));
+                    Response::Ok
+                } else {
+                    Response::Ignored("no change".to_string())
+                }
+            }
+        }
     }
 
     fn create_task(

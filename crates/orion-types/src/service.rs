@@ -421,20 +421,10 @@ pub struct Service {
     pub deployment: Option<Deployment>,
 }
 
-/// The fields of `POST /services` and `PUT /services/{id}`.
-const SERVICE_FIELDS: &[&str] = &[
+/// The fields of `POST /services` and `PUT /services/{id}` besides those a task has too.
+const SERVICE_ONLY_FIELDS: &[&str] = &[
     "name",
     "stack",
-    "image",
-    "command",
-    "env",
-    "memory",
-    "cpu",
-    "labels",
-    "nodeSelectors",
-    "constraints",
-    "restartPolicy",
-    "strategy",
     "mode",
     "replicas",
     "maxPerNode",
@@ -444,19 +434,8 @@ const SERVICE_FIELDS: &[&str] = &[
     "stopGracePeriod",
 ];
 
-/// Fields of a service that a task validates too (`api::task_fields`).
-const SHARED_FIELDS: &[&str] = &[
-    "image",
-    "command",
-    "env",
-    "memory",
-    "cpu",
-    "labels",
-    "nodeSelectors",
-    "constraints",
-    "restartPolicy",
-    "strategy",
-];
+/// The task fields a service does not take: a service names its tasks, and publishes `ports`.
+const TASK_ONLY_FIELDS: &[&str] = &["name", "portBindings"];
 
 /// Parses a `POST /services` or `PUT /services/{id}` body into a valid `ServiceSpec`.
 pub fn parse_service_request(body: &[u8]) -> Result<ServiceSpec, ValidationError> {
@@ -465,7 +444,16 @@ pub fn parse_service_request(body: &[u8]) -> Result<ServiceSpec, ValidationError
 
 /// Validates an already parsed JSON object.
 pub fn validate_service(obj: &Map<String, Value>) -> Result<ServiceSpec, ValidationError> {
-    refuse_unknown(obj, SERVICE_FIELDS)?;
+    let shared_fields = crate::api::FIELDS
+        .iter()
+        .copied()
+        .filter(|f| !TASK_ONLY_FIELDS.contains(f));
+    let known: Vec<&str> = SERVICE_ONLY_FIELDS
+        .iter()
+        .copied()
+        .chain(shared_fields.clone())
+        .collect();
+    refuse_unknown(obj, &known)?;
     let name = match obj.get("name") {
         None | Some(Value::Null) => return Err(err("name", "is required")),
         Some(Value::String(s)) => s.clone(),
@@ -480,9 +468,10 @@ pub fn validate_service(obj: &Map<String, Value>) -> Result<ServiceSpec, Validat
         }
         Some(_) => return Err(err("stack", "must be a string")),
     };
+    let shared_fields: Vec<&str> = shared_fields.collect();
     let shared: Map<String, Value> = obj
         .iter()
-        .filter(|(k, _)| SHARED_FIELDS.contains(&k.as_str()))
+        .filter(|(k, _)| shared_fields.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let task = task_fields(&shared)?;

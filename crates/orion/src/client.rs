@@ -302,26 +302,7 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             let api = Api::new(&c)?;
             print_json(&api.get(&format!("/tasks/{id}")).await?)
         }
-        ClientCmd::Rm { c, ids } => {
-            let api = Api::new(&c)?;
-            let mut failed = 0;
-            for id in ids {
-                match api
-                    .call(reqwest::Method::DELETE, &format!("/tasks/{id}"), None)
-                    .await
-                {
-                    Ok(t) => println!("{}", t["id"].as_str().unwrap_or(&id)),
-                    Err(e) => {
-                        eprintln!("orion: {id}: {e}");
-                        failed += 1;
-                    }
-                }
-            }
-            if failed > 0 {
-                bail!("{failed} task(s) could not be removed");
-            }
-            Ok(())
-        }
+        ClientCmd::Rm { c, ids } => delete_each(&Api::new(&c)?, "tasks", "task", ids).await,
         ClientCmd::Nodes { c } => {
             let api = Api::new(&c)?;
             let nodes = api.get("/nodes").await?;
@@ -446,6 +427,32 @@ async fn cluster_config(a: ConfigArgs) -> Result<()> {
     println!("restart base:    {} ms", text("restartBaseMs"));
     println!("restart max:     {} ms", text("restartMaxMs"));
     println!("restart reset:   {} ms", text("restartResetAfterMs"));
+    Ok(())
+}
+
+/// `DELETE /{collection}/{id}` for each id, printing each id removed; one line on stderr for
+/// each that could not be, and an error if any could not.
+async fn delete_each(api: &Api, collection: &str, noun: &str, ids: Vec<String>) -> Result<()> {
+    let mut failed = 0;
+    for id in ids {
+        match api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/{collection}/{id}"),
+                None,
+            )
+            .await
+        {
+            Ok(t) => println!("{}", t["id"].as_str().unwrap_or(&id)),
+            Err(e) => {
+                eprintln!("orion: {id}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} {noun}(s) could not be removed");
+    }
     Ok(())
 }
 

@@ -310,24 +310,7 @@ pub async fn run(cmd: ServiceCmd) -> Result<()> {
             follow(&api, &service, &s, true).await
         }
         ServiceCmd::Rm { c, services } => {
-            let api = Api::new(&c)?;
-            let mut failed = 0;
-            for id in services {
-                match api
-                    .call(reqwest::Method::DELETE, &format!("/services/{id}"), None)
-                    .await
-                {
-                    Ok(_) => println!("{id}"),
-                    Err(e) => {
-                        eprintln!("orion: {id}: {e}");
-                        failed += 1;
-                    }
-                }
-            }
-            if failed > 0 {
-                bail!("{failed} service(s) could not be removed");
-            }
-            Ok(())
+            super::delete_each(&Api::new(&c)?, "services", "service", services).await
         }
     }
 }
@@ -423,16 +406,8 @@ fn editable_spec(service: &Value) -> Result<Map<String, Value>> {
         .as_object()
         .cloned()
         .ok_or_else(|| anyhow!("the API answered something that is not a service"))?;
-    for k in [
-        "id",
-        "version",
-        "createdAt",
-        "updatedAt",
-        "vip",
-        "deployment",
-        "endpoints",
-    ] {
-        body.remove(k);
+    for k in orion_api::SERVICE_VIEW_ONLY_FIELDS {
+        body.remove(*k);
     }
     if body.get("mode").and_then(Value::as_str) == Some("global") {
         body.remove("replicas");
@@ -452,23 +427,22 @@ fn apply_flags(body: &mut Map<String, Value>, f: &ServiceFlags) -> Result<()> {
             body.remove("maxPerNode");
         }
     }
-    if let Some(n) = f.replicas {
-        body.insert("replicas".into(), json!(n));
-    }
-    if let Some(n) = f.max_per_node {
-        body.insert("maxPerNode".into(), json!(n));
-    }
-    if let Some(m) = &f.memory {
-        body.insert("memory".into(), json!(m));
-    }
-    if let Some(c) = f.cpus {
-        body.insert("cpu".into(), json!(c));
-    }
-    if let Some(r) = &f.restart {
-        body.insert("restartPolicy".into(), json!(r));
-    }
-    if let Some(s) = &f.strategy {
-        body.insert("strategy".into(), json!(s));
+    let fields = [
+        ("replicas", f.replicas.map(|v| json!(v))),
+        ("maxPerNode", f.max_per_node.map(|v| json!(v))),
+        ("memory", f.memory.as_ref().map(|v| json!(v))),
+        ("cpu", f.cpus.map(|v| json!(v))),
+        ("restartPolicy", f.restart.as_ref().map(|v| json!(v))),
+        ("strategy", f.strategy.as_ref().map(|v| json!(v))),
+        (
+            "stopGracePeriod",
+            f.stop_grace_period.as_ref().map(|v| json!(v)),
+        ),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            body.insert(k.into(), v);
+        }
     }
     merge_pairs(body, "env", &f.env, "-e")?;
     merge_pairs(body, "labels", &f.labels, "--label")?;
@@ -520,9 +494,6 @@ fn apply_flags(body: &mut Map<String, Value>, f: &ServiceFlags) -> Result<()> {
     );
     if !update.is_empty() {
         body.insert("update".into(), Value::Object(update));
-    }
-    if let Some(g) = &f.stop_grace_period {
-        body.insert("stopGracePeriod".into(), json!(g));
     }
     Ok(())
 }
