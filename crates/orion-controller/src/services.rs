@@ -356,8 +356,10 @@ fn decide_service(
         let (end, message) = if d.state == DeploymentState::RollingBack {
             (
                 DeploymentState::RolledBack,
+                // Keeps why: "rolling back: task …" becomes "rolled back: task …".
                 format!(
-                    "rolled back: version {} runs the previous spec",
+                    "{}; version {} runs the previous spec",
+                    d.message.replacen("rolling back", "rolled back", 1),
                     svc.version
                 ),
             )

@@ -407,6 +407,10 @@ fn an_update_to_a_crashing_version_rolls_back_by_itself() {
     );
     let d = w.deployment();
     assert!(d.starts_with("rolled-back"), "{d}");
+    assert!(
+        d.contains("rolled back: task") && d.contains("exited with code 1"),
+        "the outcome says why: {d}"
+    );
     let svc = &w.state.services["web"];
     let events: Vec<&str> = svc
         .deployment

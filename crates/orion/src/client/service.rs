@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 /// time with a 5 s monitor window takes well under it; past it the command says where the
 /// deployment stands and the deployment itself goes on.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(3600);
+/// `service create` shows its tasks starting for at most this long (an image pull and a start
+/// take seconds); a service that cannot converge yet is not an error of the create.
+const CREATE_WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// How often a followed deployment is polled: fast enough for a progress display, light on
 /// the API.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
@@ -364,8 +367,12 @@ async fn wait_converged(api: &Api, id: &str) -> Result<()> {
         if running >= desired {
             return Ok(());
         }
-        if start.elapsed() > super::WAIT_LIMIT {
-            bail!("service {id}: {last} after {:?}", super::WAIT_LIMIT);
+        if start.elapsed() > CREATE_WAIT_LIMIT {
+            // The service exists; its tasks may be waiting for room. Say so and return.
+            eprintln!(
+                "service {id}: {last} after {CREATE_WAIT_LIMIT:?}; still converging (orion service ps {id})"
+            );
+            return Ok(());
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     }
@@ -684,9 +691,8 @@ async fn follow(api: &Api, id: &str, first: &Value, rollback: bool) -> Result<()
                 println!("{id}: rolled back to version {}", s["version"]);
                 return Ok(());
             }
-            "rolled-back" => bail!("service {id}: the update rolled back: {message}"),
-            "paused" => bail!("service {id}: the update paused: {message}"),
-            "failed" => bail!("service {id}: the update failed: {message}"),
+            // The message starts with what happened: "rolled back: task … exited …".
+            "rolled-back" | "paused" | "failed" => bail!("service {id}: the update {message}"),
             _ => {}
         }
         if start.elapsed() > FOLLOW_LIMIT {
