@@ -203,6 +203,28 @@ fn log_proposal(cmd: &Command, placements_logged: &mut usize) {
         Command::SetClusterConfig { config, .. } => {
             info!(config = ?config, "seeding the cluster config from this node's flags");
         }
+        Command::CreateServiceTasks { tasks, .. } => {
+            for t in tasks.iter().take(PLACEMENT_LOG_LINES_MAX) {
+                info!(service = %t.service, version = t.version, slot = ?t.slot, task = %t.task_id, "creating service task");
+            }
+        }
+        Command::StopTasks {
+            task_ids, reason, ..
+        } => {
+            info!(tasks = task_ids.len(), reason = %reason, "stopping service tasks");
+        }
+        Command::RollbackService {
+            id,
+            reason: Some(reason),
+            ..
+        } => {
+            warn!(service = %id, reason = %reason, "update failed; rolling back");
+        }
+        Command::DeploymentProgress {
+            id, state, message, ..
+        } if !state.is_active() => {
+            info!(service = %id, state = state.as_str(), message = %message, "deployment ended");
+        }
         other => debug!(command = other.kind(), "controller proposal"),
     }
 }

@@ -210,3 +210,64 @@ async fn an_update_to_a_crashing_version_rolls_back_and_the_cli_says_why() {
         .collect();
     assert_eq!(before, after);
 }
+
+/// `kill -9` of a node's agent plus the removal of its containers (a machine's death): the
+/// service is back to its count and every endpoint answers. The time is printed (a benchmark,
+/// with only an absurd bound here); loopback network 127.0.43.0/24.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_s_replicas_come_back_and_answer() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let mut c = Cluster::start("svc-kill-n", 43, 3, &[]);
+    for a in &c.agents {
+        wait_healthy(a).await;
+    }
+    c.wait_membership(&c.agents[0], 3, 0, CONVERGE).await;
+    let leader = c.leader(CONVERGE).await;
+    let api = c.by_id(&leader).api.clone();
+    let body = format!(
+        r#"{{"name": "web", "image": "{IMAGE}", "replicas": 3, "memory": "16m",
+            "command": ["busybox", "httpd", "-f", "-p", "80", "-h", "/www"],
+            "ports": [{{"target": 80}}]}}"#
+    );
+    let (status, s) = post(&api, "/services", &body).await.expect("create");
+    assert_eq!(status, 201, "{s}");
+    let tasks = wait_running(&api, "web", 3).await;
+    let victim = tasks
+        .iter()
+        .filter_map(|t| t["node"].as_str())
+        .find(|n| *n != leader)
+        .expect("a task off the leader")
+        .to_string();
+
+    let killed_at = std::time::Instant::now();
+    c.by_id_mut(&victim).kill();
+    remove_containers_of(&victim);
+    let endpoints = wait_for(CONVERGE, "3 answering endpoints off the dead node", || {
+        let api = api.clone();
+        let victim = victim.clone();
+        async move {
+            let tasks = running(&api, "web").await.filter(|t| t.len() == 3)?;
+            if tasks.iter().any(|t| t["node"] == victim.as_str()) {
+                return None;
+            }
+            let (_, s) = get(&api, "/services/web").await.ok()?;
+            let eps = s["endpoints"].as_array()?.clone();
+            let mut up = 0;
+            for e in &eps {
+                let addr = format!("{}:{}", e["address"].as_str()?, e["port"]);
+                if http_page(&addr).await.is_some() {
+                    up += 1;
+                }
+            }
+            (up == 3).then_some(eps)
+        }
+    })
+    .await;
+    let took = killed_at.elapsed();
+    println!(
+        "service back to 3 answering replicas {took:?} after node {victim} died: {endpoints:?}"
+    );
+    assert!(took < CONVERGE, "recovery took {took:?}");
+}
