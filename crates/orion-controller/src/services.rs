@@ -45,6 +45,11 @@ enum SlotKey {
 
 /// The commands for every service, in service id order.
 pub fn decide(state: &ClusterState, now: UnixMillis, ids: &dyn IdSource) -> Vec<Command> {
+    // Turns run on every applied entry: without services, do not scan the tasks at all. (The
+    // stopped tasks of services deleted since are trimmed once a service exists again.)
+    if state.services.is_empty() {
+        return Vec::new();
+    }
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for t in state.tasks.values() {
         if let Some(s) = &t.service {

@@ -571,3 +571,27 @@ fn a_paused_or_finished_deployment_is_left_alone() {
     );
     assert_eq!(w.state, before);
 }
+
+#[test]
+fn a_new_leader_continues_an_update_from_the_replicated_state() {
+    let mut w = World::new(&["n1", "n2", "n3"]);
+    w.service(WEB);
+    w.run(2);
+    w.service(&WEB.replace(r#""image":"v1""#, r#""image":"v2""#));
+    w.run(2);
+    assert!(w.deployment().starts_with("running"), "{}", w.deployment());
+    // The state as another node loads it from its rows; the decider keeps no memory of its own.
+    let rows = w
+        .state
+        .keys()
+        .map(|k| (k.encode(), w.state.row(&k).expect("row")));
+    w.state = ClusterState::from_rows(rows).expect("rows load");
+    w.ids = SeededIds::new(99);
+    w.run(20);
+    check_versions(&w, &["s1 v2 running", "s2 v2 running", "s3 v2 running"]);
+    assert!(
+        w.deployment().starts_with("completed 3/3"),
+        "{}",
+        w.deployment()
+    );
+}
