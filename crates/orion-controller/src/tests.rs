@@ -603,6 +603,16 @@ fn config_seed_and_leadership() {
         &[],
     );
     check("a node without flags to seed proposes none", &world(), &[]);
+    let mut invalid = world();
+    invalid.settings.seed_config = Some(ClusterConfig {
+        voters: 0,
+        ..ClusterConfig::default()
+    });
+    check(
+        "an invalid seed is never proposed (apply would ignore it, again and again)",
+        &invalid,
+        &[],
+    );
     let mut follower = world()
         .task("t1", SMALL)
         .member("n2", 1, MemberStatus::Dead);

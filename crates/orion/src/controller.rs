@@ -11,6 +11,7 @@
 use orion_controller::{Action, ControllerMemory, Input, Member, MemberStatus, RaftView, Settings};
 use orion_gossip::Gossip;
 use orion_raft::{Peer, RaftNode};
+use orion_state::ClusterState;
 use orion_types::env::{Clock, IdSource};
 use orion_types::{Command, NodeId, NodeMeta};
 use std::collections::BTreeMap;
@@ -96,9 +97,7 @@ impl Driver {
         };
         let members = members_view(&self.gossip);
         let now_ms = self.clock.now_ms();
-        // Decided under the replica's read lock, on the state itself rather than a copy: the
-        // decision is a scan of the tasks, and placement runs only when something changed.
-        let outcome = self.raft.read(|state| {
+        let decide = |state: &ClusterState| {
             orion_controller::decide(&Input {
                 state,
                 members: &members,
@@ -109,7 +108,18 @@ impl Driver {
                 memory,
                 ids: self.ids.as_ref(),
             })
+        };
+        // Without waiting tasks a turn is a few scans: decided under the replica's read lock,
+        // on the state itself. With waiting tasks it runs the scheduler over all of them,
+        // which must not hold applies back: decided on a copy (the same decision).
+        let outcome = self.raft.read(|state| {
+            if state.tasks.values().any(|t| t.needs_placement()) {
+                Err(Box::new(state.clone()))
+            } else {
+                Ok(decide(state))
+            }
         });
+        let outcome = outcome.unwrap_or_else(|copy| decide(&copy));
         if memory.leader_since.is_none() && outcome.memory.leader_since.is_some() {
             info!("this node is the leader; controller active");
         }
