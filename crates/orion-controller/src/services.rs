@@ -9,11 +9,12 @@
 //! - an empty key gets a task of the current spec (after a node loss the scheduler re-places
 //!   the lost task itself; this fills what is missing);
 //! - a key with a ready task of the current spec stops every other task in it (the end of a
-//!   start-first replacement, or a duplicate).
+//!   start-first replacement, once the new task stayed ready for `monitor`; or a duplicate).
 //!
 //! A deployment (`running` or `rolling-back`) replaces keys whose tasks run an older spec, at
 //! most `parallelism` at a time, `delay` apart, start-first (the old task stops once the new
-//! one is ready: running, and healthy if a check is defined) or stop-first. A new task has
+//! one has been ready, i.e. running and healthy if a check is defined, for the `monitor`
+//! window; the next key starts as soon as it is ready) or stop-first. A new task has
 //! failed if it exited, turned unhealthy, or was not ready in time; once failures exceed
 //! `maxFailureRatio` of the total, `failureAction` applies: roll back (the previous spec is
 //! put back and the same procedure replaces the new tasks), pause, or continue. It completes
@@ -288,13 +289,17 @@ fn decide_service(
                     plan.stop(dup, "a duplicate in its slot".to_string());
                 }
                 if ready(best) {
-                    for old in &kt.old {
-                        plan.stop(old, format!("replaced by task {}", short(&best.id)));
-                    }
                     if fresh(best) {
                         last_ready = last_ready.max(ready_at(best));
                     }
+                    // A new task replaces the old ones only once it stayed ready for the
+                    // monitor window: one that dies soon after starting leaves the old
+                    // version serving, and the rollback only has to stop it. The key no
+                    // longer counts against `parallelism` meanwhile.
                     if !fresh(best) || now >= ready_at(best).saturating_add(monitor) {
+                        for old in &kt.old {
+                            plan.stop(old, format!("replaced by task {}", short(&best.id)));
+                        }
                         updated += 1;
                     }
                 } else if fresh(best) && failure(best, now).is_none() {

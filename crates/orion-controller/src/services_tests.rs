@@ -146,6 +146,29 @@ impl World {
     }
 
     fn execute(&mut self) {
+        // Image `dies` runs for two seconds, then exits.
+        let dying: Vec<_> = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.spec.image == "dies" && t.state == TaskState::Running)
+            .filter(|t| t.running_since.is_some_and(|r| self.now >= r + 2_000))
+            .cloned()
+            .collect();
+        for t in dying {
+            self.state.apply(&Command::Report {
+                node: t.node.clone().unwrap_or_default(),
+                task_id: t.id.clone(),
+                allocation: t.allocation.clone().unwrap_or_default(),
+                status: AllocStatus::Exited {
+                    container_id: format!("c-{}", t.id),
+                    exit_code: 2,
+                    oom_killed: false,
+                },
+                backoff: BackoffConfig::default(),
+                at: self.now,
+            });
+        }
         let placed: Vec<_> = self
             .state
             .tasks
@@ -593,5 +616,32 @@ fn a_new_leader_continues_an_update_from_the_replicated_state() {
         w.deployment().starts_with("completed 3/3"),
         "{}",
         w.deployment()
+    );
+}
+
+/// Regression (`sh -c "exit 3"` reported running for two seconds before its exit): the old
+/// task was stopped as soon as the new one ran, so the old version did not serve throughout.
+#[test]
+fn an_update_whose_tasks_die_after_starting_keeps_the_old_tasks_running() {
+    // Its tasks die two seconds after starting: inside the five-second monitor window.
+    let spec = WEB.replace(r#""monitor":"2s""#, r#""monitor":"5s""#);
+    let mut w = World::new(&["n1", "n2", "n3"]);
+    w.service(&spec);
+    w.run(2);
+    let old_ids: Vec<String> = w.state.tasks.keys().cloned().collect();
+    w.service(&spec.replace(r#""image":"v1""#, r#""image":"dies""#));
+    w.run(10);
+    assert!(
+        w.deployment().starts_with("rolled-back"),
+        "{}",
+        w.deployment()
+    );
+    for id in &old_ids {
+        let t = &w.state.tasks[id];
+        assert_eq!(t.state, TaskState::Running, "{id}: {:?}", t.events);
+    }
+    check(
+        &w,
+        &["s1 v1 running n1", "s2 v1 running n2", "s3 v1 running n3"],
     );
 }

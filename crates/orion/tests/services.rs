@@ -168,7 +168,9 @@ async fn an_update_to_a_crashing_version_rolls_back_and_the_cli_says_why() {
     wait_healthy(&agent).await;
     wait_leader(&agent).await;
     let api = agent.api.clone();
-    let spec = sleeper_service("web", r#", "replicas": 2, "update": {"monitor": "1s"}"#);
+    // The default monitor window (5 s): a new task must stay up that long before the old one
+    // it replaces is stopped.
+    let spec = sleeper_service("web", r#", "replicas": 2"#);
     let (status, _) = post(&api, "/services", &spec).await.expect("create");
     assert_eq!(status, 201);
     let before: BTreeSet<String> = wait_running(&api, "web", 2)
