@@ -23,6 +23,21 @@ fn sleeper_service(name: &str, extra: &str) -> String {
     )
 }
 
+/// Runs the `orion` client against `api`.
+async fn orion_cli(api: &str, args: &[&str]) -> std::process::Output {
+    let api = api.to_string();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_orion"))
+            .args(&args)
+            .env("ORION_ADDR", api)
+            .output()
+            .expect("run orion")
+    })
+    .await
+    .expect("join")
+}
+
 async fn put(api: &str, path: &str, body: &str) -> Result<(u16, Value), String> {
     let r = client()
         .put(format!("{api}{path}"))
@@ -183,18 +198,18 @@ async fn an_update_to_a_crashing_version_rolls_back_and_the_cli_says_why() {
     let (status, same) = put(&api, "/services/web", &spec).await.expect("put");
     assert_eq!((status, &same["version"]), (200, &1.into()), "{same}");
 
-    let out = tokio::task::spawn_blocking({
-        let api = api.clone();
-        move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_orion"))
-                .args(["service", "update", "--args", "exit 3", "web"])
-                .env("ORION_ADDR", api)
-                .output()
-                .expect("run orion service update")
-        }
-    })
-    .await
-    .expect("join");
+    let ls = orion_cli(&api, &["service", "ls", "--json"]).await;
+    let list: Value = serde_json::from_slice(&ls.stdout).expect("service ls --json");
+    assert_eq!(list[0]["id"], "web", "{list}");
+    assert_eq!(list[0]["replicas"]["running"], 2, "{list}");
+    let ps = orion_cli(&api, &["service", "ps", "web"]).await;
+    let text = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        ps.status.success() && text.contains("web.1") && text.contains("web.2"),
+        "{text}"
+    );
+
+    let out = orion_cli(&api, &["service", "update", "--args", "exit 3", "web"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the update must fail: {stderr}");
     assert!(
