@@ -250,6 +250,17 @@ fn check(w: &World, want: &[&str]) {
     assert_eq!(w.summary(), want, "deployment: {}", w.deployment());
 }
 
+/// How many live tasks' summary lines hold `needle`.
+fn count(w: &World, needle: &str) -> usize {
+    w.summary().iter().filter(|l| l.contains(needle)).count()
+}
+
+/// Checks that the deployment's summary (`state updated/total message`) starts with `want`.
+fn check_deployment(w: &World, want: &str) {
+    let got = w.deployment();
+    assert!(got.starts_with(want), "deployment: {got}, wanted {want}…");
+}
+
 /// Like `check`, without the nodes (where an update's new tasks land is the scheduler's
 /// business).
 fn check_versions(w: &World, want: &[&str]) {
@@ -366,11 +377,7 @@ fn a_start_first_update_never_drops_below_the_count_and_completes() {
     w.service(&WEB.replace(r#""image":"v1""#, r#""image":"v2""#));
     w.run(20);
     check_versions(&w, &["s1 v2 running", "s2 v2 running", "s3 v2 running"]);
-    assert!(
-        w.deployment().starts_with("completed 3/3"),
-        "{}",
-        w.deployment()
-    );
+    check_deployment(&w, "completed 3/3");
     assert_eq!(w.min_running, 3, "start-first keeps every replica up");
     assert_eq!(w.state.services["web"].version, 2);
 }
@@ -385,11 +392,7 @@ fn a_stop_first_update_goes_below_the_count_and_completes() {
     w.service(&stop_first.replace(r#""image":"v1""#, r#""image":"v2""#));
     w.run(10);
     check_versions(&w, &["s1 v2 running", "s2 v2 running", "s3 v2 running"]);
-    assert!(
-        w.deployment().starts_with("completed"),
-        "{}",
-        w.deployment()
-    );
+    check_deployment(&w, "completed");
     assert_eq!(w.min_running, 0);
 }
 
@@ -409,11 +412,7 @@ fn parallelism_bounds_the_tasks_in_flight() {
     assert_eq!(v2(&w), 2, "{:?}", w.summary());
     w.run(6);
     assert_eq!(v2(&w), 4, "{:?}", w.summary());
-    assert!(
-        w.deployment().starts_with("completed 4/4"),
-        "{}",
-        w.deployment()
-    );
+    check_deployment(&w, "completed 4/4");
 }
 
 #[test]
@@ -462,13 +461,9 @@ fn an_update_that_never_turns_healthy_rolls_back_after_its_allowance() {
     w.service(&checked.replace(r#""image":"v1""#, r#""image":"sick""#));
     // 60 s of grace plus (1 s + 1 s) x 2 of the check's own allowance.
     w.run(62);
-    assert!(w.deployment().starts_with("running"), "{}", w.deployment());
+    check_deployment(&w, "running");
     w.run(5);
-    assert!(
-        w.deployment().starts_with("rolled-back"),
-        "{}",
-        w.deployment()
-    );
+    check_deployment(&w, "rolled-back");
     check(&w, &["s1 v1 running n1"]);
 }
 
@@ -480,17 +475,8 @@ fn the_pause_failure_action_stops_the_update_where_it_is() {
     w.run(2);
     w.service(&spec.replace(r#""image":"v1""#, r#""image":"crash""#));
     w.run(5);
-    assert!(
-        w.deployment().starts_with("paused 0/2 paused: task"),
-        "{}",
-        w.deployment()
-    );
-    let lines = w.summary();
-    assert_eq!(
-        lines.iter().filter(|l| l.contains(" v1 running")).count(),
-        2,
-        "{lines:?}"
-    );
+    check_deployment(&w, "paused 0/2 paused: task");
+    assert_eq!(count(&w, " v1 running"), 2, "{:?}", w.summary());
 }
 
 #[test]
@@ -524,11 +510,7 @@ fn a_rollback_on_request_returns_to_the_previous_spec() {
     });
     w.run(20);
     check_versions(&w, &["s1 v1 running", "s2 v1 running", "s3 v1 running"]);
-    assert!(
-        w.deployment().starts_with("rolled-back 3/3"),
-        "{}",
-        w.deployment()
-    );
+    check_deployment(&w, "rolled-back 3/3");
 }
 
 #[test]
@@ -542,13 +524,8 @@ fn max_per_node_leaves_a_task_waiting_rather_than_crowd_a_node() {
     );
     w.add_node("n3");
     w.run(3);
-    let lines = w.summary();
     // The waiting task was created before n3 existed, so it excluded n1 and n2 only.
-    assert_eq!(
-        lines.iter().filter(|l| l.contains("running")).count(),
-        3,
-        "{lines:?}"
-    );
+    assert_eq!(count(&w, "running"), 3, "{:?}", w.summary());
 }
 
 #[test]
@@ -602,7 +579,7 @@ fn a_new_leader_continues_an_update_from_the_replicated_state() {
     w.run(2);
     w.service(&WEB.replace(r#""image":"v1""#, r#""image":"v2""#));
     w.run(2);
-    assert!(w.deployment().starts_with("running"), "{}", w.deployment());
+    check_deployment(&w, "running");
     // The state as another node loads it from its rows; the decider keeps no memory of its own.
     let rows = w
         .state
@@ -612,11 +589,7 @@ fn a_new_leader_continues_an_update_from_the_replicated_state() {
     w.ids = SeededIds::new(99);
     w.run(20);
     check_versions(&w, &["s1 v2 running", "s2 v2 running", "s3 v2 running"]);
-    assert!(
-        w.deployment().starts_with("completed 3/3"),
-        "{}",
-        w.deployment()
-    );
+    check_deployment(&w, "completed 3/3");
 }
 
 /// Regression (`sh -c "exit 3"` reported running for two seconds before its exit): the old
@@ -631,11 +604,7 @@ fn an_update_whose_tasks_die_after_starting_keeps_the_old_tasks_running() {
     let old_ids: Vec<String> = w.state.tasks.keys().cloned().collect();
     w.service(&spec.replace(r#""image":"v1""#, r#""image":"dies""#));
     w.run(10);
-    assert!(
-        w.deployment().starts_with("rolled-back"),
-        "{}",
-        w.deployment()
-    );
+    check_deployment(&w, "rolled-back");
     for id in &old_ids {
         let t = &w.state.tasks[id];
         assert_eq!(t.state, TaskState::Running, "{id}: {:?}", t.events);
