@@ -24,6 +24,7 @@ use orion_state::{ClusterState, NodeStatus};
 use orion_types::env::IdSource;
 use orion_types::limits::SERVICE_TASK_HISTORY_MAX;
 use orion_types::service::{FailureAction, UpdateOrder, pinned_node};
+use orion_types::task::WAITING_FOR_SCHEDULER;
 use orion_types::{
     Command, Deployment, DeploymentState, Health, NewServiceTask, Service, ServiceMode,
     ServiceSpec, Task, TaskState, UnixMillis,
@@ -207,6 +208,13 @@ fn failure(t: &Task, now: UnixMillis) -> Option<String> {
     None
 }
 
+/// Why the scheduler found no node for a waiting task, if it looked.
+fn no_room(t: &Task) -> Option<&str> {
+    t.reason
+        .as_deref()
+        .filter(|r| t.needs_placement() && *r != WAITING_FOR_SCHEDULER)
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -304,6 +312,16 @@ fn decide_service(
                     }
                 } else if fresh(best) && failure(best, now).is_none() {
                     in_flight += 1;
+                    // Start-first found no room for the new task (a fixed published port, a
+                    // full node): make room by stopping the old one, as stop-first would.
+                    if let Some(why) = no_room(best) {
+                        for old in &kt.old {
+                            plan.stop(
+                                old,
+                                format!("stopped to make room for task {}: {why}", short(&best.id)),
+                            );
+                        }
+                    }
                 }
             }
         }

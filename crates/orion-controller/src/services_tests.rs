@@ -112,11 +112,23 @@ impl World {
         pending.sort_by_key(|t| (t.slot, t.spec.name.clone()));
         for t in pending {
             let usage = self.state.usage();
+            let fixed: Vec<_> = t
+                .spec
+                .ports
+                .iter()
+                .filter_map(|p| p.host_port.map(|h| (p.protocol, h)))
+                .collect();
             let node = self
                 .state
                 .nodes
                 .values()
                 .filter(|n| n.status == orion_state::NodeStatus::Up && !n.draining)
+                .filter(|n| {
+                    let used = usage.get(&n.meta.id);
+                    fixed
+                        .iter()
+                        .all(|p| used.is_none_or(|u| !u.ports.contains(p)))
+                })
                 .filter(|n| {
                     t.spec
                         .constraints
@@ -135,12 +147,23 @@ impl World {
                         task_id: t.id.clone(),
                         node: n.meta.id.clone(),
                         allocation: format!("a-{}", t.id),
-                        host_ports: t.spec.ports.iter().map(|_| 0).collect(),
+                        host_ports: t
+                            .spec
+                            .ports
+                            .iter()
+                            .map(|p| p.host_port.unwrap_or(0))
+                            .collect(),
                     }],
                     unplaced: vec![],
                     at: self.now,
                 };
                 self.state.apply(&cmd);
+            } else {
+                self.state.apply(&Command::Place {
+                    placements: vec![],
+                    unplaced: vec![(t.id.clone(), "no node has the port free".into())],
+                    at: self.now,
+                });
             }
         }
     }
@@ -613,4 +636,21 @@ fn an_update_whose_tasks_die_after_starting_keeps_the_old_tasks_running() {
         &w,
         &["s1 v1 running n1", "s2 v1 running n2", "s3 v1 running n3"],
     );
+}
+
+/// Regression: on one node with a fixed published port, start-first could never place the new
+/// task beside the old one, and the update rolled back after its allowance. Now the old task
+/// makes room, as stop-first would.
+#[test]
+fn start_first_without_room_makes_room_instead_of_failing() {
+    let mut w = World::new(&["n1"]);
+    let spec = r#"{"name":"web","image":"v1","replicas":1,"update":{"monitor":"1s"},
+        "ports":[{"target":80,"published":8080}]}"#;
+    w.service(spec);
+    w.run(2);
+    check(&w, &["s1 v1 running n1"]);
+    w.service(&spec.replace(r#""image":"v1""#, r#""image":"v2""#));
+    w.run(6);
+    check(&w, &["s1 v2 running n1"]);
+    check_deployment(&w, "completed 1/1");
 }

@@ -7,6 +7,10 @@ use crate::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The reason of a task the scheduler has not looked at yet; once it has and found no room,
+/// the reason is its explanation instead.
+pub const WAITING_FOR_SCHEDULER: &str = "waiting for the scheduler";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
@@ -68,7 +72,7 @@ impl Task {
             host_ports: Vec::new(),
             container_id: None,
             ports: Vec::new(),
-            reason: Some("waiting for the scheduler".to_string()),
+            reason: Some(WAITING_FOR_SCHEDULER.to_string()),
             exit_code: None,
             restarts: 0,
             consecutive_restarts: 0,

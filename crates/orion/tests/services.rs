@@ -288,3 +288,51 @@ async fn a_dead_node_s_replicas_come_back_and_answer() {
     );
     assert!(took < CONVERGE, "recovery took {took:?}");
 }
+
+/// One node and a fixed published port: start-first cannot run the new task beside the old
+/// one, so the old one makes room (a short gap, until the mesh publishes ports), the update
+/// completes, and the port answers. Loopback network 127.0.44.0/24.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_on_one_node_with_a_published_port_completes() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let agent = Agent::start(
+        "svc-port-n1",
+        "127.0.44.1".parse().expect("ip"),
+        &["--bootstrap"],
+    );
+    wait_healthy(&agent).await;
+    wait_leader(&agent).await;
+    let api = agent.api.clone();
+    let body = |page: &str| {
+        format!(
+            r#"{{"name": "web", "image": "{IMAGE}", "memory": "16m", "stopGracePeriod": "1s",
+                "command": ["sh", "-c", "echo {page} > /tmp/index.html && busybox httpd -f -p 80 -h /tmp"],
+                "ports": [{{"target": 80, "published": 18080}}], "update": {{"monitor": "1s"}}}}"#
+        )
+    };
+    let (status, s) = post(&api, "/services", &body("one")).await.expect("create");
+    assert_eq!(status, 201, "{s}");
+    wait_running(&api, "web", 1).await;
+    let page = || async { http_page("127.0.44.1:18080").await };
+    wait_for(CONVERGE, "version one to answer", || async {
+        page().await.filter(|p| p.contains("one"))
+    })
+    .await;
+    let (status, s) = put(&api, "/services/web", &body("two")).await.expect("put");
+    assert_eq!((status, &s["version"]), (200, &2.into()), "{s}");
+    let s = wait_for(CONVERGE, "the deployment to end", || {
+        let api = api.clone();
+        async move {
+            let (_, s) = get(&api, "/services/web").await.ok()?;
+            (s["deployment"]["state"] != "running").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(s["deployment"]["state"], "completed", "{s}");
+    wait_for(CONVERGE, "version two to answer", || async {
+        page().await.filter(|p| p.contains("two"))
+    })
+    .await;
+}
