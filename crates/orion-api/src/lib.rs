@@ -5,8 +5,11 @@
 //! included, is JSON. The agent implements `Backend` on top of Raft, gossip and the executor.
 
 mod events;
+mod service_view;
+mod services;
 mod view;
 
+pub use service_view::{SERVICE_VIEW_ONLY_FIELDS, format_duration, service_json, spec_json};
 pub use view::{NodeView, StatusView, TaskView};
 
 use axum::body::Body;
@@ -17,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use orion_state::ClusterState;
 use orion_types::api::parse_task_request;
+use orion_types::config::parse_config_patch;
 use orion_types::{Command, Response as CmdResponse, Task, TaskState, limits};
 use serde::Deserialize;
 use std::future::Future;
@@ -53,6 +57,9 @@ impl ApiError {
     }
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
@@ -109,6 +116,23 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/tasks/{id}", get(get_task::<B>).delete(delete_task::<B>))
         .route("/tasks/{id}/logs", get(task_logs::<B>))
         .route("/events", get(events::events::<B>))
+        .route(
+            "/cluster/config",
+            get(get_cluster_config::<B>).put(put_cluster_config::<B>),
+        )
+        .route(
+            "/services",
+            get(services::list::<B>).post(services::create::<B>),
+        )
+        .route(
+            "/services/{id}",
+            get(services::get_one::<B>)
+                .put(services::update::<B>)
+                .delete(services::delete::<B>),
+        )
+        .route("/services/{id}/tasks", get(services::tasks::<B>))
+        .route("/services/{id}/scale", post(services::scale::<B>))
+        .route("/services/{id}/rollback", post(services::rollback::<B>))
         .fallback(|| async { ApiError::not_found("no such route; see API.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -168,8 +192,8 @@ struct ListQuery {
 }
 
 #[derive(Debug, Deserialize)]
-struct ReadQuery {
-    consistent: Option<bool>,
+pub(crate) struct ReadQuery {
+    pub(crate) consistent: Option<bool>,
 }
 
 async fn list_tasks<B: Backend>(
@@ -292,6 +316,41 @@ async fn delete_task<B: Backend>(
     }
 }
 
+async fn get_cluster_config<B: Backend>(
+    State(b): State<Arc<B>>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    if q.consistent.unwrap_or(false) {
+        b.consistent_read().await?;
+    }
+    Ok(Json(b.read(|s| s.config()).to_json()).into_response())
+}
+
+/// Merges the fields of the body over the current config (as this replica knows it) and
+/// proposes the result. Two concurrent changes of different fields can undo each other: the
+/// later one carries the earlier value of the other's field.
+async fn put_cluster_config<B: Backend>(
+    State(b): State<Arc<B>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body).await?;
+    let current = b.read(|s| s.config());
+    let config =
+        parse_config_patch(&bytes, &current).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let cmd = Command::SetClusterConfig {
+        config,
+        if_unset: false,
+        at: b.now_ms(),
+    };
+    match b.write(cmd).await? {
+        CmdResponse::Ok | CmdResponse::Ignored(_) => Ok(Json(config.to_json()).into_response()),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a config change: {other:?}"
+        ))),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct LogsQuery {
     follow: Option<bool>,
@@ -310,7 +369,7 @@ async fn task_logs<B: Backend>(
 }
 
 /// Reads a request body within the size limit and the time limit.
-async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
     match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         axum::body::to_bytes(body, limits::BODY_BYTES_MAX),

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-fn rfc3339(ms: UnixMillis) -> String {
+pub(crate) fn rfc3339(ms: UnixMillis) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -46,6 +46,16 @@ pub struct TaskView {
     pub created_at: String,
     pub updated_at: String,
     pub events: Vec<EventView>,
+    /// The service it belongs to; `None` for a one-off task.
+    pub service: Option<String>,
+    /// The service's version it runs; `None` for a one-off task.
+    pub version: Option<u64>,
+    /// Its slot in a replicated service.
+    pub slot: Option<u32>,
+    /// none, starting, healthy or unhealthy.
+    pub health: String,
+    /// The last health probe's output (bounded).
+    pub health_output: Option<String>,
 }
 
 impl From<&Task> for TaskView {
@@ -95,6 +105,11 @@ impl From<&Task> for TaskView {
                     message: e.message.clone(),
                 })
                 .collect(),
+            service: t.service.clone(),
+            version: t.service.as_ref().map(|_| t.version),
+            slot: t.slot,
+            health: t.health.as_str().to_string(),
+            health_output: t.health_output.clone(),
         }
     }
 }

@@ -16,7 +16,7 @@
 //! never holds anything up, it just finds its index gone.
 
 use orion_state::{ClusterState, Key, NodeStatus};
-use orion_types::{Command, TaskState};
+use orion_types::{Command, DeploymentState, Health, TaskState};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -76,9 +76,28 @@ fn rfc3339(ms: u64) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TaskSeen {
     state: TaskState,
+    health: Health,
     allocation: Option<String>,
     container: Option<String>,
     node: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServiceSeen {
+    version: u64,
+    replicas: u32,
+    deployment: Option<(String, DeploymentState, u32)>,
+}
+
+fn service_seen(s: &orion_types::Service) -> ServiceSeen {
+    ServiceSeen {
+        version: s.version,
+        replicas: s.spec.replicas,
+        deployment: s
+            .deployment
+            .as_ref()
+            .map(|d| (d.id.clone(), d.state, d.updated)),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,11 +113,13 @@ struct NodeSeen {
 pub struct Deriver {
     tasks: HashMap<String, TaskSeen>,
     nodes: HashMap<String, NodeSeen>,
+    services: HashMap<String, ServiceSeen>,
 }
 
 fn task_seen(t: &orion_types::Task) -> TaskSeen {
     TaskSeen {
         state: t.state,
+        health: t.health,
         allocation: t.allocation.clone(),
         container: t.container_id.clone(),
         node: t.node.clone(),
@@ -111,22 +132,6 @@ fn node_seen(r: &orion_state::NodeRecord) -> NodeSeen {
         left: r.left,
         draining: r.draining,
         generation: r.meta.generation,
-    }
-}
-
-/// The time an entry happened, from the command's own stamp.
-fn command_at(cmd: &Command) -> u64 {
-    match cmd {
-        Command::CreateTask { at, .. }
-        | Command::CreatePlacedTask { at, .. }
-        | Command::DeleteTask { at, .. }
-        | Command::Place { at, .. }
-        | Command::Report { at, .. }
-        | Command::UpsertNode { at, .. }
-        | Command::NodeDown { at, .. }
-        | Command::NodeLeave { at, .. }
-        | Command::SetDrain { at, .. }
-        | Command::Requeue { at, .. } => *at,
     }
 }
 
@@ -144,6 +149,11 @@ impl Deriver {
                 .iter()
                 .map(|(id, r)| (id.clone(), node_seen(r)))
                 .collect(),
+            services: state
+                .services
+                .iter()
+                .map(|(id, s)| (id.clone(), service_seen(s)))
+                .collect(),
         }
     }
 
@@ -159,7 +169,7 @@ impl Deriver {
         state: &ClusterState,
         touched: &[Key],
     ) -> Vec<Event> {
-        let at_ms = cmd.map_or(fallback_at_ms, command_at);
+        let at_ms = cmd.map_or(fallback_at_ms, Command::at);
         let at = rfc3339(at_ms);
         let mut out: Vec<(Topic, String, String, Value)> = Vec::new();
         if cmd.is_none()
@@ -178,6 +188,9 @@ impl Deriver {
             match key {
                 Key::Task(id) => self.task_events(id, state, &mut out),
                 Key::Node(id) => self.node_events(id, state, &mut out),
+                Key::Service(id) => self.service_events(id, state, &mut out),
+                // Cluster-wide settings are not one of the API's topics.
+                Key::Config => {}
             }
         }
         let base = raft_index.saturating_mul(EVENTS_PER_ENTRY_MAX);
@@ -255,6 +268,13 @@ impl Deriver {
             }
             return;
         };
+        if before.health != now.health {
+            match now.health {
+                Health::Healthy => push("healthy"),
+                Health::Unhealthy => push("unhealthy"),
+                Health::None | Health::Starting => {}
+            }
+        }
         if before.state == now.state && before.allocation == now.allocation {
             if before.container != now.container && now.state == TaskState::Running {
                 push("running");
@@ -275,6 +295,74 @@ impl Deriver {
             TaskState::Pending => "requeued",
         };
         push(kind);
+    }
+
+    fn service_events(
+        &mut self,
+        id: &str,
+        state: &ClusterState,
+        out: &mut Vec<(Topic, String, String, Value)>,
+    ) {
+        let Some(svc) = state.services.get(id) else {
+            if self.services.remove(id).is_some() {
+                out.push((Topic::Service, "deleted".into(), id.to_string(), json!({})));
+            }
+            return;
+        };
+        let now = service_seen(svc);
+        let before = self.services.insert(id.to_string(), now.clone());
+        let payload = json!({
+            "version": svc.version,
+            "replicas": svc.spec.replicas,
+            "image": svc.spec.task.image,
+        });
+        let mut push = |topic: Topic, kind: &str, payload: Value| {
+            out.push((topic, kind.to_string(), id.to_string(), payload));
+        };
+        match &before {
+            None => push(Topic::Service, "created", payload.clone()),
+            Some(b) => {
+                if b.version != now.version {
+                    push(Topic::Service, "updated", payload.clone());
+                }
+                if b.replicas != now.replicas {
+                    push(Topic::Service, "scaled", payload.clone());
+                }
+            }
+        }
+        let Some(d) = &svc.deployment else {
+            return;
+        };
+        let before_d = before.and_then(|b| b.deployment);
+        let dpayload = json!({
+            "id": d.id,
+            "state": d.state.as_str(),
+            "fromVersion": d.from_version,
+            "toVersion": d.to_version,
+            "updated": d.updated,
+            "total": d.total,
+            "message": d.message,
+        });
+        let kind = match &before_d {
+            Some((bid, bstate, bupdated)) if *bid == d.id => {
+                if *bstate != d.state {
+                    match d.state {
+                        DeploymentState::Running => "resumed",
+                        DeploymentState::Completed => "completed",
+                        DeploymentState::Paused => "paused",
+                        DeploymentState::RollingBack => "rolling-back",
+                        DeploymentState::RolledBack => "rolled-back",
+                        DeploymentState::Failed => "failed",
+                    }
+                } else if *bupdated != d.updated {
+                    "progress"
+                } else {
+                    return;
+                }
+            }
+            _ => "started",
+        };
+        push(Topic::Deployment, kind, dpayload);
     }
 
     fn node_events(

@@ -1,7 +1,7 @@
 //! The state machine on redb (`<data_dir>/state.redb`) plus its in-memory copy, and snapshots.
 //!
 //! Memory holds the whole `ClusterState` (every read is served from it); redb holds one row per
-//! node and per task, written from `ClusterState::row` for exactly the keys a batch touched, in
+//! node, per task and per service (`Key`), written from `ClusterState::row` for exactly the keys a batch touched, in
 //! the same write transaction as `last_applied` and `last_membership`. On open the rows are
 //! loaded back with `ClusterState::from_rows`.
 //!

@@ -29,14 +29,15 @@ impl fmt::Display for ValidationError {
 
 impl std::error::Error for ValidationError {}
 
-fn err(field: &str, message: impl Into<String>) -> ValidationError {
+pub(crate) fn err(field: &str, message: impl Into<String>) -> ValidationError {
     ValidationError {
         field: field.to_string(),
         message: message.into(),
     }
 }
 
-const FIELDS: &[&str] = &[
+/// The fields of `POST /tasks`.
+pub(crate) const FIELDS: &[&str] = &[
     "image",
     "name",
     "command",
@@ -53,6 +54,31 @@ const FIELDS: &[&str] = &[
 
 /// Parses a `POST /tasks` body into a valid `TaskSpec`.
 pub fn parse_task_request(body: &[u8]) -> Result<TaskSpec, ValidationError> {
+    validate_task(&parse_object(body)?)
+}
+
+/// Validates an already parsed JSON object.
+pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationError> {
+    refuse_unknown(obj, FIELDS)?;
+    task_fields(obj)
+}
+
+/// Refuses the first field of `obj` that is not in `known`, naming it.
+pub(crate) fn refuse_unknown(
+    obj: &Map<String, Value>,
+    known: &[&str],
+) -> Result<(), ValidationError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(err(
+            unknown,
+            format!("unknown field; known fields are {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Parses a JSON body into an object, or an error that names no field.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ValidationError> {
     if body.len() > BODY_BYTES_MAX {
         return Err(err(
             "",
@@ -61,20 +87,15 @@ pub fn parse_task_request(body: &[u8]) -> Result<TaskSpec, ValidationError> {
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| err("", format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(err("", "request body must be a JSON object"));
-    };
-    validate_task(&obj)
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(err("", "request body must be a JSON object")),
+    }
 }
 
-/// Validates an already parsed JSON object.
-pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationError> {
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(err(
-            unknown,
-            format!("unknown field; known fields are {}", FIELDS.join(", ")),
-        ));
-    }
+/// The fields a task and a service share (`FIELDS`), validated into a `TaskSpec`. The caller
+/// has refused unknown fields already. Services use it too, so both are validated alike.
+pub(crate) fn task_fields(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationError> {
     let image = match obj.get("image") {
         None | Some(Value::Null) => return Err(err("image", "is required")),
         Some(Value::String(s)) => s.trim().to_string(),
@@ -199,6 +220,8 @@ pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationErr
         node_selectors,
         constraints,
         strategy,
+        healthcheck: None,
+        stop_grace_period_ms: None,
     })
 }
 
@@ -237,7 +260,7 @@ fn opt_string(
     }
 }
 
-fn string_map(
+pub(crate) fn string_map(
     obj: &Map<String, Value>,
     field: &str,
 ) -> Result<BTreeMap<String, String>, ValidationError> {
@@ -452,7 +475,7 @@ fn parse_ports(v: Option<&Value>) -> Result<Vec<PortSpec>, ValidationError> {
     Ok(out)
 }
 
-fn parse_port_number(s: &str) -> Option<u16> {
+pub(crate) fn parse_port_number(s: &str) -> Option<u16> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 5 {
         return None;
     }

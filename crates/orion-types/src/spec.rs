@@ -113,6 +113,12 @@ pub struct TaskSpec {
     pub constraints: Vec<Constraint>,
     /// Overrides the cluster's scheduling strategy for this task.
     pub strategy: Option<Strategy>,
+    /// The health check the task's executor runs (tasks of a service that defines one).
+    #[serde(default)]
+    pub healthcheck: Option<crate::service::HealthCheck>,
+    /// Between the stop signal and SIGKILL; `None`: the executor's default.
+    #[serde(default)]
+    pub stop_grace_period_ms: Option<u64>,
 }
 
 impl TaskSpec {

@@ -15,6 +15,7 @@ use orion_docker::DockerRuntime;
 use orion_gossip::{Gossip, GossipConfig, MemberStatus};
 use orion_raft::{RaftConfig, RaftNode, WriteError};
 use orion_state::ClusterState;
+use orion_types::env::{IdSource, RandomIds, SystemClock};
 use orion_types::{Command, NodeMeta, Response, Task};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct Node {
     pub gossip: Gossip<NodeMeta>,
     pub docker: DockerRuntime,
     http: reqwest::Client,
+    /// Allocation ids of placements at creation (the controller shares it).
+    ids: Arc<dyn IdSource>,
     /// Creates this node is proposing right now (see `Node::create`).
     creates_in_flight: AtomicUsize,
 }
@@ -109,41 +112,12 @@ impl Node {
         res
     }
 
+    /// The placement of a new task at creation, decided by the controller's placement code.
     fn place_now(&self, task_id: &str, spec: &orion_types::TaskSpec, at: u64) -> Option<Command> {
-        let (waiting, nodes, usage) = self.raft.read(|s| {
-            (
-                s.tasks.values().any(|t| t.needs_placement()),
-                s.nodes.clone(),
-                s.usage(),
-            )
-        });
-        if waiting {
-            return None;
-        }
-        let members = self
-            .gossip
-            .members()
-            .into_iter()
-            .map(|m| (m.node_id.clone(), m))
-            .collect();
-        let snapshot = controller::scheduler_snapshot(&self.cfg, &members, &nodes, usage);
-        let request = orion_scheduler::TaskRequest::from_spec(task_id, spec);
-        match orion_scheduler::place(&snapshot, &[request]).pop()? {
-            orion_scheduler::Decision::Placed {
-                node, host_ports, ..
-            } => Some(Command::CreatePlacedTask {
-                task_id: task_id.to_string(),
-                spec: Box::new(spec.clone()),
-                placement: orion_types::Placement {
-                    task_id: task_id.to_string(),
-                    node,
-                    allocation: uuid::Uuid::new_v4().simple().to_string(),
-                    host_ports,
-                },
-                at,
-            }),
-            orion_scheduler::Decision::Unplaced { .. } => None,
-        }
+        let members = controller::members_view(&self.gossip);
+        self.raft.read(|s| {
+            orion_controller::place_at_creation(s, &members, task_id, spec, at, self.ids.as_ref())
+        })
     }
 }
 
@@ -430,6 +404,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("cannot build the HTTP client")?;
+    let ids: Arc<dyn IdSource> = Arc::new(RandomIds::default());
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         events,
@@ -437,6 +412,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         gossip,
         docker: docker.clone(),
         http,
+        ids: ids.clone(),
         creates_in_flight: AtomicUsize::new(0),
     });
 
@@ -451,7 +427,19 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         node.clone(),
         stop_rx.clone(),
     );
-    let controller = tokio::spawn(controller::run(node.clone(), stop_rx.clone()));
+    let driver = controller::Driver {
+        raft: node.raft.clone(),
+        gossip: node.gossip.clone(),
+        clock: Arc::new(SystemClock),
+        ids,
+        settings: orion_controller::Settings {
+            node_id: cfg.id.clone(),
+            voter_grace_ms: cfg.voter_grace_ms,
+            // Only the bootstrapping node's flags seed the cluster config.
+            seed_config: cfg.bootstrap.then(|| cfg.cluster_config()),
+        },
+    };
+    let controller = tokio::spawn(controller::run(driver, stop_rx.clone()));
     let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
 
     let app = orion_api::router(node.clone());

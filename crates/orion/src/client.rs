@@ -9,6 +9,8 @@ use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
+mod service;
+
 /// How long `run --wait` waits for a task to run or fail.
 const WAIT_LIMIT: Duration = Duration::from_secs(300);
 /// Every request but a followed log stream is bounded by this.
@@ -102,6 +104,14 @@ pub enum ClientCmd {
         #[arg(long, value_delimiter = ',')]
         topic: Vec<String>,
     },
+    /// Cluster-wide settings
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Manage services: create, ls, ps, inspect, update, scale, rollback, rm
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
     /// Print a task's container logs, from whichever node runs it
     Logs {
         #[command(flatten)]
@@ -114,6 +124,61 @@ pub enum ClientCmd {
         #[arg(long)]
         tail: Option<usize>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Show the cluster-wide settings, or change the ones given
+    Config(Box<ConfigArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    c: ClientArgs,
+    /// Placement strategy for tasks that do not name one: spread or binpack
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Host ports chosen for "0"/"" port bindings, FIRST-LAST
+    #[arg(long)]
+    dynamic_ports: Option<String>,
+    /// Most Raft voters (the leader keeps an odd count up to this)
+    #[arg(long)]
+    voters: Option<u64>,
+    /// First restart delay after a container exits, in ms
+    #[arg(long)]
+    restart_base_ms: Option<u64>,
+    /// Longest restart delay, in ms
+    #[arg(long)]
+    restart_max_ms: Option<u64>,
+    /// A container that ran this long resets its restart back-off, in ms
+    #[arg(long)]
+    restart_reset_ms: Option<u64>,
+}
+
+impl ConfigArgs {
+    /// The `PUT /cluster/config` body of the flags given; `None` when none is (a plain show).
+    fn patch(&self) -> Option<Value> {
+        let mut body = Map::new();
+        if let Some(s) = &self.strategy {
+            body.insert("strategy".into(), json!(s));
+        }
+        if let Some(p) = &self.dynamic_ports {
+            body.insert("dynamicPorts".into(), json!(p));
+        }
+        let numbers = [
+            ("voters", self.voters),
+            ("restartBaseMs", self.restart_base_ms),
+            ("restartMaxMs", self.restart_max_ms),
+            ("restartResetAfterMs", self.restart_reset_ms),
+        ];
+        for (field, n) in numbers {
+            if let Some(n) = n {
+                body.insert(field.into(), json!(n));
+            }
+        }
+        (!body.is_empty()).then_some(Value::Object(body))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +292,7 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
         }
         ClientCmd::Ui(args) => crate::ui::run(args).await,
         ClientCmd::Run(args) => run_task(*args).await,
+        ClientCmd::Service(cmd) => service::run(cmd).await,
         ClientCmd::Ps { c, all, node } => {
             let api = Api::new(&c)?;
             let mut path = "/tasks".to_string();
@@ -270,26 +336,7 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             let api = Api::new(&c)?;
             print_json(&api.get(&format!("/tasks/{id}")).await?)
         }
-        ClientCmd::Rm { c, ids } => {
-            let api = Api::new(&c)?;
-            let mut failed = 0;
-            for id in ids {
-                match api
-                    .call(reqwest::Method::DELETE, &format!("/tasks/{id}"), None)
-                    .await
-                {
-                    Ok(t) => println!("{}", t["id"].as_str().unwrap_or(&id)),
-                    Err(e) => {
-                        eprintln!("orion: {id}: {e}");
-                        failed += 1;
-                    }
-                }
-            }
-            if failed > 0 {
-                bail!("{failed} task(s) could not be removed");
-            }
-            Ok(())
-        }
+        ClientCmd::Rm { c, ids } => delete_each(&Api::new(&c)?, "tasks", "task", ids).await,
         ClientCmd::Nodes { c } => {
             let api = Api::new(&c)?;
             let nodes = api.get("/nodes").await?;
@@ -349,6 +396,9 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             println!("learners: {}", join(&s["learners"]));
             Ok(())
         }
+        ClientCmd::Cluster {
+            cmd: ClusterCmd::Config(a),
+        } => cluster_config(*a).await,
         ClientCmd::Drain { c, node } => set_drain(c, node, "drain").await,
         ClientCmd::Undrain { c, node } => set_drain(c, node, "undrain").await,
         ClientCmd::Logs {
@@ -463,6 +513,57 @@ async fn print_events(
             }
             out.flush()?;
         }
+    }
+    Ok(())
+}
+
+async fn cluster_config(a: ConfigArgs) -> Result<()> {
+    let api = Api::new(&a.c)?;
+    let config = match a.patch() {
+        Some(body) => {
+            api.call(reqwest::Method::PUT, "/cluster/config", Some(body))
+                .await?
+        }
+        None => api.get("/cluster/config").await?,
+    };
+    if a.c.json {
+        return print_json(&config);
+    }
+    let text = |f: &str| match &config[f] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("strategy:        {}", text("strategy"));
+    println!("dynamic ports:   {}", text("dynamicPorts"));
+    println!("voters:          {}", text("voters"));
+    println!("restart base:    {} ms", text("restartBaseMs"));
+    println!("restart max:     {} ms", text("restartMaxMs"));
+    println!("restart reset:   {} ms", text("restartResetAfterMs"));
+    Ok(())
+}
+
+/// `DELETE /{collection}/{id}` for each id, printing each id removed; one line on stderr for
+/// each that could not be, and an error if any could not.
+async fn delete_each(api: &Api, collection: &str, noun: &str, ids: Vec<String>) -> Result<()> {
+    let mut failed = 0;
+    for id in ids {
+        match api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/{collection}/{id}"),
+                None,
+            )
+            .await
+        {
+            Ok(t) => println!("{}", t["id"].as_str().unwrap_or(&id)),
+            Err(e) => {
+                eprintln!("orion: {id}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} {noun}(s) could not be removed");
     }
     Ok(())
 }
@@ -728,6 +829,48 @@ mod tests {
             ClientCmd::Run(a) => run_body(&a).expect("body"),
             _ => panic!("not run"),
         }
+    }
+
+    /// The PUT body of `orion cluster config ARGS`, `None` for a plain show.
+    fn check_config(args: &[&str], want: Option<Value>) {
+        let t = T::try_parse_from(
+            ["orion", "cluster", "config"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .expect("parse");
+        match t.cmd {
+            ClientCmd::Cluster {
+                cmd: ClusterCmd::Config(a),
+            } => assert_eq!(a.patch(), want, "{args:?}"),
+            _ => panic!("not cluster config"),
+        }
+    }
+
+    #[test]
+    fn cluster_config_flags_become_a_partial_change() {
+        check_config(&[], None);
+        check_config(&["--json"], None);
+        check_config(
+            &["--strategy", "binpack", "--voters", "5"],
+            Some(json!({"strategy": "binpack", "voters": 5})),
+        );
+        check_config(
+            &[
+                "--dynamic-ports",
+                "30000-31000",
+                "--restart-base-ms",
+                "200",
+                "--restart-max-ms",
+                "3200",
+                "--restart-reset-ms",
+                "0",
+            ],
+            Some(json!({
+                "dynamicPorts": "30000-31000", "restartBaseMs": 200, "restartMaxMs": 3200,
+                "restartResetAfterMs": 0
+            })),
+        );
     }
 
     #[test]
