@@ -113,6 +113,10 @@ pub struct TaskSpec {
     pub constraints: Vec<Constraint>,
     /// Overrides the cluster's scheduling strategy for this task.
     pub strategy: Option<Strategy>,
+    /// Opt-in: a node cut off from the quorum this long stops the task's container (Nomad's
+    /// `stop_after_client_disconnect`). `None`: the container keeps running while cut off.
+    #[serde(default)]
+    pub stop_after_disconnect_ms: Option<u64>,
 }
 
 impl TaskSpec {
