@@ -25,6 +25,7 @@ use orion_types::{AllocId, AllocStatus, Command, Task, TaskState};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -53,10 +54,10 @@ const EVENTS_RETRY_MAX: Duration = Duration::from_secs(5);
 const READY_RETRY: Duration = Duration::from_millis(200);
 /// One catch-up check gives up after this long (a write without a leader waits up to 4 s).
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Leader contact is sampled this often; the sample is also how a stall of this process is
-/// seen (two samples much further apart than this).
+/// Leader contact is sampled this often, and the stall watch ticks this often (a stall of
+/// this process shows as two ticks much further apart).
 const CONTACT_CHECK_PERIOD: Duration = Duration::from_millis(200);
-/// Longer than this without leader contact, or between two contact samples, is a gap: the
+/// Longer than this without leader contact, or between two stall-watch ticks, is a gap: the
 /// leader heartbeats every 50 ms and elects within 300-600 ms, so a second is never normal.
 pub const CONTACT_GAP_MS: u64 = 1_000;
 /// Backstop bound on every runtime call the driver makes, above the runtime's own bounds
@@ -96,7 +97,7 @@ pub async fn run<R: ContainerRuntime, C: Cluster>(
         epoch: 0,
         ready_in_flight: false,
         ready_checks: 0,
-        last_sample_ms: None,
+        stall_watch: Arc::new(StallWatch::default()),
     };
     ex.run(shutdown).await;
 }
@@ -121,7 +122,15 @@ struct Executor<R: ContainerRuntime, C: Cluster> {
     ready_in_flight: bool,
     /// Catch-up checks begun; all but the first wait `READY_RETRY` before asking.
     ready_checks: u64,
-    last_sample_ms: Option<u64>,
+    stall_watch: Arc<StallWatch>,
+}
+
+/// What the stall watch saw: the largest gap between two of its ticks since the last contact
+/// sample, and when it last ticked.
+#[derive(Debug, Default)]
+struct StallWatch {
+    worst_gap_ms: AtomicU64,
+    last_tick_ms: AtomicU64,
 }
 
 impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
@@ -132,6 +141,10 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             self.cfg.node_id.clone(),
             wake_events.clone(),
         ));
+        self.stall_watch
+            .last_tick_ms
+            .store(self.clock.now_ms(), Ordering::SeqCst);
+        let stalls = tokio::spawn(watch_stalls(self.clock.clone(), self.stall_watch.clone()));
         self.check_ready();
         let mut changes = self.cluster.changes();
         let mut resync = tokio::time::interval(RESYNC_PERIOD);
@@ -174,6 +187,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             }
         }
         watcher.abort();
+        stalls.abort();
         self.jobs.abort_all();
     }
 
@@ -214,11 +228,14 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
 
     /// Looks for a gap in leader contact or a stall of this process since the last sample.
     fn sample_contact(&mut self) {
-        let now = self.clock.now_ms();
-        let stalled = self
-            .last_sample_ms
-            .is_some_and(|last| now.saturating_sub(last) > CONTACT_GAP_MS);
-        self.last_sample_ms = Some(now);
+        // A stall shows in the watch's ticks, or, just after one and before the watch ran
+        // again, as a watch that has not ticked for too long.
+        let since_tick = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.stall_watch.last_tick_ms.load(Ordering::SeqCst));
+        let stalled = self.stall_watch.worst_gap_ms.swap(0, Ordering::SeqCst) > CONTACT_GAP_MS
+            || since_tick > CONTACT_GAP_MS;
         let lost = self
             .cluster
             .leader_contact_age_ms()
@@ -398,6 +415,22 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                 });
             }
         }
+    }
+}
+
+/// Ticks every `CONTACT_CHECK_PERIOD` and keeps the largest gap seen between two ticks: a
+/// gap far beyond the period means the whole process stood still (SIGSTOP, a VM pause). It
+/// runs as its own task so that the loop waiting on a slow runtime call is not taken for one.
+async fn watch_stalls(clock: Arc<dyn Clock>, watch: Arc<StallWatch>) {
+    let mut tick = tokio::time::interval(CONTACT_CHECK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = clock.now_ms();
+        let last = watch.last_tick_ms.swap(now, Ordering::SeqCst);
+        watch
+            .worst_gap_ms
+            .fetch_max(now.saturating_sub(last), Ordering::SeqCst);
     }
 }
 

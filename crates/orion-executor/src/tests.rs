@@ -887,6 +887,32 @@ async fn stale_replica_after_a_stall_nothing_starts_until_caught_up() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn stale_replica_after_a_stall_a_frozen_process_checks_again() {
+    let r = rig(|c, _| c.place("t1", "", vec![]));
+    r.until(Duration::from_secs(5), "t1 running", |r| {
+        r.state_of("t1") == TaskState::Running
+    })
+    .await;
+    // The whole process stands still for three seconds (SIGSTOP): leader contact looks fine
+    // afterwards, yet the replica may have missed anything meanwhile.
+    r.cluster.ready.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    r.cluster.place("t2", "", vec![]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(
+        r.state_of("t2"),
+        TaskState::Running,
+        "started on a stale replica"
+    );
+    r.cluster.ready.store(true, Ordering::SeqCst);
+    r.until(Duration::from_secs(5), "t2 running", |r| {
+        r.state_of("t2") == TaskState::Running
+    })
+    .await;
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn stale_replica_after_a_stall_stop_after_disconnect_stops_the_container() {
     let r = rig(|c, _| {
         c.place("keep", "", vec![]);
