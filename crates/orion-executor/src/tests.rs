@@ -601,6 +601,14 @@ impl Rig {
         }
     }
 
+    /// Waits until task `id` is recorded running.
+    async fn until_running(&self, id: &str, limit: Duration) {
+        self.until(limit, &format!("{id} running"), |r| {
+            r.state_of(id) == TaskState::Running
+        })
+        .await;
+    }
+
     fn state_of(&self, id: &str) -> TaskState {
         self.cluster.task(id).state
     }
@@ -643,10 +651,7 @@ fn leftover(rt: &FakeRuntime, name: &str, alloc: &str, host_port: u16) -> String
 async fn driver_starts_reports_ports_and_removes_on_delete() {
     // The scheduler chose host port 31000 for the dynamic port.
     let r = rig(|c, _| c.place("t1", r#", "portBindings": {"80/tcp": ""}"#, vec![31_000]));
-    r.until(Duration::from_secs(5), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(5)).await;
     let t = r.cluster.task("t1");
     let c = &r.runtime.containers()[0];
     assert_eq!(t.container_id.as_deref(), Some(c.id.as_str()));
@@ -671,10 +676,7 @@ async fn driver_adopts_the_container_of_the_current_allocation() {
         c.place("t1", "", vec![]);
         cid = leftover(rt, "orion-kept", "a-t1", 0);
     });
-    r.until(Duration::from_secs(5), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(5)).await;
     assert_eq!(
         r.cluster.task("t1").container_id.as_deref(),
         Some(cid.as_str())
@@ -693,10 +695,7 @@ async fn driver_adopts_the_container_of_the_current_allocation() {
 #[tokio::test(start_paused = true)]
 async fn driver_reports_oom_and_restarts_after_the_back_off() {
     let r = rig(|c, _| c.place("t1", "", vec![]));
-    r.until(Duration::from_secs(5), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(5)).await;
     let cid = r.cluster.task("t1").container_id.expect("container");
     assert!(r.runtime.exit(&cid, 137, true));
     r.until(Duration::from_secs(5), "exit recorded", |r| {
@@ -720,10 +719,7 @@ async fn driver_reports_oom_and_restarts_after_the_back_off() {
     );
     let due = t.restart_at.expect("due");
     let waited_from = r.clock.now_ms();
-    r.until(Duration::from_secs(10), "restarted", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(10)).await;
     let starts: Vec<u64> = r
         .runtime
         .calls()
@@ -744,10 +740,7 @@ async fn driver_reports_oom_and_restarts_after_the_back_off() {
 #[tokio::test(start_paused = true)]
 async fn driver_fails_a_task_whose_image_is_absent_naming_the_image() {
     let r = rig(|c, _| c.place("t1", "", vec![]));
-    r.until(Duration::from_secs(5), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(5)).await;
     r.cluster.place("t2", "", vec![]);
     // Same helper, another image: the spec is patched in the state for brevity.
     {
@@ -834,10 +827,7 @@ async fn serial_executor_start_waits_for_the_port_it_needs() {
         leftover(rt, "orion-stale", "a-stale", 8080);
         c.place("t1", r#", "portBindings": {"80/tcp": "8080"}"#, vec![8080]);
     });
-    r.until(Duration::from_secs(10), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(10)).await;
     assert_eq!(r.cluster.task("t1").ports[0].host_port, 8080);
     r.shutdown().await;
 }
@@ -854,10 +844,7 @@ async fn stale_replica_after_a_stall_nothing_starts_until_caught_up() {
         "started before catching up"
     );
     r.cluster.ready.store(true, Ordering::SeqCst);
-    r.until(Duration::from_secs(5), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(5)).await;
 
     // A gap in leader contact: the replica is stale again until `ready` succeeds.
     r.cluster.ready.store(false, Ordering::SeqCst);
@@ -879,20 +866,14 @@ async fn stale_replica_after_a_stall_nothing_starts_until_caught_up() {
     );
     r.cluster.contact_age_ms.store(0, Ordering::SeqCst);
     r.cluster.ready.store(true, Ordering::SeqCst);
-    r.until(Duration::from_secs(5), "t2 running", |r| {
-        r.state_of("t2") == TaskState::Running
-    })
-    .await;
+    r.until_running("t2", Duration::from_secs(5)).await;
     r.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn stale_replica_after_a_stall_a_frozen_process_checks_again() {
     let r = rig(|c, _| c.place("t1", "", vec![]));
-    r.until(Duration::from_secs(5), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(5)).await;
     // The whole process stands still for three seconds (SIGSTOP): leader contact looks fine
     // afterwards, yet the replica may have missed anything meanwhile.
     r.cluster.ready.store(false, Ordering::SeqCst);
@@ -905,10 +886,7 @@ async fn stale_replica_after_a_stall_a_frozen_process_checks_again() {
         "started on a stale replica"
     );
     r.cluster.ready.store(true, Ordering::SeqCst);
-    r.until(Duration::from_secs(5), "t2 running", |r| {
-        r.state_of("t2") == TaskState::Running
-    })
-    .await;
+    r.until_running("t2", Duration::from_secs(5)).await;
     r.shutdown().await;
 }
 
@@ -952,10 +930,7 @@ async fn unbounded_docker_calls_a_hanging_runtime_does_not_wedge_the_driver() {
     });
     // The stop hangs for ever: the start goes ahead, and the backstop ends the stop job so
     // the removal is retried and, once the engine behaves, done.
-    r.until(Duration::from_secs(5), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(5)).await;
     r.runtime.clear_fault(Op::Stop);
     r.until(Duration::from_secs(180), "stale removed", |r| {
         r.runtime.containers().len() == 1
@@ -978,9 +953,6 @@ async fn driver_survives_failing_calls_and_repairs_on_the_next_pass() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(r.runtime.containers().is_empty());
     r.runtime.clear_fault(Op::List);
-    r.until(Duration::from_secs(10), "t1 running", |r| {
-        r.state_of("t1") == TaskState::Running
-    })
-    .await;
+    r.until_running("t1", Duration::from_secs(10)).await;
     r.shutdown().await;
 }
