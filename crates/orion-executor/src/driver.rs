@@ -319,34 +319,15 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             ExecAction::Remove {
                 container_id,
                 alloc,
+                stop_grace_ms,
+                why,
+            } => self.remove_job(container_id, alloc, stop_grace_ms, true, why),
+            ExecAction::Stop {
+                container_id,
+                alloc,
                 grace_ms,
                 why,
-            } => {
-                if self.in_flight.removing.len() >= REMOVES_IN_FLIGHT_MAX {
-                    return; // a later pass asks again
-                }
-                self.in_flight.removing.insert(container_id.clone());
-                let what = match why {
-                    RemoveReason::NotCurrent => "its allocation is not current here",
-                    RemoveReason::Duplicate => "it duplicates its allocation's container",
-                    RemoveReason::Disconnected => {
-                        "cut off from the quorum past stopAfterDisconnect"
-                    }
-                };
-                info!(container = %short(&container_id), alloc = %alloc, "removing container: {what}");
-                let runtime = self.runtime.clone();
-                self.jobs.spawn(async move {
-                    let grace = Duration::from_millis(grace_ms);
-                    let stop = guard("stop", grace + CALL_BACKSTOP, runtime.stop(&container_id, grace));
-                    if let Err(e) = stop.await {
-                        debug!(container = %short(&container_id), error = %e, "stop before remove failed");
-                    }
-                    if let Err(e) = guard("remove", CALL_BACKSTOP, runtime.remove(&container_id)).await {
-                        warn!(container = %short(&container_id), error = %e, "could not remove container; will retry");
-                    }
-                    Done::Removed(container_id)
-                });
-            }
+            } => self.remove_job(container_id, alloc, Some(grace_ms), false, why),
             ExecAction::Start { task, existing } => {
                 let Some(alloc) = task.allocation.clone() else {
                     return;
@@ -431,6 +412,47 @@ async fn watch_stalls(clock: Arc<dyn Clock>, watch: Arc<StallWatch>) {
         watch
             .worst_gap_ms
             .fetch_max(now.saturating_sub(last), Ordering::SeqCst);
+    }
+}
+
+/// Stops (when `grace_ms` is given) and then, if `remove`, removes a container, as a job
+/// counted against `REMOVES_IN_FLIGHT_MAX`.
+impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
+    fn remove_job(
+        &mut self,
+        container_id: String,
+        alloc: String,
+        grace_ms: Option<u64>,
+        remove: bool,
+        why: RemoveReason,
+    ) {
+        if self.in_flight.removing.len() >= REMOVES_IN_FLIGHT_MAX {
+            return; // a later pass asks again
+        }
+        self.in_flight.removing.insert(container_id.clone());
+        let what = match why {
+            RemoveReason::NotCurrent => "its allocation is not current here",
+            RemoveReason::Duplicate => "it duplicates its allocation's container",
+            RemoveReason::Disconnected => "cut off from the quorum past stopAfterDisconnect",
+        };
+        let verb = if remove { "removing" } else { "stopping" };
+        info!(container = %short(&container_id), alloc = %alloc, "{verb} container: {what}");
+        let runtime = self.runtime.clone();
+        self.jobs.spawn(async move {
+            if let Some(ms) = grace_ms {
+                let grace = Duration::from_millis(ms);
+                let stop = guard("stop", grace + CALL_BACKSTOP, runtime.stop(&container_id, grace));
+                if let Err(e) = stop.await {
+                    debug!(container = %short(&container_id), error = %e, "stop failed; removal kills it");
+                }
+            }
+            if remove
+                && let Err(e) = guard("remove", CALL_BACKSTOP, runtime.remove(&container_id)).await
+            {
+                warn!(container = %short(&container_id), error = %e, "could not remove container; will retry");
+            }
+            Done::Removed(container_id)
+        });
     }
 }
 

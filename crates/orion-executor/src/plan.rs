@@ -6,9 +6,11 @@
 //!
 //! Rules, in order:
 //! - Fence: a container whose allocation is not a current allocation of this node, or that
-//!   duplicates the container kept for its allocation, is removed with a short grace
-//!   (`FENCE_GRACE_MS`). Fencing never waits for anything: it is always safe, since a
-//!   replica never moves backwards.
+//!   duplicates the container kept for its allocation, is stopped with a short grace
+//!   (`FENCE_GRACE_MS`) and removed. Stopping never waits for anything: it is always safe,
+//!   since a replica never moves backwards. While starts are pending, a fenced container is
+//!   only stopped (a stopped container is no duplicate and holds no port) and its removal,
+//!   heavy work for the engine, waits until the starts are done.
 //! - Adopt: a container of a current allocation is kept; the task is reported `Running` with
 //!   the ports the runtime really bound, or `Exited` with its exit code and OOM flag.
 //! - Start only on a fresh replica: a task placed here without a container is created and
@@ -38,10 +40,19 @@ pub enum RemoveReason {
 /// One thing the driver does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecAction {
-    /// Stop the container (its stop signal, `grace_ms`, then SIGKILL) and remove it.
+    /// Stop the container if it runs (its stop signal, `stop_grace_ms`, then SIGKILL) and
+    /// remove it. `stop_grace_ms` is `None` for a container that does not run.
     Remove {
         container_id: String,
         /// The allocation label it carries (empty if none).
+        alloc: String,
+        stop_grace_ms: Option<u64>,
+        why: RemoveReason,
+    },
+    /// Only stop the container: while starts are pending the engine's time goes to them, and
+    /// a stopped container is no duplicate and holds no port; a later plan removes it.
+    Stop {
+        container_id: String,
         alloc: String,
         grace_ms: u64,
         why: RemoveReason,
@@ -85,7 +96,8 @@ pub struct PlanInput<'a> {
     pub in_flight: &'a InFlight,
 }
 
-/// The actions, sorted (removes by container, then per allocation its start or reports), and
+/// The actions, sorted (stops and removes by container, then per allocation its start or
+/// reports), and
 /// when the next restart falls due, if any: the driver plans again then.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -105,8 +117,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     containers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
 
     let mut out = Removals {
-        in_flight: input.in_flight,
-        actions: Vec::new(),
+        fenced: Vec::new(),
         leaving_ports: BTreeSet::new(),
     };
 
@@ -216,8 +227,46 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             _ => {}
         }
     }
-    let mut actions = out.actions;
+    let starts_pending = !input.in_flight.starting.is_empty()
+        || per_alloc
+            .iter()
+            .any(|a| matches!(a, ExecAction::Start { .. }));
+    let mut actions: Vec<ExecAction> = out
+        .fenced
+        .into_iter()
+        .filter(|(c, ..)| !input.in_flight.removing.contains(&c.id))
+        .filter_map(|(c, grace_ms, why)| {
+            let container_id = c.id.clone();
+            let alloc = alloc_of(c).to_string();
+            let stopped = matches!(
+                c.state,
+                ContainerState::Exited { .. } | ContainerState::Created
+            );
+            match (stopped, starts_pending) {
+                (true, true) => None,
+                (true, false) => Some(ExecAction::Remove {
+                    container_id,
+                    alloc,
+                    stop_grace_ms: None,
+                    why,
+                }),
+                (false, true) => Some(ExecAction::Stop {
+                    container_id,
+                    alloc,
+                    grace_ms,
+                    why,
+                }),
+                (false, false) => Some(ExecAction::Remove {
+                    container_id,
+                    alloc,
+                    stop_grace_ms: Some(grace_ms),
+                    why,
+                }),
+            }
+        })
+        .collect();
     actions.sort_by(|a, b| remove_key(a).cmp(remove_key(b)));
+    actions.dedup();
     actions.extend(per_alloc);
     Plan {
         actions,
@@ -225,32 +274,26 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 }
 
-/// The removals a plan decides, and the host ports their containers will free.
+/// The containers a plan fences (with the grace of their stop and why), and the host ports
+/// they hold, which a start needing one waits for.
 struct Removals<'a> {
-    in_flight: &'a InFlight,
-    actions: Vec<ExecAction>,
-    /// Host ports held by containers on their way out: a start needing one waits.
+    fenced: Vec<(&'a ContainerInfo, u64, RemoveReason)>,
     leaving_ports: BTreeSet<(String, u16)>,
 }
 
-impl Removals<'_> {
-    fn add(&mut self, c: &ContainerInfo, grace_ms: u64, why: RemoveReason) {
+impl<'a> Removals<'a> {
+    fn add(&mut self, c: &'a ContainerInfo, grace_ms: u64, why: RemoveReason) {
         self.leaving_ports
             .extend(c.ports.iter().map(|p| (p.protocol.clone(), p.host_port)));
-        if !self.in_flight.removing.contains(&c.id) {
-            self.actions.push(ExecAction::Remove {
-                container_id: c.id.clone(),
-                alloc: alloc_of(c).to_string(),
-                grace_ms,
-                why,
-            });
-        }
+        self.fenced.push((c, grace_ms, why));
     }
 }
 
 fn remove_key(a: &ExecAction) -> &str {
     match a {
-        ExecAction::Remove { container_id, .. } => container_id,
+        ExecAction::Remove { container_id, .. } | ExecAction::Stop { container_id, .. } => {
+            container_id
+        }
         _ => "",
     }
 }

@@ -68,10 +68,19 @@ fn describe(a: &ExecAction) -> String {
     match a {
         ExecAction::Remove {
             container_id,
+            stop_grace_ms,
+            why,
+            ..
+        } => match stop_grace_ms {
+            Some(ms) => format!("remove {container_id} {why:?} {ms}ms"),
+            None => format!("remove {container_id} {why:?} at once"),
+        },
+        ExecAction::Stop {
+            container_id,
             grace_ms,
             why,
             ..
-        } => format!("remove {container_id} {why:?} {grace_ms}ms"),
+        } => format!("stop {container_id} {why:?} {grace_ms}ms"),
         ExecAction::Start { task, existing } => match existing {
             Some(c) => format!("start {} in {c}", task.id),
             None => format!("start {}", task.id),
@@ -214,16 +223,16 @@ fn plan_fences_containers_not_current_here() {
         ..Case::default()
     });
     check(Case {
-        name: "a container without an allocation label is removed",
+        name: "a stopped container without an allocation label is removed at once",
         actual: vec![container("c9", "", exited(0, false), None)],
-        want: &["remove c9 NotCurrent 1000ms"],
+        want: &["remove c9 NotCurrent at once"],
         ..Case::default()
     });
     check(Case {
-        name: "a re-placed task: the old allocation's container goes, the new one starts",
+        name: "a re-placed task: the old allocation's container stops, the new one starts",
         desired: vec![task("t1", TaskState::Scheduled, "")],
         actual: vec![container("c0", "a-old", ContainerState::Running, None)],
-        want: &["remove c0 NotCurrent 1000ms", "start t1"],
+        want: &["stop c0 NotCurrent 1000ms", "start t1"],
         ..Case::default()
     });
     check(Case {
@@ -233,7 +242,7 @@ fn plan_fences_containers_not_current_here() {
             container("c1", "a-t1", exited(1, false), None),
             container("c2", "a-t1", ContainerState::Running, None),
         ],
-        want: &["remove c1 Duplicate 1000ms"],
+        want: &["remove c1 Duplicate at once"],
         ..Case::default()
     });
     check(Case {
@@ -242,6 +251,26 @@ fn plan_fences_containers_not_current_here() {
         actual: vec![container("c0", "a-old", ContainerState::Running, None)],
         fresh: false,
         want: &["remove c0 NotCurrent 1000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "while starts are pending a stopped fenced container waits for its removal",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        actual: vec![container("c0", "a-old", exited(137, false), None)],
+        want: &["start t1"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a start in flight also holds removals back; stops go ahead",
+        actual: vec![
+            container("c0", "a-old", exited(137, false), None),
+            container("c1", "a-old2", ContainerState::Running, None),
+        ],
+        in_flight: InFlight {
+            starting: BTreeSet::from(["a-t9".to_string()]),
+            ..InFlight::default()
+        },
+        want: &["stop c1 NotCurrent 1000ms"],
         ..Case::default()
     });
     check(Case {
@@ -283,7 +312,7 @@ fn plan_fences_containers_not_current_here() {
             ContainerState::Running,
             Some(8080),
         )],
-        want: &["remove c0 NotCurrent 1000ms", "start t1"],
+        want: &["stop c0 NotCurrent 1000ms", "start t1"],
         ..Case::default()
     });
     check(Case {
@@ -297,8 +326,8 @@ fn plan_fences_containers_not_current_here() {
             container("ca", "a-y", ContainerState::Running, None),
         ],
         want: &[
-            "remove ca NotCurrent 1000ms",
-            "remove cb NotCurrent 1000ms",
+            "stop ca NotCurrent 1000ms",
+            "stop cb NotCurrent 1000ms",
             "start t1",
             "start t2",
         ],
