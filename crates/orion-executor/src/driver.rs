@@ -415,9 +415,9 @@ async fn watch_stalls(clock: Arc<dyn Clock>, watch: Arc<StallWatch>) {
     }
 }
 
-/// Stops (when `grace_ms` is given) and then, if `remove`, removes a container, as a job
-/// counted against `REMOVES_IN_FLIGHT_MAX`.
 impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
+    /// Stops (when `grace_ms` is given) and then, if `remove`, removes a container, as a job
+    /// counted against `REMOVES_IN_FLIGHT_MAX`.
     fn remove_job(
         &mut self,
         container_id: String,
