@@ -34,6 +34,9 @@ pub struct TaskView {
     pub node_selectors: BTreeMap<String, String>,
     pub constraints: Vec<String>,
     pub strategy: Option<String>,
+    /// `stopAfterDisconnect` as a duration string; absent when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_disconnect: Option<String>,
     pub state: String,
     pub node: Option<String>,
     pub allocation: Option<String>,
@@ -85,6 +88,9 @@ impl From<&Task> for TaskView {
             node_selectors: s.node_selectors.clone(),
             constraints: s.constraints.iter().map(ToString::to_string).collect(),
             strategy: s.strategy.map(|st| st.as_str().to_string()),
+            stop_after_disconnect: s
+                .stop_after_disconnect_ms
+                .map(orion_types::api::format_duration_ms),
             state: t.state.as_str().to_string(),
             node: t.node.clone(),
             allocation: t.allocation.clone(),

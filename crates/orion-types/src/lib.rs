@@ -171,6 +171,11 @@ pub mod limits {
     pub const VALUE_BYTES_MAX: usize = 8 * 1024;
     pub const PORTS_MAX: usize = 64;
     pub const CONSTRAINTS_MAX: usize = 32;
+    /// `stopAfterDisconnect` bounds: below a second it would fire on an ordinary missed
+    /// heartbeat (the executor calls a second without leader contact a gap); above a week it
+    /// is indistinguishable from "never", which is leaving the field out.
+    pub const STOP_AFTER_DISCONNECT_MIN_MS: u64 = 1_000;
+    pub const STOP_AFTER_DISCONNECT_MAX_MS: u64 = 7 * 24 * 3_600 * 1_000;
     /// A task keeps its last few state changes; older ones are dropped (API.md: "the last few").
     pub const TASK_EVENTS_MAX: usize = 10;
     /// Replicas of one service, and the parallelism of its updates: a documented limit (API.md

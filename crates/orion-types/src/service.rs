@@ -915,44 +915,11 @@ fn duration_field(v: Option<&Value>, field: &str) -> Result<Option<u64>, Validat
 /// Parses Docker's duration strings ("500ms", "5s", "1m30s", "1h", "0s", "1.5s") into
 /// milliseconds, at most `SERVICE_DURATION_MAX_MS`.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let bad = || format!("{s:?} is not a duration; use e.g. \"500ms\", \"5s\", \"1m30s\"");
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if t == "0" {
-        return Ok(0);
-    }
-    let mut total = 0f64;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        if num_end == 0 {
-            return Err(bad());
-        }
-        let num: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        let after = &rest[num_end..];
-        let unit_end = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let unit_ms = match &after[..unit_end] {
-            "ns" => 1e-6,
-            "us" | "µs" => 1e-3,
-            "ms" => 1.0,
-            "s" => 1_000.0,
-            "m" => 60_000.0,
-            "h" => 3_600_000.0,
-            _ => return Err(bad()),
-        };
-        total += num * unit_ms;
-        rest = &after[unit_end..];
-    }
-    if !total.is_finite() || total > SERVICE_DURATION_MAX_MS as f64 {
+    let ms = crate::api::parse_duration_ms(s)?;
+    if ms > SERVICE_DURATION_MAX_MS {
         return Err(format!("{s:?} is longer than a day"));
     }
-    Ok(total.round() as u64)
+    Ok(ms)
 }
 
 #[cfg(test)]

@@ -119,6 +119,10 @@ pub struct TaskSpec {
     /// Between the stop signal and SIGKILL; `None`: the executor's default.
     #[serde(default)]
     pub stop_grace_period_ms: Option<u64>,
+    /// Opt-in: a node cut off from the quorum this long stops the task's container (Nomad's
+    /// `stop_after_client_disconnect`). `None`: the container keeps running while cut off.
+    #[serde(default)]
+    pub stop_after_disconnect_ms: Option<u64>,
 }
 
 impl TaskSpec {

@@ -328,8 +328,8 @@ impl orion_executor::Cluster for Node {
     async fn ready(&self) -> Result<(), String> {
         self.raft.consistent_read().await.map_err(|e| e.to_string())
     }
-    fn now_ms(&self) -> u64 {
-        now_ms()
+    fn leader_contact_age_ms(&self) -> Option<u64> {
+        self.raft.status().last_leader_contact_ms
     }
 }
 
@@ -425,6 +425,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         },
         docker.clone(),
         node.clone(),
+        Arc::new(orion_types::env::SystemClock),
         stop_rx.clone(),
     );
     let driver = controller::Driver {
@@ -532,14 +533,21 @@ async fn log_membership(
     }
 }
 
+/// Containers stopped at once on leave: like the executor's own bound on removals.
+const LEAVE_REMOVES_IN_FLIGHT_MAX: usize = orion_executor::REMOVES_IN_FLIGHT_MAX;
+
 async fn remove_own_containers(docker: &DockerRuntime, node: &str) {
     match docker.list(&[(orion_executor::LABEL_NODE, node)]).await {
         Ok(list) => {
-            for c in list {
-                if let Err(e) = docker.remove(&c.id).await {
-                    warn!(container = %c.id, error = %e, "could not remove container on leave");
-                }
-            }
+            let grace = Duration::from_millis(orion_executor::STOP_GRACE_MS);
+            futures_util::stream::iter(list)
+                .for_each_concurrent(LEAVE_REMOVES_IN_FLIGHT_MAX, |c| async move {
+                    let _ = docker.stop(&c.id, grace).await;
+                    if let Err(e) = docker.remove(&c.id).await {
+                        warn!(container = %c.id, error = %e, "could not remove container on leave");
+                    }
+                })
+                .await;
         }
         Err(e) => warn!(error = %e, "could not list containers on leave"),
     }

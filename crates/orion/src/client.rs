@@ -212,6 +212,9 @@ pub struct RunArgs {
     /// Placement strategy: spread or binpack
     #[arg(long)]
     strategy: Option<String>,
+    /// Stop the container when its node is cut off from the quorum this long, e.g. 30s
+    #[arg(long)]
+    stop_after_disconnect: Option<String>,
     /// Wait until the task runs or fails, showing progress
     #[arg(long)]
     wait: bool,
@@ -606,6 +609,9 @@ fn run_body(a: &RunArgs) -> Result<Value> {
     if let Some(s) = &a.strategy {
         body.insert("strategy".into(), json!(s));
     }
+    if let Some(d) = &a.stop_after_disconnect {
+        body.insert("stopAfterDisconnect".into(), json!(d));
+    }
     if !a.env.is_empty() {
         body.insert("env".into(), Value::Object(pairs(&a.env, "-e")?));
     }
@@ -895,6 +901,8 @@ mod tests {
             "app=x",
             "--constraint",
             "node.labels.zone==a",
+            "--stop-after-disconnect",
+            "30s",
             "orion/busybox",
             "sh",
             "-c",
@@ -905,7 +913,8 @@ mod tests {
             json!({
                 "image": "orion/busybox", "command": ["sh", "-c", "exit 3"], "memory": "100m", "cpu": 0.5,
                 "name": "web", "restartPolicy": "never", "env": {"A": "1"}, "labels": {"app": "x"},
-                "constraints": ["node.labels.zone==a"], "portBindings": {"80/tcp": "8080", "53/udp": ""}
+                "constraints": ["node.labels.zone==a"], "portBindings": {"80/tcp": "8080", "53/udp": ""},
+                "stopAfterDisconnect": "30s"
             })
         );
     }
