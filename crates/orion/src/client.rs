@@ -26,6 +26,19 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
+    /// A live terminal dashboard of nodes, services, tasks, deployments and events
+    Ui(crate::ui::UiArgs),
+    /// Print this binary's version
+    Version {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: orion completion bash > /etc/bash_completion.d/orion
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     /// Run a task: orion run [-p 8080:80] [-m 100m] IMAGE [CMD...]
     Run(Box<RunArgs>),
     /// List tasks (running and waiting; -a for all)
@@ -189,13 +202,14 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
+/// The typed edge of the HTTP API that the CLI and the terminal UI share.
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Api {
-    fn new(c: &ClientArgs) -> Result<Api> {
+    pub(crate) fn new(c: &ClientArgs) -> Result<Api> {
         let mut base = c.addr.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             base = format!("http://{base}");
@@ -207,7 +221,7 @@ impl Api {
         Ok(Api { base, http })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -237,7 +251,7 @@ impl Api {
         Ok(value)
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
 }
@@ -252,6 +266,11 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 pub async fn run(cmd: ClientCmd) -> Result<()> {
     match cmd {
+        ClientCmd::Version { .. } | ClientCmd::Completion { .. } => {
+            // main answers these before it starts a runtime.
+            Ok(())
+        }
+        ClientCmd::Ui(args) => crate::ui::run(args).await,
         ClientCmd::Run(args) => run_task(*args).await,
         ClientCmd::Ps { c, all, node } => {
             let api = Api::new(&c)?;
