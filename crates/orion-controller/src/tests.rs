@@ -5,7 +5,7 @@
 use super::*;
 use orion_types::api::parse_task_request;
 use orion_types::env::SeededIds;
-use orion_types::{Placement, Resources, Strategy};
+use orion_types::{Placement, Strategy};
 
 /// The leader's clock in every world: far from zero so that "gone for 5 s" is easy to write.
 const NOW: u64 = 1_000_000;
@@ -21,23 +21,6 @@ struct World {
     now: u64,
     /// Creation time of the next task: tasks are created in the order written.
     next_at: u64,
-}
-
-fn meta(id: &str, generation: u64) -> NodeMeta {
-    NodeMeta {
-        id: id.to_string(),
-        generation,
-        api_addr: format!("{id}:8000"),
-        raft_addr: format!("{id}:7000"),
-        gossip_addr: format!("{id}:6000"),
-        publish_ip: "127.0.0.1".into(),
-        capacity: Resources {
-            memory_bytes: 1 << 30,
-            cpu_millis: 2000,
-        },
-        labels: BTreeMap::new(),
-        version: "test".into(),
-    }
 }
 
 /// A leader `n1` (voter, alive, recorded up) that has led for a minute.
@@ -88,7 +71,7 @@ impl World {
     /// Recorded up in the state only.
     fn recorded(self, id: &str, g: u64) -> World {
         self.apply(Command::UpsertNode {
-            meta: Box::new(meta(id, g)),
+            meta: Box::new(NodeMeta::fixture(id, g)),
             at: 1,
         })
     }
@@ -96,7 +79,7 @@ impl World {
         let m = Member {
             id: id.into(),
             status,
-            meta: meta(id, g),
+            meta: NodeMeta::fixture(id, g),
         };
         self.members.insert(id.into(), m);
         self.epoch += 1;

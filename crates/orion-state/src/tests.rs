@@ -11,20 +11,7 @@ fn spec(json: &str) -> Box<TaskSpec> {
 
 fn node(id: &str, generation: u64) -> Command {
     Command::UpsertNode {
-        meta: Box::new(NodeMeta {
-            id: id.to_string(),
-            generation,
-            api_addr: "127.0.0.1:8000".into(),
-            raft_addr: "127.0.0.1:7000".into(),
-            gossip_addr: "127.0.0.1:6000".into(),
-            publish_ip: "127.0.0.1".into(),
-            capacity: Resources {
-                memory_bytes: 1 << 30,
-                cpu_millis: 2000,
-            },
-            labels: BTreeMap::new(),
-            version: "test".into(),
-        }),
+        meta: Box::new(NodeMeta::fixture(id, generation)),
         at: 1,
     }
 }

@@ -83,6 +83,28 @@ pub struct NodeMeta {
     pub version: String,
 }
 
+#[cfg(feature = "fixtures")]
+impl NodeMeta {
+    /// A node for tests and simulations (feature `fixtures`): addresses `<id>:8000` (API),
+    /// `<id>:7000` (Raft), `<id>:6000` (gossip), 1 GiB and 2 cores, no labels.
+    pub fn fixture(id: &str, generation: u64) -> NodeMeta {
+        NodeMeta {
+            id: id.to_string(),
+            generation,
+            api_addr: format!("{id}:8000"),
+            raft_addr: format!("{id}:7000"),
+            gossip_addr: format!("{id}:6000"),
+            publish_ip: "127.0.0.1".into(),
+            capacity: Resources {
+                memory_bytes: 1 << 30,
+                cpu_millis: 2000,
+            },
+            labels: BTreeMap::new(),
+            version: "test".into(),
+        }
+    }
+}
+
 /// A state change as recorded in a task's recent history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskEvent {
