@@ -86,13 +86,18 @@ struct TaskSeen {
 struct ServiceSeen {
     version: u64,
     replicas: u32,
+    /// The spec but for its count: a change here is an update, a change of count a scale.
+    shape: orion_types::ServiceSpec,
     deployment: Option<(String, DeploymentState, u32)>,
 }
 
 fn service_seen(s: &orion_types::Service) -> ServiceSeen {
+    let mut shape = s.spec.clone();
+    shape.replicas = 0;
     ServiceSeen {
         version: s.version,
         replicas: s.spec.replicas,
+        shape,
         deployment: s
             .deployment
             .as_ref()
@@ -322,7 +327,7 @@ impl Deriver {
         match &before {
             None => push(Topic::Service, "created", payload.clone()),
             Some(b) => {
-                if b.version != now.version {
+                if b.version != now.version && b.shape != now.shape {
                     push(Topic::Service, "updated", payload.clone());
                 }
                 if b.replicas != now.replicas {

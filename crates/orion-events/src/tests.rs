@@ -336,3 +336,51 @@ fn tail_starts_at_the_nth_newest_event() {
     assert_eq!(log.tail_start(0, &[]), log.next_index());
     assert_eq!(log.oldest(), all[0].index);
 }
+
+fn service(body: &str) -> Box<orion_types::ServiceSpec> {
+    Box::new(orion_types::service::parse_service_request(body.as_bytes()).expect("service spec"))
+}
+
+#[test]
+fn a_services_life_and_its_deployment() {
+    check(
+        &[
+            Command::CreateService {
+                spec: service(r#"{"name": "web", "image": "x", "replicas": 2}"#),
+                at: 10,
+            },
+            Command::ScaleService {
+                id: "web".into(),
+                replicas: 3,
+                at: 11,
+            },
+            Command::UpdateService {
+                id: "web".into(),
+                spec: service(r#"{"name": "web", "image": "y", "replicas": 3}"#),
+                deployment_id: "d1".into(),
+                at: 12,
+            },
+            Command::DeploymentProgress {
+                id: "web".into(),
+                deployment_id: "d1".into(),
+                state: DeploymentState::Completed,
+                updated: 3,
+                failed: 0,
+                message: "done".into(),
+                at: 13,
+            },
+            Command::DeleteService {
+                id: "web".into(),
+                at: 14,
+            },
+        ],
+        &[
+            "service created web",
+            "service scaled web",
+            "service updated web",
+            "deployment started web",
+            "deployment completed web",
+            "service deleted web",
+        ],
+    );
+}
