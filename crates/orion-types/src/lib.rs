@@ -167,6 +167,17 @@ pub mod limits {
     pub const CONSTRAINTS_MAX: usize = 32;
     /// A task keeps its last few state changes; older ones are dropped (API.md: "the last few").
     pub const TASK_EVENTS_MAX: usize = 10;
+    /// Ids of tasks, nodes, allocations and containers: a node id travels in gossip with a
+    /// one-byte length, and Orion's own ids are 32 (task, allocation) or 64 (container) hex
+    /// digits.
+    pub const ID_BYTES_MAX: usize = 255;
+    /// Reasons and other sentences in commands: a scheduler's reason names a handful of node
+    /// counts and constraints; 64 KiB is far above any, and bounds what one peer can make
+    /// every replica store.
+    pub const TEXT_BYTES_MAX: usize = 64 * 1024;
+    /// Placements, reasons and requeued ids in one command: ten times the controller's
+    /// batch of 1,000, so a peer cannot make one entry arbitrarily large.
+    pub const COMMAND_BATCH_MAX: usize = 10_000;
     /// Request bodies above this are refused before parsing: a full spec at the limits above
     /// stays well under it.
     pub const BODY_BYTES_MAX: usize = 1024 * 1024;
