@@ -5,7 +5,9 @@
 //! unknown fields are refused rather than silently ignored.
 
 use crate::limits::*;
-use crate::{Constraint, ConstraintOp, NodeAttr, PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
+use crate::{
+    Constraint, ConstraintOp, NodeAttr, PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec,
+};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -219,7 +221,10 @@ impl TaskSpec {
 
 fn check_name(n: &str) -> Result<(), ValidationError> {
     if n.len() > NAME_BYTES_MAX {
-        return Err(err("name", format!("is longer than {NAME_BYTES_MAX} bytes")));
+        return Err(err(
+            "name",
+            format!("is longer than {NAME_BYTES_MAX} bytes"),
+        ));
     }
     if n.is_empty()
         || !n
@@ -307,7 +312,10 @@ fn check_cpu_millis(millis: u64) -> Result<(), ValidationError> {
     if millis > TASK_CPU_MAX_MILLIS {
         return Err(err(
             "cpu",
-            format!("{} cores is absurd (more than 1024)", millis as f64 / 1000.0),
+            format!(
+                "{} cores is absurd (more than 1024)",
+                millis as f64 / 1000.0
+            ),
         ));
     }
     Ok(())
@@ -370,13 +378,10 @@ fn check_constraint(c: &Constraint) -> Result<(), ValidationError> {
     if c.values.is_empty() || (one && c.values.len() != 1) || c.values.len() > MAP_ENTRIES_MAX {
         return Err(err(
             F,
-            format!(
-                "== and != take one value, in and not in 1 to {MAP_ENTRIES_MAX} values"
-            ),
+            format!("== and != take one value, in and not in 1 to {MAP_ENTRIES_MAX} values"),
         ));
     }
-    if c
-        .values
+    if c.values
         .iter()
         .any(|v| v.is_empty() || v.len() > VALUE_BYTES_MAX || v.contains(char::is_whitespace))
     {
@@ -518,7 +523,11 @@ fn parse_cpu(v: Option<&Value>) -> Result<u64, ValidationError> {
         return Ok(0);
     }
     // A share that rounds to 0 millicores is not "none": refuse it like any other too small.
-    let millis = if millis < 1.0 { 1 } else { millis.min(u64::MAX as f64) as u64 };
+    let millis = if millis < 1.0 {
+        1
+    } else {
+        millis.min(u64::MAX as f64) as u64
+    };
     check_cpu_millis(millis)?;
     Ok(millis)
 }

@@ -2,8 +2,9 @@
 //! `TaskSpec`, and the `Command` enum that is the only way to change cluster state.
 //!
 //! No IO and no async here. Wire formats that users see (`api` module) are kept apart from the
-//! internal types; a user's request is parsed, then converted into a `TaskSpec` that cannot be
-//! invalid (`api::TaskRequest::validate`).
+//! internal types; a user's request is parsed, then converted into a `TaskSpec` and checked
+//! by `TaskSpec::validate`, which the inter-node forward endpoint runs too
+//! (`Command::validate`).
 
 pub mod api;
 pub mod command;
