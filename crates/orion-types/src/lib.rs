@@ -172,10 +172,10 @@ pub mod limits {
     /// one-byte length, and Orion's own ids are 32 (task, allocation) or 64 (container) hex
     /// digits.
     pub const ID_BYTES_MAX: usize = 255;
-    /// Reasons and other sentences in commands: a scheduler's reason names a handful of node
-    /// counts and constraints; 64 KiB is far above any, and bounds what one peer can make
-    /// every replica store.
-    pub const TEXT_BYTES_MAX: usize = 64 * 1024;
+    /// Reasons and other sentences in commands. A scheduler's reason quotes the task's failing
+    /// selectors and constraints, whose text a valid request bounds by `BODY_BYTES_MAX`; twice
+    /// that always fits, so a reason the controller wrote is never refused.
+    pub const TEXT_BYTES_MAX: usize = 2 * BODY_BYTES_MAX;
     /// Placements, reasons and requeued ids in one command: ten times the controller's
     /// batch of 1,000, so a peer cannot make one entry arbitrarily large.
     pub const COMMAND_BATCH_MAX: usize = 10_000;
