@@ -4,6 +4,7 @@
 //! `Backend`; they never touch Docker, Raft internals or gossip. Every answer, errors
 //! included, is JSON. The agent implements `Backend` on top of Raft, gossip and the executor.
 
+mod events;
 mod view;
 
 pub use view::{NodeView, StatusView, TaskView};
@@ -83,6 +84,10 @@ pub trait Backend: Send + Sync + 'static {
     fn new_id(&self) -> String;
     /// Milliseconds since the Unix epoch, for the timestamps commands carry.
     fn now_ms(&self) -> u64;
+    /// This node's event history (`GET /events`), if it keeps one.
+    fn events(&self) -> Option<Arc<orion_events::EventLog>> {
+        None
+    }
     /// Container logs of a task that runs on this node, or an error saying where it runs.
     fn logs(
         &self,
@@ -103,6 +108,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/tasks", get(list_tasks::<B>).post(create_task::<B>))
         .route("/tasks/{id}", get(get_task::<B>).delete(delete_task::<B>))
         .route("/tasks/{id}/logs", get(task_logs::<B>))
+        .route("/events", get(events::events::<B>))
         .fallback(|| async { ApiError::not_found("no such route; see API.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

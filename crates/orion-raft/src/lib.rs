@@ -51,6 +51,7 @@ mod types;
 pub use error::{NO_LEADER_MESSAGE, NotProposed, RaftError, StoreError, Unknown, WriteError};
 pub use network::{RPC_BODY_BYTES_MAX, paths};
 pub use node::{RaftConfig, RaftNode, RaftStatus, Role};
+pub use sm_store::ApplyObserver;
 pub use types::{Peer, RaftId, raft_id};
 
 /// Storage internals, public only so the conformance test can run openraft's suite on them.

@@ -69,6 +69,23 @@ const SYNC_EVERY_BATCHES: u64 = 100;
 type StResult<T> = Result<T, StorageError<RaftId>>;
 type Membership = StoredMembership<RaftId, Peer>;
 
+/// Told about every applied entry, in log order, under the state lock (so keep it short: it
+/// must not block). The event history is one: it derives events from each entry.
+pub trait ApplyObserver: Send + Sync {
+    /// Entry `index` was applied: `cmd` is its command (`None` for a new leader's blank entry,
+    /// which names `leader`, and for membership changes); `touched` are the rows it changed.
+    fn applied(
+        &self,
+        index: u64,
+        cmd: Option<&orion_types::Command>,
+        leader: Option<&str>,
+        state: &ClusterState,
+        touched: &[Key],
+    );
+    /// The state was loaded or replaced wholesale (a snapshot was installed).
+    fn reset(&self, state: &ClusterState, last_applied: u64);
+}
+
 /// The applied state, as one consistent unit.
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
@@ -97,6 +114,7 @@ struct Shared {
     /// Held while a snapshot is taken or installed, or a sync runs: one at a time.
     persist: tokio::sync::Mutex<()>,
     snapshot_seq: AtomicU64,
+    observer: RwLock<Option<Arc<dyn ApplyObserver>>>,
 }
 
 /// What the writer thread does, in the order queued.
@@ -282,6 +300,7 @@ impl StateMachineStore {
                 failed,
                 persist: tokio::sync::Mutex::new(()),
                 snapshot_seq: AtomicU64::new(RandomState::new().hash_one(path)),
+                observer: RwLock::new(None),
             }),
         })
     }
@@ -310,6 +329,26 @@ impl StateMachineStore {
     ) -> Result<T, StoreError> {
         rx.await
             .map_err(|_| StoreError::Join("the state writer stopped".to_string()))?
+    }
+
+    /// Tells `observer` about every entry applied from now on, after a `reset` with the state
+    /// as it is now (under the state lock, so nothing is missed or told twice).
+    pub fn set_observer(&self, observer: Arc<dyn ApplyObserver>) {
+        let applied = self.write();
+        observer.reset(&applied.state, applied_index(applied.last_applied.as_ref()));
+        *self
+            .shared
+            .observer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    fn observer(&self) -> Option<Arc<dyn ApplyObserver>> {
+        self.shared
+            .observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Read access to the applied state.
@@ -356,6 +395,7 @@ impl StateMachineStore {
             return Err(StoreError::WriteFailed(msg));
         }
         let mut responses = Vec::with_capacity(entries.len());
+        let observer = self.observer();
         let index = {
             let mut applied = self.write();
             let mut touched = BTreeSet::new();
@@ -368,9 +408,29 @@ impl StateMachineStore {
                 );
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => responses.push(Response::default()),
+                    EntryPayload::Blank => {
+                        // A new leader's first entry: it names the leader of its term.
+                        if let Some(o) = &observer {
+                            let leader = applied
+                                .last_membership
+                                .membership()
+                                .get_node(&entry.log_id.leader_id.node_id)
+                                .map(|p| p.node_id.clone());
+                            o.applied(
+                                entry.log_id.index,
+                                None,
+                                leader.as_deref(),
+                                &applied.state,
+                                &[],
+                            );
+                        }
+                        responses.push(Response::default())
+                    }
                     EntryPayload::Normal(cmd) => {
                         let (resp, keys) = applied.state.apply(&cmd);
+                        if let Some(o) = &observer {
+                            o.applied(entry.log_id.index, Some(&cmd), None, &applied.state, &keys);
+                        }
                         touched.extend(keys);
                         responses.push(resp);
                     }
@@ -461,6 +521,9 @@ impl StateMachineStore {
         })?;
         let new = Self::wait(rx).await?;
         let index = applied_index(new.last_applied.as_ref());
+        if let Some(o) = self.observer() {
+            o.reset(&new.state, index);
+        }
         *self.write() = new;
         self.shared.applied_tx.send_replace(index);
         tracing::info!(snapshot = %meta, "installed snapshot");

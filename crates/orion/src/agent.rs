@@ -37,8 +37,32 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Feeds every applied entry to the node's event history.
+struct EventsObserver {
+    log: Arc<orion_events::EventLog>,
+}
+
+impl orion_raft::ApplyObserver for EventsObserver {
+    fn applied(
+        &self,
+        index: u64,
+        cmd: Option<&Command>,
+        leader: Option<&str>,
+        state: &ClusterState,
+        touched: &[orion_state::Key],
+    ) {
+        // Only a new leader's blank entry has no time of its own; it gets this node's clock.
+        self.log
+            .applied(index, cmd, leader, now_ms(), state, touched);
+    }
+    fn reset(&self, state: &ClusterState, last_applied: u64) {
+        self.log.reset(state, last_applied);
+    }
+}
+
 pub struct Node {
     pub cfg: AgentConfig,
+    pub events: Arc<orion_events::EventLog>,
     pub raft: RaftNode,
     pub gossip: Gossip<NodeMeta>,
     pub docker: DockerRuntime,
@@ -258,6 +282,10 @@ impl Backend for Node {
         }
     }
 
+    fn events(&self) -> Option<Arc<orion_events::EventLog>> {
+        Some(self.events.clone())
+    }
+
     fn new_id(&self) -> String {
         uuid::Uuid::new_v4().simple().to_string()
     }
@@ -379,6 +407,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let docker =
         docker.context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
     let raft = raft.context("cannot start consensus")?;
+    let events = Arc::new(orion_events::EventLog::new(&ClusterState::default(), 0));
+    raft.set_apply_observer(Arc::new(EventsObserver {
+        log: events.clone(),
+    }));
     // Bootstrapping (two fsyncs and a one-voter election) runs while gossip and the API come
     // up; writes that arrive first wait for the leader like any write during an election.
     let bootstrap = cfg.bootstrap.then(|| {
@@ -424,6 +456,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .context("cannot build the HTTP client")?;
     let node = Arc::new(Node {
         cfg: cfg.clone(),
+        events,
         raft,
         gossip,
         docker: docker.clone(),

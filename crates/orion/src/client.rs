@@ -26,6 +26,19 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
+    /// A live terminal dashboard of nodes, services, tasks, deployments and events
+    Ui(crate::ui::UiArgs),
+    /// Print this binary's version
+    Version {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: orion completion bash > /etc/bash_completion.d/orion
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     /// Run a task: orion run [-p 8080:80] [-m 100m] IMAGE [CMD...]
     Run(Box<RunArgs>),
     /// List tasks (running and waiting; -a for all)
@@ -73,6 +86,21 @@ pub enum ClientCmd {
         #[command(flatten)]
         c: ClientArgs,
         node: String,
+    },
+    /// Print the cluster's events (tasks, services, deployments, nodes) in Raft order
+    Events {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// Keep streaming new events
+        #[arg(short, long)]
+        follow: bool,
+        /// Start at this event index (the last one seen plus one, to resume) [default: the
+        /// oldest this node holds]
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only these topics: task, service, deployment, node (repeatable or comma separated)
+        #[arg(long, value_delimiter = ',')]
+        topic: Vec<String>,
     },
     /// Print a task's container logs, from whichever node runs it
     Logs {
@@ -129,13 +157,14 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
+/// The typed edge of the HTTP API that the CLI and the terminal UI share.
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Api {
-    fn new(c: &ClientArgs) -> Result<Api> {
+    pub(crate) fn new(c: &ClientArgs) -> Result<Api> {
         let mut base = c.addr.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             base = format!("http://{base}");
@@ -147,7 +176,7 @@ impl Api {
         Ok(Api { base, http })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -177,7 +206,7 @@ impl Api {
         Ok(value)
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
 }
@@ -192,6 +221,11 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 pub async fn run(cmd: ClientCmd) -> Result<()> {
     match cmd {
+        ClientCmd::Version { .. } | ClientCmd::Completion { .. } => {
+            // main answers these before it starts a runtime.
+            Ok(())
+        }
+        ClientCmd::Ui(args) => crate::ui::run(args).await,
         ClientCmd::Run(args) => run_task(*args).await,
         ClientCmd::Ps { c, all, node } => {
             let api = Api::new(&c)?;
@@ -352,7 +386,85 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             }
             Ok(())
         }
+        ClientCmd::Events {
+            c,
+            follow,
+            since,
+            topic,
+        } => print_events(c, follow, since, topic).await,
     }
+}
+
+/// `orion events`: one line per event (`--json`: the API's JSON lines as they come).
+async fn print_events(
+    c: ClientArgs,
+    follow: bool,
+    since: Option<u64>,
+    topics: Vec<String>,
+) -> Result<()> {
+    let api = Api::new(&c)?;
+    let mut url = format!("{}/events?follow={follow}", api.base);
+    if let Some(i) = since {
+        url.push_str(&format!("&index={i}"));
+    }
+    if !topics.is_empty() {
+        url.push_str(&format!("&topic={}", topics.join(",")));
+    }
+    let mut req = api.http.get(url);
+    if !follow {
+        req = req.timeout(REQUEST_TIMEOUT);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
+    if !resp.status().is_success() {
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!(
+            "{}",
+            v["error"].as_str().unwrap_or("events are not available")
+        );
+    }
+    let mut stream = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    let mut partial: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        partial.extend_from_slice(&chunk.context("event stream broke")?);
+        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
+            let rest = partial.split_off(pos + 1);
+            let line = std::mem::replace(&mut partial, rest);
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            if c.json {
+                writeln!(out, "{text}")?;
+            } else {
+                let e: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                if let Some(err) = e["error"].as_str() {
+                    bail!("{err}");
+                }
+                let p = &e["payload"];
+                let detail = ["state", "node", "status", "message", "reason", "leader"]
+                    .iter()
+                    .filter_map(|k| p[*k].as_str().map(|v| format!("{k}={v}")))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                writeln!(
+                    out,
+                    "{:<12} {}  {:<10} {:<10} {:<34} {detail}",
+                    e["index"],
+                    e["at"].as_str().unwrap_or(""),
+                    e["topic"].as_str().unwrap_or(""),
+                    e["type"].as_str().unwrap_or(""),
+                    e["key"].as_str().unwrap_or(""),
+                )?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
 }
 
 async fn set_drain(c: ClientArgs, node: String, what: &str) -> Result<()> {

@@ -82,6 +82,16 @@ pub struct AgentArgs {
     /// How long gossip must have declared a voter dead before it is replaced, in ms
     #[arg(long, default_value_t = 3_000)]
     pub voter_grace_ms: u64,
+    /// Log line format: text (human) or json (one JSON object per line, for log shippers)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the agent writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The validated configuration of one agent.

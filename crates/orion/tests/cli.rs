@@ -169,3 +169,59 @@ async fn cli_against_a_real_node() {
     let (ok, _, err) = orion("http://127.0.18.99:1", &["ps"]);
     assert!(!ok && err.contains("cannot reach orion"), "{err}");
 }
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (ok, out, err) = orion("http://127.0.18.99:1", &["version"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!("orion {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    let (ok, out, err) = orion("http://127.0.18.99:1", &["version", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn completion_scripts_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = orion("http://127.0.18.99:1", &["completion", shell]);
+        assert!(ok, "{shell}: {err}");
+        assert!(out.contains("orion"), "{shell}: {out}");
+        assert!(
+            out.contains("drain"),
+            "{shell} completion lacks subcommands"
+        );
+    }
+    let (ok, _, err) = orion("http://127.0.18.99:1", &["completion", "cmd.exe"]);
+    assert!(!ok);
+    assert!(err.contains("cmd.exe"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_writes_json_log_lines_when_asked() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let a = Agent::start(
+        "cli-json",
+        "127.0.18.2".parse().expect("ip"),
+        &["--log-format", "json"],
+    );
+    wait_healthy(&a).await;
+    wait_leader(&a).await;
+    let text = a.log_text();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("orion agent ready")),
+        "{text}"
+    );
+}
