@@ -178,4 +178,7 @@ pub struct StatusView {
     /// A voter change is under way (joint consensus): `voters` lists old and new together.
     pub membership_changing: bool,
     pub version: String,
+    /// The seed of this node's gossip RNG, drawn at start and logged, so a run can be replayed.
+    #[serde(default)]
+    pub gossip_seed: u64,
 }

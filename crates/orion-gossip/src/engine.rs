@@ -17,7 +17,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BufMut;
 use foca::{
@@ -25,12 +25,13 @@ use foca::{
     Message, OwnedNotification, State, Timer,
 };
 use serde::de::DeserializeOwned;
-use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::codec::{self, CodecError, WireCodec};
 use crate::identity::NodeIdentity;
 use crate::lifeguard::{self, Awareness, Suspicion};
+use crate::transport::Transport;
 use crate::{GossipConfig, Member, MemberEvent, MemberStatus, StatsCounters};
 
 /// Magic of the engine's own out-of-band packet, the PingReq receipt (our
@@ -205,10 +206,10 @@ pub(crate) struct Shared<M> {
     pub(crate) awareness: std::sync::atomic::AtomicU32,
 }
 
-pub(crate) struct Engine<M> {
+pub(crate) struct Engine<M, T> {
     foca: FocaT<M>,
     rt: AccumulatingRuntime<NodeIdentity<M>>,
-    socket: Arc<UdpSocket>,
+    socket: Arc<T>,
     cfg: GossipConfig,
     me: NodeIdentity<M>,
     timers: BinaryHeap<Reverse<Scheduled<M>>>,
@@ -229,16 +230,17 @@ pub(crate) struct Engine<M> {
     stopped: bool,
 }
 
-impl<M> Engine<M>
+impl<M, T> Engine<M, T>
 where
     M: serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static,
+    T: Transport,
 {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: GossipConfig,
         foca_config: foca::Config,
         me: NodeIdentity<M>,
-        socket: Arc<UdpSocket>,
+        socket: Arc<T>,
         shared: Arc<Shared<M>>,
         events: broadcast::Sender<MemberEvent<M>>,
         seed: u64,
@@ -577,7 +579,7 @@ where
 
     fn send_raw(&self, data: &[u8], to: SocketAddr) {
         let stats = &self.shared.stats;
-        match self.socket.try_send_to(data, to) {
+        match self.socket.send_to(data, to) {
             Ok(n) => {
                 stats.packets_sent.fetch_add(1, Relaxed);
                 stats.bytes_sent.fetch_add(n as u64, Relaxed);
@@ -861,7 +863,7 @@ fn is_active<T>(m: &FocaMember<T>) -> bool {
 
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -12,6 +12,14 @@
 //! partitions with iptables cut the right traffic). [`Gossip`] is a cheap
 //! handle: it sends commands and reads a shared view; it never touches foca.
 //!
+//! # Seams for a simulator
+//! The socket is one implementation of [`Transport`] (send a datagram, receive
+//! one); [`spawn_with_transport`] runs the engine over any other, such as an
+//! in-memory network. Every timer and timestamp is tokio time (no
+//! `std::time::Instant` or `SystemTime` in a decision), so engines run on a
+//! paused single-threaded runtime. foca's RNG is seeded from
+//! `GossipConfig::seed`, reported in [`GossipStats::seed`].
+//!
 //! # Metadata travels in the identity
 //! A foca identity here is `(node_id, generation, gossip addr, metadata)`.
 //! Why not a custom broadcast: metadata then arrives atomically with the first
@@ -92,22 +100,25 @@ mod identity;
 mod lifeguard;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 pub use codec::CodecError;
 pub use lifeguard::LifeguardConfig;
+pub use transport::Transport;
 
 use engine::{Command, Engine, GossipInput, Shared};
 use identity::NodeIdentity;
@@ -153,6 +164,10 @@ pub struct GossipConfig {
     /// Periodic gossip of pending updates to 3 members (0 disables).
     pub periodic_gossip_ms: u64,
     pub lifeguard: LifeguardConfig,
+    /// Seeds foca's RNG (probe order, gossip targets, indirect helpers): the same seed, inputs
+    /// and timing replay the same decisions. `lan_fast` draws one from the OS; an agent
+    /// records it (`GossipStats::seed`) and a simulator sets its own.
+    pub seed: u64,
 }
 
 impl GossipConfig {
@@ -187,6 +202,7 @@ impl GossipConfig {
             // foca `new_lan`'s value.
             periodic_gossip_ms: 200,
             lifeguard: LifeguardConfig::default(),
+            seed: rand::random(),
         }
     }
 
@@ -289,7 +305,7 @@ pub struct Member<M> {
     pub addr: SocketAddr,
     pub meta: M,
     pub status: MemberStatus,
-    /// Last packet received from it (for ourselves: the last engine turn).
+    /// Last packet received from it (for ourselves: the last engine turn), in tokio time.
     pub last_contact: Instant,
 }
 
@@ -329,6 +345,8 @@ pub struct GossipStats {
     pub send_errors: u64,
     /// Lifeguard direct notices sent to members we suspect.
     pub buddy_notices: u64,
+    /// The seed of foca's RNG (`GossipConfig::seed`), so a run can be told apart and replayed.
+    pub seed: u64,
 }
 
 #[derive(Default)]
@@ -347,6 +365,7 @@ pub(crate) struct StatsCounters {
 
 struct Inner<M> {
     advertise: SocketAddr,
+    seed: u64,
     input: mpsc::Sender<GossipInput<M>>,
     shared: Arc<Shared<M>>,
     events: broadcast::Sender<MemberEvent<M>>,
@@ -382,23 +401,40 @@ impl<M> Clone for Gossip<M> {
     }
 }
 
-/// Start the membership service: bind the socket, start the engine.
+/// Start the membership service: bind the UDP socket, start the engine.
 pub async fn spawn<M>(config: GossipConfig, meta: M) -> Result<Gossip<M>, GossipError>
 where
     M: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + PartialEq + 'static,
 {
-    let mut config = config;
-    let foca_config = config.validate()?;
-    let meta_json = serde_json::to_vec(&meta).map_err(|e| GossipError::Metadata(e.to_string()))?;
+    config.validate()?;
     let socket = UdpSocket::bind(config.bind)
         .await
         .map_err(|source| GossipError::Bind {
             addr: config.bind,
             source,
         })?;
+    spawn_with_transport(config, meta, Arc::new(socket))
+}
+
+/// Start the membership service over any [`Transport`] (the UDP socket in production, an
+/// in-memory network in a simulator). `config.bind` is not used: the transport is already
+/// bound. An `advertise` port of 0 advertises the transport's own port. Needs a tokio runtime
+/// (a single-threaded one with paused time is fine: every timer is tokio time).
+pub fn spawn_with_transport<M, T>(
+    config: GossipConfig,
+    meta: M,
+    transport: Arc<T>,
+) -> Result<Gossip<M>, GossipError>
+where
+    M: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + PartialEq + 'static,
+    T: Transport,
+{
+    let mut config = config;
+    let foca_config = config.validate()?;
+    let meta_json = serde_json::to_vec(&meta).map_err(|e| GossipError::Metadata(e.to_string()))?;
     if config.advertise.port() == 0 {
         // Bound to port 0 (tests): advertise the port the kernel picked.
-        let local = socket.local_addr().map_err(|source| GossipError::Bind {
+        let local = transport.local_addr().map_err(|source| GossipError::Bind {
             addr: config.bind,
             source,
         })?;
@@ -421,7 +457,6 @@ where
             max_identity_bytes,
         });
     }
-    let socket = Arc::new(socket);
     let shared = Arc::new(Shared {
         view: RwLock::new(Default::default()),
         stats: StatsCounters::default(),
@@ -431,19 +466,19 @@ where
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let max_packet = config.max_packet_bytes;
     let advertise = config.advertise;
-    let seed = rand::random::<u64>();
+    let seed = config.seed;
     let engine = Engine::new(
         config,
         foca_config,
         me,
-        Arc::clone(&socket),
+        Arc::clone(&transport),
         Arc::clone(&shared),
         events.clone(),
         seed,
     );
     let engine_task = tokio::spawn(engine.run(rx));
     let recv_task = tokio::spawn(receive_loop(
-        socket,
+        transport,
         tx.clone(),
         Arc::clone(&shared),
         max_packet,
@@ -451,6 +486,7 @@ where
     Ok(Gossip {
         inner: Arc::new(Inner {
             advertise,
+            seed,
             input: tx,
             shared,
             events,
@@ -460,8 +496,8 @@ where
 }
 
 /// Reads datagrams and queues them for the engine; never blocks on the engine.
-async fn receive_loop<M>(
-    socket: Arc<UdpSocket>,
+async fn receive_loop<M, T: Transport>(
+    transport: Arc<T>,
     tx: mpsc::Sender<GossipInput<M>>,
     shared: Arc<Shared<M>>,
     max_packet: usize,
@@ -469,7 +505,7 @@ async fn receive_loop<M>(
     // One byte more than allowed, so an oversize datagram is seen as such.
     let mut buf = vec![0u8; max_packet + 1];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
+        let (n, from) = match transport.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors surface here on some platforms; not fatal.
@@ -478,7 +514,7 @@ async fn receive_loop<M>(
                 continue;
             }
         };
-        match tx.try_send(GossipInput::Data(buf[..n].to_vec(), from)) {
+        match tx.try_send(GossipInput::Data(buf[..n.min(buf.len())].to_vec(), from)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 shared.stats.inbound_dropped.fetch_add(1, Relaxed);
@@ -555,6 +591,7 @@ where
             inbound_dropped: s.inbound_dropped.load(Relaxed),
             send_errors: s.send_errors.load(Relaxed),
             buddy_notices: s.buddy_notices.load(Relaxed),
+            seed: self.inner.seed,
         }
     }
 

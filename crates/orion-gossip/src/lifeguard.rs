@@ -4,7 +4,8 @@
 //! can be tested directly; the engine feeds them events and instants.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Lifeguard switches and tuning. `enabled = false` gives plain SWIM as foca
 /// implements it, for comparison.

@@ -39,10 +39,11 @@ async fn node(id: &str, ip: [u8; 4], generation: u64) -> Gossip<Meta> {
         .expect("spawn")
 }
 
-/// Poll `f` every 10 ms until it holds or `within` passes.
+/// Poll `f` every 10 ms until it holds or `within` passes, in tokio time (the wall clock,
+/// or the simulated clock of a paused runtime).
 async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
+    let end = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < end {
         if f() {
             return true;
         }
@@ -423,4 +424,122 @@ async fn gossip_bytes_per_second_per_node() {
             g.kill();
         }
     }
+}
+
+/// An in-memory datagram network for the transport seam: one bounded inbox per address.
+mod memory {
+    use std::collections::HashMap;
+    use std::io;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::mpsc;
+
+    use crate::Transport;
+
+    /// Datagrams queued per inbox; beyond it they are lost, as a full socket buffer loses them.
+    const INBOX_MAX: usize = 1024;
+
+    type Datagram = (Vec<u8>, SocketAddr);
+
+    #[derive(Default)]
+    pub(super) struct Net {
+        inboxes: Mutex<HashMap<SocketAddr, mpsc::Sender<Datagram>>>,
+    }
+
+    pub(super) struct Socket {
+        addr: SocketAddr,
+        net: Arc<Net>,
+        rx: tokio::sync::Mutex<mpsc::Receiver<Datagram>>,
+    }
+
+    impl Net {
+        pub(super) fn bind(self: &Arc<Self>, addr: SocketAddr) -> Arc<Socket> {
+            let (tx, rx) = mpsc::channel(INBOX_MAX);
+            self.inboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(addr, tx);
+            Arc::new(Socket {
+                addr,
+                net: Arc::clone(self),
+                rx: tokio::sync::Mutex::new(rx),
+            })
+        }
+    }
+
+    impl Transport for Socket {
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(self.addr)
+        }
+
+        fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+            let inboxes = self.net.inboxes.lock().unwrap_or_else(|p| p.into_inner());
+            let inbox = inboxes
+                .get(&to)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::ConnectionRefused))?;
+            inbox
+                .try_send((buf.to_vec(), self.addr))
+                .map_err(|_| io::Error::from(io::ErrorKind::WouldBlock))?;
+            Ok(buf.len())
+        }
+
+        async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+            let (data, from) = self
+                .rx
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            Ok((n, from))
+        }
+    }
+}
+
+/// The seam a simulator needs: engines over an in-memory network, on one thread, on paused
+/// tokio time, find each other and notice a member that stops, with no socket and no wall
+/// clock involved.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn engines_converge_over_an_in_memory_transport_on_paused_time() {
+    let net = std::sync::Arc::new(memory::Net::default());
+    let mut nodes = Vec::new();
+    for i in 1..=3u8 {
+        let a = addr([10, 0, 0, i], 7000);
+        let mut c = GossipConfig::lan_fast(format!("m{i}"), a, a, 1);
+        c.seed = u64::from(i);
+        let g = crate::spawn_with_transport(c, meta("sim"), net.bind(a)).expect("spawn");
+        assert_eq!(g.stats().seed, u64::from(i));
+        nodes.push(g);
+    }
+    let seed = [addr([10, 0, 0, 1], 7000)];
+    for g in &nodes[1..] {
+        g.join(&seed).await.expect("join");
+    }
+    let all_alive = |nodes: &[Gossip<Meta>]| {
+        nodes.iter().all(|g| {
+            g.members()
+                .iter()
+                .filter(|m| m.status == MemberStatus::Alive)
+                .count()
+                == 3
+        })
+    };
+    assert!(
+        until(Duration::from_secs(10), || all_alive(&nodes)).await,
+        "members never converged"
+    );
+    let gone = nodes.pop().expect("three nodes");
+    gone.kill();
+    assert!(
+        until(Duration::from_secs(10), || {
+            nodes
+                .iter()
+                .all(|g| status_of(g, "m3") == Some(MemberStatus::Down))
+        })
+        .await,
+        "the stopped member was never declared down"
+    );
 }

@@ -2,8 +2,8 @@
 //!
 //! `StoreError` is what the redb stores fail with; openraft gets it wrapped in its own
 //! `StorageError`. `RaftError` is what starting, bootstrapping and membership changes return.
-//! `WriteError` is what a proposal or a consistent read returns; the API maps
-//! `WriteError::NoLeader` to 503.
+//! `WriteError` is what a proposal or a consistent read returns: one of three typed outcomes
+//! (not proposed, unknown, rejected) that the API maps to 503, 504 and 400.
 
 use crate::types::RaftId;
 
@@ -79,21 +79,68 @@ pub enum RaftError {
     Shutdown,
 }
 
-/// Errors of `RaftNode::write` and `RaftNode::consistent_read`.
+/// What became of a write (or a consistent read) that did not succeed: the three outcomes
+/// a client must tell apart, since only the first may be retried blindly.
+///
+/// - `NotProposed`: surely never proposed (no leader to take it, this node shutting down, a
+///   read that could not reach a quorum). Retrying is safe; the API answers 503.
+/// - `Unknown`: the request left this node and its answer was lost (timeout, connection
+///   dropped, bad status, undecodable reply, the leader shut down while holding it). It may or
+///   may not have been applied; the API answers 504 and nothing here retries it.
+/// - `Rejected`: the command is invalid and was refused before it was proposed; the API
+///   answers 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// No leader could be found or reached within `leader_wait_ms`. Safe to retry.
     #[error("{0}")]
-    NoLeader(String),
-    /// The leader took the request but gave no answer in time: it may or may not commit.
-    #[error("no answer from the leader within {0} ms; the write may or may not have been applied")]
-    Timeout(u64),
+    NotProposed(NotProposed),
+    #[error("{0}; the write may or may not have been applied")]
+    Unknown(Unknown),
+    #[error("invalid command: {0}")]
+    Rejected(orion_types::api::ValidationError),
+}
+
+/// Why a write surely was not proposed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotProposed {
+    /// No leader could be found or reached within `leader_wait_ms`.
+    #[error("{}", NO_LEADER_MESSAGE)]
+    NoLeader,
     /// This node is shutting down.
     #[error("raft has shut down")]
     Shutdown,
-    /// Anything else the leader or the transport reported.
-    #[error("{0}")]
-    Other(String),
+    /// A consistent read whose leader could not confirm its leadership with a quorum.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+}
+
+/// Why the fate of a write is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unknown {
+    /// The leader took the request but gave no answer in time.
+    #[error("no answer from the leader within {0} ms")]
+    Timeout(u64),
+    /// The request was sent and the answer was lost or garbled: the connection dropped, the
+    /// leader answered a bad status, or its reply could not be decoded.
+    #[error("the answer was lost: {0}")]
+    AnswerLost(String),
+    /// The leader shut down while it held the write.
+    #[error("the leader shut down during the write")]
+    LeaderShutdown,
+    /// The leader reported an error of its own while committing.
+    #[error("the leader failed: {0}")]
+    Leader(String),
+}
+
+impl WriteError {
+    /// Shorthand for the common no-leader failure.
+    pub fn no_leader() -> WriteError {
+        WriteError::NotProposed(NotProposed::NoLeader)
+    }
+
+    /// Whether the write surely was not proposed, so a retry cannot apply it twice.
+    pub fn retry_is_safe(&self) -> bool {
+        matches!(self, WriteError::NotProposed(_))
+    }
 }
 
 /// The sentence the API shows while an election is under way.

@@ -29,7 +29,8 @@
 //!    not heard from a leader (an accepted append-entries or snapshot) for more than
 //!    3 x `election_timeout_max` (1.8 s by default; openraft's own path needs at most a lease
 //!    plus one timeout plus a tick, about 1.3 s), it waits a random 0..`election_timeout_max`
-//!    and, if still leaderless, calls `trigger().elect()`. The random wait shifts the phase
+//!    (drawn from SplitMix64 seeded by `RaftConfig::watchdog_seed`, so a simulated run
+//!    replays it; openraft's own timeout draw is internal to openraft) and, if still leaderless, calls `trigger().elect()`. The random wait shifts the phase
 //!    of one survivor, which breaks the tie; the next campaign wins. The watchdog never
 //!    triggers on a leader (an election triggered on a leader is another livelock,
 //!    openraft#1839; 0.9.25 also ignores such a trigger) and waits another 3 x max after
@@ -47,7 +48,7 @@ mod server;
 mod sm_store;
 mod types;
 
-pub use error::{NO_LEADER_MESSAGE, RaftError, StoreError, WriteError};
+pub use error::{NO_LEADER_MESSAGE, NotProposed, RaftError, StoreError, Unknown, WriteError};
 pub use network::{RPC_BODY_BYTES_MAX, paths};
 pub use node::{RaftConfig, RaftNode, RaftStatus, Role};
 pub use sm_store::ApplyObserver;

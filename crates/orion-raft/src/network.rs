@@ -68,6 +68,9 @@ pub enum ForwardError {
     Shutdown,
     #[error("{0}")]
     Other(String),
+    /// The command failed `Command::validate`; nothing was proposed.
+    #[error("invalid command: {field}: {message}")]
+    Invalid { field: String, message: String },
 }
 
 /// Body of a read-index request (empty today; a struct so the route has a schema to refuse).

@@ -4,11 +4,13 @@
 //!
 //! Writes go to the leader: proposed locally when this node leads, otherwise forwarded over
 //! the RPC. While no leader is known or reachable a write waits, polling at the heartbeat
-//! interval, for at most `leader_wait_ms`, then fails with `WriteError::NoLeader`. A write is
+//! interval, for at most `leader_wait_ms`, then fails with `NotProposed::NoLeader`. A write is
 //! only retried when it surely was not proposed (the target said it is not the leader, or no
-//! connection could be made); a write whose answer was lost fails with `WriteError::Timeout`.
+//! connection could be made); a write whose answer was lost (timeout, dropped connection, bad
+//! status or reply, the leader shutting down) fails with `WriteError::Unknown`, and an invalid
+//! command with `WriteError::Rejected` before anything is sent (`forward_outcome`).
 
-use crate::error::{NO_LEADER_MESSAGE, RaftError, StoreError, WriteError};
+use crate::error::{NotProposed, RaftError, StoreError, Unknown, WriteError};
 use crate::log_store::LogStore;
 use crate::network::{
     ForwardError, NetworkFactory, ReadIndexRequest, RpcClient, RpcFailure, paths,
@@ -22,7 +24,6 @@ use orion_state::ClusterState;
 use orion_types::{Command, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +69,9 @@ pub struct RaftConfig {
     pub leader_wait_ms: u64,
     /// Bound on one RPC, on a leader's commit of a forwarded write, and on a read index.
     pub rpc_timeout_ms: u64,
+    /// Seeds the no-leader watchdog's random delays (SplitMix64), so a simulated run replays
+    /// them exactly. `new` draws it from the OS.
+    pub watchdog_seed: u64,
 }
 
 impl RaftConfig {
@@ -99,6 +103,7 @@ impl RaftConfig {
             leader_wait_ms: 4_000,
             // A LAN commit takes milliseconds; 2 s absorbs an fsync stall on a busy disk.
             rpc_timeout_ms: 2_000,
+            watchdog_seed: orion_types::env::os_seed(),
         }
     }
 
@@ -320,6 +325,7 @@ impl RaftNode {
             raft_id = id,
             bind = %node.inner.cfg.bind,
             advertise = %node.inner.cfg.advertise,
+            watchdog_seed = node.inner.cfg.watchdog_seed,
             "raft started"
         );
         Ok(node)
@@ -412,21 +418,25 @@ impl RaftNode {
     }
 
     /// Proposes `cmd` through the leader and returns its response once committed and applied.
+    /// An invalid command is refused before anything is sent (`WriteError::Rejected`).
     pub async fn write(&self, cmd: Command) -> Result<Response, WriteError> {
+        cmd.validate().map_err(WriteError::Rejected)?;
         let deadline = self.leader_wait_deadline();
         let rpc_timeout = self.inner.rpc.rpc_timeout();
         loop {
             if self.inner.stopped.load(Ordering::Acquire) {
-                return Err(WriteError::Shutdown);
+                return Err(WriteError::NotProposed(NotProposed::Shutdown));
             }
-            let res = match self.target() {
+            let step = match self.target() {
                 None => None,
-                Some(Target::Local) => {
-                    Some(server::local_write(&self.inner.raft, cmd.clone(), rpc_timeout).await)
-                }
-                Some(Target::Remote(addr)) => {
-                    match self
-                        .inner
+                Some(Target::Local) => forward_outcome(Ok(server::local_write(
+                    &self.inner.raft,
+                    cmd.clone(),
+                    rpc_timeout,
+                )
+                .await)),
+                Some(Target::Remote(addr)) => forward_outcome(
+                    self.inner
                         .rpc
                         .post::<_, Result<Response, ForwardError>>(
                             &addr,
@@ -434,32 +444,14 @@ impl RaftNode {
                             &cmd,
                             self.forward_timeout(),
                         )
-                        .await
-                    {
-                        Ok(r) => Some(r),
-                        Err(RpcFailure::Connect { addr, msg }) => {
-                            tracing::debug!(%addr, %msg, "leader unreachable; waiting");
-                            None
-                        }
-                        Err(RpcFailure::Timeout { ms, .. }) => return Err(WriteError::Timeout(ms)),
-                        Err(e) => return Err(WriteError::Other(e.to_string())),
-                    }
-                }
+                        .await,
+                ),
             };
-            match res {
-                Some(Ok(resp)) => return Ok(resp),
-                Some(Err(ForwardError::NotLeader { .. })) | None => {}
-                Some(Err(ForwardError::Timeout { ms })) => return Err(WriteError::Timeout(ms)),
-                Some(Err(ForwardError::Shutdown)) => {
-                    return Err(WriteError::Other(
-                        "the leader shut down during the write; it may or may not have been applied"
-                            .to_string(),
-                    ));
-                }
-                Some(Err(ForwardError::Other(m))) => return Err(WriteError::Other(m)),
+            if let Some(done) = step {
+                return done;
             }
             if !self.pause(deadline).await {
-                return Err(WriteError::NoLeader(NO_LEADER_MESSAGE.to_string()));
+                return Err(WriteError::no_leader());
             }
         }
     }
@@ -472,7 +464,7 @@ impl RaftNode {
         let rpc_timeout = self.inner.rpc.rpc_timeout();
         let index = loop {
             if self.inner.stopped.load(Ordering::Acquire) {
-                return Err(WriteError::Shutdown);
+                return Err(WriteError::NotProposed(NotProposed::Shutdown));
             }
             let res = match self.target() {
                 None => None,
@@ -501,18 +493,27 @@ impl RaftNode {
             match res {
                 Some(Ok(index)) => break index,
                 Some(Err(ForwardError::NotLeader { .. } | ForwardError::Shutdown)) | None => {}
-                Some(Err(ForwardError::Timeout { ms })) => return Err(WriteError::Timeout(ms)),
-                Some(Err(ForwardError::Other(m))) => return Err(WriteError::Other(m)),
+                Some(Err(ForwardError::Timeout { ms })) => {
+                    return Err(WriteError::Unknown(Unknown::Timeout(ms)));
+                }
+                Some(Err(ForwardError::Other(m))) => {
+                    return Err(WriteError::NotProposed(NotProposed::NoQuorum(m)));
+                }
+                Some(Err(e @ ForwardError::Invalid { .. })) => {
+                    return Err(WriteError::Unknown(Unknown::Leader(e.to_string())));
+                }
             }
             if !self.pause(deadline).await {
-                return Err(WriteError::NoLeader(NO_LEADER_MESSAGE.to_string()));
+                return Err(WriteError::no_leader());
             }
         };
         let mut rx = self.inner.sm.subscribe();
         match tokio::time::timeout(rpc_timeout, rx.wait_for(|applied| *applied >= index)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(WriteError::Shutdown),
-            Err(_) => Err(WriteError::Timeout(rpc_timeout.as_millis() as u64)),
+            Ok(Err(_)) => Err(WriteError::NotProposed(NotProposed::Shutdown)),
+            Err(_) => Err(WriteError::Unknown(Unknown::Timeout(
+                rpc_timeout.as_millis() as u64,
+            ))),
         }
     }
 
@@ -745,6 +746,43 @@ impl RaftNode {
     }
 }
 
+/// What one attempt at a write gave: `Some` to return it, `None` to wait for a leader and try
+/// again. Only an attempt that surely proposed nothing gives `None`: the target said it is not
+/// the leader, or no connection could be made. Once the request has left, every failure is
+/// `Unknown`, since the leader may have taken it.
+fn forward_outcome(
+    attempt: Result<Result<Response, ForwardError>, RpcFailure>,
+) -> Option<Result<Response, WriteError>> {
+    let unknown = |u| Some(Err(WriteError::Unknown(u)));
+    match attempt {
+        Ok(Ok(resp)) => Some(Ok(resp)),
+        Ok(Err(ForwardError::NotLeader { .. })) => None,
+        Ok(Err(ForwardError::Timeout { ms })) => unknown(Unknown::Timeout(ms)),
+        Ok(Err(ForwardError::Shutdown)) => unknown(Unknown::LeaderShutdown),
+        Ok(Err(ForwardError::Other(m))) => unknown(Unknown::Leader(m)),
+        Ok(Err(ForwardError::Invalid { field, message })) => Some(Err(WriteError::Rejected(
+            orion_types::api::ValidationError { field, message },
+        ))),
+        Err(RpcFailure::Connect { addr, msg }) => {
+            tracing::debug!(%addr, %msg, "leader unreachable; waiting");
+            None
+        }
+        // Refused before sending: nothing was proposed, and a retry would be refused again.
+        Err(RpcFailure::TooLarge(n)) => Some(Err(WriteError::Rejected(
+            orion_types::api::ValidationError {
+                field: String::new(),
+                message: format!("the command is {n} bytes, over the inter-node limit"),
+            },
+        ))),
+        Err(RpcFailure::Timeout { ms, .. }) => unknown(Unknown::Timeout(ms)),
+        Err(
+            e @ (RpcFailure::Status { .. }
+            | RpcFailure::Transport { .. }
+            | RpcFailure::Decode { .. }),
+        ) => unknown(Unknown::AnswerLost(e.to_string())),
+    }
+}
+
 fn map_membership_result<T>(
     res: Result<T, OpenRaftError<RaftId, ClientWriteError<RaftId, Peer>>>,
 ) -> Result<(), RaftError> {
@@ -762,12 +800,6 @@ fn map_membership_result<T>(
     }
 }
 
-/// A random number below `bound` (std's randomly keyed hasher; no RNG dependency needed for
-/// jitter).
-fn random_below(bound: u64) -> u64 {
-    RandomState::new().hash_one(std::time::SystemTime::now()) % bound.max(1)
-}
-
 /// The no-leader watchdog; see the crate docs ("Elections that never stick").
 async fn watchdog(
     raft: Raft<TypeConfig>,
@@ -781,6 +813,7 @@ async fn watchdog(
     // Checking at the heartbeat is far finer than the 1.8 s threshold needs.
     let check = Duration::from_millis(cfg.heartbeat_ms);
     let mut last_kick: Option<Instant> = None;
+    let mut rng = cfg.watchdog_seed;
     let leaderless_for = |last_kick: Option<Instant>| -> Option<Duration> {
         let m = raft.metrics().borrow().clone();
         if m.state == Role0::Leader || m.state == Role0::Shutdown {
@@ -811,7 +844,9 @@ async fn watchdog(
             continue;
         }
         // Jitter so two stuck survivors do not kick at the same instant again.
-        let jitter = Duration::from_millis(random_below(cfg.election_timeout_max_ms));
+        let jitter = Duration::from_millis(
+            orion_types::env::splitmix64(&mut rng) % cfg.election_timeout_max_ms.max(1),
+        );
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(jitter) => {}
@@ -827,5 +862,177 @@ async fn watchdog(
         if raft.trigger().elect().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::NO_LEADER_MESSAGE;
+    use std::net::{IpAddr, Ipv4Addr};
+    use tokio::io::AsyncReadExt;
+
+    /// One forward attempt as `forward_outcome` sees it.
+    type Attempt = Result<Result<Response, ForwardError>, RpcFailure>;
+
+    /// The step a forward attempt must give: `None` = retry (surely not proposed).
+    fn check(what: &str, attempt: Attempt, want: Option<&str>) {
+        let got = forward_outcome(attempt);
+        let kind = match &got {
+            None => None,
+            Some(Ok(_)) => Some("ok"),
+            Some(Err(WriteError::NotProposed(_))) => Some("not-proposed"),
+            Some(Err(WriteError::Unknown(_))) => Some("unknown"),
+            Some(Err(WriteError::Rejected(_))) => Some("rejected"),
+        };
+        assert_eq!(kind, want, "{what}: {got:?}");
+    }
+
+    #[test]
+    fn each_forward_result_has_its_outcome() {
+        let addr = || "127.0.0.1:1".to_string();
+        let cases: Vec<(&str, Attempt, Option<&str>)> = vec![
+            ("committed", Ok(Ok(Response::Ok)), Some("ok")),
+            (
+                "not the leader",
+                Ok(Err(ForwardError::NotLeader { leader: None })),
+                None,
+            ),
+            (
+                "leader timed out",
+                Ok(Err(ForwardError::Timeout { ms: 5 })),
+                Some("unknown"),
+            ),
+            (
+                "leader shut down",
+                Ok(Err(ForwardError::Shutdown)),
+                Some("unknown"),
+            ),
+            (
+                "leader error",
+                Ok(Err(ForwardError::Other("x".into()))),
+                Some("unknown"),
+            ),
+            (
+                "invalid command",
+                Ok(Err(ForwardError::Invalid {
+                    field: "memory".into(),
+                    message: "x".into(),
+                })),
+                Some("rejected"),
+            ),
+            (
+                "refused connection",
+                Err(RpcFailure::Connect {
+                    addr: addr(),
+                    msg: "refused".into(),
+                }),
+                None,
+            ),
+            (
+                "too large to send",
+                Err(RpcFailure::TooLarge(1 << 30)),
+                Some("rejected"),
+            ),
+            (
+                "no reply in time",
+                Err(RpcFailure::Timeout {
+                    addr: addr(),
+                    ms: 5,
+                }),
+                Some("unknown"),
+            ),
+            (
+                "bad status",
+                Err(RpcFailure::Status {
+                    addr: addr(),
+                    status: 500,
+                    body: String::new(),
+                }),
+                Some("unknown"),
+            ),
+            (
+                "dropped connection",
+                Err(RpcFailure::Transport {
+                    addr: addr(),
+                    msg: "reset".into(),
+                }),
+                Some("unknown"),
+            ),
+            (
+                "garbled reply",
+                Err(RpcFailure::Decode {
+                    addr: addr(),
+                    msg: "eof".into(),
+                }),
+                Some("unknown"),
+            ),
+        ];
+        for (what, attempt, want) in cases {
+            check(what, attempt, want);
+        }
+        assert_eq!(WriteError::no_leader().to_string(), NO_LEADER_MESSAGE);
+        assert!(WriteError::no_leader().retry_is_safe());
+        assert!(!WriteError::Unknown(Unknown::LeaderShutdown).retry_is_safe());
+    }
+
+    async fn forward_to(addr: &str) -> Option<Result<Response, WriteError>> {
+        let client = RpcClient::new(IpAddr::from([127, 0, 0, 74]), Duration::from_millis(2_000))
+            .expect("client");
+        let cmd = Command::DeleteTask {
+            task_id: "a".repeat(32),
+            at: 1,
+        };
+        let attempt = client
+            .post::<_, Result<Response, ForwardError>>(
+                addr,
+                paths::FORWARD,
+                &cmd,
+                Duration::from_millis(2_000),
+            )
+            .await;
+        forward_outcome(attempt)
+    }
+
+    /// Regression (issue 10, 503 versus 504): a forwarded write whose connection dropped after
+    /// the request left answered 503 ("retry"), although the leader may have applied it.
+    #[tokio::test]
+    async fn forward_dropped_after_sending_is_unknown_not_503() {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 74), 0))
+            .await
+            .expect("bind");
+        let target = listener.local_addr().expect("addr").to_string();
+        // Read the whole request, as a leader would before proposing it, then hang up.
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen = Vec::new();
+            while !String::from_utf8_lossy(&seen).contains("\"DeleteTask\"") {
+                let n = sock.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+            drop(sock);
+        });
+        let got = forward_to(&target).await;
+        server.await.expect("server");
+        assert!(
+            matches!(got, Some(Err(WriteError::Unknown(Unknown::AnswerLost(_))))),
+            "{got:?}"
+        );
+    }
+
+    /// The other side of the same rule: a connection that was never made proposed nothing, so
+    /// the write waits for a leader and tries again.
+    #[tokio::test]
+    async fn forward_to_a_refused_connection_is_not_proposed() {
+        let port = {
+            let l = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 74), 0)).expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let got = forward_to(&format!("127.0.0.74:{port}")).await;
+        assert!(got.is_none(), "{got:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! The server half of the inter-node RPC: an axum router on the raft port.
 //!
 //! Five POST routes with JSON bodies (`network::paths`): the three Raft RPCs, handed to
-//! openraft as they are; `forward`, a client write executed by this node if it leads; and
+//! openraft as they are; `forward`, a client write validated like an API request
+//! (`Command::validate`) and executed by this node if it leads; and
 //! `read-index`, the leader's linearizable read index. Bodies over `RPC_BODY_BYTES_MAX` get
 //! 413, bodies that are not the expected JSON get axum's 400/415/422, and an append-entries
 //! request whose entries do not follow `prev_log_id` one by one, or a snapshot chunk beyond
@@ -177,7 +178,17 @@ async fn snapshot(
     Json(res).into_response()
 }
 
+/// A peer's write. The peer is not trusted to have validated it: the command is checked by
+/// the same rules as the API's (`Command::validate`) and refused, unproposed, if invalid.
 async fn forward(State(s): State<ServerState>, Json(cmd): Json<Command>) -> HttpResponse {
+    if let Err(e) = cmd.validate() {
+        tracing::warn!(kind = cmd.kind(), error = %e, "refused an invalid forwarded command");
+        let refused: Result<Response, ForwardError> = Err(ForwardError::Invalid {
+            field: e.field,
+            message: e.message,
+        });
+        return Json(refused).into_response();
+    }
     Json(local_write(&s.raft, cmd, s.rpc_timeout).await).into_response()
 }
 

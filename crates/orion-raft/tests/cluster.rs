@@ -4,7 +4,7 @@
 //!
 //! Each test uses its own 127.0.0.x addresses and port 0, so tests run in parallel safely.
 
-use orion_raft::{RaftConfig, RaftNode, Role, WriteError, paths};
+use orion_raft::{NotProposed, RaftConfig, RaftNode, Role, WriteError, paths};
 use orion_types::{Command, Response};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -87,7 +87,7 @@ async fn single_node_bootstraps_commits_and_restarts() {
     node.shutdown().await; // idempotent
     assert_eq!(
         node.write(create_task(2)).await,
-        Err(WriteError::Shutdown),
+        Err(WriteError::NotProposed(NotProposed::Shutdown)),
         "a stopped node refuses writes"
     );
 
@@ -291,7 +291,7 @@ async fn three_voters_forward_read_index_and_survive_repeated_leader_loss() {
         loop {
             match c.node(survivor).write(create_task(task)).await {
                 Ok(_) => break,
-                Err(WriteError::NoLeader(_)) => {}
+                Err(WriteError::NotProposed(NotProposed::NoLeader)) => {}
                 Err(e) => panic!("round {round}: write failed: {e}"),
             }
             assert!(
@@ -361,14 +361,12 @@ async fn no_leader_write_fails_after_the_bounded_wait() {
     let node = RaftNode::start(cfg).await.unwrap(); // never bootstrapped: no cluster
     let t = Instant::now();
     let err = node.write(create_task(1)).await.unwrap_err();
-    assert_eq!(
-        err,
-        WriteError::NoLeader("no leader elected yet; retry".into())
-    );
+    assert_eq!(err, WriteError::NotProposed(NotProposed::NoLeader));
+    assert_eq!(err.to_string(), "no leader elected yet; retry");
     assert!(t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(2));
     assert!(matches!(
         node.consistent_read().await,
-        Err(WriteError::NoLeader(_))
+        Err(WriteError::NotProposed(NotProposed::NoLeader))
     ));
     assert!(node.add_learner(node.peer()).await.is_err());
     node.shutdown().await;
@@ -487,4 +485,84 @@ async fn watchdog_alone_elects_a_new_leader() {
     );
     c.node(1).write(create_task(2)).await.unwrap();
     c.shutdown().await;
+}
+
+/// Regression (issue 10, unchecked forwards): the inter-node `forward` route proposed whatever
+/// `Command` a peer sent. An invalid one must be refused as invalid and leave the log alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_invalid_command_is_refused_and_nothing_is_written() {
+    let dir = TempDir::new().unwrap();
+    let node = RaftNode::start(config("fwd", dir.path(), 45, 0))
+        .await
+        .unwrap();
+    node.bootstrap().await.unwrap();
+    wait_leader(&node).await;
+    node.write(create_task(1)).await.unwrap();
+    let before = node.status();
+    let url = format!("http://{}{}", node.peer().raft_addr, paths::FORWARD);
+    let http = reqwest::Client::new();
+
+    let Command::CreateTask { spec, .. } = create_task(2) else {
+        unreachable!()
+    };
+    let mut tiny = spec.clone();
+    tiny.memory_bytes = 1_000; // below Docker's minimum: the API answers 400
+    let mut bad_name = spec.clone();
+    bad_name.name = Some("no spaces allowed".into());
+    let cases: Vec<(&str, Command, &str)> = vec![
+        (
+            "memory below the minimum",
+            Command::CreateTask {
+                task_id: format!("{:032x}", 2),
+                spec: tiny,
+                at: 1,
+            },
+            "memory",
+        ),
+        (
+            "a name the API refuses",
+            Command::CreateTask {
+                task_id: format!("{:032x}", 3),
+                spec: bad_name,
+                at: 1,
+            },
+            "name",
+        ),
+        (
+            "an empty task id",
+            Command::CreateTask {
+                task_id: String::new(),
+                spec,
+                at: 1,
+            },
+            "task_id",
+        ),
+    ];
+    for (what, cmd, field) in cases {
+        let reply: serde_json::Value = http
+            .post(&url)
+            .json(&cmd)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            reply["Err"]["Invalid"]["field"], field,
+            "{what}: got {reply}"
+        );
+        // The same command through the handle is refused before it is sent.
+        assert!(
+            matches!(node.write(cmd).await, Err(WriteError::Rejected(e)) if e.field == field),
+            "{what}"
+        );
+    }
+    let after = node.status();
+    assert_eq!(
+        after.commit_index, before.commit_index,
+        "nothing was proposed"
+    );
+    assert!(!has_task(&node, 2) && !has_task(&node, 3));
+    node.shutdown().await;
 }

@@ -5,7 +5,9 @@
 //! unknown fields are refused rather than silently ignored.
 
 use crate::limits::*;
-use crate::{Constraint, PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
+use crate::{
+    Constraint, ConstraintOp, NodeAttr, PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec,
+};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -104,39 +106,17 @@ pub(crate) fn task_fields(obj: &Map<String, Value>) -> Result<TaskSpec, Validati
     };
     check_image(&image)?;
     let name = opt_string(obj, "name", NAME_BYTES_MAX)?;
-    if let Some(n) = &name
-        && (n.is_empty()
-            || !n
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
-    {
-        return Err(err(
-            "name",
-            "may hold only letters, digits, '_', '.' and '-'",
-        ));
-    }
     let command = match obj.get("command") {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) => {
-            if items.len() > COMMAND_ARGS_MAX {
-                return Err(err(
-                    "command",
-                    format!("has more than {COMMAND_ARGS_MAX} arguments"),
-                ));
-            }
             let mut args = Vec::with_capacity(items.len());
             for item in items {
                 match item {
-                    Value::String(s) if s.len() <= ARG_BYTES_MAX => args.push(s.clone()),
-                    Value::String(_) => {
-                        return Err(err(
-                            "command",
-                            format!("an argument is longer than {ARG_BYTES_MAX} bytes"),
-                        ));
-                    }
+                    Value::String(s) => args.push(s.clone()),
                     _ => return Err(err("command", "must be an array of strings")),
                 }
             }
+            // `[]` means no command, as if it were omitted; the bounds are `TaskSpec::validate`'s.
             if args.is_empty() { None } else { Some(args) }
         }
         Some(_) => {
@@ -147,12 +127,6 @@ pub(crate) fn task_fields(obj: &Map<String, Value>) -> Result<TaskSpec, Validati
         }
     };
     let env = string_map(obj, "env")?;
-    if let Some(k) = env.keys().find(|k| k.is_empty() || k.contains('=')) {
-        return Err(err(
-            "env",
-            format!("variable name {k:?} must be non-empty and hold no '='"),
-        ));
-    }
     let memory_bytes = parse_memory(obj.get("memory"))?;
     let cpu_millis = parse_cpu(obj.get("cpu"))?;
     let ports = parse_ports(obj.get("portBindings"))?;
@@ -231,7 +205,7 @@ pub(crate) fn task_fields(obj: &Map<String, Value>) -> Result<TaskSpec, Validati
             ));
         }
     };
-    Ok(TaskSpec {
+    let spec = TaskSpec {
         image,
         name,
         command,
@@ -247,7 +221,236 @@ pub(crate) fn task_fields(obj: &Map<String, Value>) -> Result<TaskSpec, Validati
         healthcheck: None,
         stop_grace_period_ms: None,
         stop_after_disconnect_ms,
-    })
+    };
+    // The value rules live in one function that every entry point calls: this parser and
+    // the inter-node forward endpoint (through `Command::validate`).
+    spec.validate()?;
+    Ok(spec)
+}
+
+impl TaskSpec {
+    /// Checks every value of the spec against the rules and `limits` of `POST /tasks`: the
+    /// one place those rules are written. The API parser calls it on what it built; the
+    /// inter-node forward endpoint calls it (through `Command::validate`) on what a peer sent,
+    /// since a spec's fields are public and a deserialized one was checked by nobody.
+    /// Errors name the API field (`memory`, `portBindings`, ...).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_image(&self.image)?;
+        if let Some(n) = &self.name {
+            check_name(n)?;
+        }
+        if let Some(args) = &self.command {
+            check_command(args)?;
+        }
+        check_map("env", &self.env)?;
+        if let Some(k) = self.env.keys().find(|k| k.contains('=')) {
+            return Err(err(
+                "env",
+                format!("variable name {k:?} must be non-empty and hold no '='"),
+            ));
+        }
+        check_memory(self.memory_bytes)?;
+        check_cpu_millis(self.cpu_millis)?;
+        check_ports(&self.ports)?;
+        check_map("labels", &self.labels)?;
+        check_map("nodeSelectors", &self.node_selectors)?;
+        if self.constraints.len() > CONSTRAINTS_MAX {
+            return Err(err(
+                "constraints",
+                format!("has more than {CONSTRAINTS_MAX} entries"),
+            ));
+        }
+        for c in &self.constraints {
+            check_constraint(c)?;
+        }
+        if let Some(ms) = self.stop_after_disconnect_ms
+            && !(STOP_AFTER_DISCONNECT_MIN_MS..=STOP_AFTER_DISCONNECT_MAX_MS).contains(&ms)
+        {
+            return Err(err(
+                "stopAfterDisconnect",
+                format!(
+                    "must be between {} and {}",
+                    format_duration_ms(STOP_AFTER_DISCONNECT_MIN_MS),
+                    format_duration_ms(STOP_AFTER_DISCONNECT_MAX_MS)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_name(n: &str) -> Result<(), ValidationError> {
+    if n.len() > NAME_BYTES_MAX {
+        return Err(err(
+            "name",
+            format!("is longer than {NAME_BYTES_MAX} bytes"),
+        ));
+    }
+    if n.is_empty()
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        return Err(err(
+            "name",
+            "may hold only letters, digits, '_', '.' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+fn check_command(args: &[String]) -> Result<(), ValidationError> {
+    if args.is_empty() {
+        return Err(err("command", "an empty list is no command; omit it"));
+    }
+    if args.len() > COMMAND_ARGS_MAX {
+        return Err(err(
+            "command",
+            format!("has more than {COMMAND_ARGS_MAX} arguments"),
+        ));
+    }
+    if args.iter().any(|a| a.len() > ARG_BYTES_MAX) {
+        return Err(err(
+            "command",
+            format!("an argument is longer than {ARG_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Bounds of a user's string map (`env`, `labels`, `nodeSelectors`), and of node labels.
+pub fn check_map(field: &str, m: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    if m.len() > MAP_ENTRIES_MAX {
+        return Err(err(
+            field,
+            format!("has more than {MAP_ENTRIES_MAX} entries"),
+        ));
+    }
+    for (k, v) in m {
+        if k.is_empty() || k.len() > KEY_BYTES_MAX {
+            return Err(err(
+                field,
+                format!("keys must be 1 to {KEY_BYTES_MAX} bytes"),
+            ));
+        }
+        if v.len() > VALUE_BYTES_MAX {
+            return Err(err(
+                field,
+                format!("value of {k:?} is longer than {VALUE_BYTES_MAX} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_memory(bytes: u64) -> Result<(), ValidationError> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    if bytes < TASK_MEMORY_MIN_BYTES {
+        return Err(err(
+            "memory",
+            format!("{bytes} bytes is below Docker's minimum of {TASK_MEMORY_MIN_BYTES} (6 MiB)"),
+        ));
+    }
+    if bytes > TASK_MEMORY_MAX_BYTES {
+        return Err(err(
+            "memory",
+            format!("{bytes} bytes is absurd (more than 16 TiB)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_cpu_millis(millis: u64) -> Result<(), ValidationError> {
+    if millis == 0 {
+        return Ok(());
+    }
+    if millis < TASK_CPU_MIN_MILLIS {
+        return Err(err("cpu", "must be at least 0.01 cores"));
+    }
+    if millis > TASK_CPU_MAX_MILLIS {
+        return Err(err(
+            "cpu",
+            format!(
+                "{} cores is absurd (more than 1024)",
+                millis as f64 / 1000.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Sorted, at most `PORTS_MAX`, ports 1-65535, no container port and protocol twice, no
+/// static host port and protocol twice.
+fn check_ports(ports: &[PortSpec]) -> Result<(), ValidationError> {
+    const F: &str = "portBindings";
+    if ports.len() > PORTS_MAX {
+        return Err(err(F, format!("has more than {PORTS_MAX} entries")));
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let key = format!("{}/{}", p.container_port, p.protocol.as_str());
+        if p.container_port == 0 {
+            return Err(err(F, format!("{key:?}: container port must be 1-65535")));
+        }
+        if p.host_port == Some(0) {
+            return Err(err(
+                F,
+                format!("{key:?}: host port must be 1-65535, or none to pick one"),
+            ));
+        }
+        let earlier = &ports[..i];
+        if earlier
+            .iter()
+            .any(|q| q.container_port == p.container_port && q.protocol == p.protocol)
+        {
+            return Err(err(F, format!("{key:?} is given twice")));
+        }
+        if let Some(h) = p.host_port
+            && earlier
+                .iter()
+                .any(|q| q.host_port == Some(h) && q.protocol == p.protocol)
+        {
+            return Err(err(
+                F,
+                format!("host port {h}/{} is bound twice", p.protocol.as_str()),
+            ));
+        }
+    }
+    if !ports.is_sorted() {
+        return Err(err(F, "must be sorted by container port and protocol"));
+    }
+    Ok(())
+}
+
+/// What `Constraint::parse` could have produced, within the string bounds of a label.
+fn check_constraint(c: &Constraint) -> Result<(), ValidationError> {
+    const F: &str = "constraints";
+    if let NodeAttr::Label(k) = &c.attr
+        && (k.is_empty() || k.len() > KEY_BYTES_MAX || k.contains(char::is_whitespace))
+    {
+        return Err(err(
+            F,
+            format!("label names must be 1 to {KEY_BYTES_MAX} bytes without spaces"),
+        ));
+    }
+    let one = matches!(c.op, ConstraintOp::Eq | ConstraintOp::Ne);
+    if c.values.is_empty() || (one && c.values.len() != 1) || c.values.len() > MAP_ENTRIES_MAX {
+        return Err(err(
+            F,
+            format!("== and != take one value, in and not in 1 to {MAP_ENTRIES_MAX} values"),
+        ));
+    }
+    if c.values
+        .iter()
+        .any(|v| v.is_empty() || v.len() > VALUE_BYTES_MAX || v.contains(char::is_whitespace))
+    {
+        return Err(err(
+            F,
+            format!("values must be 1 to {VALUE_BYTES_MAX} bytes without spaces"),
+        ));
+    }
+    Ok(())
 }
 
 /// Longest duration string accepted: a real duration is a handful of number-unit pairs.
@@ -363,34 +566,17 @@ pub(crate) fn string_map(
     match obj.get(field) {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(Value::Object(m)) => {
-            if m.len() > MAP_ENTRIES_MAX {
-                return Err(err(
-                    field,
-                    format!("has more than {MAP_ENTRIES_MAX} entries"),
-                ));
-            }
             let mut out = BTreeMap::new();
             for (k, v) in m {
-                if k.is_empty() || k.len() > KEY_BYTES_MAX {
-                    return Err(err(
-                        field,
-                        format!("keys must be 1 to {KEY_BYTES_MAX} bytes"),
-                    ));
-                }
                 let v = match v {
                     Value::String(s) => s.clone(),
                     Value::Number(n) => n.to_string(),
                     Value::Bool(b) => b.to_string(),
                     _ => return Err(err(field, format!("value of {k:?} must be a string"))),
                 };
-                if v.len() > VALUE_BYTES_MAX {
-                    return Err(err(
-                        field,
-                        format!("value of {k:?} is longer than {VALUE_BYTES_MAX} bytes"),
-                    ));
-                }
                 out.insert(k.clone(), v);
             }
+            check_map(field, &out)?;
             Ok(out)
         }
         Some(_) => Err(err(field, "must be an object of string values")),
@@ -415,21 +601,7 @@ fn parse_memory(v: Option<&Value>) -> Result<u64, ValidationError> {
             ));
         }
     };
-    if bytes == 0 {
-        return Ok(0);
-    }
-    if bytes < TASK_MEMORY_MIN_BYTES {
-        return Err(err(
-            "memory",
-            format!("{bytes} bytes is below Docker's minimum of {TASK_MEMORY_MIN_BYTES} (6 MiB)"),
-        ));
-    }
-    if bytes > TASK_MEMORY_MAX_BYTES {
-        return Err(err(
-            "memory",
-            format!("{bytes} bytes is absurd (more than 16 TiB)"),
-        ));
-    }
+    check_memory(bytes)?;
     Ok(bytes)
 }
 
@@ -481,16 +653,14 @@ fn parse_cpu(v: Option<&Value>) -> Result<u64, ValidationError> {
     if millis == 0.0 && cores == 0.0 {
         return Ok(0);
     }
-    if millis < TASK_CPU_MIN_MILLIS as f64 {
-        return Err(err("cpu", "must be at least 0.01 cores"));
-    }
-    if millis > TASK_CPU_MAX_MILLIS as f64 {
-        return Err(err(
-            "cpu",
-            format!("{cores} cores is absurd (more than 1024)"),
-        ));
-    }
-    Ok(millis as u64)
+    // A share that rounds to 0 millicores is not "none": refuse it like any other too small.
+    let millis = if millis < 1.0 {
+        1
+    } else {
+        millis.min(u64::MAX as f64) as u64
+    };
+    check_cpu_millis(millis)?;
+    Ok(millis)
 }
 
 /// `{"80/tcp": "8080", "53/udp": "", "9000": 0}`.
@@ -545,22 +715,7 @@ fn parse_ports(v: Option<&Value>) -> Result<Vec<PortSpec>, ValidationError> {
                 ));
             }
         };
-        if out
-            .iter()
-            .any(|p| p.container_port == container_port && p.protocol == protocol)
-        {
-            return Err(err(F, format!("{key:?} is given twice")));
-        }
-        if let Some(h) = host_port
-            && out
-                .iter()
-                .any(|p| p.host_port == Some(h) && p.protocol == protocol)
-        {
-            return Err(err(
-                F,
-                format!("host port {h}/{} is bound twice", protocol.as_str()),
-            ));
-        }
+        // Duplicates are `TaskSpec::validate`'s to refuse.
         out.push(PortSpec {
             container_port,
             protocol,

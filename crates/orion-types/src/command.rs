@@ -2,9 +2,10 @@
 //! in log order by `orion-state`. Commands carry everything apply needs (ids, the proposer's
 //! clock), so applying the log is deterministic on every node.
 
+use crate::api::ValidationError;
 use crate::{
     AllocId, ClusterConfig, DeploymentState, Health, NodeId, NodeMeta, PortMapping, ServiceSpec,
-    TaskId, TaskSpec, UnixMillis,
+    TaskId, TaskSpec, UnixMillis, limits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -249,6 +250,198 @@ impl Command {
         }
     }
 
+    /// Checks a command that arrived from outside this process: every id, string and list
+    /// within `limits`, and every `TaskSpec` by the same rules as `POST /tasks`
+    /// (`TaskSpec::validate`). The inter-node forward endpoint calls it before it proposes what
+    /// a peer sent, and `RaftNode::write` before anything is proposed. `apply` never calls it:
+    /// entries already in the log are applied as they are.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Command::CreateTask { task_id, spec, .. } => {
+                check_id("task_id", task_id)?;
+                spec.validate()
+            }
+            Command::CreatePlacedTask {
+                task_id,
+                spec,
+                placement,
+                ..
+            } => {
+                check_id("task_id", task_id)?;
+                spec.validate()?;
+                check_placement(placement)?;
+                if placement.task_id != *task_id {
+                    return Err(invalid(
+                        "placement.task_id",
+                        "must be the task being created",
+                    ));
+                }
+                if placement.host_ports.len() != spec.ports.len() {
+                    return Err(invalid(
+                        "placement.host_ports",
+                        "must hold one host port per published port",
+                    ));
+                }
+                Ok(())
+            }
+            Command::DeleteTask { task_id, .. } => check_id("task_id", task_id),
+            Command::Place {
+                placements,
+                unplaced,
+                ..
+            } => {
+                check_len("placements", placements.len())?;
+                check_len("unplaced", unplaced.len())?;
+                placements.iter().try_for_each(check_placement)?;
+                for (task_id, reason) in unplaced {
+                    check_id("unplaced.task_id", task_id)?;
+                    check_text("unplaced.reason", reason)?;
+                }
+                Ok(())
+            }
+            Command::Report {
+                node,
+                task_id,
+                allocation,
+                status,
+                ..
+            } => {
+                check_id("node", node)?;
+                check_id("task_id", task_id)?;
+                check_id("allocation", allocation)?;
+                match status {
+                    AllocStatus::Starting => Ok(()),
+                    AllocStatus::Running {
+                        container_id,
+                        ports,
+                    } => {
+                        check_short("container_id", container_id)?;
+                        if ports.len() > limits::PORTS_MAX {
+                            return Err(invalid(
+                                "ports",
+                                format!("has more than {} entries", limits::PORTS_MAX),
+                            ));
+                        }
+                        ports
+                            .iter()
+                            .try_for_each(|p| check_short("ports.host_ip", &p.host_ip))
+                    }
+                    // Empty when the container vanished before its id was known.
+                    AllocStatus::Exited { container_id, .. } => {
+                        check_short("container_id", container_id)
+                    }
+                    AllocStatus::Failed { reason } => check_text("reason", reason),
+                }
+            }
+            Command::UpsertNode { meta, .. } => {
+                check_id("meta.id", &meta.id)?;
+                for (field, value) in [
+                    ("meta.api_addr", &meta.api_addr),
+                    ("meta.raft_addr", &meta.raft_addr),
+                    ("meta.gossip_addr", &meta.gossip_addr),
+                    ("meta.publish_ip", &meta.publish_ip),
+                    ("meta.version", &meta.version),
+                ] {
+                    check_short(field, value)?;
+                }
+                crate::api::check_map("meta.labels", &meta.labels)
+            }
+            Command::NodeDown { node, reason, .. } => {
+                check_id("node", node)?;
+                check_text("reason", reason)
+            }
+            Command::NodeLeave { node, .. } | Command::SetDrain { node, .. } => {
+                check_id("node", node)
+            }
+            Command::Requeue {
+                task_ids, reason, ..
+            } => {
+                check_len("task_ids", task_ids.len())?;
+                task_ids.iter().try_for_each(|t| check_id("task_ids", t))?;
+                check_text("reason", reason)
+            }
+            Command::SetClusterConfig { config, .. } => config.validate(),
+            Command::CreateService { spec, .. } => spec.validate(),
+            Command::UpdateService {
+                id,
+                spec,
+                deployment_id,
+                ..
+            } => {
+                check_id("id", id)?;
+                check_id("deployment_id", deployment_id)?;
+                spec.validate()
+            }
+            Command::ScaleService { id, replicas, .. } => {
+                check_id("id", id)?;
+                if *replicas > limits::SERVICE_REPLICAS_MAX {
+                    return Err(invalid(
+                        "replicas",
+                        format!("must be at most {}", limits::SERVICE_REPLICAS_MAX),
+                    ));
+                }
+                Ok(())
+            }
+            Command::DeleteService { id, .. } => check_id("id", id),
+            Command::RollbackService {
+                id,
+                deployment_id,
+                reason,
+                ..
+            } => {
+                check_id("id", id)?;
+                check_id("deployment_id", deployment_id)?;
+                reason
+                    .as_deref()
+                    .map_or(Ok(()), |r| check_text("reason", r))
+            }
+            Command::CreateServiceTasks { tasks, .. } => {
+                check_len("tasks", tasks.len())?;
+                for t in tasks {
+                    check_id("tasks.task_id", &t.task_id)?;
+                    check_id("tasks.service", &t.service)?;
+                    t.spec.validate()?;
+                }
+                Ok(())
+            }
+            Command::StopTasks {
+                task_ids, reason, ..
+            } => {
+                check_len("task_ids", task_ids.len())?;
+                task_ids.iter().try_for_each(|t| check_id("task_ids", t))?;
+                check_text("reason", reason)
+            }
+            Command::ForgetTasks { task_ids, .. } => {
+                check_len("task_ids", task_ids.len())?;
+                task_ids.iter().try_for_each(|t| check_id("task_ids", t))
+            }
+            Command::DeploymentProgress {
+                id,
+                deployment_id,
+                message,
+                ..
+            } => {
+                check_id("id", id)?;
+                check_id("deployment_id", deployment_id)?;
+                check_text("message", message)
+            }
+            Command::ReportHealth {
+                node,
+                task_id,
+                allocation,
+                output,
+                ..
+            } => {
+                check_id("node", node)?;
+                check_id("task_id", task_id)?;
+                check_id("allocation", allocation)?;
+                output
+                    .as_deref()
+                    .map_or(Ok(()), |o| check_text("output", o))
+            }
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -295,4 +488,307 @@ pub enum Response {
     /// It cannot apply to this object as it is (scale of a global service, rollback without a
     /// previous spec): `400` with the sentence.
     Invalid(String),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Ids (task, node, allocation): 1 to `ID_BYTES_MAX` bytes, no control characters
+/// and no spaces.
+fn check_id(field: &str, id: &str) -> Result<(), ValidationError> {
+    if id.is_empty()
+        || id.len() > limits::ID_BYTES_MAX
+        || id.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "must be 1 to {} bytes without spaces or control characters",
+                limits::ID_BYTES_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Addresses, container ids and versions: at most `ID_BYTES_MAX` bytes.
+fn check_short(field: &str, s: &str) -> Result<(), ValidationError> {
+    if s.len() > limits::ID_BYTES_MAX {
+        return Err(invalid(
+            field,
+            format!("is longer than {} bytes", limits::ID_BYTES_MAX),
+        ));
+    }
+    Ok(())
+}
+
+/// Reasons and other sentences: at most `TEXT_BYTES_MAX` bytes.
+fn check_text(field: &str, s: &str) -> Result<(), ValidationError> {
+    if s.len() > limits::TEXT_BYTES_MAX {
+        return Err(invalid(
+            field,
+            format!("is longer than {} bytes", limits::TEXT_BYTES_MAX),
+        ));
+    }
+    Ok(())
+}
+
+fn check_len(field: &str, len: usize) -> Result<(), ValidationError> {
+    if len > limits::COMMAND_BATCH_MAX {
+        return Err(invalid(
+            field,
+            format!("has more than {} entries", limits::COMMAND_BATCH_MAX),
+        ));
+    }
+    Ok(())
+}
+
+fn check_placement(p: &Placement) -> Result<(), ValidationError> {
+    check_id("placement.task_id", &p.task_id)?;
+    check_id("placement.node", &p.node)?;
+    check_id("placement.allocation", &p.allocation)?;
+    if p.host_ports.len() > limits::PORTS_MAX || p.host_ports.contains(&0) {
+        return Err(invalid(
+            "placement.host_ports",
+            format!("must be at most {} ports, each 1-65535", limits::PORTS_MAX),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Constraint, PortSpec, Protocol};
+
+    fn spec() -> TaskSpec {
+        crate::api::parse_task_request(
+            br#"{"image":"orion/busybox","portBindings":{"80/tcp":"8080","53/udp":""}}"#,
+        )
+        .expect("spec")
+    }
+
+    fn create(f: impl FnOnce(&mut TaskSpec)) -> Command {
+        let mut s = spec();
+        f(&mut s);
+        Command::CreateTask {
+            task_id: "a".repeat(32),
+            spec: Box::new(s),
+            at: 1,
+        }
+    }
+
+    fn placement() -> Placement {
+        Placement {
+            task_id: "a".repeat(32),
+            node: "node1".to_string(),
+            allocation: "b".repeat(32),
+            host_ports: vec![8080, 30000],
+        }
+    }
+
+    /// Validates `cmd` and checks the outcome: `None` for valid, or the field the error must
+    /// name.
+    fn check(name: &str, cmd: &Command, want_field: Option<&str>) {
+        match (cmd.validate(), want_field) {
+            (Ok(()), None) => {}
+            (Err(e), Some(f)) => assert_eq!(e.field, f, "{name}: {e}"),
+            (Ok(()), Some(f)) => panic!("{name}: accepted, wanted an error on {f}"),
+            (Err(e), None) => panic!("{name}: refused: {e}"),
+        }
+    }
+
+    #[test]
+    fn forwarded_commands_are_checked_like_api_requests() {
+        let long = "x".repeat(limits::TEXT_BYTES_MAX + 1);
+        let cases: Vec<(&str, Command, Option<&str>)> = vec![
+            ("a spec the API built", create(|_| {}), None),
+            (
+                "memory below Docker's minimum",
+                create(|s| s.memory_bytes = 1000),
+                Some("memory"),
+            ),
+            (
+                "absurd cpu",
+                create(|s| s.cpu_millis = u64::MAX),
+                Some("cpu"),
+            ),
+            ("empty image", create(|s| s.image.clear()), Some("image")),
+            (
+                "image with a space",
+                create(|s| s.image = "a b".into()),
+                Some("image"),
+            ),
+            (
+                "name with a slash",
+                create(|s| s.name = Some("a/b".into())),
+                Some("name"),
+            ),
+            (
+                "an empty command list",
+                create(|s| s.command = Some(vec![])),
+                Some("command"),
+            ),
+            (
+                "too many arguments",
+                create(|s| s.command = Some(vec!["a".into(); limits::COMMAND_ARGS_MAX + 1])),
+                Some("command"),
+            ),
+            (
+                "env name with '='",
+                create(|s| {
+                    s.env.insert("A=B".into(), "1".into());
+                }),
+                Some("env"),
+            ),
+            (
+                "label value too long",
+                create(|s| {
+                    s.labels
+                        .insert("k".into(), "v".repeat(limits::VALUE_BYTES_MAX + 1));
+                }),
+                Some("labels"),
+            ),
+            (
+                "unsorted ports",
+                create(|s| s.ports.reverse()),
+                Some("portBindings"),
+            ),
+            (
+                "a container port twice",
+                create(|s| {
+                    let p = s.ports[0];
+                    s.ports.push(p);
+                }),
+                Some("portBindings"),
+            ),
+            (
+                "host port zero",
+                create(|s| {
+                    s.ports = vec![PortSpec {
+                        container_port: 80,
+                        protocol: Protocol::Tcp,
+                        host_port: Some(0),
+                    }]
+                }),
+                Some("portBindings"),
+            ),
+            (
+                "a constraint value with a space",
+                create(|s| {
+                    let mut c = Constraint::parse("node.id == n1").expect("constraint");
+                    c.values = vec!["a b".into()];
+                    s.constraints.push(c);
+                }),
+                Some("constraints"),
+            ),
+            (
+                "== with two values",
+                create(|s| {
+                    let mut c = Constraint::parse("node.id == n1").expect("constraint");
+                    c.values.push("n2".into());
+                    s.constraints.push(c);
+                }),
+                Some("constraints"),
+            ),
+            (
+                "empty task id",
+                Command::DeleteTask {
+                    task_id: String::new(),
+                    at: 1,
+                },
+                Some("task_id"),
+            ),
+            (
+                "task id with a newline",
+                Command::DeleteTask {
+                    task_id: "a\nb".into(),
+                    at: 1,
+                },
+                Some("task_id"),
+            ),
+            (
+                "a placed create",
+                Command::CreatePlacedTask {
+                    task_id: "a".repeat(32),
+                    spec: Box::new(spec()),
+                    placement: placement(),
+                    at: 1,
+                },
+                None,
+            ),
+            (
+                "a placement of another task",
+                Command::CreatePlacedTask {
+                    task_id: "c".repeat(32),
+                    spec: Box::new(spec()),
+                    placement: placement(),
+                    at: 1,
+                },
+                Some("placement.task_id"),
+            ),
+            (
+                "too many placements",
+                Command::Place {
+                    placements: vec![placement(); limits::COMMAND_BATCH_MAX + 1],
+                    unplaced: vec![],
+                    at: 1,
+                },
+                Some("placements"),
+            ),
+            (
+                "an overlong reason",
+                Command::Place {
+                    placements: vec![placement()],
+                    unplaced: vec![("a".repeat(32), long.clone())],
+                    at: 1,
+                },
+                Some("unplaced.reason"),
+            ),
+            (
+                "a report of a vanished container",
+                Command::Report {
+                    node: "node1".into(),
+                    task_id: "a".repeat(32),
+                    allocation: "b".repeat(32),
+                    status: AllocStatus::Exited {
+                        container_id: String::new(),
+                        exit_code: 137,
+                        oom_killed: false,
+                    },
+                    backoff: BackoffConfig::default(),
+                    at: 1,
+                },
+                None,
+            ),
+            (
+                "a failure with an overlong reason",
+                Command::Report {
+                    node: "node1".into(),
+                    task_id: "a".repeat(32),
+                    allocation: "b".repeat(32),
+                    status: AllocStatus::Failed { reason: long },
+                    backoff: BackoffConfig::default(),
+                    at: 1,
+                },
+                Some("reason"),
+            ),
+            (
+                "a node id too long",
+                Command::SetDrain {
+                    node: "n".repeat(limits::ID_BYTES_MAX + 1),
+                    drain: true,
+                    at: 1,
+                },
+                Some("node"),
+            ),
+        ];
+        for (name, cmd, field) in &cases {
+            check(name, cmd, *field);
+        }
+    }
 }

@@ -104,7 +104,8 @@ impl IdSource for RandomIds {
 }
 
 /// 64 bits from the OS: std's `RandomState` is seeded from the OS's randomness per process.
-fn os_seed() -> u64 {
+/// For seeds that a real agent draws once at start and records (gossip, election watchdog).
+pub fn os_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

@@ -2,8 +2,9 @@
 //! `TaskSpec`, and the `Command` enum that is the only way to change cluster state.
 //!
 //! No IO and no async here. Wire formats that users see (`api` module) are kept apart from the
-//! internal types; a user's request is parsed, then converted into a `TaskSpec` that cannot be
-//! invalid (`api::TaskRequest::validate`).
+//! internal types; a user's request is parsed, then converted into a `TaskSpec` and checked
+//! by `TaskSpec::validate`, which the inter-node forward endpoint runs too
+//! (`Command::validate`).
 
 pub mod api;
 pub mod command;
@@ -213,6 +214,17 @@ pub mod limits {
     pub const SERVICE_TASK_HISTORY_MAX: usize = 5;
     /// A health probe's output kept in the state (Docker keeps 4 KiB per probe).
     pub const HEALTH_OUTPUT_BYTES_MAX: usize = 4096;
+    /// Ids of tasks, nodes, allocations and containers: a node id travels in gossip with a
+    /// one-byte length, and Orion's own ids are 32 (task, allocation) or 64 (container) hex
+    /// digits.
+    pub const ID_BYTES_MAX: usize = 255;
+    /// Reasons and other sentences in commands. A scheduler's reason quotes the task's failing
+    /// selectors and constraints, whose text a valid request bounds by `BODY_BYTES_MAX`; twice
+    /// that always fits, so a reason the controller wrote is never refused.
+    pub const TEXT_BYTES_MAX: usize = 2 * BODY_BYTES_MAX;
+    /// Placements, reasons and requeued ids in one command: ten times the controller's
+    /// batch of 1,000, so a peer cannot make one entry arbitrarily large.
+    pub const COMMAND_BATCH_MAX: usize = 10_000;
     /// Request bodies above this are refused before parsing: a full spec at the limits above
     /// stays well under it.
     pub const BODY_BYTES_MAX: usize = 1024 * 1024;

@@ -228,6 +228,41 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// Checks a spec that did not come through `parse_service_request` (a command a peer
+    /// forwarded): the same bounds, on the built value.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let bad = |field: &str, message: &str| ValidationError {
+            field: field.to_string(),
+            message: message.to_string(),
+        };
+        check_dns_label("name", &self.name)?;
+        if let Some(stack) = &self.stack {
+            check_dns_label("stack", stack)?;
+        }
+        self.task.validate()?;
+        if self.replicas > crate::limits::SERVICE_REPLICAS_MAX {
+            return Err(bad("replicas", "is over the limit"));
+        }
+        if self.ports.len() > crate::limits::PORTS_MAX {
+            return Err(bad("ports", "has too many entries"));
+        }
+        if let Some(h) = &self.healthcheck
+            && (h.interval_ms == 0
+                || h.interval_ms > crate::limits::SERVICE_DURATION_MAX_MS
+                || h.timeout_ms > crate::limits::SERVICE_DURATION_MAX_MS
+                || h.start_period_ms > crate::limits::SERVICE_DURATION_MAX_MS)
+        {
+            return Err(bad("healthcheck.interval", "is out of range"));
+        }
+        if self.update.parallelism == 0 || self.update.max_failure_permille > 1000 {
+            return Err(bad("update.parallelism", "must be at least 1"));
+        }
+        if self.stop_grace_period_ms > crate::limits::SERVICE_DURATION_MAX_MS {
+            return Err(bad("stopGracePeriod", "is longer than a day"));
+        }
+        Ok(())
+    }
+
     /// The service's id: its DNS name without `.orion` (`web`, or `db.shop` in stack `shop`).
     pub fn id(&self) -> String {
         match &self.stack {

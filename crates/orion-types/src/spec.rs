@@ -1,5 +1,6 @@
-//! `TaskSpec`: a task as Orion keeps it after validation. Every value in it has been checked
-//! (`api::TaskRequest::validate`), so code downstream never re-validates.
+//! `TaskSpec`: a task as Orion keeps it after validation. Its fields are public, so it is
+//! validated at every entry (the API and the inter-node forward endpoint) by one function,
+//! `TaskSpec::validate` (in `api`, next to the parser that shares its rules).
 
 use crate::{Constraint, Resources};
 use serde::{Deserialize, Serialize};

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use orion_api::{ApiError, Backend, NodeView, StatusView};
 use orion_docker::DockerRuntime;
 use orion_gossip::{Gossip, GossipConfig, MemberStatus};
-use orion_raft::{RaftConfig, RaftNode, WriteError};
+use orion_raft::{NotProposed, RaftConfig, RaftNode, WriteError};
 use orion_state::ClusterState;
 use orion_types::env::{IdSource, RandomIds, SystemClock};
 use orion_types::{Command, NodeMeta, Response, Task};
@@ -74,14 +74,36 @@ pub struct Node {
     creates_in_flight: AtomicUsize,
 }
 
+/// The three write outcomes as HTTP: surely not proposed is 503 (retry), unknown is 504
+/// ("may or may not have been applied"), invalid is 400.
 fn write_error(e: WriteError) -> ApiError {
     match e {
-        WriteError::NoLeader(m) => ApiError::unavailable(m),
-        WriteError::Timeout(_) => {
+        WriteError::NotProposed(NotProposed::Shutdown) => {
+            ApiError::unavailable("this node is shutting down; ask another")
+        }
+        WriteError::NotProposed(_) => ApiError::unavailable(e.to_string()),
+        WriteError::Unknown(_) => {
             ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, e.to_string())
         }
-        WriteError::Shutdown => ApiError::unavailable("this node is shutting down; ask another"),
-        WriteError::Other(m) => ApiError::unavailable(m),
+        WriteError::Rejected(v) => ApiError::bad_request(v.to_string()),
+    }
+}
+
+/// Counts one create in flight for as long as it lives: the count goes down when the create
+/// finishes *or* when its future is dropped (the client went away mid-await).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    /// Raises the count; true if no other create was in flight.
+    fn enter(count: &'a AtomicUsize) -> (InFlight<'a>, bool) {
+        let alone = count.fetch_add(1, Ordering::SeqCst) == 0;
+        (InFlight(count), alone)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -101,15 +123,13 @@ impl Node {
             spec: spec.clone(),
             at,
         };
-        let alone = self.creates_in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let (_in_flight, alone) = InFlight::enter(&self.creates_in_flight);
         let cmd = if alone && self.raft.is_leader() {
             self.place_now(&task_id, &spec, at).unwrap_or_else(plain)
         } else {
             plain()
         };
-        let res = self.raft.write(cmd).await.map_err(write_error);
-        self.creates_in_flight.fetch_sub(1, Ordering::SeqCst);
-        res
+        self.raft.write(cmd).await.map_err(write_error)
     }
 
     /// The placement of a new task at creation, decided by the controller's placement code.
@@ -133,7 +153,7 @@ impl Backend for Node {
         // A read changes nothing, so unlike a write a timeout here is not ambiguous: every
         // failure to confirm with the leader is a plain 503.
         self.raft.consistent_read().await.map_err(|e| match e {
-            WriteError::Shutdown => write_error(e),
+            WriteError::NotProposed(NotProposed::Shutdown) => write_error(e),
             other => {
                 tracing::debug!(error = %other, "consistent read failed");
                 ApiError::unavailable(
@@ -232,6 +252,7 @@ impl Backend for Node {
             learners: s.learners.clone(),
             membership_changing: s.membership_changing,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            gossip_seed: self.gossip.stats().seed,
         }
     }
 
@@ -389,6 +410,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         generation,
     );
     gcfg.lifeguard.enabled = cfg.lifeguard;
+    // Drawn here and logged, so a run's gossip decisions can be told apart and replayed.
+    gcfg.seed = orion_types::env::os_seed();
+    info!(gossip_seed = gcfg.seed, "gossip RNG seeded");
     let gossip = orion_gossip::spawn(gcfg, meta)
         .await
         .context("cannot start gossip")?;
@@ -566,5 +590,64 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use futures_util::FutureExt;
+    use orion_raft::Unknown;
+
+    /// Regression (issue 10, cancel safety): `create` raised `creates_in_flight` and lowered it
+    /// after an await; a client that hung up in between left it raised for good, which turned
+    /// placement-at-creation off on that leader.
+    #[test]
+    fn creates_in_flight_is_lowered_when_the_client_goes_away() {
+        let count = AtomicUsize::new(0);
+        let create = async {
+            let (_in_flight, alone) = InFlight::enter(&count);
+            assert!(alone);
+            // The write that is still waiting for its commit when the client goes away.
+            std::future::pending::<()>().await;
+        };
+        // Polled once, then dropped: what axum does to a handler whose client disconnected.
+        assert!(create.now_or_never().is_none());
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        let (_next, alone) = InFlight::enter(&count);
+        assert!(alone, "the next create is alone again");
+        let (_other, alone) = InFlight::enter(&count);
+        assert!(!alone);
+    }
+
+    #[test]
+    fn each_write_outcome_has_its_status() {
+        let cases = [
+            (WriteError::no_leader(), StatusCode::SERVICE_UNAVAILABLE),
+            (
+                WriteError::NotProposed(NotProposed::Shutdown),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                WriteError::Unknown(Unknown::AnswerLost("reset".into())),
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                WriteError::Unknown(Unknown::LeaderShutdown),
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                WriteError::Rejected(orion_types::api::ValidationError {
+                    field: "memory".into(),
+                    message: "too small".into(),
+                }),
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (e, want) in cases {
+            let what = e.to_string();
+            assert_eq!(write_error(e).status, want, "{what}");
+        }
     }
 }

@@ -302,6 +302,7 @@ async fn faults_under_load_lose_nothing_and_run_nothing_twice() {
         "fault_log": fault_log,
         "tasks_at_end": {"total": final_tasks.len(), "live": live_at_end},
         "acknowledged_writes_lost": analysis.lost.len(),
+        "answered_503_but_applied": analysis.applied_after_503,
         "lost": analysis.lost,
         "unexpected_tasks": analysis.unexpected,
         "linearizability": {"registers": analysis.registers,
@@ -362,10 +363,11 @@ fn markdown(r: &Value) -> String {
         ));
     }
     s.push_str(&format!(
-        "\nfaults: {}\n\nacknowledged writes lost: {} · duplicates after convergence: {} · \
-         linearizability violations: {} · convergence: {} s\n",
+        "\nfaults: {}\n\nacknowledged writes lost: {} · writes answered 503 but applied: {} · \
+         duplicates after convergence: {} · linearizability violations: {} · convergence: {} s\n",
         r["faults"],
         r["acknowledged_writes_lost"],
+        r["answered_503_but_applied"],
         r["duplicates_after_convergence"],
         r["linearizability"]["violations"],
         r["convergence_s"]

@@ -52,6 +52,9 @@ pub struct Analysis {
     pub lost: Vec<String>,
     pub unexpected: Vec<String>,
     pub violations: Vec<String>,
+    /// Writes answered 503 ("surely not applied") that were applied all the same; each is
+    /// also in `violations`.
+    pub applied_after_503: usize,
     /// Findings that do not fail the run but are worth a look.
     pub notes: Vec<String>,
     pub registers: usize,
@@ -113,18 +116,35 @@ pub fn analyze(
         let delete_acked = mine
             .iter()
             .any(|(_, o)| o.kind == OpKind::Delete && o.outcome == Outcome::Ok);
+        // A delete answered 503 was sent all the same; if it shows up, it is reported below as
+        // a 503 that was applied rather than as a lost create.
+        let delete_503 = mine
+            .iter()
+            .any(|(_, o)| o.kind == OpKind::Delete && o.status == Some(503));
         match create.outcome {
             Outcome::Ok if final_row.is_none() => a
                 .lost
                 .push(format!("acknowledged create of {name} is gone")),
-            Outcome::Ok if final_state == "stopped" && !delete_sent => a.lost.push(format!(
-                "acknowledged create of {name} is stopped though no delete was sent"
-            )),
+            Outcome::Ok if final_state == "stopped" && !delete_sent && !delete_503 => a.lost.push(
+                format!("acknowledged create of {name} is stopped though no delete was sent"),
+            ),
+            Outcome::Fail if final_row.is_some() && create.status == Some(503) => {
+                a.applied_after_503 += 1;
+                a.violations.push(format!(
+                    "create of {name} answered 503 (surely not applied) but the task exists"
+                ));
+            }
             Outcome::Fail if final_row.is_some() => a.unexpected.push(format!(
                 "create of {name} failed for sure ({:?} {:?}) but the task exists",
                 create.status, create.error
             )),
             _ => {}
+        }
+        if delete_503 && !delete_sent && final_state == "stopped" {
+            a.applied_after_503 += 1;
+            a.violations.push(format!(
+                "delete of {name} answered 503 (surely not applied) but the task is stopped"
+            ));
         }
         if delete_acked && final_state != "stopped" {
             a.lost.push(format!(
@@ -395,6 +415,64 @@ mod tests {
         // a is gone, b lives after its delete, c stopped by itself, d lives with no create
         // that may have happened: four registers fail.
         assert_eq!(a.violations.len(), 4, "{a:?}");
+    }
+
+    /// Issue 10, 503 versus 504: a 503 says "surely not applied", so a 503 write that shows
+    /// up in the state is a violation; a 504 says "may or may not have been applied", and
+    /// either ending is fine.
+    #[test]
+    fn a_503_write_that_was_applied_is_a_violation_and_a_504_stays_unknown() {
+        use crate::workload::write_outcome;
+        let answered = |kind, name: &str, call, status: u16| {
+            let mut o = op(kind, name, call, call + 10, write_outcome(status), "");
+            o.status = Some(status);
+            o.observed = None;
+            o
+        };
+        assert_eq!(write_outcome(503), Outcome::Fail);
+        assert_eq!(write_outcome(504), Outcome::Unknown);
+        assert_eq!(write_outcome(500), Outcome::Unknown);
+        assert_eq!(write_outcome(400), Outcome::Fail);
+        let ops = vec![
+            // Created though it answered 503: a violation.
+            answered(OpKind::Create, "a", 0, 503),
+            // Answered 504, then present or absent: both fine.
+            answered(OpKind::Create, "b", 0, 504),
+            answered(OpKind::Create, "c", 0, 504),
+            // Answered 503 and truly not applied: fine.
+            answered(OpKind::Create, "d", 0, 503),
+            // A delete answered 503 that stopped the task anyway: a violation.
+            op(OpKind::Create, "e", 0, 10, Outcome::Ok, "pending"),
+            answered(OpKind::Delete, "e", 20, 503),
+            // A delete answered 504 that did stop it: fine.
+            op(OpKind::Create, "f", 0, 10, Outcome::Ok, "pending"),
+            answered(OpKind::Delete, "f", 20, 504),
+        ];
+        let finals = [
+            row("a", "running"),
+            row("b", "running"),
+            row("e", "stopped"),
+            row("f", "stopped"),
+        ];
+        let a = analyze(&ops, &finals, 100, 110);
+        assert_eq!(a.applied_after_503, 2, "{a:?}");
+        assert!(a.lost.is_empty() && a.unexpected.is_empty(), "{a:?}");
+        let of = |name: &str| {
+            a.violations
+                .iter()
+                .filter(|v| v.contains(&format!(" of {name} answered 503")))
+                .count()
+        };
+        assert_eq!((of("a"), of("e")), (1, 1), "{:#?}", a.violations);
+        // Both also break their register (a task with no create, a stop with no delete, that
+        // may have happened); nothing else is flagged.
+        assert!(
+            a.violations
+                .iter()
+                .all(|v| v.contains("answered 503") || v.starts_with("a:") || v.starts_with("e:")),
+            "{:#?}",
+            a.violations
+        );
     }
 
     #[test]

@@ -35,6 +35,17 @@ pub enum Outcome {
     Unknown,
 }
 
+/// What a write's non-success status says about it (API.md): 503 is "surely not applied,
+/// retry", so it counts as failed, and the checker calls it a violation if the write shows up
+/// anyway; 504 and any other 5xx "may or may not have been applied"; 4xx was refused.
+pub fn write_outcome(status: u16) -> Outcome {
+    match status {
+        503 => Outcome::Fail,
+        s if s >= 500 => Outcome::Unknown,
+        _ => Outcome::Fail,
+    }
+}
+
 impl Outcome {
     pub fn name(self) -> &'static str {
         match self {
@@ -267,11 +278,7 @@ async fn create(
         }
         Answer::Status(s, v) => {
             o.status = Some(s);
-            o.outcome = if s >= 500 {
-                Outcome::Unknown
-            } else {
-                Outcome::Fail
-            };
+            o.outcome = write_outcome(s);
             o.error = Some(v.to_string());
         }
         Answer::Refused(e) => o.error = Some(e),
@@ -316,11 +323,7 @@ async fn delete(
         }
         Answer::Status(s, v) => {
             o.status = Some(s);
-            o.outcome = if s >= 500 {
-                Outcome::Unknown
-            } else {
-                Outcome::Fail
-            };
+            o.outcome = write_outcome(s);
             o.error = Some(v.to_string());
         }
         Answer::Refused(e) => o.error = Some(e),
