@@ -7,7 +7,8 @@ use crate::plan::mappings;
 use orion_docker::{BoundPort, ContainerInfo, ContainerState};
 use orion_state::ClusterState;
 use orion_types::api::parse_task_request;
-use orion_types::{AllocStatus, NodeMeta, Placement, Resources, TaskState};
+use orion_types::service::{HealthCheck, HealthTest};
+use orion_types::{AllocId, AllocStatus, Health, NodeMeta, Placement, Resources, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,6 +55,8 @@ fn container(
             .collect(),
         started_at: None,
         finished_at: None,
+        ip_address: None,
+        health: None,
     }
 }
 
@@ -109,6 +112,12 @@ fn describe(a: &ExecAction) -> String {
             ),
             AllocStatus::Failed { reason } => format!("report {task_id} failed {reason}"),
         },
+        ExecAction::ReportHealth {
+            task_id,
+            health,
+            output,
+            ..
+        } => format!("health {task_id} {} {output}", health.as_str()),
     }
 }
 
@@ -121,6 +130,8 @@ struct Case {
     fresh: bool,
     contact_age_ms: Option<u64>,
     in_flight: InFlight,
+    watched: BTreeMap<AllocId, u64>,
+    probes: BTreeMap<AllocId, ProbeView>,
     want: &'static [&'static str],
     want_wake: Option<u64>,
 }
@@ -135,6 +146,8 @@ impl Default for Case {
             fresh: true,
             contact_age_ms: Some(0),
             in_flight: InFlight::default(),
+            watched: BTreeMap::new(),
+            probes: BTreeMap::new(),
             want: &[],
             want_wake: None,
         }
@@ -149,6 +162,8 @@ fn check(case: Case) {
         fresh: case.fresh,
         leader_contact_age_ms: case.contact_age_ms,
         in_flight: &case.in_flight,
+        watched: &case.watched,
+        probes: &case.probes,
     };
     let got = plan(&input);
     let lines: Vec<String> = got.actions.iter().map(describe).collect();
@@ -456,6 +471,164 @@ fn stale_replica_after_a_stall_stop_after_disconnect() {
         want: &[],
         ..Case::default()
     });
+}
+
+/// A running task with a TCP health check and a 5 s stop grace, its health as recorded.
+fn checked_task(id: &str, cid: &str, health: Health) -> Task {
+    let mut t = running_task(id, cid);
+    t.spec.healthcheck = Some(HealthCheck {
+        test: HealthTest::Tcp,
+        port: Some(80),
+        interval_ms: 1_000,
+        timeout_ms: 500,
+        retries: 2,
+        start_period_ms: 0,
+    });
+    t.spec.stop_grace_period_ms = Some(5_000);
+    t.health = health;
+    t
+}
+
+/// The probe of allocation `a-t1`'s container `cid`.
+fn probe_of(cid: &str, health: Health, output: &str) -> BTreeMap<AllocId, ProbeView> {
+    BTreeMap::from([(
+        "a-t1".to_string(),
+        ProbeView {
+            container_id: cid.to_string(),
+            health,
+            output: output.to_string(),
+        },
+    )])
+}
+
+#[test]
+fn plan_reports_health_transitions_and_stops_an_unhealthy_container() {
+    let running = || vec![container("c1", "a-t1", ContainerState::Running, None)];
+    check(Case {
+        name: "a probe that passed is news to a replica that says starting",
+        desired: vec![checked_task("t1", "c1", Health::Starting)],
+        actual: running(),
+        probes: probe_of("c1", Health::Healthy, "ok"),
+        want: &["health t1 healthy ok"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "probe and replica agree: nothing (only transitions travel)",
+        desired: vec![checked_task("t1", "c1", Health::Healthy)],
+        actual: running(),
+        probes: probe_of("c1", Health::Healthy, "ok"),
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "unhealthy is reported first; the container stays until the replica has it",
+        desired: vec![checked_task("t1", "c1", Health::Healthy)],
+        actual: running(),
+        probes: probe_of("c1", Health::Unhealthy, "refused"),
+        want: &["health t1 unhealthy refused"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "recorded unhealthy: the container stops with the task's grace",
+        desired: vec![checked_task("t1", "c1", Health::Unhealthy)],
+        actual: running(),
+        probes: probe_of("c1", Health::Unhealthy, "refused"),
+        want: &["stop c1 Unhealthy 5000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "its stop in flight is not asked for again",
+        desired: vec![checked_task("t1", "c1", Health::Unhealthy)],
+        actual: running(),
+        probes: probe_of("c1", Health::Unhealthy, "refused"),
+        in_flight: InFlight {
+            removing: BTreeSet::from(["c1".to_string()]),
+            ..InFlight::default()
+        },
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a restarted run starts over: reported starting, not stopped",
+        desired: vec![checked_task("t1", "c1", Health::Unhealthy)],
+        actual: running(),
+        probes: probe_of("c1", Health::Starting, ""),
+        want: &["health t1 starting "],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a probe of another container says nothing of this one",
+        desired: vec![checked_task("t1", "c1", Health::Unhealthy)],
+        actual: running(),
+        probes: probe_of("c0", Health::Unhealthy, "refused"),
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a task without a check ignores probes",
+        desired: vec![running_task("t1", "c1")],
+        actual: running(),
+        probes: probe_of("c1", Health::Unhealthy, "refused"),
+        want: &[],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn plan_stops_a_task_stopped_while_watched_with_its_grace() {
+    let watched = || BTreeMap::from([("a-gone".to_string(), 5_000)]);
+    check(Case {
+        name: "deleted, scaled down or replaced while this node watched: its own grace",
+        actual: vec![container("c9", "a-gone", ContainerState::Running, None)],
+        watched: watched(),
+        want: &["remove c9 Stopped 5000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "while starts are pending it is only stopped, still with its grace",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        actual: vec![container("c9", "a-gone", ContainerState::Running, None)],
+        watched: watched(),
+        want: &["stop c9 Stopped 5000ms", "start t1"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "never seen current (back from a partition or a restart): the fence",
+        actual: vec![container("c9", "a-other", ContainerState::Running, None)],
+        watched: watched(),
+        want: &["remove c9 NotCurrent 1000ms"],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn plan_watches_current_allocations_only_while_fresh() {
+    let check = |fresh: bool, want: &[(&str, u64)]| {
+        let mut checked = checked_task("t1", "c1", Health::Healthy);
+        checked.allocation = Some("a-t1".into());
+        let desired = vec![checked, task("t2", TaskState::Scheduled, "")];
+        let actual = vec![container("c8", "a-left", exited(0, false), None)];
+        let watched = BTreeMap::from([("a-left".to_string(), 7_000), ("a-gone".to_string(), 7_000)]);
+        let got = plan(&PlanInput {
+            desired: &desired,
+            actual: &actual,
+            now_ms: 10_000,
+            fresh,
+            leader_contact_age_ms: Some(0),
+            in_flight: &InFlight::default(),
+            watched: &watched,
+            probes: &BTreeMap::new(),
+        });
+        let want: BTreeMap<String, u64> = want.iter().map(|(a, g)| (a.to_string(), *g)).collect();
+        assert_eq!(got.watched, want, "fresh {fresh}");
+    };
+    // Current ones with their grace (a plain task: the short one); a watched allocation
+    // whose container is still there stays; one with neither task nor container goes.
+    check(
+        true,
+        &[("a-left", 7_000), ("a-t1", 5_000), ("a-t2", FENCE_GRACE_MS)],
+    );
+    check(false, &[]);
 }
 
 // ---------------------------------------------------------------------------------------
