@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bollard::exec::StartExecResults;
+use bollard::models::ExecConfig;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use bollard::exec::StartExecResults;
-use bollard::models::ExecConfig;
 use bollard::{ClientVersion, Docker};
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
@@ -364,8 +364,9 @@ impl DockerRuntime {
         let work = async {
             let created = self.docker.create_exec(id, config).await?;
             let mut output = Vec::new();
-            if let StartExecResults::Attached { output: mut out, .. } =
-                self.docker.start_exec(&created.id, None).await?
+            if let StartExecResults::Attached {
+                output: mut out, ..
+            } = self.docker.start_exec(&created.id, None).await?
             {
                 // Read to the end (the command's exit), keeping only the first bytes.
                 while let Some(chunk) = out.next().await {

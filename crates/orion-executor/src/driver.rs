@@ -29,9 +29,9 @@ use orion_docker::{ContainerInfo, ContainerState, RuntimeError};
 use orion_types::env::Clock;
 use orion_types::service::HealthCheck;
 use orion_types::{AllocId, AllocStatus, Command, Health, Task, TaskState};
-use std::net::SocketAddr;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -594,9 +594,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                 }
             });
         }
-        next.map(|due| {
-            tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now))
-        })
+        next.map(|due| tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now)))
     }
 }
 

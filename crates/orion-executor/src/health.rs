@@ -152,7 +152,11 @@ mod tests {
             if turned.is_some() {
                 got.push('*');
             }
-            assert_eq!(p.next_due_ms, at + policy.interval_ms, "next probe after {at}");
+            assert_eq!(
+                p.next_due_ms,
+                at + policy.interval_ms,
+                "next probe after {at}"
+            );
         }
         assert_eq!(got, want, "{policy:?} {steps:?}");
     }
@@ -184,14 +188,22 @@ mod tests {
             ..POLICY
         };
         check(p, &[(1, Fail), (2, Fail), (3, Fail)], "ssu*");
-        check(p, &[(1, Fail), (2, Fail), (3, Pass), (4, Fail), (5, Fail)], "ssh*hh");
+        check(
+            p,
+            &[(1, Fail), (2, Fail), (3, Pass), (4, Fail), (5, Fail)],
+            "ssh*hh",
+        );
         check(
             p,
             &[(1, Pass), (2, Fail), (3, Fail), (4, Fail), (5, Pass)],
             "h*hhu*h*",
         );
         // Once healthy, the start period no longer shields a failure.
-        check(POLICY, &[(1, Pass), (2, Fail), (3, Fail), (4, Fail)], "h*hhu*");
+        check(
+            POLICY,
+            &[(1, Pass), (2, Fail), (3, Fail), (4, Fail)],
+            "h*hhu*",
+        );
     }
 
     #[test]
@@ -225,7 +237,10 @@ mod tests {
         assert_eq!((image.retries, image.start_period_ms), (1, 0));
         check(image, &[(1, Undecided), (2, Fail)], "su*");
         let tcp = Policy::of(&check_of(HealthTest::Tcp));
-        assert_eq!((tcp.retries, tcp.start_period_ms, tcp.interval_ms), (5, 9_000, 500));
+        assert_eq!(
+            (tcp.retries, tcp.start_period_ms, tcp.interval_ms),
+            (5, 9_000, 500)
+        );
     }
 
     #[test]

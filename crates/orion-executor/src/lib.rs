@@ -108,6 +108,8 @@ pub fn digest_tasks<'a>(tasks: impl Iterator<Item = &'a Task>) -> u64 {
             t.restart_at,
             &t.container_id,
             t.ports.len(),
+            // The plan stops a container once its unhealthy health is recorded.
+            t.health.as_str(),
         )
             .hash(&mut h);
     }

@@ -237,8 +237,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                         ports,
                     }));
                 }
-                if let Some(probe) = input.probes.get(*alloc).filter(|p| p.container_id == c.id)
-                {
+                if let Some(probe) = input.probes.get(*alloc).filter(|p| p.container_id == c.id) {
                     health_actions(task, alloc, c, probe, input.in_flight, &mut per_alloc);
                 }
             }

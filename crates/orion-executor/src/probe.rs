@@ -75,7 +75,10 @@ pub async fn run<R: ContainerRuntime>(
                 Ok(Ok(line)) => match http_status(&line) {
                     Some(code) if (200..400).contains(&code) => (Outcome::Pass, line),
                     Some(_) => (Outcome::Fail, format!("GET {path}: {line}")),
-                    None => (Outcome::Fail, format!("GET {path}: not an HTTP answer: {line}")),
+                    None => (
+                        Outcome::Fail,
+                        format!("GET {path}: not an HTTP answer: {line}"),
+                    ),
                 },
                 Ok(Err(e)) => (Outcome::Fail, format!("GET http://{addr}{path}: {e}")),
                 Err(_) => (
@@ -127,7 +130,10 @@ pub async fn run<R: ContainerRuntime>(
 /// The engine's verdict on the image's own check; an image without one never passes.
 fn image_verdict(info: &ContainerInfo) -> (Outcome, String) {
     if info.state != ContainerState::Running {
-        return (Outcome::Undecided, "the container is not running".to_string());
+        return (
+            Outcome::Undecided,
+            "the container is not running".to_string(),
+        );
     }
     let Some(h) = &info.health else {
         return (
@@ -153,7 +159,9 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut buf = Vec::with_capacity(STATUS_LINE_MAX);
     let mut chunk = [0u8; STATUS_LINE_MAX];
     while buf.len() < STATUS_LINE_MAX && !buf.contains(&b'\n') {
-        let n = stream.read(&mut chunk[..STATUS_LINE_MAX - buf.len()]).await?;
+        let n = stream
+            .read(&mut chunk[..STATUS_LINE_MAX - buf.len()])
+            .await?;
         if n == 0 {
             break;
         }
@@ -239,14 +247,22 @@ mod tests {
     fn targets_prefer_the_published_port_then_the_container_address() {
         let check = |ports: &[(u16, &str, &str, u16)], ip: Option<&str>, want: Option<&str>| {
             let got = target(&check_of(HealthTest::Tcp, Some(80)), &info(ports, ip));
-            assert_eq!(got.map(|a| a.to_string()).as_deref(), want, "{ports:?} {ip:?}");
+            assert_eq!(
+                got.map(|a| a.to_string()).as_deref(),
+                want,
+                "{ports:?} {ip:?}"
+            );
         };
         check(
             &[(80, "tcp", "127.0.46.1", 32768)],
             Some("172.17.0.2"),
             Some("127.0.46.1:32768"),
         );
-        check(&[(80, "tcp", "0.0.0.0", 8080)], None, Some("127.0.0.1:8080"));
+        check(
+            &[(80, "tcp", "0.0.0.0", 8080)],
+            None,
+            Some("127.0.0.1:8080"),
+        );
         check(&[(80, "tcp", "::", 8080)], None, Some("[::1]:8080"));
         check(&[(80, "udp", "127.0.0.1", 53)], None, None);
         check(

@@ -608,7 +608,8 @@ fn plan_watches_current_allocations_only_while_fresh() {
         checked.allocation = Some("a-t1".into());
         let desired = vec![checked, task("t2", TaskState::Scheduled, "")];
         let actual = vec![container("c8", "a-left", exited(0, false), None)];
-        let watched = BTreeMap::from([("a-left".to_string(), 7_000), ("a-gone".to_string(), 7_000)]);
+        let watched =
+            BTreeMap::from([("a-left".to_string(), 7_000), ("a-gone".to_string(), 7_000)]);
         let got = plan(&PlanInput {
             desired: &desired,
             actual: &actual,
@@ -687,6 +688,10 @@ impl FakeCluster {
     fn place(&self, id: &str, extra: &str, host_ports: Vec<u16>) {
         let spec = parse_task_request(format!(r#"{{"image": "{IMAGE}"{extra}}}"#).as_bytes())
             .expect("valid spec");
+        self.place_spec(id, spec, host_ports);
+    }
+
+    fn place_spec(&self, id: &str, spec: orion_types::TaskSpec, host_ports: Vec<u16>) {
         self.apply(&Command::CreatePlacedTask {
             task_id: id.into(),
             spec: Box::new(spec),
@@ -868,6 +873,129 @@ async fn driver_starts_reports_ports_and_removes_on_delete() {
         r.runtime.containers().is_empty()
     })
     .await;
+    r.shutdown().await;
+}
+
+/// A task spec with an exec health check every second, `retries`, and a stop grace.
+fn checked_spec(retries: u32, grace_ms: u64) -> orion_types::TaskSpec {
+    let mut spec =
+        parse_task_request(format!(r#"{{"image": "{IMAGE}"}}"#).as_bytes()).expect("valid spec");
+    spec.healthcheck = Some(HealthCheck {
+        test: HealthTest::Exec(vec!["check".into()]),
+        port: None,
+        interval_ms: 1_000,
+        timeout_ms: 500,
+        retries,
+        start_period_ms: 0,
+    });
+    spec.stop_grace_period_ms = Some(grace_ms);
+    spec
+}
+
+impl Rig {
+    /// The health transitions proposed so far: (health, output, at).
+    fn health_reports(&self) -> Vec<(Health, String, u64)> {
+        self.cluster
+            .reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|c| match c {
+                Command::ReportHealth {
+                    health, output, at, ..
+                } => Some((*health, output.clone().unwrap_or_default(), *at)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unprobed_health_a_task_turns_healthy_then_unhealthy_after_retries_and_restarts() {
+    let r = rig(|c, _| c.place_spec("t1", checked_spec(2, 3_000), vec![]));
+    r.until(Duration::from_secs(10), "healthy", |r| {
+        r.cluster.task("t1").health == Health::Healthy
+    })
+    .await;
+    let cid = r.cluster.task("t1").container_id.expect("container");
+
+    let fail_from = r.clock.now_ms();
+    r.runtime.set_exec_result(1, b"boom");
+    r.until(Duration::from_secs(10), "unhealthy", |r| {
+        r.cluster.task("t1").health == Health::Unhealthy
+    })
+    .await;
+    let (_, output, unhealthy_at) = r.health_reports().pop().expect("a report");
+    assert_eq!(output, "exit code 1: boom");
+    let failed_probes = r
+        .runtime
+        .calls()
+        .iter()
+        .filter(|c| c.op == Op::Exec && c.began_ms >= fail_from && c.ended_ms <= unhealthy_at)
+        .count();
+    assert_eq!(
+        failed_probes, 2,
+        "unhealthy after `retries` failures in a row"
+    );
+
+    // The container is stopped, its exit reported, and the restart policy (always) starts
+    // it again: a new run, starting, then healthy once the check passes.
+    r.runtime.set_exec_result(0, b"");
+    r.until(Duration::from_secs(30), "restarted and healthy", |r| {
+        let t = r.cluster.task("t1");
+        t.restarts >= 1 && t.state == TaskState::Running && t.health == Health::Healthy
+    })
+    .await;
+    assert!(
+        r.runtime
+            .calls()
+            .iter()
+            .any(|c| c.op == Op::Stop && c.target == cid),
+        "the unhealthy container was stopped"
+    );
+    assert_eq!(
+        r.cluster.task("t1").container_id.as_deref(),
+        Some(cid.as_str())
+    );
+    let healths: Vec<&str> = r
+        .health_reports()
+        .iter()
+        .map(|(h, ..)| h.as_str())
+        .collect();
+    assert_eq!(
+        healths,
+        ["starting", "healthy", "unhealthy", "starting", "healthy"],
+        "only transitions are proposed"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_stops_a_deleted_task_with_its_stop_grace() {
+    let r = rig(|c, rt| {
+        // The process ignores its stop signal: only the grace ends it.
+        rt.set_stop_behaviour(None);
+        c.place_spec("t1", checked_spec(3, 4_000), vec![]);
+    });
+    r.until_running("t1", Duration::from_secs(5)).await;
+    r.cluster.apply(&Command::DeleteTask {
+        task_id: "t1".into(),
+        at: 3,
+    });
+    let took = r
+        .until(Duration::from_secs(20), "container removed", |r| {
+            r.runtime.containers().is_empty()
+        })
+        .await;
+    assert!(took >= 4_000, "removed after {took} ms, before its grace");
+    let stops: Vec<u64> = r
+        .runtime
+        .calls()
+        .iter()
+        .filter(|c| c.op == Op::Stop)
+        .map(|c| c.ended_ms - c.began_ms)
+        .collect();
+    assert_eq!(stops, [4_000], "one stop that waited the task's grace");
     r.shutdown().await;
 }
 
