@@ -312,6 +312,8 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             .is_some_and(|age| age > CONTACT_GAP_MS);
         if stalled || lost {
             self.epoch += 1;
+            // What leaves during or right after a gap may have moved elsewhere: it is fenced.
+            self.watched.clear();
             if self.fresh {
                 info!(node = %self.cfg.node_id, stalled, "gap in contact with the leader; nothing starts until the replica catches up again");
                 self.fresh = false;

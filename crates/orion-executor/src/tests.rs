@@ -1000,6 +1000,37 @@ async fn driver_stops_a_deleted_task_with_its_stop_grace() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn stale_replica_after_a_stall_what_leaves_after_a_gap_is_fenced_not_graced() {
+    let r = rig(|c, rt| {
+        rt.set_stop_behaviour(None);
+        c.place_spec("t1", checked_spec(3, 4_000), vec![]);
+    });
+    r.until_running("t1", Duration::from_secs(5)).await;
+    // A gap in leader contact: the task may have moved elsewhere meanwhile.
+    r.cluster
+        .contact_age_ms
+        .store(CONTACT_GAP_MS + 500, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.cluster.apply(&Command::DeleteTask {
+        task_id: "t1".into(),
+        at: 3,
+    });
+    r.until(Duration::from_secs(10), "container removed", |r| {
+        r.runtime.containers().is_empty()
+    })
+    .await;
+    let stops: Vec<u64> = r
+        .runtime
+        .calls()
+        .iter()
+        .filter(|c| c.op == Op::Stop)
+        .map(|c| c.ended_ms - c.began_ms)
+        .collect();
+    assert_eq!(stops, [FENCE_GRACE_MS], "the fence's short grace");
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn driver_adopts_the_container_of_the_current_allocation() {
     let mut cid = String::new();
     let r = rig(|c, rt| {
