@@ -451,13 +451,9 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                 alloc,
                 status,
             } => {
-                if let Some((last, at)) = self.reported.get(&alloc)
-                    && *last == status
-                    && now.saturating_sub(*at) < REPORT_REPEAT_AFTER_MS
+                if repeated(&self.reported, &alloc, &status, now)
+                    || self.reports_in_flight >= REPORTS_IN_FLIGHT_MAX
                 {
-                    return;
-                }
-                if self.reports_in_flight >= REPORTS_IN_FLIGHT_MAX {
                     return;
                 }
                 if let AllocStatus::Exited {
@@ -486,12 +482,8 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                 health,
                 output,
             } => {
-                if self.reports_in_flight >= REPORTS_IN_FLIGHT_MAX {
-                    return;
-                }
-                if let Some((last, at)) = self.reported_health.get(&alloc)
-                    && *last == health
-                    && now.saturating_sub(*at) < REPORT_REPEAT_AFTER_MS
+                if repeated(&self.reported_health, &alloc, &health, now)
+                    || self.reports_in_flight >= REPORTS_IN_FLIGHT_MAX
                 {
                     return;
                 }
@@ -657,6 +649,17 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             Done::Removed(container_id)
         });
     }
+}
+
+/// Whether `value` was reported for `alloc` so recently that it may still be on its way.
+fn repeated<T: PartialEq>(
+    sent: &BTreeMap<AllocId, (T, u64)>,
+    alloc: &str,
+    value: &T,
+    now: u64,
+) -> bool {
+    sent.get(alloc)
+        .is_some_and(|(last, at)| last == value && now.saturating_sub(*at) < REPORT_REPEAT_AFTER_MS)
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

@@ -501,74 +501,110 @@ fn probe_of(cid: &str, health: Health, output: &str) -> BTreeMap<AllocId, ProbeV
     )])
 }
 
+/// (case, health the replica recorded, probed container, its health and output, whether a
+/// stop of c1 is in flight, the actions).
+type HealthRow = (
+    &'static str,
+    Health,
+    &'static str,
+    Health,
+    &'static str,
+    bool,
+    &'static [&'static str],
+);
+
 #[test]
 fn plan_reports_health_transitions_and_stops_an_unhealthy_container() {
-    let running = || vec![container("c1", "a-t1", ContainerState::Running, None)];
-    check(Case {
-        name: "a probe that passed is news to a replica that says starting",
-        desired: vec![checked_task("t1", "c1", Health::Starting)],
-        actual: running(),
-        probes: probe_of("c1", Health::Healthy, "ok"),
-        want: &["health t1 healthy ok"],
-        ..Case::default()
-    });
-    check(Case {
-        name: "probe and replica agree: nothing (only transitions travel)",
-        desired: vec![checked_task("t1", "c1", Health::Healthy)],
-        actual: running(),
-        probes: probe_of("c1", Health::Healthy, "ok"),
-        want: &[],
-        ..Case::default()
-    });
-    check(Case {
-        name: "unhealthy is reported first; the container stays until the replica has it",
-        desired: vec![checked_task("t1", "c1", Health::Healthy)],
-        actual: running(),
-        probes: probe_of("c1", Health::Unhealthy, "refused"),
-        want: &["health t1 unhealthy refused"],
-        ..Case::default()
-    });
-    check(Case {
-        name: "recorded unhealthy: the container stops with the task's grace",
-        desired: vec![checked_task("t1", "c1", Health::Unhealthy)],
-        actual: running(),
-        probes: probe_of("c1", Health::Unhealthy, "refused"),
-        want: &["stop c1 Unhealthy 5000ms"],
-        ..Case::default()
-    });
-    check(Case {
-        name: "its stop in flight is not asked for again",
-        desired: vec![checked_task("t1", "c1", Health::Unhealthy)],
-        actual: running(),
-        probes: probe_of("c1", Health::Unhealthy, "refused"),
-        in_flight: InFlight {
-            removing: BTreeSet::from(["c1".to_string()]),
-            ..InFlight::default()
-        },
-        want: &[],
-        ..Case::default()
-    });
-    check(Case {
-        name: "a restarted run starts over: reported starting, not stopped",
-        desired: vec![checked_task("t1", "c1", Health::Unhealthy)],
-        actual: running(),
-        probes: probe_of("c1", Health::Starting, ""),
-        want: &["health t1 starting "],
-        ..Case::default()
-    });
-    check(Case {
-        name: "a probe of another container says nothing of this one",
-        desired: vec![checked_task("t1", "c1", Health::Unhealthy)],
-        actual: running(),
-        probes: probe_of("c0", Health::Unhealthy, "refused"),
-        want: &[],
-        ..Case::default()
-    });
+    use Health::{Healthy, Starting, Unhealthy};
+    let cases: &[HealthRow] = &[
+        (
+            "a probe that passed is news to a replica that says starting",
+            Starting,
+            "c1",
+            Healthy,
+            "ok",
+            false,
+            &["health t1 healthy ok"],
+        ),
+        (
+            "probe and replica agree: nothing (only transitions travel)",
+            Healthy,
+            "c1",
+            Healthy,
+            "ok",
+            false,
+            &[],
+        ),
+        (
+            "unhealthy is reported first; the container stays until the replica has it",
+            Healthy,
+            "c1",
+            Unhealthy,
+            "refused",
+            false,
+            &["health t1 unhealthy refused"],
+        ),
+        (
+            "recorded unhealthy: the container stops with the task's grace",
+            Unhealthy,
+            "c1",
+            Unhealthy,
+            "refused",
+            false,
+            &["stop c1 Unhealthy 5000ms"],
+        ),
+        (
+            "its stop in flight is not asked for again",
+            Unhealthy,
+            "c1",
+            Unhealthy,
+            "refused",
+            true,
+            &[],
+        ),
+        (
+            "a restarted run starts over: reported starting, not stopped",
+            Unhealthy,
+            "c1",
+            Starting,
+            "",
+            false,
+            &["health t1 starting "],
+        ),
+        (
+            "a probe of another container says nothing of this one",
+            Unhealthy,
+            "c0",
+            Unhealthy,
+            "refused",
+            false,
+            &[],
+        ),
+    ];
+    for (name, recorded, cid, probed, output, stopping, want) in cases {
+        let removing = if *stopping {
+            BTreeSet::from(["c1".to_string()])
+        } else {
+            BTreeSet::new()
+        };
+        check(Case {
+            name,
+            desired: vec![checked_task("t1", "c1", *recorded)],
+            actual: vec![container("c1", "a-t1", ContainerState::Running, None)],
+            probes: probe_of(cid, *probed, output),
+            in_flight: InFlight {
+                removing,
+                ..InFlight::default()
+            },
+            want,
+            ..Case::default()
+        });
+    }
     check(Case {
         name: "a task without a check ignores probes",
         desired: vec![running_task("t1", "c1")],
-        actual: running(),
-        probes: probe_of("c1", Health::Unhealthy, "refused"),
+        actual: vec![container("c1", "a-t1", ContainerState::Running, None)],
+        probes: probe_of("c1", Unhealthy, "refused"),
         want: &[],
         ..Case::default()
     });
@@ -893,6 +929,16 @@ fn checked_spec(retries: u32, grace_ms: u64) -> orion_types::TaskSpec {
 }
 
 impl Rig {
+    /// How long each stop call took, in order.
+    fn stop_durations(&self) -> Vec<u64> {
+        self.runtime
+            .calls()
+            .iter()
+            .filter(|c| c.op == Op::Stop)
+            .map(|c| c.ended_ms - c.began_ms)
+            .collect()
+    }
+
     /// The health transitions proposed so far: (health, output, at).
     fn health_reports(&self) -> Vec<(Health, String, u64)> {
         self.cluster
@@ -988,13 +1034,7 @@ async fn driver_stops_a_deleted_task_with_its_stop_grace() {
         })
         .await;
     assert!(took >= 4_000, "removed after {took} ms, before its grace");
-    let stops: Vec<u64> = r
-        .runtime
-        .calls()
-        .iter()
-        .filter(|c| c.op == Op::Stop)
-        .map(|c| c.ended_ms - c.began_ms)
-        .collect();
+    let stops = r.stop_durations();
     assert_eq!(stops, [4_000], "one stop that waited the task's grace");
     r.shutdown().await;
 }
@@ -1019,13 +1059,7 @@ async fn stale_replica_after_a_stall_what_leaves_after_a_gap_is_fenced_not_grace
         r.runtime.containers().is_empty()
     })
     .await;
-    let stops: Vec<u64> = r
-        .runtime
-        .calls()
-        .iter()
-        .filter(|c| c.op == Op::Stop)
-        .map(|c| c.ended_ms - c.began_ms)
-        .collect();
+    let stops = r.stop_durations();
     assert_eq!(stops, [FENCE_GRACE_MS], "the fence's short grace");
     r.shutdown().await;
 }
