@@ -1017,6 +1017,25 @@ async fn unprobed_health_a_task_turns_healthy_then_unhealthy_after_retries_and_r
 }
 
 #[tokio::test(start_paused = true)]
+async fn driver_a_hanging_probe_fails_at_its_timeout() {
+    let r = rig(|c, rt| {
+        rt.set_fault(Op::Exec, Fault::Hang);
+        c.place_spec("t1", checked_spec(2, 1_000), vec![]);
+    });
+    r.until_running("t1", Duration::from_secs(5)).await;
+    let took = r
+        .until(Duration::from_secs(10), "unhealthy", |r| {
+            r.cluster.task("t1").health == Health::Unhealthy
+        })
+        .await;
+    let (_, output, _) = r.health_reports().pop().expect("a report");
+    assert!(output.contains("timed out after 500ms"), "{output}");
+    // Two probes, each one interval after the last ended plus its timeout.
+    assert!(took <= 2 * (1_000 + 500) + 100, "unhealthy after {took} ms");
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn driver_stops_a_deleted_task_with_its_stop_grace() {
     let r = rig(|c, rt| {
         // The process ignores its stop signal: only the grace ends it.
