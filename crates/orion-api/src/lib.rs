@@ -91,6 +91,10 @@ pub trait Backend: Send + Sync + 'static {
     fn new_id(&self) -> String;
     /// Milliseconds since the Unix epoch, for the timestamps commands carry.
     fn now_ms(&self) -> u64;
+    /// This node's figures in Prometheus text format (`GET /metrics`), if it keeps them.
+    fn metrics(&self) -> Option<String> {
+        None
+    }
     /// This node's event history (`GET /events`), if it keeps one.
     fn events(&self) -> Option<Arc<orion_events::EventLog>> {
         None
@@ -116,6 +120,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/tasks/{id}", get(get_task::<B>).delete(delete_task::<B>))
         .route("/tasks/{id}/logs", get(task_logs::<B>))
         .route("/events", get(events::events::<B>))
+        .route("/metrics", get(metrics::<B>))
         .route(
             "/cluster/config",
             get(get_cluster_config::<B>).put(put_cluster_config::<B>),
@@ -141,6 +146,20 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
             )
         })
         .with_state(backend)
+}
+
+async fn metrics<B: Backend>(State(b): State<Arc<B>>) -> Response {
+    match b.metrics() {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => ApiError::not_found("this node keeps no metrics").into_response(),
+    }
 }
 
 async fn health() -> Response {

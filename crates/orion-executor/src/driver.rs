@@ -349,6 +349,14 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
 
     /// One reconcile pass. Returns when the next restart falls due, if any.
     async fn pass(&mut self) -> Option<tokio::time::Instant> {
+        let started = tokio::time::Instant::now();
+        let next = self.pass_inner().await;
+        metrics::counter!("orion_executor_passes_total").increment(1);
+        metrics::histogram!("orion_executor_pass_seconds").record(started.elapsed().as_secs_f64());
+        next
+    }
+
+    async fn pass_inner(&mut self) -> Option<tokio::time::Instant> {
         let node = self.cfg.node_id.clone();
         let desired = self.cluster.tasks_on(&node);
         let actual = match guard(
@@ -675,10 +683,18 @@ async fn guard<T>(
     after: Duration,
     fut: impl Future<Output = Result<T, RuntimeError>>,
 ) -> Result<T, RuntimeError> {
-    match tokio::time::timeout(after, fut).await {
+    let started = tokio::time::Instant::now();
+    let result = match tokio::time::timeout(after, fut).await {
         Ok(r) => r,
         Err(_) => Err(RuntimeError::Timeout { op, after }),
+    };
+    // Observations only (no decision reads them); `op` is one of a few fixed names.
+    metrics::histogram!("orion_docker_call_seconds", "call" => op)
+        .record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!("orion_docker_errors_total", "call" => op).increment(1);
     }
+    result
 }
 
 async fn send_report<C: Cluster>(
