@@ -13,7 +13,10 @@ async fn scrape(api: &str) -> String {
         .await
         .expect("scrape");
     assert_eq!(resp.status(), 200);
-    let ct = resp.headers()["content-type"].to_str().unwrap_or("").to_string();
+    let ct = resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .to_string();
     assert!(ct.starts_with("text/plain"), "{ct}");
     resp.text().await.expect("text")
 }
@@ -52,7 +55,9 @@ async fn metrics_pass_promtool_and_move_with_work() {
     let before = scrape(&a.api).await;
     let applied_before = value(&before, "orion_raft_applied_entries_total").unwrap_or(0.0);
 
-    let id = create_task(&a.api, &sleeper_body("met-web")).await.expect("create");
+    let id = create_task(&a.api, &sleeper_body("met-web"))
+        .await
+        .expect("create");
     wait_task_state(&a.api, &id, "running", Duration::from_secs(30)).await;
     let after = scrape(&a.api).await;
 
@@ -74,13 +79,19 @@ async fn metrics_pass_promtool_and_move_with_work() {
         "applied entries did not move"
     );
     assert!(
-        value(&after, "orion_api_requests_total{route=\"/tasks\",method=\"POST\",status=\"201\"}")
-            .unwrap_or(0.0)
+        value(
+            &after,
+            "orion_api_requests_total{route=\"/tasks\",method=\"POST\",status=\"201\"}"
+        )
+        .unwrap_or(0.0)
             >= 1.0,
         "the POST is not counted:\n{after}"
     );
     assert!(value(&after, "orion_scheduler_placements_total").unwrap_or(0.0) >= 1.0);
-    assert_eq!(value(&after, "orion_gossip_members{state=\"alive\"}"), Some(1.0));
+    assert_eq!(
+        value(&after, "orion_gossip_members{state=\"alive\"}"),
+        Some(1.0)
+    );
     assert!(
         value(&after, "orion_executor_tasks{state=\"running\"}").unwrap_or(0.0) >= 1.0,
         "{after}"
