@@ -10,12 +10,12 @@
 
 use crate::error::{NO_LEADER_MESSAGE, RaftError, StoreError, WriteError};
 use crate::log_store::LogStore;
+use crate::network::RpcTransport;
 use crate::network::{
     ForwardError, NetworkFactory, ReadIndexRequest, RpcClient, RpcFailure, paths,
 };
 use crate::server::{self, LeaderContact, RpcHandler, ServerState};
 use crate::sim_disk::SimDisk;
-use crate::network::RpcTransport;
 use crate::sm_store::StateMachineStore;
 use crate::types::{Peer, RaftId, TypeConfig, raft_id};
 use openraft::error::{ClientWriteError, RaftError as OpenRaftError};

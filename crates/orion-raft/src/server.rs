@@ -157,7 +157,10 @@ pub(crate) async fn on_vote(s: &ServerState, req: VoteRequest<RaftId>) -> Handle
     reply(&s.raft.vote(req).await)
 }
 
-pub(crate) async fn on_snapshot(s: &ServerState, req: InstallSnapshotRequest<TypeConfig>) -> Handled {
+pub(crate) async fn on_snapshot(
+    s: &ServerState,
+    req: InstallSnapshotRequest<TypeConfig>,
+) -> Handled {
     // openraft seeks its in-memory buffer to `offset` and writes there: an absurd offset
     // would allocate that much. Refuse chunks beyond any snapshot this node would accept.
     let meta_ok = check_vote(&req.vote)

@@ -270,7 +270,11 @@ impl StateMachineStore {
         StateMachineStore::load(db, true, snapshot_seq)
     }
 
-    fn load(db: Database, inline: bool, snapshot_seq: u64) -> Result<StateMachineStore, StoreError> {
+    fn load(
+        db: Database,
+        inline: bool,
+        snapshot_seq: u64,
+    ) -> Result<StateMachineStore, StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(ROWS)?;
         txn.open_table(SM_META)?;

@@ -386,7 +386,10 @@ mod tests {
     fn delete_404_after_an_acknowledged_create_is_a_violation() {
         let mut gone = op(OpKind::Delete, "a", 20, 30, Outcome::Fail, "");
         gone.status = Some(404);
-        let ops = vec![op(OpKind::Create, "a", 0, 10, Outcome::Ok, "pending"), gone.clone()];
+        let ops = vec![
+            op(OpKind::Create, "a", 0, 10, Outcome::Ok, "pending"),
+            gone.clone(),
+        ];
         let a = analyze(&ops, &[row("a", "running")], 100, 110);
         assert_eq!(a.violations.len(), 1, "{a:?}");
         // Overlapping the create, the same 404 is legal: the task may not exist yet.

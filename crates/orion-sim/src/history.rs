@@ -52,4 +52,3 @@ pub struct Op {
     pub id: Option<String>,
     pub error: Option<String>,
 }
-

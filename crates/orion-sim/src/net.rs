@@ -10,8 +10,8 @@
 //! reply travels back if the reverse link is up when the reply is sent. A lost request or
 //! reply leaves the caller waiting until its timeout (`RpcFailure::Timeout`: it cannot know
 //! whether the request arrived); a request to a node that is down, or over a link cut when it
-//! is sent, fails at once with `RpcFailure::Connect` (nothing was delivered, as with a refused
-//! or unroutable connection), after a short connect delay.
+//! is sent, fails after a short connect delay with `RpcFailure::Connect` (nothing was
+//! delivered, as with a refused or unroutable connection).
 
 use crate::rng::Rng;
 use crate::trace::{Trace, fnv};
@@ -196,10 +196,7 @@ impl SimNet {
         let plan = self.plan();
         let Some((to, _)) = self.reach(sender, &addr) else {
             tokio::time::sleep(Duration::from_millis(CONNECT_FAIL_MS).min(timeout)).await;
-            return Err(RpcFailure::Connect {
-                addr,
-                msg: "simulated: unreachable".to_string(),
-            });
+            return Err(unreachable(addr));
         };
         let body_hash = fnv(&body);
         let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
@@ -210,15 +207,17 @@ impl SimNet {
         // The request's journey and the handler run on their own task.
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(plan.request_ms)).await;
-            let Some((_, handler)) = net.reach(sender, &addr2).filter(|_| !plan.lose_request) else {
+            let Some((_, handler)) = net.reach(sender, &addr2).filter(|_| !plan.lose_request)
+            else {
                 net.count(|s| s.lost += 1);
                 net.trace
                     .record(format_args!("lost n{from}->n{to} {path} {body_hash:016x}"));
                 return;
             };
             net.count(|s| s.delivered += 1);
-            net.trace
-                .record(format_args!("deliver n{from}->n{to} {path} {body_hash:016x}"));
+            net.trace.record(format_args!(
+                "deliver n{from}->n{to} {path} {body_hash:016x}"
+            ));
             let res = handler.handle(path, &body).await;
             tokio::time::sleep(Duration::from_millis(plan.reply_ms)).await;
             if plan.lose_reply || !net.link_up(to, from) {
@@ -242,8 +241,9 @@ impl SimNet {
                 tokio::time::sleep(Duration::from_millis(plan.request_ms + after)).await;
                 if let Some((to, handler)) = net.reach(sender, &addr) {
                     net.count(|s| s.duplicated += 1);
-                    net.trace
-                        .record(format_args!("duplicate n{from}->n{to} {path} {body_hash:016x}"));
+                    net.trace.record(format_args!(
+                        "duplicate n{from}->n{to} {path} {body_hash:016x}"
+                    ));
                     // The copy's reply goes nowhere: its caller already has one.
                     let _ = handler.handle(path, &copy).await;
                 }
@@ -272,6 +272,14 @@ impl SimNet {
     }
 }
 
+/// The failure of a call that reached no one: nothing was delivered.
+fn unreachable(addr: String) -> RpcFailure {
+    RpcFailure::Connect {
+        addr,
+        msg: "simulated: unreachable".to_string(),
+    }
+}
+
 /// One node's view of the network.
 struct SimTransport {
     from: usize,
@@ -287,10 +295,12 @@ impl RpcTransport for SimTransport {
         body: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Vec<u8>, RpcFailure>> {
-        Box::pin(
-            self.net
-                .clone()
-                .call((self.from, self.life), addr.to_string(), path, body, timeout),
-        )
+        Box::pin(self.net.clone().call(
+            (self.from, self.life),
+            addr.to_string(),
+            path,
+            body,
+            timeout,
+        ))
     }
 }

@@ -248,7 +248,12 @@ impl Backend for SimApi {
         EPOCH_MS + virtual_ms()
     }
 
-    async fn logs(&self, _task: Task, _follow: bool, _tail: Option<usize>) -> Result<Body, ApiError> {
+    async fn logs(
+        &self,
+        _task: Task,
+        _follow: bool,
+        _tail: Option<usize>,
+    ) -> Result<Body, ApiError> {
         Err(ApiError::not_found("the simulator runs no containers"))
     }
 }
@@ -353,8 +358,9 @@ impl Cluster {
         slots[i].router = Some(router);
         slots[i].stop = Some(stop_tx);
         drop(slots);
-        self.trace
-            .record(format_args!("start n{i} life {life} election_timeout {timeout}"));
+        self.trace.record(format_args!(
+            "start n{i} life {life} election_timeout {timeout}"
+        ));
         Ok(())
     }
 
@@ -507,7 +513,9 @@ async fn bootstrap(c: &Arc<Cluster>) -> Result<(), String> {
         c.start(i).await?;
     }
     let n0 = c.raft(0).ok_or("n0 is not running")?;
-    n0.bootstrap().await.map_err(|e| format!("bootstrap: {e}"))?;
+    n0.bootstrap()
+        .await
+        .map_err(|e| format!("bootstrap: {e}"))?;
     let deadline = Instant::now() + BOOTSTRAP_TIMEOUT;
     while !n0.is_leader() {
         if Instant::now() > deadline {
@@ -576,7 +584,8 @@ async fn nemesis(c: &Arc<Cluster>, mut rng: Rng, phase: Duration) -> usize {
                 rng.shuffle(&mut members);
                 let split = rng.range(1, n.saturating_sub(1).max(1)) as usize;
                 let (a, b) = members.split_at(split.min(members.len()));
-                c.trace.record(format_args!("fault partition {a:?} | {b:?}"));
+                c.trace
+                    .record(format_args!("fault partition {a:?} | {b:?}"));
                 for x in a {
                     for y in b {
                         c.net.cut(*x, *y);
@@ -610,9 +619,7 @@ async fn converge(c: &Arc<Cluster>) -> Result<(), String> {
         let statuses: Vec<_> = (0..c.len())
             .filter_map(|i| c.raft(i).map(|r| r.status()))
             .collect();
-        let leader = statuses
-            .iter()
-            .find(|s| s.role == orion_raft::Role::Leader);
+        let leader = statuses.iter().find(|s| s.role == orion_raft::Role::Leader);
         if let Some(l) = leader
             && statuses
                 .iter()
@@ -700,7 +707,9 @@ async fn request(
 
 /// The task a client creates: tiny, valid, named for the checker's registers.
 fn task_body(name: &str) -> String {
-    format!(r#"{{"image":"orion/busybox","name":"{name}","command":["sleep","3600"],"memory":"16m"}}"#)
+    format!(
+        r#"{{"image":"orion/busybox","name":"{name}","command":["sleep","3600"],"memory":"16m"}}"#
+    )
 }
 
 /// One client: random operations through random nodes until told to stop.
@@ -749,7 +758,11 @@ async fn client(
         };
         let (method, uri, body) = match kind {
             OpKind::Create => (Method::POST, "/tasks".to_string(), Some(task_body(&name))),
-            OpKind::Delete => (Method::DELETE, format!("/tasks/{}", id.clone().unwrap_or_default()), None),
+            OpKind::Delete => (
+                Method::DELETE,
+                format!("/tasks/{}", id.clone().unwrap_or_default()),
+                None,
+            ),
             OpKind::Read => (
                 Method::GET,
                 format!("/tasks/{}?consistent=true", id.clone().unwrap_or_default()),
@@ -823,7 +836,10 @@ async fn client(
         }
         match kind {
             OpKind::Create => {
-                mine.insert(name.clone(), (o.id.clone().filter(|_| o.outcome == Outcome::Ok), false));
+                mine.insert(
+                    name.clone(),
+                    (o.id.clone().filter(|_| o.outcome == Outcome::Ok), false),
+                );
             }
             OpKind::Delete if o.outcome != Outcome::Fail || o.status == Some(404) => {
                 if let Some(entry) = mine.get_mut(&name) {

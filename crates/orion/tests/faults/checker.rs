@@ -31,4 +31,3 @@ pub fn list_containers(prefix: &str) -> Vec<ContainerRow> {
         })
         .collect()
 }
-
