@@ -4,8 +4,12 @@
 //! `Backend`; they never touch Docker, Raft internals or gossip. Every answer, errors
 //! included, is JSON. The agent implements `Backend` on top of Raft, gossip and the executor.
 
+mod events;
+mod service_view;
+mod services;
 mod view;
 
+pub use service_view::{SERVICE_VIEW_ONLY_FIELDS, format_duration, service_json, spec_json};
 pub use view::{NodeView, StatusView, TaskView};
 
 use axum::body::Body;
@@ -16,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use orion_state::ClusterState;
 use orion_types::api::parse_task_request;
+use orion_types::config::parse_config_patch;
 use orion_types::{Command, Response as CmdResponse, Task, TaskState, limits};
 use serde::Deserialize;
 use std::future::Future;
@@ -53,6 +58,9 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
@@ -83,6 +91,10 @@ pub trait Backend: Send + Sync + 'static {
     fn new_id(&self) -> String;
     /// Milliseconds since the Unix epoch, for the timestamps commands carry.
     fn now_ms(&self) -> u64;
+    /// This node's event history (`GET /events`), if it keeps one.
+    fn events(&self) -> Option<Arc<orion_events::EventLog>> {
+        None
+    }
     /// Container logs of a task that runs on this node, or an error saying where it runs.
     fn logs(
         &self,
@@ -103,6 +115,24 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/tasks", get(list_tasks::<B>).post(create_task::<B>))
         .route("/tasks/{id}", get(get_task::<B>).delete(delete_task::<B>))
         .route("/tasks/{id}/logs", get(task_logs::<B>))
+        .route("/events", get(events::events::<B>))
+        .route(
+            "/cluster/config",
+            get(get_cluster_config::<B>).put(put_cluster_config::<B>),
+        )
+        .route(
+            "/services",
+            get(services::list::<B>).post(services::create::<B>),
+        )
+        .route(
+            "/services/{id}",
+            get(services::get_one::<B>)
+                .put(services::update::<B>)
+                .delete(services::delete::<B>),
+        )
+        .route("/services/{id}/tasks", get(services::tasks::<B>))
+        .route("/services/{id}/scale", post(services::scale::<B>))
+        .route("/services/{id}/rollback", post(services::rollback::<B>))
         .fallback(|| async { ApiError::not_found("no such route; see API.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -162,8 +192,8 @@ struct ListQuery {
 }
 
 #[derive(Debug, Deserialize)]
-struct ReadQuery {
-    consistent: Option<bool>,
+pub(crate) struct ReadQuery {
+    pub(crate) consistent: Option<bool>,
 }
 
 async fn list_tasks<B: Backend>(
@@ -286,6 +316,41 @@ async fn delete_task<B: Backend>(
     }
 }
 
+async fn get_cluster_config<B: Backend>(
+    State(b): State<Arc<B>>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    if q.consistent.unwrap_or(false) {
+        b.consistent_read().await?;
+    }
+    Ok(Json(b.read(|s| s.config()).to_json()).into_response())
+}
+
+/// Merges the fields of the body over the current config (as this replica knows it) and
+/// proposes the result. Two concurrent changes of different fields can undo each other: the
+/// later one carries the earlier value of the other's field.
+async fn put_cluster_config<B: Backend>(
+    State(b): State<Arc<B>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body).await?;
+    let current = b.read(|s| s.config());
+    let config =
+        parse_config_patch(&bytes, &current).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let cmd = Command::SetClusterConfig {
+        config,
+        if_unset: false,
+        at: b.now_ms(),
+    };
+    match b.write(cmd).await? {
+        CmdResponse::Ok | CmdResponse::Ignored(_) => Ok(Json(config.to_json()).into_response()),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a config change: {other:?}"
+        ))),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct LogsQuery {
     follow: Option<bool>,
@@ -304,7 +369,7 @@ async fn task_logs<B: Backend>(
 }
 
 /// Reads a request body within the size limit and the time limit.
-async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
     match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         axum::body::to_bytes(body, limits::BODY_BYTES_MAX),

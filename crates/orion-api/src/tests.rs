@@ -175,3 +175,352 @@ async fn errors_are_json_everywhere() {
     let (_, status) = call(&b, "GET", "/status", "").await;
     assert_eq!(status["role"], "leader");
 }
+
+#[tokio::test]
+async fn cluster_config_reads_the_defaults_and_merges_a_partial_change() {
+    let b = Arc::new(MemBackend::default());
+    let (status, got) = call(&b, "GET", "/cluster/config", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, orion_types::ClusterConfig::default().to_json());
+    let (status, put) = call(
+        &b,
+        "PUT",
+        "/cluster/config",
+        r#"{"strategy": "binpack", "voters": 5}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(put["strategy"], "binpack");
+    assert_eq!(put["voters"], 5);
+    assert_eq!(put["dynamicPorts"], "20000-32767", "untouched fields stay");
+    let (_, got) = call(&b, "GET", "/cluster/config?consistent=true", "").await;
+    assert_eq!(got, put);
+    assert_eq!(b.read(|s| s.config.map(|c| c.voters)), Some(5));
+}
+
+#[tokio::test]
+async fn a_bad_cluster_config_gets_400_naming_the_field_and_writes_nothing() {
+    let b = Arc::new(MemBackend::default());
+    let cases: &[(&str, &str)] = &[
+        (r#"{"strategy": "random"}"#, "strategy"),
+        (r#"{"dynamicPorts": "9-1"}"#, "dynamicPorts"),
+        (r#"{"voters": 0}"#, "voters"),
+        (r#"{"restartBaseMs": 0}"#, "restartBaseMs"),
+        (r#"{"restartMaxMs": 1}"#, "restartMaxMs"),
+        (r#"{"colour": 1}"#, "colour"),
+        ("{not json", "not valid JSON"),
+    ];
+    for (body, field) in cases {
+        check(&b, "PUT", "/cluster/config", body, 400, field).await;
+    }
+    assert_eq!(b.writes.load(Ordering::SeqCst), 0);
+}
+
+mod services {
+    //! `/services`: the contract of API.md, each family through the same `call`/`check`.
+
+    use super::*;
+    use orion_types::service::parse_service_request;
+    use serde_json::Value;
+
+    const WEB: &str = r#"{"name":"web","image":"orion/busybox","replicas":3,
+        "ports":[{"target":80,"published":8080}],"healthcheck":{"http":"/"},
+        "update":{"parallelism":2,"order":"stop-first","monitor":"2s"}}"#;
+
+    #[tokio::test]
+    async fn create_get_list_update_scale_rollback_delete() {
+        let b = Arc::new(MemBackend::default());
+        let (status, svc) = call(&b, "POST", "/services", WEB).await;
+        assert_eq!(status, StatusCode::CREATED, "{svc}");
+        assert_eq!(svc["id"], "web");
+        assert_eq!(svc["version"], 1);
+        assert_eq!(
+            svc["replicas"],
+            serde_json::json!({"desired": 3, "running": 0, "healthy": 0})
+        );
+        assert_eq!(svc["vip"], Value::Null);
+        assert_eq!(svc["deployment"], Value::Null);
+        assert_eq!(svc["endpoints"], serde_json::json!([]));
+        assert_eq!(svc["healthcheck"]["interval"], "5s");
+        assert_eq!(svc["update"]["order"], "stop-first");
+        assert_eq!(svc["update"]["monitor"], "2s");
+        assert_eq!(svc["stopGracePeriod"], "10s");
+        assert!(svc["createdAt"].is_string() && svc["updatedAt"].is_string());
+
+        check(&b, "POST", "/services", WEB, 409, "already exists").await;
+        let (_, got) = call(&b, "GET", "/services/web", "").await;
+        assert_eq!(got, svc);
+        let (_, list) = call(&b, "GET", "/services", "").await;
+        assert_eq!(list.as_array().map(Vec::len), Some(1));
+        let (_, list) = call(&b, "GET", "/services?stack=shop", "").await;
+        assert_eq!(list.as_array().map(Vec::len), Some(0));
+        let (_, tasks) = call(&b, "GET", "/services/web/tasks", "").await;
+        assert_eq!(tasks, serde_json::json!([]));
+
+        // The same spec again changes nothing.
+        let (status, same) = call(&b, "PUT", "/services/web", WEB).await;
+        assert_eq!((status, &same["version"]), (StatusCode::OK, &1.into()));
+        // A new image: version 2 and a running deployment.
+        let new = WEB.replace("orion/busybox", "orion/busybox:2");
+        let (status, v2) = call(&b, "PUT", "/services/web", &new).await;
+        assert_eq!(status, StatusCode::OK, "{v2}");
+        assert_eq!(v2["version"], 2);
+        assert_eq!(v2["image"], "orion/busybox:2");
+        assert_eq!(v2["deployment"]["state"], "running");
+        assert_eq!(v2["deployment"]["fromVersion"], 1);
+        assert_eq!(v2["deployment"]["toVersion"], 2);
+        assert_eq!(v2["deployment"]["total"], 3);
+
+        let (status, scaled) = call(&b, "POST", "/services/web/scale", r#"{"replicas":5}"#).await;
+        assert_eq!(status, StatusCode::OK, "{scaled}");
+        assert_eq!(scaled["replicas"]["desired"], 5);
+        assert_eq!(scaled["version"], 3);
+
+        let (status, back) = call(&b, "POST", "/services/web/rollback", "").await;
+        assert_eq!(status, StatusCode::OK, "{back}");
+        assert_eq!(back["image"], "orion/busybox");
+        assert_eq!(back["replicas"]["desired"], 5, "a rollback keeps the count");
+        assert_eq!(back["deployment"]["state"], "rolling-back");
+
+        let (status, gone) = call(&b, "DELETE", "/services/web", "").await;
+        assert_eq!((status, &gone["id"]), (StatusCode::OK, &"web".into()));
+        check(&b, "GET", "/services/web", "", 404, "not found").await;
+        check(&b, "DELETE", "/services/web", "", 404, "not found").await;
+    }
+
+    #[tokio::test]
+    async fn the_service_object_reads_back_as_the_same_spec() {
+        let b = Arc::new(MemBackend::default());
+        let (_, svc) = call(&b, "POST", "/services", WEB).await;
+        let spec = spec_json(&parse_service_request(WEB.as_bytes()).expect("valid"));
+        let body = serde_json::to_vec(&spec).expect("json");
+        assert_eq!(
+            parse_service_request(&body).expect("round trip"),
+            parse_service_request(WEB.as_bytes()).expect("valid")
+        );
+        // A PUT of the object as read (view-only fields removed) is an unchanged spec.
+        let mut obj = svc.as_object().cloned().expect("object");
+        for k in SERVICE_VIEW_ONLY_FIELDS {
+            obj.remove(*k);
+        }
+        obj.insert("replicas".into(), svc["replicas"]["desired"].clone());
+        let body = serde_json::to_string(&obj).expect("json");
+        let (status, same) = call(&b, "PUT", "/services/web", &body).await;
+        assert_eq!(
+            (status, &same["version"]),
+            (StatusCode::OK, &1.into()),
+            "{same}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_400_or_409_naming_the_field_and_writes_nothing() {
+        let b = Arc::new(MemBackend::default());
+        let cases: &[(&str, &str, &str, u16, &str)] = &[
+            (
+                "POST",
+                "/services",
+                r#"{"name":"web","image":"x","mode":"daemon"}"#,
+                400,
+                "mode",
+            ),
+            (
+                "POST",
+                "/services",
+                r#"{"name":"web","image":"x","replicas":-1}"#,
+                400,
+                "replicas",
+            ),
+            (
+                "POST",
+                "/services",
+                r#"{"name":"web","image":"x","replicas":1001}"#,
+                400,
+                "replicas",
+            ),
+            (
+                "POST",
+                "/services",
+                r#"{"name":"web","image":"x","mode":"global","replicas":1}"#,
+                400,
+                "replicas",
+            ),
+            (
+                "POST",
+                "/services",
+                r#"{"name":"web","image":"x","healthcheck":{"exec":["true"],"interval":"0s"}}"#,
+                400,
+                "interval",
+            ),
+            (
+                "POST",
+                "/services",
+                r#"{"name":"web","image":"x","update":{"parallelism":0}}"#,
+                400,
+                "parallelism",
+            ),
+            (
+                "POST",
+                "/services",
+                r#"{"name":"Web_1","image":"x"}"#,
+                400,
+                "name",
+            ),
+            (
+                "POST",
+                "/services",
+                r#"{"name":"web","image":"x","bogus":1}"#,
+                400,
+                "bogus",
+            ),
+            ("POST", "/services", "{not json", 400, "not valid JSON"),
+            (
+                "PUT",
+                "/services/web",
+                r#"{"name":"web","image":"x"}"#,
+                404,
+                "not found",
+            ),
+            (
+                "POST",
+                "/services/web/scale",
+                r#"{"replicas":2}"#,
+                404,
+                "not found",
+            ),
+            ("POST", "/services/web/rollback", "", 404, "not found"),
+            ("GET", "/services/web/tasks", "", 404, "not found"),
+        ];
+        for (method, uri, body, want, field) in cases {
+            check(&b, method, uri, body, *want, field).await;
+        }
+        assert!(b.read(|s| s.services.is_empty() && s.tasks.is_empty()));
+
+        check(
+            &b,
+            "POST",
+            "/services",
+            r#"{"name":"web","image":"x"}"#,
+            201,
+            "",
+        )
+        .await;
+        let after_create = b.read(|s| s.clone());
+        let cases: &[(&str, &str, &str, u16, &str)] = &[
+            (
+                "POST",
+                "/services",
+                r#"{"name":"web","image":"y"}"#,
+                409,
+                "already exists",
+            ),
+            (
+                "PUT",
+                "/services/web",
+                r#"{"name":"web","image":"x","replicas":-1}"#,
+                400,
+                "replicas",
+            ),
+            (
+                "PUT",
+                "/services/web",
+                r#"{"name":"api","image":"x"}"#,
+                400,
+                "name",
+            ),
+            (
+                "POST",
+                "/services/web/scale",
+                r#"{"replicas":-1}"#,
+                400,
+                "replicas",
+            ),
+            (
+                "POST",
+                "/services/web/scale",
+                r#"{"replicas":5000}"#,
+                400,
+                "replicas",
+            ),
+            (
+                "POST",
+                "/services/web/scale",
+                r#"{"count":2}"#,
+                400,
+                "count",
+            ),
+            (
+                "POST",
+                "/services/web/rollback",
+                "",
+                400,
+                "no previous spec",
+            ),
+            ("GET", "/services/web/tasks?state=sleepy", "", 400, "state"),
+        ];
+        for (method, uri, body, want, field) in cases {
+            check(&b, method, uri, body, *want, field).await;
+        }
+        assert_eq!(b.read(|s| s.clone()), after_create);
+        check(
+            &b,
+            "POST",
+            "/services",
+            r#"{"name":"g","image":"x","mode":"global"}"#,
+            201,
+            "",
+        )
+        .await;
+        check(
+            &b,
+            "POST",
+            "/services/g/scale",
+            r#"{"replicas":2}"#,
+            400,
+            "global",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn service_tasks_show_service_version_slot_and_health() {
+        let b = Arc::new(MemBackend::default());
+        check(&b, "POST", "/services", WEB, 201, "").await;
+        let spec = parse_service_request(WEB.as_bytes()).expect("valid");
+        let cmd = Command::CreateServiceTasks {
+            tasks: vec![orion_types::NewServiceTask {
+                task_id: "t1".into(),
+                service: "web".into(),
+                version: 1,
+                slot: Some(2),
+                spec: Box::new(spec.task_spec("web.2".into(), None)),
+            }],
+            at: 1,
+        };
+        b.write(cmd).await.expect("write");
+        let (_, tasks) = call(&b, "GET", "/services/web/tasks", "").await;
+        let t = &tasks[0];
+        assert_eq!(
+            (
+                &t["service"],
+                &t["version"],
+                &t["slot"],
+                &t["health"],
+                &t["name"]
+            ),
+            (
+                &"web".into(),
+                &1.into(),
+                &2.into(),
+                &"starting".into(),
+                &"web.2".into()
+            )
+        );
+        // One-off tasks show no service.
+        let (_, task) = call(&b, "POST", "/tasks", r#"{"image":"x"}"#).await;
+        assert_eq!(
+            (&task["service"], &task["health"]),
+            (&Value::Null, &"none".into())
+        );
+    }
+}

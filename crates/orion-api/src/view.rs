@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-fn rfc3339(ms: UnixMillis) -> String {
+pub(crate) fn rfc3339(ms: UnixMillis) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -34,6 +34,9 @@ pub struct TaskView {
     pub node_selectors: BTreeMap<String, String>,
     pub constraints: Vec<String>,
     pub strategy: Option<String>,
+    /// `stopAfterDisconnect` as a duration string; absent when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_disconnect: Option<String>,
     pub state: String,
     pub node: Option<String>,
     pub allocation: Option<String>,
@@ -46,6 +49,16 @@ pub struct TaskView {
     pub created_at: String,
     pub updated_at: String,
     pub events: Vec<EventView>,
+    /// The service it belongs to; `None` for a one-off task.
+    pub service: Option<String>,
+    /// The service's version it runs; `None` for a one-off task.
+    pub version: Option<u64>,
+    /// Its slot in a replicated service.
+    pub slot: Option<u32>,
+    /// none, starting, healthy or unhealthy.
+    pub health: String,
+    /// The last health probe's output (bounded).
+    pub health_output: Option<String>,
 }
 
 impl From<&Task> for TaskView {
@@ -75,6 +88,9 @@ impl From<&Task> for TaskView {
             node_selectors: s.node_selectors.clone(),
             constraints: s.constraints.iter().map(ToString::to_string).collect(),
             strategy: s.strategy.map(|st| st.as_str().to_string()),
+            stop_after_disconnect: s
+                .stop_after_disconnect_ms
+                .map(orion_types::api::format_duration_ms),
             state: t.state.as_str().to_string(),
             node: t.node.clone(),
             allocation: t.allocation.clone(),
@@ -95,6 +111,11 @@ impl From<&Task> for TaskView {
                     message: e.message.clone(),
                 })
                 .collect(),
+            service: t.service.clone(),
+            version: t.service.as_ref().map(|_| t.version),
+            slot: t.slot,
+            health: t.health.as_str().to_string(),
+            health_output: t.health_output.clone(),
         }
     }
 }

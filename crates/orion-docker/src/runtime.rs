@@ -60,14 +60,13 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// runs runc: the slowest common call, seconds on a busy 2-core host.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Grace period given to the main process on SIGTERM before SIGKILL. Short:
-/// removal happens when an allocation is replaced or stopped, and the
-/// executor must not stall; tasks needing a longer drain are not served yet.
-const STOP_GRACE_SECS: i32 = 2;
+/// Stop waits up to the caller's grace period, then kills; plus this much slack for the engine
+/// delivering SIGKILL and tearing down the network (seconds on a busy 2-core host).
+const STOP_SLACK: Duration = Duration::from_secs(15);
 
-/// Stop waits up to the grace period, then kills; plus `START_TIMEOUT` worth
-/// of slack for the engine tearing down the network.
-const STOP_TIMEOUT: Duration = Duration::from_secs(STOP_GRACE_SECS as u64 + 30);
+/// Longest grace a caller may ask for: the engine takes whole seconds as an `i32`, and a
+/// drain longer than ten minutes is not a stop any more.
+const STOP_GRACE_MAX: Duration = Duration::from_secs(600);
 
 /// Force removal deletes the writable layer; same order as create.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,6 +77,19 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Container events reported; everything else is filtered by the engine.
 const EVENT_ACTIONS: [&str; 4] = ["start", "die", "oom", "destroy"];
+
+/// An event stream ends (cleanly) after this long and the caller opens a new one: a
+/// connection the engine silently stopped serving is thereby replaced within a minute, and a
+/// caller that lists after reconnecting misses nothing for longer.
+pub const EVENTS_MAX_DURATION: Duration = Duration::from_secs(60);
+
+/// A log read that does not follow is a bounded copy of what the engine stored: it ends with
+/// a `Timeout` error after this long.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A followed log stream ends with a `Timeout` error after this long (the client reconnects
+/// with `tail` to continue), so no stream is held open for ever by a forgotten client.
+const LOGS_FOLLOW_MAX: Duration = Duration::from_secs(3_600);
 
 /// A handle on the Docker engine. Cheap to clone (the connection is shared).
 #[derive(Debug, Clone)]
@@ -310,24 +322,28 @@ impl DockerRuntime {
         }
     }
 
-    /// Stops (SIGTERM, `STOP_GRACE_SECS`, then SIGKILL) and force-removes a
-    /// container. A container that is already gone, or whose removal is
-    /// already under way, is `Ok`.
-    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let stop = StopContainerOptionsBuilder::new()
-            .t(STOP_GRACE_SECS)
-            .build();
+    /// Stops a container: its stop signal (SIGTERM unless the image sets another), up to
+    /// `grace` (whole seconds, at most `STOP_GRACE_MAX`), then SIGKILL. A container that is
+    /// gone or not running is `Ok`.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let grace = grace.min(STOP_GRACE_MAX);
+        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(secs).build();
         match bounded(
             "stop",
-            STOP_TIMEOUT,
-            self.docker.stop_container(id, Some(stop)),
+            grace + STOP_SLACK,
+            self.docker.stop_container(id, Some(options)),
         )
         .await
         {
-            Ok(()) | Err(RuntimeError::NotFound(_)) => {}
-            // Force removal below kills it anyway; report only if that fails.
-            Err(e) => tracing::debug!(%id, error = %e, "stop before remove failed"),
+            Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Force-removes a container (killing it if it still runs) with its anonymous volumes.
+    /// A container that is already gone, or whose removal is already under way, is `Ok`.
+    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
@@ -372,13 +388,16 @@ impl DockerRuntime {
             .since(&since)
             .filters(&filters)
             .build();
-        let raw = self.docker.events(Some(options));
+        let raw = self
+            .docker
+            .events(Some(options))
+            .map_err(RuntimeError::from);
         let ended = stream::once(async {
             Err(RuntimeError::Unavailable(
                 "docker event stream ended".to_string(),
             ))
         });
-        raw.map_err(RuntimeError::from)
+        let events = raw
             .chain(ended)
             // Stop after the first error: the stream is not resumable.
             .scan(false, |failed, item| {
@@ -395,13 +414,16 @@ impl DockerRuntime {
                     Ok(msg) => convert::container_event(msg).map(Ok),
                     Err(e) => Some(Err(e)),
                 }
-            })
+            });
+        within(events, EVENTS_MAX_DURATION, None)
     }
 
     /// The container's stdout and stderr, interleaved as the engine stores
     /// them; `tail` limits to the last lines, `follow` keeps the stream open
     /// while the container runs. The container's existence is checked within
-    /// `INSPECT_TIMEOUT`; the stream itself is paced (and bounded) by the caller.
+    /// `INSPECT_TIMEOUT`; the stream is paced by the caller (nothing is buffered ahead of
+    /// it) and ends with a `Timeout` error after `LOGS_TIMEOUT`, or `LOGS_FOLLOW_MAX` when
+    /// following.
     pub async fn logs(
         &self,
         id: &str,
@@ -418,12 +440,56 @@ impl DockerRuntime {
             .stderr(true)
             .tail(&tail)
             .build();
-        Ok(self
+        let max = if follow {
+            LOGS_FOLLOW_MAX
+        } else {
+            LOGS_TIMEOUT
+        };
+        let raw = self
             .docker
             .logs(id, Some(options))
             .map_ok(|chunk| chunk.into_bytes())
-            .map_err(RuntimeError::from))
+            .map_err(RuntimeError::from);
+        Ok(within(raw, max, Some("logs")))
     }
+}
+
+/// `inner` for at most `max`: then it ends, after one `Timeout` error naming `op` if given.
+/// The deadline counts from the first poll.
+fn within<T, S>(
+    inner: S,
+    max: Duration,
+    op: Option<&'static str>,
+) -> impl Stream<Item = Result<T, RuntimeError>> + Send + 'static
+where
+    T: Send + 'static,
+    S: Stream<Item = Result<T, RuntimeError>> + Send + 'static,
+{
+    struct State<S> {
+        inner: std::pin::Pin<Box<S>>,
+        deadline: Option<tokio::time::Instant>,
+        done: bool,
+    }
+    let state = State {
+        inner: Box::pin(inner),
+        deadline: None,
+        done: false,
+    };
+    stream::unfold(state, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let deadline = *st
+            .deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + max);
+        tokio::select! {
+            item = st.inner.next() => item.map(|i| (i, st)),
+            _ = tokio::time::sleep_until(deadline) => {
+                st.done = true;
+                op.map(|op| (Err(RuntimeError::Timeout { op, after: max }), st))
+            }
+        }
+    })
 }
 
 /// True when an engine's `MinAPIVersion` (e.g. `"1.12"`) is above ours.
@@ -463,6 +529,31 @@ mod tests {
             pull_reference("app@sha256:00"),
             ("app@sha256:00".into(), None)
         );
+    }
+
+    /// A stream that never yields, bounded by `within`: ends after the bound, with a timeout
+    /// error only when an operation is named.
+    async fn check_within(op: Option<&'static str>, want_error: bool) {
+        let never = stream::pending::<Result<u8, RuntimeError>>();
+        let items: Vec<_> = within(never, Duration::from_secs(5), op).collect().await;
+        assert_eq!(items.len(), usize::from(want_error), "{op:?}: {items:?}");
+        if want_error {
+            assert!(matches!(items[0], Err(RuntimeError::Timeout { .. })));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unbounded_docker_calls_event_and_log_streams_end() {
+        check_within(None, false).await;
+        check_within(Some("logs"), true).await;
+        let items: Vec<_> = within(
+            stream::iter([Ok::<u8, RuntimeError>(1), Ok(2)]),
+            Duration::from_secs(5),
+            Some("logs"),
+        )
+        .collect()
+        .await;
+        assert_eq!(items, vec![Ok(1), Ok(2)]);
     }
 
     #[test]

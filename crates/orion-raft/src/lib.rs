@@ -66,6 +66,7 @@ pub use network::{BoxFuture, HttpTransport, RPC_BODY_BYTES_MAX, RpcFailure, RpcT
 pub use node::{RaftConfig, RaftNode, RaftStatus, Role, SimParts};
 pub use server::{Rejected, RpcHandler};
 pub use sim_disk::SimDisk;
+pub use sm_store::ApplyObserver;
 pub use types::{Peer, RaftId, raft_id};
 
 /// Storage internals, public only so the conformance test can run openraft's suite on them.

@@ -582,6 +582,12 @@ impl RaftNode {
     }
 
     /// The applied index; changes after every applied batch or installed snapshot.
+    /// Tells `observer` about every entry this node applies from now on (see
+    /// `ApplyObserver`).
+    pub fn set_apply_observer(&self, observer: Arc<dyn crate::ApplyObserver>) {
+        self.inner.sm.set_observer(observer);
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.sm.subscribe()
     }

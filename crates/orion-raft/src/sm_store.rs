@@ -1,7 +1,7 @@
 //! The state machine on redb (`<data_dir>/state.redb`) plus its in-memory copy, and snapshots.
 //!
 //! Memory holds the whole `ClusterState` (every read is served from it); redb holds one row per
-//! node and per task, written from `ClusterState::row` for exactly the keys a batch touched, in
+//! node, per task and per service (`Key`), written from `ClusterState::row` for exactly the keys a batch touched, in
 //! the same write transaction as `last_applied` and `last_membership`. On open the rows are
 //! loaded back with `ClusterState::from_rows`.
 //!
@@ -73,6 +73,23 @@ const SYNC_EVERY_BATCHES: u64 = 100;
 type StResult<T> = Result<T, StorageError<RaftId>>;
 type Membership = StoredMembership<RaftId, Peer>;
 
+/// Told about every applied entry, in log order, under the state lock (so keep it short: it
+/// must not block). The event history is one: it derives events from each entry.
+pub trait ApplyObserver: Send + Sync {
+    /// Entry `index` was applied: `cmd` is its command (`None` for a new leader's blank entry,
+    /// which names `leader`, and for membership changes); `touched` are the rows it changed.
+    fn applied(
+        &self,
+        index: u64,
+        cmd: Option<&orion_types::Command>,
+        leader: Option<&str>,
+        state: &ClusterState,
+        touched: &[Key],
+    );
+    /// The state was loaded or replaced wholesale (a snapshot was installed).
+    fn reset(&self, state: &ClusterState, last_applied: u64);
+}
+
 /// The applied state, as one consistent unit.
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
@@ -101,6 +118,7 @@ struct Shared {
     /// Held while a snapshot is taken or installed, or a sync runs: one at a time.
     persist: tokio::sync::Mutex<()>,
     snapshot_seq: AtomicU64,
+    observer: RwLock<Option<Arc<dyn ApplyObserver>>>,
 }
 
 /// Where jobs go: the writer thread, or (simulator) run at once on the caller.
@@ -347,6 +365,7 @@ impl StateMachineStore {
                 failed,
                 persist: tokio::sync::Mutex::new(()),
                 snapshot_seq: AtomicU64::new(snapshot_seq),
+                observer: RwLock::new(None),
             }),
         })
     }
@@ -380,6 +399,26 @@ impl StateMachineStore {
     ) -> Result<T, StoreError> {
         rx.await
             .map_err(|_| StoreError::Join("the state writer stopped".to_string()))?
+    }
+
+    /// Tells `observer` about every entry applied from now on, after a `reset` with the state
+    /// as it is now (under the state lock, so nothing is missed or told twice).
+    pub fn set_observer(&self, observer: Arc<dyn ApplyObserver>) {
+        let applied = self.write();
+        observer.reset(&applied.state, applied_index(applied.last_applied.as_ref()));
+        *self
+            .shared
+            .observer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    fn observer(&self) -> Option<Arc<dyn ApplyObserver>> {
+        self.shared
+            .observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Read access to the applied state.
@@ -426,6 +465,7 @@ impl StateMachineStore {
             return Err(StoreError::WriteFailed(msg));
         }
         let mut responses = Vec::with_capacity(entries.len());
+        let observer = self.observer();
         let index = {
             let mut applied = self.write();
             let mut touched = BTreeSet::new();
@@ -438,9 +478,29 @@ impl StateMachineStore {
                 );
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => responses.push(Response::default()),
+                    EntryPayload::Blank => {
+                        // A new leader's first entry: it names the leader of its term.
+                        if let Some(o) = &observer {
+                            let leader = applied
+                                .last_membership
+                                .membership()
+                                .get_node(&entry.log_id.leader_id.node_id)
+                                .map(|p| p.node_id.clone());
+                            o.applied(
+                                entry.log_id.index,
+                                None,
+                                leader.as_deref(),
+                                &applied.state,
+                                &[],
+                            );
+                        }
+                        responses.push(Response::default())
+                    }
                     EntryPayload::Normal(cmd) => {
                         let (resp, keys) = applied.state.apply(&cmd);
+                        if let Some(o) = &observer {
+                            o.applied(entry.log_id.index, Some(&cmd), None, &applied.state, &keys);
+                        }
                         touched.extend(keys);
                         responses.push(resp);
                     }
@@ -531,6 +591,9 @@ impl StateMachineStore {
         })?;
         let new = Self::wait(rx).await?;
         let index = applied_index(new.last_applied.as_ref());
+        if let Some(o) = self.observer() {
+            o.reset(&new.state, index);
+        }
         *self.write() = new;
         self.shared.applied_tx.send_replace(index);
         tracing::info!(snapshot = %meta, "installed snapshot");

@@ -67,6 +67,16 @@ async fn single_node_bootstraps_commits_and_restarts() {
     let resp = node.write(create_task(1)).await.unwrap();
     assert!(matches!(resp, Response::Task(_)), "got {resp:?}");
     assert!(has_task(&node, 1));
+    let cluster_config = orion_types::ClusterConfig {
+        voters: 5,
+        ..Default::default()
+    };
+    let set = Command::SetClusterConfig {
+        config: cluster_config,
+        if_unset: false,
+        at: 2,
+    };
+    assert_eq!(node.write(set).await.unwrap(), Response::Ok);
     node.consistent_read().await.unwrap();
     let before = node.status();
     assert_eq!(before.role, Role::Leader);
@@ -88,6 +98,11 @@ async fn single_node_bootstraps_commits_and_restarts() {
     assert!(
         has_task(&node, 1),
         "task survives the restart before any replay"
+    );
+    assert_eq!(
+        node.read(|s| s.config),
+        Some(cluster_config),
+        "the cluster config is a row too"
     );
     assert!(node.status().applied_index >= before.applied_index);
     node.bootstrap().await.unwrap();

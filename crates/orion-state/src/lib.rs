@@ -3,11 +3,12 @@
 //! Architecture invariant: `apply` is pure and deterministic. It reads nothing but its
 //! arguments (no clock, no IO, no randomness: commands carry their ids and timestamps), so
 //! every node that applies the same log holds the same state. It reports the rows it touched
-//! so the store can persist exactly those.
+//! so the store can persist exactly those. Services and their deployments are applied in
+//! `services`.
 
 use orion_types::{
-    AllocStatus, BackoffConfig, Command, NodeId, NodeMeta, Placement, Protocol, Resources,
-    Response, Task, TaskId, TaskState, UnixMillis,
+    AllocStatus, BackoffConfig, ClusterConfig, Command, NodeId, NodeMeta, Placement, Protocol,
+    Resources, Response, Service, Task, TaskId, TaskState, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,18 +39,30 @@ pub struct NodeRecord {
 pub enum Key {
     Node(NodeId),
     Task(TaskId),
+    /// The cluster-wide settings (one row).
+    Config,
+    Service(String),
 }
+
+/// The row key of `Key::Config`.
+const CONFIG_KEY: &str = "cluster/config";
 
 impl Key {
     pub fn encode(&self) -> String {
         match self {
             Key::Node(id) => format!("node/{id}"),
             Key::Task(id) => format!("task/{id}"),
+            Key::Config => CONFIG_KEY.to_string(),
+            Key::Service(id) => format!("service/{id}"),
         }
     }
     pub fn decode(s: &str) -> Option<Key> {
-        if let Some(id) = s.strip_prefix("node/") {
+        if s == CONFIG_KEY {
+            Some(Key::Config)
+        } else if let Some(id) = s.strip_prefix("node/") {
             Some(Key::Node(id.to_string()))
+        } else if let Some(id) = s.strip_prefix("service/") {
+            Some(Key::Service(id.to_string()))
         } else {
             s.strip_prefix("task/").map(|id| Key::Task(id.to_string()))
         }
@@ -71,12 +84,26 @@ pub enum StateError {
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub tasks: BTreeMap<TaskId, Task>,
+    /// The cluster-wide settings; `None` until the bootstrapping node (or an operator) sets
+    /// them, and in snapshots from before they existed.
+    #[serde(default)]
+    pub config: Option<ClusterConfig>,
+    /// Services by id (`web`, `db.shop`).
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
 }
 
 impl ClusterState {
+    /// The cluster-wide settings in force: the stored ones, else the defaults.
+    pub fn config(&self) -> ClusterConfig {
+        self.config.unwrap_or_default()
+    }
+
     /// Applies one command. Returns what to answer the proposer and the rows it touched.
     pub fn apply(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
         let mut touched = Vec::new();
+        // Restart back-off comes from the replicated config, so every node restarts alike.
+        let backoff_now = self.config().backoff;
         let response = match cmd {
             Command::CreateTask { task_id, spec, at } => {
                 self.create_task(task_id, spec, *at, &mut touched)
@@ -139,28 +166,12 @@ impl ClusterState {
                 task_id,
                 allocation,
                 status,
-                backoff,
+                // The reporter's back-off is ignored: the cluster's applies to every node.
+                backoff: _,
                 at,
-            } => match self.tasks.get_mut(task_id) {
-                None => Response::Ignored(format!("task {task_id} is unknown")),
-                Some(task)
-                    if task.allocation.as_ref() != Some(allocation)
-                        || task.node.as_ref() != Some(node) =>
-                {
-                    Response::Ignored(format!(
-                        "allocation {allocation} of task {task_id} on {node} is no longer current"
-                    ))
-                }
-                Some(task) => {
-                    let changed = apply_report(task, status, backoff, *at);
-                    if changed {
-                        touched.push(Key::Task(task_id.clone()));
-                        Response::Ok
-                    } else {
-                        Response::Ignored("no change".to_string())
-                    }
-                }
-            },
+            } => self.fenced(node, task_id, allocation, &mut touched, |task| {
+                apply_report(task, status, &backoff_now, *at)
+            }),
             Command::UpsertNode { meta, at } => {
                 let id = meta.id.clone();
                 match self.nodes.get_mut(&id) {
@@ -254,8 +265,126 @@ impl ClusterState {
                 }
                 Response::Ok
             }
+            Command::SetClusterConfig {
+                config,
+                if_unset,
+                at: _,
+            } => {
+                if *if_unset && self.config.is_some() {
+                    Response::Ignored("the cluster already has a configuration".to_string())
+                } else if let Err(e) = config.validate() {
+                    // The API validates first; this keeps an invalid config out of the state
+                    // whatever proposed it.
+                    Response::Ignored(format!("invalid cluster configuration: {e}"))
+                } else if self.config == Some(*config) {
+                    Response::Ignored("no change".to_string())
+                } else {
+                    self.config = Some(*config);
+                    touched.push(Key::Config);
+                    Response::Ok
+                }
+            }
+            Command::CreateService { spec, at } => self.create_service(spec, *at, &mut touched),
+            Command::UpdateService {
+                id,
+                spec,
+                deployment_id,
+                at,
+            } => self.update_service(id, spec, deployment_id, *at, &mut touched),
+            Command::ScaleService { id, replicas, at } => {
+                self.scale_service(id, *replicas, *at, &mut touched)
+            }
+            Command::DeleteService { id, at } => self.delete_service(id, *at, &mut touched),
+            Command::RollbackService {
+                id,
+                deployment_id,
+                reason,
+                at,
+            } => self.rollback_service(id, deployment_id, reason.as_deref(), *at, &mut touched),
+            Command::CreateServiceTasks { tasks, at } => {
+                self.create_service_tasks(tasks, *at, &mut touched)
+            }
+            Command::StopTasks {
+                task_ids,
+                reason,
+                at,
+            } => {
+                self.stop_tasks(task_ids, reason, *at, &mut touched);
+                Response::Ok
+            }
+            Command::ForgetTasks { task_ids, .. } => {
+                for id in task_ids {
+                    if self
+                        .tasks
+                        .get(id)
+                        .is_some_and(|t| t.state == TaskState::Stopped)
+                    {
+                        self.tasks.remove(id);
+                        touched.push(Key::Task(id.clone()));
+                    }
+                }
+                Response::Ok
+            }
+            Command::DeploymentProgress {
+                id,
+                deployment_id,
+                state,
+                updated,
+                failed,
+                message,
+                at,
+            } => self.deployment_progress(
+                id,
+                deployment_id,
+                *state,
+                (*updated, *failed),
+                message,
+                *at,
+                &mut touched,
+            ),
+            Command::ReportHealth {
+                node,
+                task_id,
+                allocation,
+                health,
+                output,
+                at,
+            } => self.fenced(node, task_id, allocation, &mut touched, |task| {
+                services::set_health(task, *health, output.as_deref(), *at)
+            }),
         };
         (response, touched)
+    }
+
+    /// Runs `change` on the task if `allocation` on `node` is still its current one (the
+    /// fence against late reports), and records the row if it changed anything.
+    fn fenced(
+        &mut self,
+        node: &str,
+        task_id: &str,
+        allocation: &str,
+        touched: &mut Vec<Key>,
+        change: impl FnOnce(&mut Task) -> bool,
+    ) -> Response {
+        match self.tasks.get_mut(task_id) {
+            None => Response::Ignored(format!("task {task_id} is unknown")),
+            Some(task)
+                if task.allocation.as_deref() != Some(allocation)
+                    || task.node.as_deref() != Some(node) =>
+            {
+                Response::Ignored(format!(
+                    "allocation {allocation} of task {task_id} on {node} is no longer current"
+                ))
+            }
+            Some(task) => {
+                if change(task) {
+                    touched.push(Key::Task(task_id.to_string()));
+                    Response::Ok
+                } else {
+                    Response::Ignored("no change".to_string())
+                }
+            }
+        }
     }
 
     fn create_task(
@@ -413,6 +542,8 @@ impl ClusterState {
         let bytes = match key {
             Key::Node(id) => serde_json::to_vec(self.nodes.get(id)?),
             Key::Task(id) => serde_json::to_vec(self.tasks.get(id)?),
+            Key::Config => serde_json::to_vec(self.config.as_ref()?),
+            Key::Service(id) => serde_json::to_vec(self.services.get(id)?),
         };
         // Serializing plain structs of strings and integers cannot fail.
         Some(bytes.expect("state rows serialize"))
@@ -424,6 +555,8 @@ impl ClusterState {
             .keys()
             .map(|k| Key::Node(k.clone()))
             .chain(self.tasks.keys().map(|k| Key::Task(k.clone())))
+            .chain(self.config.map(|_| Key::Config))
+            .chain(self.services.keys().map(|k| Key::Service(k.clone())))
     }
 
     pub fn from_rows(
@@ -444,6 +577,14 @@ impl ClusterState {
                 Some(Key::Task(id)) => {
                     state
                         .tasks
+                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Config) => {
+                    state.config = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Service(id)) => {
+                    state
+                        .services
                         .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
                 }
                 None => return Err(StateError::UnknownKey(key)),
@@ -609,6 +750,8 @@ fn apply_report(
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
+
+mod services;
 
 #[cfg(test)]
 mod tests;

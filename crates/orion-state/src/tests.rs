@@ -11,20 +11,7 @@ fn spec(json: &str) -> Box<TaskSpec> {
 
 fn node(id: &str, generation: u64) -> Command {
     Command::UpsertNode {
-        meta: Box::new(NodeMeta {
-            id: id.to_string(),
-            generation,
-            api_addr: "127.0.0.1:8000".into(),
-            raft_addr: "127.0.0.1:7000".into(),
-            gossip_addr: "127.0.0.1:6000".into(),
-            publish_ip: "127.0.0.1".into(),
-            capacity: Resources {
-                memory_bytes: 1 << 30,
-                cpu_millis: 2000,
-            },
-            labels: BTreeMap::new(),
-            version: "test".into(),
-        }),
+        meta: Box::new(NodeMeta::fixture(id, generation)),
         at: 1,
     }
 }
@@ -56,10 +43,11 @@ fn report(id: &str, node: &str, alloc: &str, status: AllocStatus, at: u64) -> Co
         task_id: id.into(),
         allocation: alloc.into(),
         status,
+        // Ignored by apply, which uses the cluster's back-off: an absurd value shows it.
         backoff: BackoffConfig {
-            base_ms: 1000,
-            max_ms: 8000,
-            reset_after_ms: 60_000,
+            base_ms: 7,
+            max_ms: 7,
+            reset_after_ms: 7,
         },
         at,
     }
@@ -472,4 +460,443 @@ fn a_task_placed_at_creation_keeps_its_place_only_if_it_still_fits() {
         ],
         &["t1 pending - - r0 - -"],
     );
+}
+
+fn set_config(config: ClusterConfig, if_unset: bool) -> Command {
+    Command::SetClusterConfig {
+        config,
+        if_unset,
+        at: 5,
+    }
+}
+
+/// Applies `cmds` and compares the stored config (and that it survives its rows).
+fn check_config(cmds: &[Command], want: Option<ClusterConfig>) {
+    let state = check(cmds, &[]);
+    assert_eq!(state.config, want, "{cmds:?}");
+}
+
+#[test]
+fn set_cluster_config_applies_validated_and_seeds_only_once() {
+    let d = ClusterConfig::default();
+    let binpack = ClusterConfig {
+        strategy: orion_types::Strategy::Binpack,
+        ..d
+    };
+    let five = ClusterConfig { voters: 5, ..d };
+    check_config(&[], None);
+    check_config(&[set_config(binpack, false)], Some(binpack));
+    // A seed applies to a state without a config, never over one.
+    check_config(&[set_config(binpack, true)], Some(binpack));
+    check_config(
+        &[set_config(five, false), set_config(binpack, true)],
+        Some(five),
+    );
+    check_config(
+        &[set_config(binpack, true), set_config(five, false)],
+        Some(five),
+    );
+    // An invalid config never reaches the state, whoever proposed it.
+    let zero_voters = ClusterConfig { voters: 0, ..d };
+    check_config(&[set_config(zero_voters, false)], None);
+    check_config(
+        &[set_config(five, false), set_config(zero_voters, false)],
+        Some(five),
+    );
+}
+
+#[test]
+fn report_uses_the_cluster_backoff_not_the_reporters() {
+    let fast = ClusterConfig {
+        backoff: BackoffConfig {
+            base_ms: 200,
+            max_ms: 400,
+            reset_after_ms: 60_000,
+        },
+        ..ClusterConfig::default()
+    };
+    let mut cmds = vec![
+        set_config(fast, false),
+        node("n1", 1),
+        create("t1", ONFAIL),
+        place("t1", "n1", "a1"),
+    ];
+    // Each crash: running at `run`, exit 1 at `exit`; then the task as expected. The delay
+    // doubles from the cluster's 200 ms and is capped at its 400 ms.
+    let crashes = [
+        (30, 40, "t1 failed n1 a1 r1 at240 x1"),
+        (300, 400, "t1 failed n1 a1 r2 at800 x1"),
+        (900, 1000, "t1 failed n1 a1 r3 at1400 x1"),
+    ];
+    for (run, exit, want) in crashes {
+        cmds.push(report("t1", "n1", "a1", running("c1"), run));
+        cmds.push(report("t1", "n1", "a1", exited("c1", 1), exit));
+        check(&cmds, &[want]);
+    }
+}
+
+#[test]
+fn an_old_report_entry_without_backoff_still_decodes() {
+    let json =
+        r#"{"Report":{"node":"n1","task_id":"t1","allocation":"a1","status":"Starting","at":3}}"#;
+    let cmd: Command = serde_json::from_str(json).expect("old report decodes");
+    assert!(matches!(cmd, Command::Report { at: 3, .. }));
+    // A snapshot from before the config existed loads with none.
+    let old: ClusterState = serde_json::from_str(r#"{"nodes":{},"tasks":{}}"#).expect("decodes");
+    assert_eq!(old.config, None);
+}
+mod services {
+    //! Service commands: each case applies commands and compares a one-line summary of the
+    //! service (`version state updated/total`) and of each of its tasks.
+
+    use super::*;
+    use orion_types::service::parse_service_request;
+    use orion_types::{DeploymentState, Health, NewServiceTask, ServiceSpec};
+
+    fn svc(json: &str) -> Box<ServiceSpec> {
+        Box::new(parse_service_request(json.as_bytes()).expect("valid service"))
+    }
+
+    const WEB: &str = r#"{"name":"web","image":"x","replicas":2}"#;
+    const WEB2: &str = r#"{"name":"web","image":"x:2","replicas":2}"#;
+
+    fn create_svc(json: &str) -> Command {
+        Command::CreateService {
+            spec: svc(json),
+            at: 5,
+        }
+    }
+
+    fn update(json: &str, dep: &str, at: u64) -> Command {
+        Command::UpdateService {
+            id: "web".into(),
+            spec: svc(json),
+            deployment_id: dep.into(),
+            at,
+        }
+    }
+
+    fn new_task(id: &str, version: u64, slot: u32, json: &str) -> Command {
+        let spec = svc(json);
+        Command::CreateServiceTasks {
+            tasks: vec![NewServiceTask {
+                task_id: id.into(),
+                service: spec.id(),
+                version,
+                slot: Some(slot),
+                spec: Box::new(spec.task_spec(format!("web.{slot}"), None)),
+            }],
+            at: 15,
+        }
+    }
+
+    /// Applies `cmds`, checks the last response's kind, and compares the summary of service
+    /// `web` (or "-" when gone) and of its tasks.
+    fn check(cmds: &[Command], last: &str, want_service: &str, want_tasks: &[&str]) {
+        let mut state = ClusterState::default();
+        let mut resp = Response::Ok;
+        for c in cmds {
+            resp = state.apply(c).0;
+        }
+        let kind = match &resp {
+            Response::Ok => "ok",
+            Response::Service(_) => "service",
+            Response::Conflict(_) => "conflict",
+            Response::Invalid(_) => "invalid",
+            Response::NotFound(_) => "not-found",
+            Response::Ignored(_) => "ignored",
+            Response::Task(_) => "task",
+        };
+        assert_eq!(kind, last, "{resp:?}");
+        let got = state.services.get("web").map_or("-".to_string(), |s| {
+            let d = s.deployment.as_ref().map_or("-".to_string(), |d| {
+                format!(
+                    "{} {}->{} {}/{}",
+                    d.state.as_str(),
+                    d.from_version,
+                    d.to_version,
+                    d.updated,
+                    d.total
+                )
+            });
+            format!("v{} r{} {d}", s.version, s.spec.replicas)
+        });
+        assert_eq!(got, want_service);
+        let tasks: Vec<String> = state
+            .tasks_of_service("web")
+            .map(|t| {
+                format!(
+                    "{} {} v{} s{} {}",
+                    t.id,
+                    t.state.as_str(),
+                    t.version,
+                    t.slot.unwrap_or(0),
+                    t.health.as_str()
+                )
+            })
+            .collect();
+        assert_eq!(tasks, want_tasks);
+        let rows = state
+            .keys()
+            .map(|k| (k.encode(), state.row(&k).expect("row")));
+        assert_eq!(ClusterState::from_rows(rows).expect("rows load"), state);
+    }
+
+    #[test]
+    fn create_is_refused_when_the_id_exists() {
+        check(&[create_svc(WEB)], "service", "v1 r2 -", &[]);
+        check(
+            &[create_svc(WEB), create_svc(WEB2)],
+            "conflict",
+            "v1 r2 -",
+            &[],
+        );
+    }
+
+    #[test]
+    fn an_unchanged_put_changes_nothing_and_a_changed_one_deploys() {
+        check(
+            &[create_svc(WEB), update(WEB, "d1", 20)],
+            "service",
+            "v1 r2 -",
+            &[],
+        );
+        check(
+            &[create_svc(WEB), update(WEB2, "d1", 20)],
+            "service",
+            "v2 r2 running 1->2 0/2",
+            &[],
+        );
+        // A change of count only is a new version without a deployment.
+        check(
+            &[
+                create_svc(WEB),
+                update(r#"{"name":"web","image":"x","replicas":3}"#, "d1", 20),
+            ],
+            "service",
+            "v2 r3 -",
+            &[],
+        );
+        check(
+            &[
+                create_svc(WEB),
+                update(r#"{"name":"api","image":"x"}"#, "d1", 20),
+            ],
+            "invalid",
+            "v1 r2 -",
+            &[],
+        );
+    }
+
+    #[test]
+    fn scale_changes_the_count_not_the_tasks() {
+        let scale = |n| Command::ScaleService {
+            id: "web".into(),
+            replicas: n,
+            at: 30,
+        };
+        check(&[create_svc(WEB), scale(5)], "service", "v2 r5 -", &[]);
+        check(&[create_svc(WEB), scale(2)], "service", "v1 r2 -", &[]);
+        check(
+            &[
+                create_svc(r#"{"name":"web","image":"x","mode":"global"}"#),
+                scale(2),
+            ],
+            "invalid",
+            "v1 r0 -",
+            &[],
+        );
+    }
+
+    #[test]
+    fn service_tasks_carry_service_version_slot_and_health() {
+        let checked = r#"{"name":"web","image":"x","replicas":2,"ports":[{"target":80}],"healthcheck":{"http":"/"}}"#;
+        check(
+            &[create_svc(checked), new_task("t1", 1, 1, checked)],
+            "ok",
+            "v1 r2 -",
+            &["t1 pending v1 s1 starting"],
+        );
+        // Stale proposals: an old version, a slot over the count.
+        check(
+            &[
+                create_svc(WEB),
+                update(WEB2, "d1", 20),
+                new_task("t1", 1, 1, WEB),
+                new_task("t2", 2, 3, WEB2),
+                new_task("t3", 2, 2, WEB2),
+            ],
+            "ok",
+            "v2 r2 running 1->2 0/2",
+            &["t3 pending v2 s2 none"],
+        );
+    }
+
+    #[test]
+    fn delete_stops_the_tasks_then_removes_the_service() {
+        check(
+            &[
+                create_svc(WEB),
+                new_task("t1", 1, 1, WEB),
+                Command::DeleteService {
+                    id: "web".into(),
+                    at: 40,
+                },
+            ],
+            "service",
+            "-",
+            &["t1 stopped v1 s1 none"],
+        );
+        check(
+            &[Command::DeleteService {
+                id: "web".into(),
+                at: 40,
+            }],
+            "not-found",
+            "-",
+            &[],
+        );
+    }
+
+    #[test]
+    fn rollback_returns_to_the_previous_spec_as_a_new_version() {
+        let rollback = |reason: Option<&str>, dep: &str| Command::RollbackService {
+            id: "web".into(),
+            deployment_id: dep.into(),
+            reason: reason.map(String::from),
+            at: 50,
+        };
+        check(
+            &[create_svc(WEB), rollback(None, "d9")],
+            "invalid",
+            "v1 r2 -",
+            &[],
+        );
+        check(
+            &[
+                create_svc(WEB),
+                update(WEB2, "d1", 20),
+                rollback(None, "d2"),
+            ],
+            "service",
+            "v3 r2 rolling-back 2->3 0/2",
+            &[],
+        );
+        // Automatic: keeps the failed deployment's record, once.
+        check(
+            &[
+                create_svc(WEB),
+                update(WEB2, "d1", 20),
+                rollback(Some("task exited"), "d1"),
+            ],
+            "service",
+            "v3 r2 rolling-back 1->2 0/2",
+            &[],
+        );
+        check(
+            &[
+                create_svc(WEB),
+                update(WEB2, "d1", 20),
+                rollback(Some("task exited"), "d1"),
+                rollback(Some("again"), "d1"),
+            ],
+            "ignored",
+            "v3 r2 rolling-back 1->2 0/2",
+            &[],
+        );
+    }
+
+    #[test]
+    fn progress_applies_only_to_the_latest_deployment() {
+        let progress = |dep: &str, state, updated| Command::DeploymentProgress {
+            id: "web".into(),
+            deployment_id: dep.into(),
+            state,
+            updated,
+            failed: 0,
+            message: "m".into(),
+            at: 60,
+        };
+        check(
+            &[
+                create_svc(WEB),
+                update(WEB2, "d1", 20),
+                progress("d1", DeploymentState::Completed, 2),
+            ],
+            "ok",
+            "v2 r2 completed 1->2 2/2",
+            &[],
+        );
+        check(
+            &[
+                create_svc(WEB),
+                update(WEB2, "d1", 20),
+                progress("d0", DeploymentState::Completed, 2),
+            ],
+            "ignored",
+            "v2 r2 running 1->2 0/2",
+            &[],
+        );
+    }
+
+    #[test]
+    fn health_transitions_are_fenced_and_recorded_once() {
+        let health = |alloc: &str, h| Command::ReportHealth {
+            node: "n1".into(),
+            task_id: "t1".into(),
+            allocation: alloc.into(),
+            health: h,
+            output: Some("x".repeat(10_000)),
+            at: 70,
+        };
+        let base = vec![
+            node("n1", 1),
+            create_svc(WEB),
+            new_task("t1", 1, 1, WEB),
+            place("t1", "n1", "a1"),
+        ];
+        let mut cmds = base.clone();
+        cmds.push(health("a1", Health::Healthy));
+        check(&cmds, "ok", "v1 r2 -", &["t1 scheduled v1 s1 healthy"]);
+        cmds.push(health("a1", Health::Healthy));
+        check(&cmds, "ignored", "v1 r2 -", &["t1 scheduled v1 s1 healthy"]);
+        let mut stale = base;
+        stale.push(health("a0", Health::Unhealthy));
+        check(&stale, "ignored", "v1 r2 -", &["t1 scheduled v1 s1 none"]);
+        let mut s = ClusterState::default();
+        for c in &cmds {
+            s.apply(c);
+        }
+        assert_eq!(
+            s.tasks["t1"].health_output.as_ref().map(String::len),
+            Some(limits_output())
+        );
+    }
+
+    fn limits_output() -> usize {
+        orion_types::limits::HEALTH_OUTPUT_BYTES_MAX
+    }
+
+    #[test]
+    fn stop_and_forget_bound_the_history() {
+        check(
+            &[
+                create_svc(WEB),
+                new_task("t1", 1, 1, WEB),
+                new_task("t2", 1, 2, WEB),
+                Command::StopTasks {
+                    task_ids: vec!["t1".into(), "t2".into()],
+                    reason: "scaled down".into(),
+                    at: 80,
+                },
+                Command::ForgetTasks {
+                    task_ids: vec!["t1".into()],
+                    at: 90,
+                },
+            ],
+            "ok",
+            "v1 r2 -",
+            &["t2 stopped v1 s2 none"],
+        );
+    }
 }

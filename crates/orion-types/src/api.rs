@@ -29,14 +29,15 @@ impl fmt::Display for ValidationError {
 
 impl std::error::Error for ValidationError {}
 
-fn err(field: &str, message: impl Into<String>) -> ValidationError {
+pub(crate) fn err(field: &str, message: impl Into<String>) -> ValidationError {
     ValidationError {
         field: field.to_string(),
         message: message.into(),
     }
 }
 
-const FIELDS: &[&str] = &[
+/// The fields of `POST /tasks`.
+pub(crate) const FIELDS: &[&str] = &[
     "image",
     "name",
     "command",
@@ -49,10 +50,36 @@ const FIELDS: &[&str] = &[
     "nodeSelectors",
     "constraints",
     "strategy",
+    "stopAfterDisconnect",
 ];
 
 /// Parses a `POST /tasks` body into a valid `TaskSpec`.
 pub fn parse_task_request(body: &[u8]) -> Result<TaskSpec, ValidationError> {
+    validate_task(&parse_object(body)?)
+}
+
+/// Validates an already parsed JSON object.
+pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationError> {
+    refuse_unknown(obj, FIELDS)?;
+    task_fields(obj)
+}
+
+/// Refuses the first field of `obj` that is not in `known`, naming it.
+pub(crate) fn refuse_unknown(
+    obj: &Map<String, Value>,
+    known: &[&str],
+) -> Result<(), ValidationError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(err(
+            unknown,
+            format!("unknown field; known fields are {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Parses a JSON body into an object, or an error that names no field.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ValidationError> {
     if body.len() > BODY_BYTES_MAX {
         return Err(err(
             "",
@@ -61,20 +88,15 @@ pub fn parse_task_request(body: &[u8]) -> Result<TaskSpec, ValidationError> {
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| err("", format!("request body is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(err("", "request body must be a JSON object"));
-    };
-    validate_task(&obj)
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(err("", "request body must be a JSON object")),
+    }
 }
 
-/// Validates an already parsed JSON object.
-pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationError> {
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(err(
-            unknown,
-            format!("unknown field; known fields are {}", FIELDS.join(", ")),
-        ));
-    }
+/// The fields a task and a service share (`FIELDS`), validated into a `TaskSpec`. The caller
+/// has refused unknown fields already. Services use it too, so both are validated alike.
+pub(crate) fn task_fields(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationError> {
     let image = match obj.get("image") {
         None | Some(Value::Null) => return Err(err("image", "is required")),
         Some(Value::String(s)) => s.trim().to_string(),
@@ -186,6 +208,29 @@ pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationErr
         })?),
         Some(_) => return Err(err("strategy", "must be \"spread\" or \"binpack\"")),
     };
+    let stop_after_disconnect_ms = match obj.get("stopAfterDisconnect") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let ms = parse_duration_ms(s).map_err(|m| err("stopAfterDisconnect", m))?;
+            if !(STOP_AFTER_DISCONNECT_MIN_MS..=STOP_AFTER_DISCONNECT_MAX_MS).contains(&ms) {
+                return Err(err(
+                    "stopAfterDisconnect",
+                    format!(
+                        "{s:?} must be between {} and {}",
+                        format_duration_ms(STOP_AFTER_DISCONNECT_MIN_MS),
+                        format_duration_ms(STOP_AFTER_DISCONNECT_MAX_MS)
+                    ),
+                ));
+            }
+            Some(ms)
+        }
+        Some(_) => {
+            return Err(err(
+                "stopAfterDisconnect",
+                "must be a duration string like \"30s\" or \"5m\"",
+            ));
+        }
+    };
     Ok(TaskSpec {
         image,
         name,
@@ -199,7 +244,81 @@ pub fn validate_task(obj: &Map<String, Value>) -> Result<TaskSpec, ValidationErr
         node_selectors,
         constraints,
         strategy,
+        healthcheck: None,
+        stop_grace_period_ms: None,
+        stop_after_disconnect_ms,
     })
+}
+
+/// Longest duration string accepted: a real duration is a handful of number-unit pairs.
+const DURATION_BYTES_MAX: usize = 64;
+
+/// Parses a duration in the Docker/Compose (Go) form: one or more `<number><unit>` pairs with
+/// units `ns`, `us`, `ms`, `s`, `m`, `h` (`"500ms"`, `"30s"`, `"1m30s"`, `"1.5h"`), into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must not be empty; use a duration like \"30s\"".to_string());
+    }
+    if t.len() > DURATION_BYTES_MAX {
+        return Err(format!("is longer than {DURATION_BYTES_MAX} bytes"));
+    }
+    let bad = || format!("{s:?} is not a duration; use e.g. \"500ms\", \"30s\", \"1m30s\"");
+    if t == "0" {
+        return Ok(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_end == 0 {
+            return Err(bad());
+        }
+        let (num, tail) = rest.split_at(num_end);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let per_unit = match unit {
+            "ns" => 1e-6,
+            "us" | "µs" => 1e-3,
+            "ms" => 1.0,
+            "s" => 1_000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        total += value * per_unit;
+        rest = next;
+    }
+    // 2^53 ms is 285,000 years: anything beyond is absurd and loses precision in f64.
+    if !total.is_finite() || total > (1u64 << 53) as f64 {
+        return Err(format!("{s:?} is absurd"));
+    }
+    Ok(total.round() as u64)
+}
+
+/// Renders milliseconds in the form `parse_duration_ms` reads back: `"1h30m"`, `"30s"`,
+/// `"1500ms"` (whole units only, largest first).
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    if !ms.is_multiple_of(1_000) {
+        return format!("{ms}ms");
+    }
+    let mut secs = ms / 1_000;
+    let mut out = String::new();
+    for (unit, size) in [("h", 3_600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
 }
 
 fn check_image(image: &str) -> Result<(), ValidationError> {
@@ -237,7 +356,7 @@ fn opt_string(
     }
 }
 
-fn string_map(
+pub(crate) fn string_map(
     obj: &Map<String, Value>,
     field: &str,
 ) -> Result<BTreeMap<String, String>, ValidationError> {
@@ -452,7 +571,7 @@ fn parse_ports(v: Option<&Value>) -> Result<Vec<PortSpec>, ValidationError> {
     Ok(out)
 }
 
-fn parse_port_number(s: &str) -> Option<u16> {
+pub(crate) fn parse_port_number(s: &str) -> Option<u16> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 5 {
         return None;
     }
@@ -568,6 +687,26 @@ mod tests {
             (r#"{"image": "x", "strategy": "random"}"#, "strategy"),
             (r#"{"image": "x", "name": "a b"}"#, "name"),
             (r#"{"image": "x", "imagee": "y"}"#, "imagee"),
+            (
+                r#"{"image": "x", "stopAfterDisconnect": 30}"#,
+                "stopAfterDisconnect",
+            ),
+            (
+                r#"{"image": "x", "stopAfterDisconnect": "soon"}"#,
+                "stopAfterDisconnect",
+            ),
+            (
+                r#"{"image": "x", "stopAfterDisconnect": "10ms"}"#,
+                "stopAfterDisconnect",
+            ),
+            (
+                r#"{"image": "x", "stopAfterDisconnect": "9000h"}"#,
+                "stopAfterDisconnect",
+            ),
+            (
+                r#"{"image": "x", "stopAfterDisconnect": "30x"}"#,
+                "stopAfterDisconnect",
+            ),
         ];
         for (body, field) in cases {
             check(body, Some(field));
@@ -580,6 +719,51 @@ mod tests {
             let e = parse_task_request(body.as_bytes()).expect_err(body);
             assert!(e.field.is_empty(), "{body}: {e}");
         }
+    }
+
+    /// One duration string and the milliseconds it must parse to (`None`: refused).
+    fn check_duration(text: &str, want: Option<u64>) {
+        let got = parse_duration_ms(text);
+        assert_eq!(got.as_ref().ok().copied(), want, "{text:?}: {got:?}");
+        if let Some(ms) = want {
+            assert_eq!(
+                parse_duration_ms(&format_duration_ms(ms)),
+                Ok(ms),
+                "{text:?} does not round-trip through {:?}",
+                format_duration_ms(ms)
+            );
+        }
+    }
+
+    #[test]
+    fn durations_parse_like_docker() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("30s", Some(30_000)),
+            ("500ms", Some(500)),
+            ("1m30s", Some(90_000)),
+            ("1.5h", Some(5_400_000)),
+            (" 2m ", Some(120_000)),
+            ("0s", Some(0)),
+            ("", None),
+            ("30", None),
+            ("s", None),
+            ("30x", None),
+            ("-5s", None),
+            ("1e400s", None),
+            ("99999999999999999999h", None),
+        ];
+        for (text, want) in cases {
+            check_duration(text, *want);
+        }
+    }
+
+    #[test]
+    fn stop_after_disconnect_is_kept_in_milliseconds() {
+        let spec =
+            parse_task_request(br#"{"image": "x", "stopAfterDisconnect": "1m30s"}"#).expect("ok");
+        assert_eq!(spec.stop_after_disconnect_ms, Some(90_000));
+        let spec = parse_task_request(br#"{"image": "x"}"#).expect("ok");
+        assert_eq!(spec.stop_after_disconnect_ms, None);
     }
 
     #[test]

@@ -7,13 +7,19 @@
 
 pub mod api;
 pub mod command;
+pub mod config;
 pub mod constraint;
 pub mod env;
+pub mod service;
 pub mod spec;
 pub mod task;
 
-pub use command::{AllocStatus, BackoffConfig, Command, Placement, Response};
+pub use command::{AllocStatus, BackoffConfig, Command, NewServiceTask, Placement, Response};
+pub use config::{ClusterConfig, PortRange};
 pub use constraint::{Constraint, ConstraintOp, NodeAttr};
+pub use service::{
+    Deployment, DeploymentState, Health, HealthCheck, Service, ServiceMode, ServiceSpec,
+};
 pub use spec::{PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
 pub use task::Task;
 
@@ -75,6 +81,28 @@ pub struct NodeMeta {
     pub capacity: Resources,
     pub labels: BTreeMap<String, String>,
     pub version: String,
+}
+
+#[cfg(feature = "fixtures")]
+impl NodeMeta {
+    /// A node for tests and simulations (feature `fixtures`): addresses `<id>:8000` (API),
+    /// `<id>:7000` (Raft), `<id>:6000` (gossip), 1 GiB and 2 cores, no labels.
+    pub fn fixture(id: &str, generation: u64) -> NodeMeta {
+        NodeMeta {
+            id: id.to_string(),
+            generation,
+            api_addr: format!("{id}:8000"),
+            raft_addr: format!("{id}:7000"),
+            gossip_addr: format!("{id}:6000"),
+            publish_ip: "127.0.0.1".into(),
+            capacity: Resources {
+                memory_bytes: 1 << 30,
+                cpu_millis: 2000,
+            },
+            labels: BTreeMap::new(),
+            version: "test".into(),
+        }
+    }
 }
 
 /// A state change as recorded in a task's recent history.
@@ -165,8 +193,26 @@ pub mod limits {
     pub const VALUE_BYTES_MAX: usize = 8 * 1024;
     pub const PORTS_MAX: usize = 64;
     pub const CONSTRAINTS_MAX: usize = 32;
+    /// `stopAfterDisconnect` bounds: below a second it would fire on an ordinary missed
+    /// heartbeat (the executor calls a second without leader contact a gap); above a week it
+    /// is indistinguishable from "never", which is leaving the field out.
+    pub const STOP_AFTER_DISCONNECT_MIN_MS: u64 = 1_000;
+    pub const STOP_AFTER_DISCONNECT_MAX_MS: u64 = 7 * 24 * 3_600 * 1_000;
     /// A task keeps its last few state changes; older ones are dropped (API.md: "the last few").
     pub const TASK_EVENTS_MAX: usize = 10;
+    /// Replicas of one service, and the parallelism of its updates: a documented limit (API.md
+    /// "Services") so that a typo like 100000 is refused instead of flooding the scheduler.
+    pub const SERVICE_REPLICAS_MAX: u32 = 1000;
+    /// Health intervals, update delays, monitor windows and grace periods: more than a day is
+    /// a typo.
+    pub const SERVICE_DURATION_MAX_MS: u64 = 24 * 3600 * 1000;
+    /// A deployment keeps its last few events, like a task.
+    pub const DEPLOYMENT_EVENTS_MAX: usize = 20;
+    /// Stopped tasks of a service kept per slot (or node) for history, as Docker's
+    /// task-history-limit of 5; older ones are forgotten so the state stays bounded.
+    pub const SERVICE_TASK_HISTORY_MAX: usize = 5;
+    /// A health probe's output kept in the state (Docker keeps 4 KiB per probe).
+    pub const HEALTH_OUTPUT_BYTES_MAX: usize = 4096;
     /// Request bodies above this are refused before parsing: a full spec at the limits above
     /// stays well under it.
     pub const BODY_BYTES_MAX: usize = 1024 * 1024;

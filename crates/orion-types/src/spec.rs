@@ -113,6 +113,16 @@ pub struct TaskSpec {
     pub constraints: Vec<Constraint>,
     /// Overrides the cluster's scheduling strategy for this task.
     pub strategy: Option<Strategy>,
+    /// The health check the task's executor runs (tasks of a service that defines one).
+    #[serde(default)]
+    pub healthcheck: Option<crate::service::HealthCheck>,
+    /// Between the stop signal and SIGKILL; `None`: the executor's default.
+    #[serde(default)]
+    pub stop_grace_period_ms: Option<u64>,
+    /// Opt-in: a node cut off from the quorum this long stops the task's container (Nomad's
+    /// `stop_after_client_disconnect`). `None`: the container keeps running while cut off.
+    #[serde(default)]
+    pub stop_after_disconnect_ms: Option<u64>,
 }
 
 impl TaskSpec {

@@ -2,9 +2,14 @@
 //! actual state together. The API renders it to the JSON of API.md.
 
 use crate::{
-    AllocId, NodeId, PortMapping, TaskEvent, TaskId, TaskSpec, TaskState, UnixMillis, limits,
+    AllocId, Health, NodeId, PortMapping, TaskEvent, TaskId, TaskSpec, TaskState, UnixMillis,
+    limits,
 };
 use serde::{Deserialize, Serialize};
+
+/// The reason of a task the scheduler has not looked at yet; once it has and found no room,
+/// the reason is its explanation instead.
+pub const WAITING_FOR_SCHEDULER: &str = "waiting for the scheduler";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -36,6 +41,24 @@ pub struct Task {
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub events: Vec<TaskEvent>,
+    /// The service it belongs to (its id), `None` for a one-off task.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The service's version it was created for; 0 for a one-off task.
+    #[serde(default)]
+    pub version: u64,
+    /// Its slot (1-based) in a replicated service.
+    #[serde(default)]
+    pub slot: Option<u32>,
+    /// `none` unless a check is defined; then `starting` until the executor says otherwise.
+    #[serde(default)]
+    pub health: Health,
+    /// When `health` last changed (the monitor window of an update counts from here).
+    #[serde(default)]
+    pub health_since: Option<UnixMillis>,
+    /// The last probe's output, bounded by `limits::HEALTH_OUTPUT_BYTES_MAX`.
+    #[serde(default)]
+    pub health_output: Option<String>,
 }
 
 impl Task {
@@ -49,7 +72,7 @@ impl Task {
             host_ports: Vec::new(),
             container_id: None,
             ports: Vec::new(),
-            reason: Some("waiting for the scheduler".to_string()),
+            reason: Some(WAITING_FOR_SCHEDULER.to_string()),
             exit_code: None,
             restarts: 0,
             consecutive_restarts: 0,
@@ -59,6 +82,12 @@ impl Task {
             created_at: at,
             updated_at: at,
             events: Vec::new(),
+            service: None,
+            version: 0,
+            slot: None,
+            health: Health::None,
+            health_since: None,
+            health_output: None,
         };
         t.record(at, "task accepted");
         t

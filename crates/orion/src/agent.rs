@@ -15,6 +15,7 @@ use orion_docker::DockerRuntime;
 use orion_gossip::{Gossip, GossipConfig, MemberStatus};
 use orion_raft::{RaftConfig, RaftNode, WriteError};
 use orion_state::ClusterState;
+use orion_types::env::{IdSource, RandomIds, SystemClock};
 use orion_types::{Command, NodeMeta, Response, Task};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,12 +38,38 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Feeds every applied entry to the node's event history.
+struct EventsObserver {
+    log: Arc<orion_events::EventLog>,
+}
+
+impl orion_raft::ApplyObserver for EventsObserver {
+    fn applied(
+        &self,
+        index: u64,
+        cmd: Option<&Command>,
+        leader: Option<&str>,
+        state: &ClusterState,
+        touched: &[orion_state::Key],
+    ) {
+        // Only a new leader's blank entry has no time of its own; it gets this node's clock.
+        self.log
+            .applied(index, cmd, leader, now_ms(), state, touched);
+    }
+    fn reset(&self, state: &ClusterState, last_applied: u64) {
+        self.log.reset(state, last_applied);
+    }
+}
+
 pub struct Node {
     pub cfg: AgentConfig,
+    pub events: Arc<orion_events::EventLog>,
     pub raft: RaftNode,
     pub gossip: Gossip<NodeMeta>,
     pub docker: DockerRuntime,
     http: reqwest::Client,
+    /// Allocation ids of placements at creation (the controller shares it).
+    ids: Arc<dyn IdSource>,
     /// Creates this node is proposing right now (see `Node::create`).
     creates_in_flight: AtomicUsize,
 }
@@ -85,41 +112,12 @@ impl Node {
         res
     }
 
+    /// The placement of a new task at creation, decided by the controller's placement code.
     fn place_now(&self, task_id: &str, spec: &orion_types::TaskSpec, at: u64) -> Option<Command> {
-        let (waiting, nodes, usage) = self.raft.read(|s| {
-            (
-                s.tasks.values().any(|t| t.needs_placement()),
-                s.nodes.clone(),
-                s.usage(),
-            )
-        });
-        if waiting {
-            return None;
-        }
-        let members = self
-            .gossip
-            .members()
-            .into_iter()
-            .map(|m| (m.node_id.clone(), m))
-            .collect();
-        let snapshot = controller::scheduler_snapshot(&self.cfg, &members, &nodes, usage);
-        let request = orion_scheduler::TaskRequest::from_spec(task_id, spec);
-        match orion_scheduler::place(&snapshot, &[request]).pop()? {
-            orion_scheduler::Decision::Placed {
-                node, host_ports, ..
-            } => Some(Command::CreatePlacedTask {
-                task_id: task_id.to_string(),
-                spec: Box::new(spec.clone()),
-                placement: orion_types::Placement {
-                    task_id: task_id.to_string(),
-                    node,
-                    allocation: uuid::Uuid::new_v4().simple().to_string(),
-                    host_ports,
-                },
-                at,
-            }),
-            orion_scheduler::Decision::Unplaced { .. } => None,
-        }
+        let members = controller::members_view(&self.gossip);
+        self.raft.read(|s| {
+            orion_controller::place_at_creation(s, &members, task_id, spec, at, self.ids.as_ref())
+        })
     }
 }
 
@@ -237,6 +235,10 @@ impl Backend for Node {
         }
     }
 
+    fn events(&self) -> Option<Arc<orion_events::EventLog>> {
+        Some(self.events.clone())
+    }
+
     fn new_id(&self) -> String {
         uuid::Uuid::new_v4().simple().to_string()
     }
@@ -326,8 +328,8 @@ impl orion_executor::Cluster for Node {
     async fn ready(&self) -> Result<(), String> {
         self.raft.consistent_read().await.map_err(|e| e.to_string())
     }
-    fn now_ms(&self) -> u64 {
-        now_ms()
+    fn leader_contact_age_ms(&self) -> Option<u64> {
+        self.raft.status().last_leader_contact_ms
     }
 }
 
@@ -358,6 +360,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let docker =
         docker.context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
     let raft = raft.context("cannot start consensus")?;
+    let events = Arc::new(orion_events::EventLog::new(&ClusterState::default(), 0));
+    raft.set_apply_observer(Arc::new(EventsObserver {
+        log: events.clone(),
+    }));
     // Bootstrapping (two fsyncs and a one-voter election) runs while gossip and the API come
     // up; writes that arrive first wait for the leader like any write during an election.
     let bootstrap = cfg.bootstrap.then(|| {
@@ -398,12 +404,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("cannot build the HTTP client")?;
+    let ids: Arc<dyn IdSource> = Arc::new(RandomIds::default());
     let node = Arc::new(Node {
         cfg: cfg.clone(),
+        events,
         raft,
         gossip,
         docker: docker.clone(),
         http,
+        ids: ids.clone(),
         creates_in_flight: AtomicUsize::new(0),
     });
 
@@ -416,9 +425,22 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         },
         docker.clone(),
         node.clone(),
+        Arc::new(orion_types::env::SystemClock),
         stop_rx.clone(),
     );
-    let controller = tokio::spawn(controller::run(node.clone(), stop_rx.clone()));
+    let driver = controller::Driver {
+        raft: node.raft.clone(),
+        gossip: node.gossip.clone(),
+        clock: Arc::new(SystemClock),
+        ids,
+        settings: orion_controller::Settings {
+            node_id: cfg.id.clone(),
+            voter_grace_ms: cfg.voter_grace_ms,
+            // Only the bootstrapping node's flags seed the cluster config.
+            seed_config: cfg.bootstrap.then(|| cfg.cluster_config()),
+        },
+    };
+    let controller = tokio::spawn(controller::run(driver, stop_rx.clone()));
     let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
 
     let app = orion_api::router(node.clone());
@@ -511,14 +533,21 @@ async fn log_membership(
     }
 }
 
+/// Containers stopped at once on leave: like the executor's own bound on removals.
+const LEAVE_REMOVES_IN_FLIGHT_MAX: usize = orion_executor::REMOVES_IN_FLIGHT_MAX;
+
 async fn remove_own_containers(docker: &DockerRuntime, node: &str) {
     match docker.list(&[(orion_executor::LABEL_NODE, node)]).await {
         Ok(list) => {
-            for c in list {
-                if let Err(e) = docker.remove(&c.id).await {
-                    warn!(container = %c.id, error = %e, "could not remove container on leave");
-                }
-            }
+            let grace = Duration::from_millis(orion_executor::STOP_GRACE_MS);
+            futures_util::stream::iter(list)
+                .for_each_concurrent(LEAVE_REMOVES_IN_FLIGHT_MAX, |c| async move {
+                    let _ = docker.stop(&c.id, grace).await;
+                    if let Err(e) = docker.remove(&c.id).await {
+                        warn!(container = %c.id, error = %e, "could not remove container on leave");
+                    }
+                })
+                .await;
         }
         Err(e) => warn!(error = %e, "could not list containers on leave"),
     }

@@ -9,6 +9,8 @@ use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
+mod service;
+
 /// How long `run --wait` waits for a task to run or fail.
 const WAIT_LIMIT: Duration = Duration::from_secs(300);
 /// Every request but a followed log stream is bounded by this.
@@ -26,6 +28,19 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
+    /// A live terminal dashboard of nodes, services, tasks, deployments and events
+    Ui(crate::ui::UiArgs),
+    /// Print this binary's version
+    Version {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: orion completion bash > /etc/bash_completion.d/orion
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     /// Run a task: orion run [-p 8080:80] [-m 100m] IMAGE [CMD...]
     Run(Box<RunArgs>),
     /// List tasks (running and waiting; -a for all)
@@ -74,6 +89,29 @@ pub enum ClientCmd {
         c: ClientArgs,
         node: String,
     },
+    /// Print the cluster's events (tasks, services, deployments, nodes) in Raft order
+    Events {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// Keep streaming new events
+        #[arg(short, long)]
+        follow: bool,
+        /// Start at this event index (the last one seen plus one, to resume) [default: the
+        /// oldest this node holds]
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only these topics: task, service, deployment, node (repeatable or comma separated)
+        #[arg(long, value_delimiter = ',')]
+        topic: Vec<String>,
+    },
+    /// Cluster-wide settings
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Manage services: create, ls, ps, inspect, update, scale, rollback, rm
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
     /// Print a task's container logs, from whichever node runs it
     Logs {
         #[command(flatten)]
@@ -86,6 +124,61 @@ pub enum ClientCmd {
         #[arg(long)]
         tail: Option<usize>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Show the cluster-wide settings, or change the ones given
+    Config(Box<ConfigArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    c: ClientArgs,
+    /// Placement strategy for tasks that do not name one: spread or binpack
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Host ports chosen for "0"/"" port bindings, FIRST-LAST
+    #[arg(long)]
+    dynamic_ports: Option<String>,
+    /// Most Raft voters (the leader keeps an odd count up to this)
+    #[arg(long)]
+    voters: Option<u64>,
+    /// First restart delay after a container exits, in ms
+    #[arg(long)]
+    restart_base_ms: Option<u64>,
+    /// Longest restart delay, in ms
+    #[arg(long)]
+    restart_max_ms: Option<u64>,
+    /// A container that ran this long resets its restart back-off, in ms
+    #[arg(long)]
+    restart_reset_ms: Option<u64>,
+}
+
+impl ConfigArgs {
+    /// The `PUT /cluster/config` body of the flags given; `None` when none is (a plain show).
+    fn patch(&self) -> Option<Value> {
+        let mut body = Map::new();
+        if let Some(s) = &self.strategy {
+            body.insert("strategy".into(), json!(s));
+        }
+        if let Some(p) = &self.dynamic_ports {
+            body.insert("dynamicPorts".into(), json!(p));
+        }
+        let numbers = [
+            ("voters", self.voters),
+            ("restartBaseMs", self.restart_base_ms),
+            ("restartMaxMs", self.restart_max_ms),
+            ("restartResetAfterMs", self.restart_reset_ms),
+        ];
+        for (field, n) in numbers {
+            if let Some(n) = n {
+                body.insert(field.into(), json!(n));
+            }
+        }
+        (!body.is_empty()).then_some(Value::Object(body))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +212,9 @@ pub struct RunArgs {
     /// Placement strategy: spread or binpack
     #[arg(long)]
     strategy: Option<String>,
+    /// Stop the container when its node is cut off from the quorum this long, e.g. 30s
+    #[arg(long)]
+    stop_after_disconnect: Option<String>,
     /// Wait until the task runs or fails, showing progress
     #[arg(long)]
     wait: bool,
@@ -129,13 +225,14 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
+/// The typed edge of the HTTP API that the CLI and the terminal UI share.
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Api {
-    fn new(c: &ClientArgs) -> Result<Api> {
+    pub(crate) fn new(c: &ClientArgs) -> Result<Api> {
         let mut base = c.addr.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             base = format!("http://{base}");
@@ -147,7 +244,7 @@ impl Api {
         Ok(Api { base, http })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -177,7 +274,7 @@ impl Api {
         Ok(value)
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
 }
@@ -192,7 +289,13 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 pub async fn run(cmd: ClientCmd) -> Result<()> {
     match cmd {
+        ClientCmd::Version { .. } | ClientCmd::Completion { .. } => {
+            // main answers these before it starts a runtime.
+            Ok(())
+        }
+        ClientCmd::Ui(args) => crate::ui::run(args).await,
         ClientCmd::Run(args) => run_task(*args).await,
+        ClientCmd::Service(cmd) => service::run(cmd).await,
         ClientCmd::Ps { c, all, node } => {
             let api = Api::new(&c)?;
             let mut path = "/tasks".to_string();
@@ -236,26 +339,7 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             let api = Api::new(&c)?;
             print_json(&api.get(&format!("/tasks/{id}")).await?)
         }
-        ClientCmd::Rm { c, ids } => {
-            let api = Api::new(&c)?;
-            let mut failed = 0;
-            for id in ids {
-                match api
-                    .call(reqwest::Method::DELETE, &format!("/tasks/{id}"), None)
-                    .await
-                {
-                    Ok(t) => println!("{}", t["id"].as_str().unwrap_or(&id)),
-                    Err(e) => {
-                        eprintln!("orion: {id}: {e}");
-                        failed += 1;
-                    }
-                }
-            }
-            if failed > 0 {
-                bail!("{failed} task(s) could not be removed");
-            }
-            Ok(())
-        }
+        ClientCmd::Rm { c, ids } => delete_each(&Api::new(&c)?, "tasks", "task", ids).await,
         ClientCmd::Nodes { c } => {
             let api = Api::new(&c)?;
             let nodes = api.get("/nodes").await?;
@@ -315,6 +399,9 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             println!("learners: {}", join(&s["learners"]));
             Ok(())
         }
+        ClientCmd::Cluster {
+            cmd: ClusterCmd::Config(a),
+        } => cluster_config(*a).await,
         ClientCmd::Drain { c, node } => set_drain(c, node, "drain").await,
         ClientCmd::Undrain { c, node } => set_drain(c, node, "undrain").await,
         ClientCmd::Logs {
@@ -352,7 +439,136 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             }
             Ok(())
         }
+        ClientCmd::Events {
+            c,
+            follow,
+            since,
+            topic,
+        } => print_events(c, follow, since, topic).await,
     }
+}
+
+/// `orion events`: one line per event (`--json`: the API's JSON lines as they come).
+async fn print_events(
+    c: ClientArgs,
+    follow: bool,
+    since: Option<u64>,
+    topics: Vec<String>,
+) -> Result<()> {
+    let api = Api::new(&c)?;
+    let mut url = format!("{}/events?follow={follow}", api.base);
+    if let Some(i) = since {
+        url.push_str(&format!("&index={i}"));
+    }
+    if !topics.is_empty() {
+        url.push_str(&format!("&topic={}", topics.join(",")));
+    }
+    let mut req = api.http.get(url);
+    if !follow {
+        req = req.timeout(REQUEST_TIMEOUT);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
+    if !resp.status().is_success() {
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!(
+            "{}",
+            v["error"].as_str().unwrap_or("events are not available")
+        );
+    }
+    let mut stream = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    let mut partial: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        partial.extend_from_slice(&chunk.context("event stream broke")?);
+        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
+            let rest = partial.split_off(pos + 1);
+            let line = std::mem::replace(&mut partial, rest);
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            if c.json {
+                writeln!(out, "{text}")?;
+            } else {
+                let e: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                if let Some(err) = e["error"].as_str() {
+                    bail!("{err}");
+                }
+                let p = &e["payload"];
+                let detail = ["state", "node", "status", "message", "reason", "leader"]
+                    .iter()
+                    .filter_map(|k| p[*k].as_str().map(|v| format!("{k}={v}")))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                writeln!(
+                    out,
+                    "{:<12} {}  {:<10} {:<10} {:<34} {detail}",
+                    e["index"],
+                    e["at"].as_str().unwrap_or(""),
+                    e["topic"].as_str().unwrap_or(""),
+                    e["type"].as_str().unwrap_or(""),
+                    e["key"].as_str().unwrap_or(""),
+                )?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+async fn cluster_config(a: ConfigArgs) -> Result<()> {
+    let api = Api::new(&a.c)?;
+    let config = match a.patch() {
+        Some(body) => {
+            api.call(reqwest::Method::PUT, "/cluster/config", Some(body))
+                .await?
+        }
+        None => api.get("/cluster/config").await?,
+    };
+    if a.c.json {
+        return print_json(&config);
+    }
+    let text = |f: &str| match &config[f] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("strategy:        {}", text("strategy"));
+    println!("dynamic ports:   {}", text("dynamicPorts"));
+    println!("voters:          {}", text("voters"));
+    println!("restart base:    {} ms", text("restartBaseMs"));
+    println!("restart max:     {} ms", text("restartMaxMs"));
+    println!("restart reset:   {} ms", text("restartResetAfterMs"));
+    Ok(())
+}
+
+/// `DELETE /{collection}/{id}` for each id, printing each id removed; one line on stderr for
+/// each that could not be, and an error if any could not.
+async fn delete_each(api: &Api, collection: &str, noun: &str, ids: Vec<String>) -> Result<()> {
+    let mut failed = 0;
+    for id in ids {
+        match api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/{collection}/{id}"),
+                None,
+            )
+            .await
+        {
+            Ok(t) => println!("{}", t["id"].as_str().unwrap_or(&id)),
+            Err(e) => {
+                eprintln!("orion: {id}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} {noun}(s) could not be removed");
+    }
+    Ok(())
 }
 
 async fn set_drain(c: ClientArgs, node: String, what: &str) -> Result<()> {
@@ -392,6 +608,9 @@ fn run_body(a: &RunArgs) -> Result<Value> {
     }
     if let Some(s) = &a.strategy {
         body.insert("strategy".into(), json!(s));
+    }
+    if let Some(d) = &a.stop_after_disconnect {
+        body.insert("stopAfterDisconnect".into(), json!(d));
     }
     if !a.env.is_empty() {
         body.insert("env".into(), Value::Object(pairs(&a.env, "-e")?));
@@ -618,6 +837,48 @@ mod tests {
         }
     }
 
+    /// The PUT body of `orion cluster config ARGS`, `None` for a plain show.
+    fn check_config(args: &[&str], want: Option<Value>) {
+        let t = T::try_parse_from(
+            ["orion", "cluster", "config"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .expect("parse");
+        match t.cmd {
+            ClientCmd::Cluster {
+                cmd: ClusterCmd::Config(a),
+            } => assert_eq!(a.patch(), want, "{args:?}"),
+            _ => panic!("not cluster config"),
+        }
+    }
+
+    #[test]
+    fn cluster_config_flags_become_a_partial_change() {
+        check_config(&[], None);
+        check_config(&["--json"], None);
+        check_config(
+            &["--strategy", "binpack", "--voters", "5"],
+            Some(json!({"strategy": "binpack", "voters": 5})),
+        );
+        check_config(
+            &[
+                "--dynamic-ports",
+                "30000-31000",
+                "--restart-base-ms",
+                "200",
+                "--restart-max-ms",
+                "3200",
+                "--restart-reset-ms",
+                "0",
+            ],
+            Some(json!({
+                "dynamicPorts": "30000-31000", "restartBaseMs": 200, "restartMaxMs": 3200,
+                "restartResetAfterMs": 0
+            })),
+        );
+    }
+
     #[test]
     fn run_flags_become_the_task_body() {
         let b = body(&[
@@ -640,6 +901,8 @@ mod tests {
             "app=x",
             "--constraint",
             "node.labels.zone==a",
+            "--stop-after-disconnect",
+            "30s",
             "orion/busybox",
             "sh",
             "-c",
@@ -650,7 +913,8 @@ mod tests {
             json!({
                 "image": "orion/busybox", "command": ["sh", "-c", "exit 3"], "memory": "100m", "cpu": 0.5,
                 "name": "web", "restartPolicy": "never", "env": {"A": "1"}, "labels": {"app": "x"},
-                "constraints": ["node.labels.zone==a"], "portBindings": {"80/tcp": "8080", "53/udp": ""}
+                "constraints": ["node.labels.zone==a"], "portBindings": {"80/tcp": "8080", "53/udp": ""},
+                "stopAfterDisconnect": "30s"
             })
         );
     }

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use orion_types::{BackoffConfig, Resources, Strategy};
+use orion_types::{BackoffConfig, ClusterConfig, PortRange, Resources, Strategy};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
@@ -43,13 +43,15 @@ pub struct AgentArgs {
     /// Gossip address of any live member, host:port; repeatable or comma separated
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
-    /// Most Raft voters; further nodes are learners
+    /// Most Raft voters; further nodes are learners. Cluster-wide: seeds the cluster config at
+    /// bootstrap (later: `orion cluster config --voters`)
     #[arg(long, default_value_t = 3)]
     pub voters: usize,
     /// Node label key=value; repeatable
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Placement strategy for tasks that do not name one
+    /// Placement strategy for tasks that do not name one. Cluster-wide: seeds the cluster
+    /// config at bootstrap (later: `orion cluster config --strategy`)
     #[arg(long, default_value = "spread")]
     pub scheduler: String,
     /// Memory kept back for the host and Orion itself (bytes or 100m, 1g)
@@ -64,13 +66,15 @@ pub struct AgentArgs {
     /// Override detected CPU capacity in cores
     #[arg(long)]
     pub capacity_cpu: Option<f64>,
-    /// Host ports chosen for "0"/"" port bindings, FIRST-LAST
+    /// Host ports chosen for "0"/"" port bindings, FIRST-LAST. Cluster-wide: seeds the cluster
+    /// config at bootstrap (later: `orion cluster config --dynamic-ports`)
     #[arg(long, default_value = "20000-32767")]
     pub dynamic_ports: String,
     /// Turn off the Lifeguard extensions to SWIM (for comparison)
     #[arg(long)]
     pub no_lifeguard: bool,
-    /// First restart delay after a container exits, in ms; doubles up to --restart-max-ms
+    /// First restart delay after a container exits, in ms; doubles up to --restart-max-ms.
+    /// Cluster-wide, like the other --restart-* flags: seeds the cluster config at bootstrap
     #[arg(long, default_value_t = 1000)]
     pub restart_base_ms: u64,
     /// Longest restart delay, in ms
@@ -82,6 +86,16 @@ pub struct AgentArgs {
     /// How long gossip must have declared a voter dead before it is replaced, in ms
     #[arg(long, default_value_t = 3_000)]
     pub voter_grace_ms: u64,
+    /// Log line format: text (human) or json (one JSON object per line, for log shippers)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the agent writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The validated configuration of one agent.
@@ -107,6 +121,18 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The cluster-wide settings these flags ask for: what a bootstrapping node seeds.
+    pub fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            strategy: self.strategy,
+            dynamic_ports: PortRange {
+                first: *self.dynamic_ports.start(),
+                last: *self.dynamic_ports.end(),
+            },
+            backoff: self.backoff,
+            voters: self.voters,
+        }
+    }
     pub fn api_addr(&self) -> SocketAddr {
         SocketAddr::new(self.advertise, self.api_bind.port())
     }
@@ -163,9 +189,6 @@ impl AgentArgs {
                 self.scheduler
             )
         })?;
-        if self.voters == 0 {
-            bail!("--voters must be at least 1");
-        }
         let reserve = Resources {
             memory_bytes: orion_types::api::parse_size(&self.reserve_memory)
                 .map_err(|e| anyhow::anyhow!("--reserve-memory: {e}"))?,
@@ -183,14 +206,13 @@ impl AgentArgs {
                 None => detected.cpu_millis,
             },
         };
-        let dynamic_ports = parse_range(&self.dynamic_ports).context("--dynamic-ports")?;
-        if self.restart_base_ms == 0 || self.restart_max_ms < self.restart_base_ms {
-            bail!("--restart-base-ms must be > 0 and not above --restart-max-ms");
-        }
+        let dynamic_ports = PortRange::parse(&self.dynamic_ports)
+            .map_err(|e| anyhow::anyhow!("--dynamic-ports: {e}"))?
+            .range();
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("./data-{id}")));
-        Ok(AgentConfig {
+        let cfg = AgentConfig {
             api_bind: SocketAddr::new(self.bind, self.port),
             gossip_bind: SocketAddr::new(self.bind, self.gossip_port),
             raft_bind: SocketAddr::new(self.bind, self.raft_port),
@@ -212,7 +234,21 @@ impl AgentArgs {
             },
             voter_grace_ms: self.voter_grace_ms,
             id,
-        })
+        };
+        // The cluster-wide flags are checked as the cluster config they seed.
+        cfg.cluster_config().validate().map_err(|e| {
+            let flag = match e.field.as_str() {
+                "strategy" => "--scheduler",
+                "dynamicPorts" => "--dynamic-ports",
+                "voters" => "--voters",
+                "restartBaseMs" => "--restart-base-ms",
+                "restartMaxMs" => "--restart-max-ms",
+                "restartResetAfterMs" => "--restart-reset-ms",
+                _ => "a cluster-wide flag",
+            };
+            anyhow::anyhow!("{flag}: {}", e.message)
+        })?;
+        Ok(cfg)
     }
 }
 
@@ -221,17 +257,6 @@ fn cores_to_millis(c: f64) -> Result<u64> {
         bail!("{c} is not a number of cores between 0 and 4096");
     }
     Ok((c * 1000.0).round() as u64)
-}
-
-fn parse_range(s: &str) -> Result<RangeInclusive<u16>> {
-    let (a, b) = s
-        .split_once('-')
-        .context("expected FIRST-LAST, e.g. 20000-32767")?;
-    let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
-    if a == 0 || b < a {
-        bail!("{s:?}: FIRST must be 1 or more and not above LAST");
-    }
-    Ok(a..=b)
 }
 
 fn resolve_host_port(s: &str) -> Result<SocketAddr> {

@@ -9,6 +9,7 @@ mod capacity;
 mod client;
 mod config;
 mod controller;
+mod ui;
 
 use clap::Parser;
 
@@ -30,6 +31,19 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
+    // Answered without a runtime or a network: they only print.
+    match &cli.cmd {
+        Some(client::ClientCmd::Version { json }) => {
+            print_version(*json);
+            return;
+        }
+        Some(client::ClientCmd::Completion { shell }) => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "orion", &mut std::io::stdout());
+            return;
+        }
+        _ => {}
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,7 +51,7 @@ fn main() {
     let result = match cli.cmd {
         Some(cmd) => runtime.and_then(|rt| rt.block_on(client::run(cmd))),
         None => {
-            init_tracing();
+            init_tracing(cli.agent.log_format);
             runtime.and_then(|rt| rt.block_on(async { agent::run(cli.agent.resolve()?).await }))
         }
     };
@@ -52,17 +66,41 @@ fn main() {
 /// `ORION_LOG` asks for it.
 const DEFAULT_LOG_FILTER: &str = "info,openraft=off,foca=warn";
 
-fn init_tracing() {
+fn init_tracing(format: config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("ORION_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .compact()
-        .init();
+        .with_target(false);
+    match format {
+        config::LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).compact().init();
+        }
+        // One JSON object per line: timestamp, level, message and the event's fields at top
+        // level, as log shippers (Loki, Vector, journald's JSON export) expect.
+        config::LogFormat::Json => builder
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+/// `orion version`: the binary's version and what it was built for.
+fn print_version(json: bool) {
+    let version = env!("CARGO_PKG_VERSION");
+    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"version": version, "target": target})
+        );
+    } else {
+        println!("orion {version} ({target})");
+    }
 }

@@ -32,7 +32,7 @@ async fn cli_against_a_real_node() {
     let a = Agent::start(
         "cli-n1",
         "127.0.18.1".parse().expect("ip"),
-        &["--label", "zone=a"],
+        &["--label", "zone=a", "--scheduler", "binpack"],
     );
     wait_healthy(&a).await;
     wait_leader(&a).await;
@@ -144,6 +144,41 @@ async fn cli_against_a_real_node() {
     let (ok, _, _) = orion(&addr, &["undrain", "cli-n1"]);
     assert!(ok);
 
+    // cluster config: seeded from the bootstrapping node's flags, then changed by the CLI.
+    let shown = wait_for(Duration::from_secs(10), "the seeded cluster config", || {
+        let addr = addr.clone();
+        async move {
+            let (ok, out, _) = orion(&addr, &["cluster", "config"]);
+            (ok && out.contains("binpack")).then_some(out)
+        }
+    })
+    .await;
+    assert!(shown.contains("20000-32767"), "{shown}");
+    let (ok, out, err) = orion(
+        &addr,
+        &[
+            "cluster",
+            "config",
+            "--voters",
+            "5",
+            "--restart-base-ms",
+            "500",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("voters:          5"), "{out}");
+    let (ok, out, _) = orion(&addr, &["cluster", "config", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("config json");
+    assert_eq!(
+        (
+            v["strategy"].as_str(),
+            v["voters"].as_u64(),
+            v["restartBaseMs"].as_u64()
+        ),
+        (Some("binpack"), Some(5), Some(500))
+    );
+
     // rm by prefix; then ps -a shows it stopped.
     let (ok, out, err) = orion(&addr, &["rm", &id[..10], &logger]);
     assert!(ok, "{err}");
@@ -160,6 +195,11 @@ async fn cli_against_a_real_node() {
             "restartPolicy",
         ),
         (vec!["drain", "ghost"], "ghost"),
+        (vec!["cluster", "config", "--voters", "0"], "voters"),
+        (
+            vec!["cluster", "config", "--dynamic-ports", "9-1"],
+            "dynamicPorts",
+        ),
     ] {
         let (ok, _, err) = orion(&addr, &args);
         assert!(!ok, "{args:?} should fail");
@@ -168,4 +208,60 @@ async fn cli_against_a_real_node() {
     }
     let (ok, _, err) = orion("http://127.0.18.99:1", &["ps"]);
     assert!(!ok && err.contains("cannot reach orion"), "{err}");
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (ok, out, err) = orion("http://127.0.18.99:1", &["version"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!("orion {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    let (ok, out, err) = orion("http://127.0.18.99:1", &["version", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn completion_scripts_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = orion("http://127.0.18.99:1", &["completion", shell]);
+        assert!(ok, "{shell}: {err}");
+        assert!(out.contains("orion"), "{shell}: {out}");
+        assert!(
+            out.contains("drain"),
+            "{shell} completion lacks subcommands"
+        );
+    }
+    let (ok, _, err) = orion("http://127.0.18.99:1", &["completion", "cmd.exe"]);
+    assert!(!ok);
+    assert!(err.contains("cmd.exe"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_writes_json_log_lines_when_asked() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let a = Agent::start(
+        "cli-json",
+        "127.0.18.2".parse().expect("ip"),
+        &["--log-format", "json"],
+    );
+    wait_healthy(&a).await;
+    wait_leader(&a).await;
+    let text = a.log_text();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("orion agent ready")),
+        "{text}"
+    );
 }

@@ -1,0 +1,204 @@
+//! The service object of API.md: the spec in the very shape a user sends it (so that a
+//! client can read a service, change a field and `PUT` it back), plus what Orion adds:
+//! `id`, `version`, `createdAt`, `updatedAt`, `vip`, `replicas: {desired, running, healthy}`,
+//! `deployment` and `endpoints`.
+
+use crate::view::rfc3339;
+use orion_state::ClusterState;
+use orion_types::service::{HealthTest, ServiceMode};
+use orion_types::{Deployment, Health, Service, ServiceSpec, TaskState};
+use serde_json::{Map, Value, json};
+
+/// The fields of the service object that are not part of the spec: a client removes these
+/// (and turns `replicas` back into a number) to `PUT` a service it has read.
+pub const SERVICE_VIEW_ONLY_FIELDS: &[&str] = &[
+    "id",
+    "version",
+    "createdAt",
+    "updatedAt",
+    "vip",
+    "deployment",
+    "endpoints",
+];
+
+/// A duration in Docker's notation: "0s", "500ms", "5s", "1m30s", "1h".
+pub fn format_duration(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, milli) = (rest / 1000, rest % 1000);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    if milli > 0 {
+        out.push_str(&format!("{milli}ms"));
+    }
+    out
+}
+
+/// The spec as a `POST /services` body: parsing it back gives the same spec.
+pub fn spec_json(spec: &ServiceSpec) -> Map<String, Value> {
+    let t = &spec.task;
+    let mut o = Map::new();
+    o.insert("name".into(), json!(spec.name));
+    o.insert("stack".into(), json!(spec.stack));
+    o.insert("image".into(), json!(t.image));
+    o.insert("command".into(), json!(t.command));
+    o.insert("env".into(), json!(t.env));
+    o.insert("memory".into(), json!(t.memory_bytes));
+    o.insert("cpu".into(), json!(t.cpu_millis as f64 / 1000.0));
+    o.insert("labels".into(), json!(t.labels));
+    o.insert("nodeSelectors".into(), json!(t.node_selectors));
+    let constraints: Vec<String> = t.constraints.iter().map(ToString::to_string).collect();
+    o.insert("constraints".into(), json!(constraints));
+    o.insert("restartPolicy".into(), json!(t.restart_policy.as_str()));
+    o.insert("strategy".into(), json!(t.strategy.map(|s| s.as_str())));
+    o.insert("mode".into(), json!(spec.mode.as_str()));
+    if spec.mode == ServiceMode::Replicated {
+        o.insert("replicas".into(), json!(spec.replicas));
+        o.insert("maxPerNode".into(), json!(spec.max_per_node));
+    }
+    let ports: Vec<Value> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            json!({
+                "target": p.target,
+                "published": p.published,
+                "protocol": p.protocol.as_str(),
+                "mode": p.mode.as_str(),
+                "proxyProtocol": p.proxy_protocol,
+            })
+        })
+        .collect();
+    o.insert("ports".into(), json!(ports));
+    let health = spec.healthcheck.as_ref().map(|h| {
+        let mut v = match &h.test {
+            HealthTest::Image => return json!("image"),
+            HealthTest::Http(path) => json!({"http": path}),
+            HealthTest::Tcp => json!({"tcp": true}),
+            HealthTest::Exec(cmd) => json!({"exec": cmd}),
+        };
+        v["port"] = json!(h.port);
+        v["interval"] = json!(format_duration(h.interval_ms));
+        v["timeout"] = json!(format_duration(h.timeout_ms));
+        v["retries"] = json!(h.retries);
+        v["startPeriod"] = json!(format_duration(h.start_period_ms));
+        v
+    });
+    o.insert("healthcheck".into(), health.unwrap_or(Value::Null));
+    let u = &spec.update;
+    o.insert(
+        "update".into(),
+        json!({
+            "parallelism": u.parallelism,
+            "delay": format_duration(u.delay_ms),
+            "order": u.order.as_str(),
+            "monitor": format_duration(u.monitor_ms),
+            "failureAction": u.failure_action.as_str(),
+            "maxFailureRatio": f64::from(u.max_failure_permille) / 1000.0,
+        }),
+    );
+    o.insert(
+        "stopGracePeriod".into(),
+        json!(format_duration(spec.stop_grace_period_ms)),
+    );
+    o
+}
+
+fn deployment_json(d: &Deployment) -> Value {
+    let events: Vec<Value> = d
+        .events
+        .iter()
+        .map(|e| json!({"at": rfc3339(e.at), "state": e.state.as_str(), "message": e.message}))
+        .collect();
+    json!({
+        "id": d.id,
+        "fromVersion": d.from_version,
+        "toVersion": d.to_version,
+        "state": d.state.as_str(),
+        "updated": d.updated,
+        "total": d.total,
+        "failed": d.failed,
+        "message": d.message,
+        "startedAt": rfc3339(d.started_at),
+        "endedAt": d.ended_at.map(rfc3339),
+        "events": events,
+    })
+}
+
+/// The service object of API.md.
+pub fn service_json(svc: &Service, state: &ClusterState) -> Value {
+    let mut o = Map::new();
+    o.insert("id".into(), json!(svc.id));
+    o.extend(spec_json(&svc.spec));
+    let mut running = 0u32;
+    let mut healthy = 0u32;
+    let mut endpoints = Vec::new();
+    for t in state.tasks_of_service(&svc.id) {
+        if t.state != TaskState::Running {
+            continue;
+        }
+        running += 1;
+        let ok = matches!(t.health, Health::None | Health::Healthy);
+        if ok {
+            healthy += 1;
+        }
+        let node_ip = t
+            .node
+            .as_ref()
+            .and_then(|n| state.nodes.get(n))
+            .map(|n| n.meta.publish_ip.clone());
+        for p in &t.ports {
+            let address = if p.host_ip.is_empty() || p.host_ip == "0.0.0.0" {
+                node_ip.clone().unwrap_or_else(|| p.host_ip.clone())
+            } else {
+                p.host_ip.clone()
+            };
+            endpoints.push(json!({
+                "task": t.id,
+                "node": t.node,
+                "address": address,
+                "port": p.host_port,
+                "targetPort": p.container_port,
+                "protocol": p.protocol.as_str(),
+                "healthy": ok,
+            }));
+        }
+    }
+    let desired = match svc.spec.mode {
+        ServiceMode::Replicated => svc.spec.replicas,
+        // One per node that runs or is getting a task: what the reconciler keeps.
+        ServiceMode::Global => state
+            .tasks_of_service(&svc.id)
+            .filter(|t| t.state != TaskState::Stopped)
+            .count() as u32,
+    };
+    o.insert("version".into(), json!(svc.version));
+    o.insert("createdAt".into(), json!(rfc3339(svc.created_at)));
+    o.insert("updatedAt".into(), json!(rfc3339(svc.updated_at)));
+    // The virtual IP comes with the discovery issue.
+    o.insert("vip".into(), Value::Null);
+    o.insert(
+        "replicas".into(),
+        json!({"desired": desired, "running": running, "healthy": healthy}),
+    );
+    o.insert(
+        "deployment".into(),
+        svc.deployment
+            .as_ref()
+            .map(deployment_json)
+            .unwrap_or(Value::Null),
+    );
+    o.insert("endpoints".into(), Value::Array(endpoints));
+    Value::Object(o)
+}

@@ -1,0 +1,694 @@
+//! Table tests of `decide` and `place_at_creation`. A `World` is built in a few chained calls
+//! (recorded nodes, members, Raft voters and learners, tasks, time), and each family has one
+//! `check` that runs a turn and compares its actions, one line each, with the expected lines.
+
+use super::*;
+use orion_types::api::parse_task_request;
+use orion_types::env::SeededIds;
+use orion_types::{Placement, Strategy};
+
+/// The leader's clock in every world: far from zero so that "gone for 5 s" is easy to write.
+const NOW: u64 = 1_000_000;
+
+#[derive(Clone)]
+struct World {
+    state: ClusterState,
+    members: BTreeMap<NodeId, Member>,
+    raft: RaftView,
+    settings: Settings,
+    memory: ControllerMemory,
+    epoch: u64,
+    now: u64,
+    /// Creation time of the next task: tasks are created in the order written.
+    next_at: u64,
+}
+
+/// A leader `n1` (voter, alive, recorded up) that has led for a minute.
+fn world() -> World {
+    World {
+        state: ClusterState::default(),
+        members: BTreeMap::new(),
+        raft: RaftView {
+            is_leader: true,
+            voters: BTreeSet::from(["n1".to_string()]),
+            learners: BTreeSet::new(),
+            membership_changing: false,
+            applied_index: 1,
+        },
+        settings: Settings {
+            node_id: "n1".into(),
+            voter_grace_ms: 3_000,
+            seed_config: None,
+        },
+        memory: ControllerMemory {
+            leader_since: Some(NOW - 60_000),
+            ..ControllerMemory::default()
+        },
+        epoch: 0,
+        now: NOW,
+        next_at: 1,
+    }
+    .node("n1", 1)
+}
+
+impl World {
+    fn apply(mut self, cmd: Command) -> World {
+        self.state.apply(&cmd);
+        self.raft.applied_index += 1;
+        self
+    }
+    /// Recorded up in the state, alive in the view and a Raft learner, generation `g`.
+    fn node(mut self, id: &str, g: u64) -> World {
+        if !self.raft.voters.contains(id) {
+            self.raft.learners.insert(id.to_string());
+        }
+        self.recorded(id, g).member(id, g, MemberStatus::Alive)
+    }
+    /// Alive in the view only: new to the cluster.
+    fn newcomer(self, id: &str, g: u64) -> World {
+        self.member(id, g, MemberStatus::Alive)
+    }
+    /// Recorded up in the state only.
+    fn recorded(self, id: &str, g: u64) -> World {
+        self.apply(Command::UpsertNode {
+            meta: Box::new(NodeMeta::fixture(id, g)),
+            at: 1,
+        })
+    }
+    fn member(mut self, id: &str, g: u64, status: MemberStatus) -> World {
+        let m = Member {
+            id: id.into(),
+            status,
+            meta: NodeMeta::fixture(id, g),
+        };
+        self.members.insert(id.into(), m);
+        self.epoch += 1;
+        self
+    }
+    fn no_member(mut self, id: &str) -> World {
+        self.members.remove(id);
+        self.epoch += 1;
+        self
+    }
+    /// These are the voters (and no longer learners).
+    fn voters(mut self, ids: &[&str]) -> World {
+        self.raft.voters = ids.iter().map(|s| s.to_string()).collect();
+        let voters = self.raft.voters.clone();
+        self.raft.learners.retain(|l| !voters.contains(l));
+        self
+    }
+    fn learners(mut self, ids: &[&str]) -> World {
+        self.raft.learners = ids.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// Declared dead by the view `ms` ago.
+    fn dead_for(self, id: &str, ms: u64) -> World {
+        let g = self.members.get(id).map_or(1, |m| m.meta.generation);
+        self.member(id, g, MemberStatus::Dead).gone_for(id, ms)
+    }
+    fn gone_for(mut self, id: &str, ms: u64) -> World {
+        self.memory.gone_since.insert(id.into(), self.now - ms);
+        self
+    }
+    /// A joint-consensus change is under way.
+    fn joint_change(mut self) -> World {
+        self.raft.membership_changing = true;
+        self
+    }
+    fn leader_for(mut self, ms: u64) -> World {
+        self.memory.leader_since = Some(self.now - ms);
+        self
+    }
+    fn config(self, config: ClusterConfig) -> World {
+        self.apply(Command::SetClusterConfig {
+            config,
+            if_unset: false,
+            at: 1,
+        })
+    }
+    fn task(mut self, id: &str, json: &str) -> World {
+        let at = self.next_at;
+        self.next_at += 1;
+        self.apply(Command::CreateTask {
+            task_id: id.into(),
+            spec: Box::new(parse_task_request(json.as_bytes()).expect("valid spec")),
+            at,
+        })
+    }
+    fn placed(self, id: &str, node: &str, at: u64) -> World {
+        self.apply(Command::Place {
+            placements: vec![Placement {
+                task_id: id.into(),
+                node: node.into(),
+                allocation: format!("a-{id}"),
+                host_ports: vec![],
+            }],
+            unplaced: vec![],
+            at,
+        })
+    }
+    fn turn(&self) -> Outcome {
+        let ids = SeededIds::new(1);
+        decide(&Input {
+            state: &self.state,
+            members: &self.members,
+            membership_epoch: self.epoch,
+            raft: &self.raft,
+            settings: &self.settings,
+            now_ms: self.now,
+            memory: &self.memory,
+            ids: &ids,
+        })
+    }
+}
+
+/// One line per action, short enough to read in a table.
+fn line(a: &Action) -> String {
+    match a {
+        Action::Propose(Command::UpsertNode { meta, .. }) => {
+            format!("up {} g{}", meta.id, meta.generation)
+        }
+        Action::Propose(Command::NodeDown { node, reason, .. }) => {
+            format!("down {node}: {reason}")
+        }
+        Action::Propose(Command::Place {
+            placements,
+            unplaced,
+            ..
+        }) => {
+            let mut s = "place".to_string();
+            for p in placements {
+                s.push_str(&format!(" {}@{}", p.task_id, p.node));
+                for hp in &p.host_ports {
+                    s.push_str(&format!(":{hp}"));
+                }
+            }
+            for (t, _) in unplaced {
+                s.push_str(&format!(" {t}@-"));
+            }
+            s
+        }
+        Action::Propose(Command::Requeue { task_ids, .. }) => {
+            format!("requeue {}", task_ids.join(" "))
+        }
+        Action::Propose(Command::SetClusterConfig {
+            config, if_unset, ..
+        }) => format!(
+            "config {} voters={} seed={if_unset}",
+            config.strategy.as_str(),
+            config.voters
+        ),
+        Action::Propose(other) => format!("propose {}", other.kind()),
+        Action::AddLearner { node, .. } => format!("learner {node}"),
+        Action::ChangeVoters(v) => {
+            format!("voters {}", v.iter().cloned().collect::<Vec<_>>().join(","))
+        }
+        Action::RemoveNode(n) => format!("remove {n}"),
+    }
+}
+
+fn lines(o: &Outcome) -> Vec<String> {
+    o.actions.iter().map(line).collect()
+}
+
+/// Runs one turn of `w` and compares its actions; returns the outcome for further checks.
+fn check(name: &str, w: &World, want: &[&str]) -> Outcome {
+    let o = w.turn();
+    assert_eq!(lines(&o), want, "case {name}");
+    // Same input, same output: the decision is deterministic.
+    assert_eq!(w.turn(), o, "case {name}: not deterministic");
+    o
+}
+
+#[test]
+fn node_sync() {
+    check("all in line", &world().node("n2", 1), &[]);
+    check(
+        "new member",
+        &world()
+            .member("n2", 1, MemberStatus::Alive)
+            .learners(&["n2"]),
+        &["up n2 g1"],
+    );
+    check(
+        "a suspect member is live too",
+        &world().member("n2", 1, MemberStatus::Suspect),
+        &["up n2 g1"],
+    );
+    check(
+        "restart with a newer generation",
+        &world()
+            .node("n2", 1)
+            .member("n2", 2, MemberStatus::Alive)
+            .learners(&["n2"]),
+        &["up n2 g2"],
+    );
+    check(
+        "an older generation is not recorded",
+        &world()
+            .node("n2", 2)
+            .member("n2", 1, MemberStatus::Alive)
+            .learners(&["n2"]),
+        &[],
+    );
+    check(
+        "dead",
+        &world().node("n2", 1).member("n2", 1, MemberStatus::Dead),
+        &["down n2: declared dead by gossip"],
+    );
+    check(
+        "left",
+        &world().node("n2", 1).member("n2", 1, MemberStatus::Left),
+        &["down n2: left the cluster", "remove n2"],
+    );
+    check(
+        "unseen, within the grace of a new leadership",
+        &world().recorded("n2", 1).leader_for(5_000),
+        &[],
+    );
+    check(
+        "unseen past the grace",
+        &world()
+            .recorded("n2", 1)
+            .leader_for(UNSEEN_NODE_GRACE_MS + 1),
+        &["down n2: not seen in gossip"],
+    );
+    check(
+        "back alive after being recorded down",
+        &world()
+            .node("n2", 1)
+            .apply(Command::NodeDown {
+                node: "n2".into(),
+                generation: 1,
+                reason: "dead".into(),
+                at: 2,
+            })
+            .learners(&["n2"]),
+        &["up n2 g1"],
+    );
+    let left = world()
+        .node("n2", 1)
+        .apply(Command::NodeLeave {
+            node: "n2".into(),
+            generation: 1,
+            at: 2,
+        })
+        .learners(&["n2"]);
+    check(
+        "a node that left is not recorded again as the same generation",
+        &left,
+        &["remove n2"],
+    );
+    check(
+        "a node that left returns as a newer generation",
+        &left.member("n2", 2, MemberStatus::Alive),
+        &["up n2 g2"],
+    );
+}
+
+#[test]
+fn voters() {
+    let five = ClusterConfig {
+        voters: 5,
+        ..ClusterConfig::default()
+    };
+    let four = ClusterConfig {
+        voters: 4,
+        ..ClusterConfig::default()
+    };
+    // Three voters, n4 a live learner.
+    let three = || {
+        world()
+            .node("n2", 1)
+            .node("n3", 1)
+            .voters(&["n1", "n2", "n3"])
+    };
+    let three_and_a_learner = || three().node("n4", 1);
+    let cases: Vec<(&str, World, &[&str])> = vec![
+        (
+            "a new member joins as a learner",
+            world().recorded("n2", 1).newcomer("n2", 1),
+            &["learner n2"],
+        ),
+        (
+            "two nodes keep one voter (odd count)",
+            world().node("n2", 1),
+            &[],
+        ),
+        (
+            "1 -> 3 growth",
+            world().node("n2", 1).node("n3", 1),
+            &["voters n1,n2,n3"],
+        ),
+        (
+            "no growth past the config's count",
+            three_and_a_learner().node("n5", 1),
+            &[],
+        ),
+        (
+            "growth to the config's five",
+            three_and_a_learner().node("n5", 1).config(five),
+            &["voters n1,n2,n3,n4,n5"],
+        ),
+        (
+            "a cap of 4 stays at 3 (odd)",
+            three_and_a_learner().config(four),
+            &[],
+        ),
+        (
+            "a dead voter within the grace keeps its seat",
+            three_and_a_learner().dead_for("n3", 1_000),
+            &["down n3: declared dead by gossip"],
+        ),
+        (
+            "replace a dead voter with a live learner",
+            three_and_a_learner().dead_for("n3", 5_000),
+            &["down n3: declared dead by gossip", "voters n1,n2,n4"],
+        ),
+        (
+            "keep a crashed voter's seat with no learner",
+            three().dead_for("n3", 5_000),
+            &["down n3: declared dead by gossip"],
+        ),
+        (
+            "a voter that left gives its seat up even with no learner",
+            three().member("n3", 1, MemberStatus::Left),
+            &["down n3: left the cluster", "voters n1,n2"],
+        ),
+        (
+            "drop dead learners past the grace",
+            three_and_a_learner().dead_for("n4", 5_000),
+            &["down n4: declared dead by gossip", "remove n4"],
+        ),
+        (
+            "keep a dead learner within the grace",
+            three_and_a_learner().dead_for("n4", 1_000),
+            &["down n4: declared dead by gossip"],
+        ),
+        (
+            "a learner unseen by a new leader is dropped only after the unseen grace",
+            three_and_a_learner()
+                .no_member("n4")
+                .leader_for(UNSEEN_NODE_GRACE_MS + 1),
+            &["down n4: not seen in gossip", "remove n4"],
+        ),
+        (
+            "nothing changes during a joint-consensus change",
+            three_and_a_learner()
+                .node("n5", 1)
+                .dead_for("n3", 5_000)
+                .joint_change(),
+            &["down n3: declared dead by gossip"],
+        ),
+    ];
+    for (name, w, want) in &cases {
+        check(name, w, want);
+    }
+}
+
+const SMALL: &str = r#"{"image":"x","memory":"100m"}"#;
+const BIG: &str = r#"{"image":"x","memory":"600m"}"#;
+const HUGE: &str = r#"{"image":"x","memory":"2g"}"#;
+
+#[test]
+fn placement() {
+    check(
+        "places pending tasks, first come first placed, spread",
+        &world()
+            .node("n2", 1)
+            .learners(&["n2"])
+            .task("t2", SMALL)
+            .task("t1", SMALL),
+        &["place t2@n1 t1@n2"],
+    );
+    check(
+        "a task that fits nowhere does not block a later one",
+        &world().task("t1", HUGE).task("t2", SMALL),
+        &["place t2@n1 t1@-"],
+    );
+    let waiting = world().task("t1", HUGE);
+    let o = check("the reason is proposed", &waiting, &["place t1@-"]);
+    let Some(Action::Propose(cmd)) = o.actions.first() else {
+        panic!("a proposal");
+    };
+    let told = waiting.clone().apply(cmd.clone());
+    check("unplaced reason only when it changed", &told, &[]);
+    check(
+        "a node down or not alive takes nothing",
+        &world()
+            .node("n2", 1)
+            .learners(&["n2"])
+            .member("n2", 1, MemberStatus::Suspect)
+            .task("t1", BIG)
+            .task("t2", BIG),
+        &["place t1@n1 t2@-"],
+    );
+    check(
+        "respects the config's strategy",
+        &world()
+            .config(ClusterConfig {
+                strategy: Strategy::Binpack,
+                ..ClusterConfig::default()
+            })
+            .node("n2", 1)
+            .learners(&["n2"])
+            .task("t1", SMALL)
+            .task("t2", SMALL),
+        &["place t1@n1 t2@n1"],
+    );
+    check(
+        "dynamic ports come from the config's range",
+        &world()
+            .config(ClusterConfig {
+                dynamic_ports: orion_types::PortRange {
+                    first: 30_000,
+                    last: 30_001,
+                },
+                ..ClusterConfig::default()
+            })
+            .task("t1", r#"{"image":"x","portBindings":{"80":"0"}}"#),
+        &["place t1@n1:30000"],
+    );
+    check(
+        "tasks of a node just declared dead are placed in the same turn",
+        &world()
+            .node("n2", 1)
+            .learners(&["n2"])
+            .task("t1", SMALL)
+            .placed("t1", "n2", 5)
+            .member("n2", 1, MemberStatus::Dead),
+        &["down n2: declared dead by gossip", "place t1@n1"],
+    );
+    // The batch is cut at the bound: tiny tasks, a big node.
+    let mut many = world();
+    for i in 0..PLACE_BATCH_MAX + 5 {
+        many = many.task(&format!("t{i:05}"), r#"{"image":"x"}"#);
+    }
+    let o = many.turn();
+    let sizes: Vec<usize> = o
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::Propose(Command::Place { placements, .. }) => placements.len(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(sizes, [PLACE_BATCH_MAX, 5], "batch cut at the bound");
+}
+
+#[test]
+fn placement_is_skipped_while_nothing_changed() {
+    let w = world().task("t1", HUGE);
+    let first = w.turn();
+    let w = w.apply(match &first.actions[0] {
+        Action::Propose(c) => c.clone(),
+        other => panic!("{other:?}"),
+    });
+    let mut w = w;
+    w.memory = first.memory;
+    let idle = w.turn();
+    assert_eq!(lines(&idle), Vec::<String>::new());
+    assert_eq!(
+        idle.memory.placement_idle_at,
+        Some((w.raft.applied_index, w.epoch))
+    );
+    // A membership event makes placement look again (and here still find nothing new).
+    let w = World {
+        memory: idle.memory,
+        epoch: w.epoch + 1,
+        ..w
+    };
+    let again = w.turn();
+    assert_eq!(lines(&again), Vec::<String>::new());
+    assert_eq!(
+        again.memory.placement_idle_at,
+        Some((w.raft.applied_index, w.epoch))
+    );
+}
+
+#[test]
+fn deadlines() {
+    let scheduled_at = |ms_ago: u64| world().task("t1", SMALL).placed("t1", "n1", NOW - ms_ago);
+    check("scheduled within the deadline", &scheduled_at(5_000), &[]);
+    check(
+        "scheduled past the deadline",
+        &scheduled_at(SCHEDULED_DEADLINE_MS + 1),
+        &["requeue t1"],
+    );
+    let starting = |ms_ago: u64| {
+        world()
+            .task("t1", SMALL)
+            .placed("t1", "n1", 1)
+            .apply(Command::Report {
+                node: "n1".into(),
+                task_id: "t1".into(),
+                allocation: "a-t1".into(),
+                status: orion_types::AllocStatus::Starting,
+                backoff: Default::default(),
+                at: NOW - ms_ago,
+            })
+    };
+    check("starting for a while", &starting(60_000), &[]);
+    check(
+        "starting past its deadline",
+        &starting(STARTING_DEADLINE_MS + 1),
+        &["requeue t1"],
+    );
+    let mut scanned = scheduled_at(SCHEDULED_DEADLINE_MS + 1);
+    scanned.memory.deadlines_checked = Some(NOW - 10);
+    check("scanned less than a period ago", &scanned, &[]);
+    scanned.memory.deadlines_checked = Some(NOW + 60_000);
+    check(
+        "a clock that went backwards scans at once",
+        &scanned,
+        &["requeue t1"],
+    );
+    let o = scheduled_at(1).turn();
+    assert_eq!(o.memory.deadlines_checked, Some(NOW));
+}
+
+#[test]
+fn config_seed_and_leadership() {
+    let mut seeded = world();
+    seeded.settings.seed_config = Some(ClusterConfig {
+        strategy: Strategy::Binpack,
+        ..ClusterConfig::default()
+    });
+    seeded = seeded.node("n2", 1).learners(&["n2"]);
+    check(
+        "the bootstrapping leader seeds its flags, and places with them at once",
+        &seeded.clone().task("t1", SMALL).task("t2", SMALL),
+        &["config binpack voters=3 seed=true", "place t1@n1 t2@n1"],
+    );
+    check(
+        "never over a stored config",
+        &seeded.config(ClusterConfig::default()),
+        &[],
+    );
+    check("a node without flags to seed proposes none", &world(), &[]);
+    let mut invalid = world();
+    invalid.settings.seed_config = Some(ClusterConfig {
+        voters: 0,
+        ..ClusterConfig::default()
+    });
+    check(
+        "an invalid seed is never proposed (apply would ignore it, again and again)",
+        &invalid,
+        &[],
+    );
+    let mut follower = world()
+        .task("t1", SMALL)
+        .member("n2", 1, MemberStatus::Dead);
+    follower.raft.is_leader = false;
+    let o = check("a follower does nothing", &follower, &[]);
+    assert_eq!(o.memory.leader_since, None);
+    assert_eq!(
+        o.memory.gone_since.get("n2"),
+        Some(&NOW),
+        "gone times are kept by followers too"
+    );
+    let mut fresh = world();
+    fresh.memory = ControllerMemory::default();
+    let o = fresh.turn();
+    assert_eq!(o.memory.leader_since, Some(NOW), "leadership starts now");
+    let back = world()
+        .member("n2", 1, MemberStatus::Alive)
+        .gone_for("n2", 100);
+    assert!(
+        back.turn().memory.gone_since.is_empty(),
+        "a member alive again is no longer gone"
+    );
+}
+
+#[test]
+fn place_at_creation() {
+    /// Which node a new task `spec` is placed on at creation, or None.
+    fn check(name: &str, w: &World, spec: &str, want: Option<&str>) {
+        let spec = parse_task_request(spec.as_bytes()).expect("valid spec");
+        let ids = SeededIds::new(1);
+        let got = super::place_at_creation(&w.state, &w.members, "new", &spec, 7, &ids);
+        let node = got.as_ref().map(|c| match c {
+            Command::CreatePlacedTask {
+                placement, task_id, ..
+            } => {
+                assert_eq!(task_id, "new");
+                assert_eq!(placement.task_id, "new");
+                placement.node.clone()
+            }
+            other => panic!("{name}: unexpected {other:?}"),
+        });
+        assert_eq!(node.as_deref(), want, "case {name}");
+    }
+    let two = world().node("n2", 1).learners(&["n2"]);
+    check("alone: placed", &two, SMALL, Some("n1"));
+    check(
+        "spread like the controller",
+        &two.clone().task("t1", SMALL).placed("t1", "n1", 2),
+        SMALL,
+        Some("n2"),
+    );
+    check(
+        "binpack from the config",
+        &two.clone()
+            .config(ClusterConfig {
+                strategy: Strategy::Binpack,
+                ..ClusterConfig::default()
+            })
+            .task("t1", SMALL)
+            .placed("t1", "n1", 2),
+        SMALL,
+        Some("n1"),
+    );
+    check(
+        "a task waiting goes first: no placement at creation",
+        &two.clone().task("t1", HUGE),
+        SMALL,
+        None,
+    );
+    check("fits nowhere", &two, HUGE, None);
+}
+
+#[test]
+fn a_decision_is_the_same_for_the_same_seed() {
+    let w = world()
+        .node("n2", 1)
+        .node("n3", 1)
+        .learners(&["n2", "n3"])
+        .task("t1", SMALL)
+        .task("t2", SMALL);
+    let alloc_ids = |o: &Outcome| -> Vec<String> {
+        o.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Propose(Command::Place { placements, .. }) => Some(placements),
+                _ => None,
+            })
+            .flatten()
+            .map(|p| p.allocation.clone())
+            .collect()
+    };
+    let a = alloc_ids(&w.turn());
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, alloc_ids(&w.turn()));
+    assert_ne!(a[0], a[1]);
+}

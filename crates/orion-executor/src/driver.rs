@@ -1,0 +1,614 @@
+//! The driver: the executor's IO half. It gathers `plan`'s inputs (the local replica's tasks
+//! for this node, the runtime's containers, the clock, leader contact), runs the actions as
+//! concurrent jobs with bounds, and sends reports through the `Cluster`.
+//!
+//! Concurrency: starts, removals and reports each have their own bound of jobs in flight, so a
+//! slow stop never delays a start; an action over its bound is left for a later pass (one
+//! runs whenever a job ends). Actions are issued in the plan's sorted order. The loop itself
+//! only awaits the list call of a pass; every runtime call is guarded by a backstop timeout.
+//!
+//! Freshness: nothing runs before the local replica has caught up with the leader
+//! (`Cluster::ready`). After any gap in contact with the leader, or a stall of this process
+//! (the loop's own clock samples jump), the replica is no longer known fresh: passes go on
+//! fencing and reporting, but nothing starts until `ready` succeeds again.
+//!
+//! No std threads, no real sleeps: waiting is `tokio::time`, time for decisions is the
+//! injected `Clock`, so the simulator can run it on paused time.
+
+use crate::plan::{ExecAction, InFlight, PlanInput, RemoveReason, mappings, plan};
+use crate::runtime::ContainerRuntime;
+use crate::{Cluster, ExecutorConfig, LABEL_NODE, container_spec, short};
+use futures_util::StreamExt;
+use orion_docker::{ContainerState, RuntimeError};
+use orion_types::env::Clock;
+use orion_types::{AllocId, AllocStatus, Command, Task, TaskState};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// A full pass also runs on this period, to repair anything no event told us about.
+/// Five seconds bounds how long a silently vanished container goes unnoticed.
+const RESYNC_PERIOD: Duration = Duration::from_secs(5);
+/// Container starts in flight at once: a burst of placements must not overload the engine
+/// (dockerd serialises much of its work anyway), yet eight keep a returning node's new
+/// allocations moving while it fences old ones.
+pub const STARTS_IN_FLIGHT_MAX: usize = 8;
+/// Stops and removals in flight at once, counted apart from starts so that slow stops never
+/// hold a start back. Eight turn the 14 stale containers of the serial-executor bug into two
+/// rounds of a one-second grace.
+pub const REMOVES_IN_FLIGHT_MAX: usize = 8;
+/// Reports proposed at once; each is one Raft write, and more wait for the next pass.
+const REPORTS_IN_FLIGHT_MAX: usize = 64;
+/// An identical report is not re-sent within this time while the first may still be in
+/// flight through Raft; a lost report is re-sent after it.
+const REPORT_REPEAT_AFTER_MS: u64 = 2_000;
+/// Reconnecting to a broken event stream backs off from this, doubling to the max.
+const EVENTS_RETRY_MIN: Duration = Duration::from_millis(200);
+const EVENTS_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Retry period of the catch-up check while the replica is not known fresh.
+const READY_RETRY: Duration = Duration::from_millis(200);
+/// One catch-up check gives up after this long (a write without a leader waits up to 4 s).
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Leader contact is sampled this often, and the stall watch ticks this often (a stall of
+/// this process shows as two ticks much further apart).
+const CONTACT_CHECK_PERIOD: Duration = Duration::from_millis(200);
+/// Longer than this without leader contact, or between two stall-watch ticks, is a gap: the
+/// leader heartbeats every 50 ms and elects within 300-600 ms, so a second is never normal.
+pub const CONTACT_GAP_MS: u64 = 1_000;
+/// Backstop bound on every runtime call the driver makes, above the runtime's own bounds
+/// (30 s for Docker's container calls): a runtime that breaks its contract cannot wedge a job.
+const CALL_BACKSTOP: Duration = Duration::from_secs(60);
+/// Backstop on making an image present: Docker bounds a pull at five minutes.
+const IMAGE_BACKSTOP: Duration = Duration::from_secs(330);
+
+/// What a finished job tells the loop.
+enum Done {
+    Started(AllocId),
+    Removed(String),
+    Reported,
+    /// A catch-up check of the given epoch ended (true: the replica is current).
+    Ready(u64, bool),
+}
+
+/// Runs the executor until `shutdown` turns true.
+pub async fn run<R: ContainerRuntime, C: Cluster>(
+    cfg: ExecutorConfig,
+    runtime: R,
+    cluster: Arc<C>,
+    clock: Arc<dyn Clock>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut ex = Executor {
+        cfg,
+        runtime,
+        cluster,
+        clock,
+        in_flight: InFlight::default(),
+        reports_in_flight: 0,
+        jobs: JoinSet::new(),
+        reported: BTreeMap::new(),
+        fresh: false,
+        ever_fresh: false,
+        epoch: 0,
+        ready_in_flight: false,
+        ready_checks: 0,
+        stall_watch: Arc::new(StallWatch::default()),
+    };
+    ex.run(shutdown).await;
+}
+
+struct Executor<R: ContainerRuntime, C: Cluster> {
+    cfg: ExecutorConfig,
+    runtime: R,
+    cluster: Arc<C>,
+    clock: Arc<dyn Clock>,
+    in_flight: InFlight,
+    reports_in_flight: usize,
+    jobs: JoinSet<Done>,
+    /// Last report sent per allocation and when, so Raft is not flooded with repeats.
+    reported: BTreeMap<AllocId, (AllocStatus, u64)>,
+    /// The replica caught up with the leader after the last gap in contact.
+    fresh: bool,
+    /// It has been fresh at least once in this process: before that no pass runs at all (a
+    /// restarted node's replica may trail what it last acted on).
+    ever_fresh: bool,
+    /// Bumped on every gap: a catch-up check that began before it proves nothing.
+    epoch: u64,
+    ready_in_flight: bool,
+    /// Catch-up checks begun; all but the first wait `READY_RETRY` before asking.
+    ready_checks: u64,
+    stall_watch: Arc<StallWatch>,
+}
+
+/// What the stall watch saw: the largest gap between two of its ticks since the last contact
+/// sample, and when it last ticked.
+#[derive(Debug, Default)]
+struct StallWatch {
+    worst_gap_ms: AtomicU64,
+    last_tick_ms: AtomicU64,
+}
+
+impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
+        let wake_events = Arc::new(Notify::new());
+        let watcher = tokio::spawn(watch_events(
+            self.runtime.clone(),
+            self.cfg.node_id.clone(),
+            wake_events.clone(),
+        ));
+        self.stall_watch
+            .last_tick_ms
+            .store(self.clock.now_ms(), Ordering::SeqCst);
+        let stalls = tokio::spawn(watch_stalls(self.clock.clone(), self.stall_watch.clone()));
+        self.check_ready();
+        let mut changes = self.cluster.changes();
+        let mut resync = tokio::time::interval(RESYNC_PERIOD);
+        let mut contact = tokio::time::interval(CONTACT_CHECK_PERIOD);
+        contact.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_wake: Option<tokio::time::Instant> = None;
+        // Every applied entry anywhere in the cluster bumps `changes`; a pass (which lists this
+        // node's containers) runs only when this node's share of the state moved, or when an
+        // event, a finished job, the timer or a due restart asks for one.
+        let mut seen: Option<u64> = None;
+        let mut must_pass = true;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if self.ever_fresh {
+                let fingerprint = self.cluster.tasks_digest(&self.cfg.node_id);
+                if must_pass || seen != Some(fingerprint) {
+                    self.sample_contact();
+                    next_wake = self.pass().await;
+                    seen = Some(fingerprint);
+                }
+                must_pass = false;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                r = changes.changed() => if r.is_err() { break },
+                _ = wake_events.notified() => must_pass = true,
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    if let Ok(done) = done {
+                        must_pass |= self.finished(done);
+                    }
+                }
+                _ = resync.tick() => must_pass = true,
+                _ = contact.tick() => self.sample_contact(),
+                _ = sleep_until_opt(next_wake) => {
+                    next_wake = None;
+                    must_pass = true;
+                }
+            }
+        }
+        watcher.abort();
+        stalls.abort();
+        self.jobs.abort_all();
+    }
+
+    /// Books a finished job; true when a pass should follow.
+    fn finished(&mut self, done: Done) -> bool {
+        match done {
+            Done::Started(alloc) => {
+                self.in_flight.starting.remove(&alloc);
+                true
+            }
+            Done::Removed(id) => {
+                self.in_flight.removing.remove(&id);
+                true
+            }
+            Done::Reported => {
+                self.reports_in_flight = self.reports_in_flight.saturating_sub(1);
+                false
+            }
+            Done::Ready(epoch, ok) => {
+                self.ready_in_flight = false;
+                if epoch != self.epoch {
+                    self.check_ready();
+                    false
+                } else if ok {
+                    if !self.fresh {
+                        info!(node = %self.cfg.node_id, "replica caught up with the leader; reconciling containers");
+                    }
+                    self.fresh = true;
+                    self.ever_fresh = true;
+                    true
+                } else {
+                    self.check_ready();
+                    false
+                }
+            }
+        }
+    }
+
+    /// Looks for a gap in leader contact or a stall of this process since the last sample.
+    fn sample_contact(&mut self) {
+        // A stall shows in the watch's ticks, or, just after one and before the watch ran
+        // again, as a watch that has not ticked for too long.
+        let since_tick = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.stall_watch.last_tick_ms.load(Ordering::SeqCst));
+        let stalled = self.stall_watch.worst_gap_ms.swap(0, Ordering::SeqCst) > CONTACT_GAP_MS
+            || since_tick > CONTACT_GAP_MS;
+        let lost = self
+            .cluster
+            .leader_contact_age_ms()
+            .is_some_and(|age| age > CONTACT_GAP_MS);
+        if stalled || lost {
+            self.epoch += 1;
+            if self.fresh {
+                info!(node = %self.cfg.node_id, stalled, "gap in contact with the leader; nothing starts until the replica catches up again");
+                self.fresh = false;
+            }
+            self.check_ready();
+        }
+    }
+
+    /// Starts a catch-up check unless one is running; a failed one retries after a pause.
+    fn check_ready(&mut self) {
+        if self.ready_in_flight {
+            return;
+        }
+        self.ready_in_flight = true;
+        let cluster = self.cluster.clone();
+        let epoch = self.epoch;
+        let first = self.ready_checks == 0;
+        self.ready_checks += 1;
+        self.jobs.spawn(async move {
+            if !first {
+                tokio::time::sleep(READY_RETRY).await;
+            }
+            let ok = matches!(
+                tokio::time::timeout(READY_TIMEOUT, cluster.ready()).await,
+                Ok(Ok(()))
+            );
+            if !ok {
+                debug!("executor waiting for the replica to catch up");
+            }
+            Done::Ready(epoch, ok)
+        });
+    }
+
+    /// One reconcile pass. Returns when the next restart falls due, if any.
+    async fn pass(&mut self) -> Option<tokio::time::Instant> {
+        let node = self.cfg.node_id.clone();
+        let desired = self.cluster.tasks_on(&node);
+        let actual = match guard(
+            "list",
+            CALL_BACKSTOP,
+            self.runtime.list(&[(LABEL_NODE, &node)]),
+        )
+        .await
+        {
+            Ok(list) => list,
+            Err(e) => {
+                warn!(error = %e, "cannot list containers; will retry");
+                return None;
+            }
+        };
+        let now = self.clock.now_ms();
+        let decided = plan(&PlanInput {
+            desired: &desired,
+            actual: &actual,
+            now_ms: now,
+            fresh: self.fresh,
+            leader_contact_age_ms: self.cluster.leader_contact_age_ms(),
+            in_flight: &self.in_flight,
+        });
+        self.reported.retain(|alloc, _| {
+            desired
+                .iter()
+                .any(|t| t.allocation.as_deref() == Some(alloc.as_str()))
+        });
+        for action in decided.actions {
+            self.execute(action, now);
+        }
+        decided
+            .wake_at_ms
+            .map(|due| tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now)))
+    }
+
+    fn execute(&mut self, action: ExecAction, now: u64) {
+        match action {
+            ExecAction::Remove {
+                container_id,
+                alloc,
+                stop_grace_ms,
+                why,
+            } => self.remove_job(container_id, alloc, stop_grace_ms, true, why),
+            ExecAction::Stop {
+                container_id,
+                alloc,
+                grace_ms,
+                why,
+            } => self.remove_job(container_id, alloc, Some(grace_ms), false, why),
+            ExecAction::Start { task, existing } => {
+                let Some(alloc) = task.allocation.clone() else {
+                    return;
+                };
+                if self.in_flight.starting.len() >= STARTS_IN_FLIGHT_MAX {
+                    return;
+                }
+                self.in_flight.starting.insert(alloc.clone());
+                let runtime = self.runtime.clone();
+                let cluster = self.cluster.clone();
+                let clock = self.clock.clone();
+                let cfg = self.cfg.clone();
+                self.jobs.spawn(async move {
+                    let restarting = matches!(task.state, TaskState::Completed | TaskState::Failed);
+                    // `starting` is news, not a gate: it commits while the engine works.
+                    let starting = async {
+                        if !restarting {
+                            send_report(&*cluster, &cfg, &*clock, &task, AllocStatus::Starting)
+                                .await;
+                        }
+                    };
+                    let (_, status) =
+                        tokio::join!(starting, create_and_start(&runtime, &cfg, &task, existing));
+                    send_report(&*cluster, &cfg, &*clock, &task, status).await;
+                    Done::Started(alloc)
+                });
+            }
+            ExecAction::Report {
+                task_id,
+                alloc,
+                status,
+            } => {
+                if let Some((last, at)) = self.reported.get(&alloc)
+                    && *last == status
+                    && now.saturating_sub(*at) < REPORT_REPEAT_AFTER_MS
+                {
+                    return;
+                }
+                if self.reports_in_flight >= REPORTS_IN_FLIGHT_MAX {
+                    return;
+                }
+                if let AllocStatus::Exited {
+                    exit_code,
+                    oom_killed,
+                    ..
+                } = &status
+                {
+                    info!(task = %task_id, code = exit_code, oom_killed, "container exited");
+                }
+                self.reported.insert(alloc.clone(), (status.clone(), now));
+                self.reports_in_flight += 1;
+                let cmd = Command::Report {
+                    node: self.cfg.node_id.clone(),
+                    task_id,
+                    allocation: alloc,
+                    status,
+                    backoff: self.cfg.backoff,
+                    at: now,
+                };
+                let cluster = self.cluster.clone();
+                self.jobs.spawn(async move {
+                    if let Err(e) = cluster.report(cmd).await {
+                        debug!(error = %e, "report not committed; the next pass repeats it");
+                    }
+                    Done::Reported
+                });
+            }
+        }
+    }
+}
+
+/// Ticks every `CONTACT_CHECK_PERIOD` and keeps the largest gap seen between two ticks: a
+/// gap far beyond the period means the whole process stood still (SIGSTOP, a VM pause). It
+/// runs as its own task so that the loop waiting on a slow runtime call is not taken for one.
+async fn watch_stalls(clock: Arc<dyn Clock>, watch: Arc<StallWatch>) {
+    let mut tick = tokio::time::interval(CONTACT_CHECK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = clock.now_ms();
+        let last = watch.last_tick_ms.swap(now, Ordering::SeqCst);
+        watch
+            .worst_gap_ms
+            .fetch_max(now.saturating_sub(last), Ordering::SeqCst);
+    }
+}
+
+impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
+    /// Stops (when `grace_ms` is given) and then, if `remove`, removes a container, as a job
+    /// counted against `REMOVES_IN_FLIGHT_MAX`.
+    fn remove_job(
+        &mut self,
+        container_id: String,
+        alloc: String,
+        grace_ms: Option<u64>,
+        remove: bool,
+        why: RemoveReason,
+    ) {
+        if self.in_flight.removing.len() >= REMOVES_IN_FLIGHT_MAX {
+            return; // a later pass asks again
+        }
+        self.in_flight.removing.insert(container_id.clone());
+        let what = match why {
+            RemoveReason::NotCurrent => "its allocation is not current here",
+            RemoveReason::Duplicate => "it duplicates its allocation's container",
+            RemoveReason::Disconnected => "cut off from the quorum past stopAfterDisconnect",
+        };
+        let verb = if remove { "removing" } else { "stopping" };
+        info!(container = %short(&container_id), alloc = %alloc, "{verb} container: {what}");
+        let runtime = self.runtime.clone();
+        self.jobs.spawn(async move {
+            if let Some(ms) = grace_ms {
+                let grace = Duration::from_millis(ms);
+                let stop = guard("stop", grace + CALL_BACKSTOP, runtime.stop(&container_id, grace));
+                if let Err(e) = stop.await {
+                    debug!(container = %short(&container_id), error = %e, "stop failed; removal kills it");
+                }
+            }
+            if remove
+                && let Err(e) = guard("remove", CALL_BACKSTOP, runtime.remove(&container_id)).await
+            {
+                warn!(container = %short(&container_id), error = %e, "could not remove container; will retry");
+            }
+            Done::Removed(container_id)
+        });
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs a runtime call under the driver's backstop bound.
+async fn guard<T>(
+    op: &'static str,
+    after: Duration,
+    fut: impl Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(RuntimeError::Timeout { op, after }),
+    }
+}
+
+async fn send_report<C: Cluster>(
+    cluster: &C,
+    cfg: &ExecutorConfig,
+    clock: &dyn Clock,
+    task: &Task,
+    status: AllocStatus,
+) {
+    let Some(alloc) = task.allocation.clone() else {
+        return;
+    };
+    let cmd = Command::Report {
+        node: cfg.node_id.clone(),
+        task_id: task.id.clone(),
+        allocation: alloc,
+        status,
+        backoff: cfg.backoff,
+        at: clock.now_ms(),
+    };
+    if let Err(e) = cluster.report(cmd).await {
+        debug!(task = %task.id, error = %e, "report not committed; the next pass repeats it");
+    }
+}
+
+/// Creates (unless `existing`) and starts the task's container; returns the status to report.
+async fn create_and_start<R: ContainerRuntime>(
+    runtime: &R,
+    cfg: &ExecutorConfig,
+    task: &Task,
+    existing: Option<String>,
+) -> AllocStatus {
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            if let Err(e) = guard(
+                "ensure image",
+                IMAGE_BACKSTOP,
+                runtime.ensure_image(&task.spec.image),
+            )
+            .await
+            {
+                return AllocStatus::Failed {
+                    reason: image_reason(&task.spec.image, &cfg.node_id, &e),
+                };
+            }
+            let spec = container_spec(cfg, task);
+            match guard("create", CALL_BACKSTOP, runtime.create(&spec)).await {
+                Ok(id) => id,
+                Err(RuntimeError::Conflict(_)) => {
+                    // A container of this allocation exists already (a crash mid-start): adopt it.
+                    match guard("inspect", CALL_BACKSTOP, runtime.inspect(&spec.name)).await {
+                        Ok(info) => info.id,
+                        Err(e) => {
+                            return AllocStatus::Failed {
+                                reason: format!("could not create the container: {e}"),
+                            };
+                        }
+                    }
+                }
+                Err(e @ RuntimeError::ImageUnavailable { .. }) => {
+                    return AllocStatus::Failed {
+                        reason: image_reason(&task.spec.image, &cfg.node_id, &e),
+                    };
+                }
+                Err(e) => {
+                    return AllocStatus::Failed {
+                        reason: format!("could not create the container: {e}"),
+                    };
+                }
+            }
+        }
+    };
+    if let Err(e) = guard("start", CALL_BACKSTOP, runtime.start(&id)).await {
+        let _ = guard("remove", CALL_BACKSTOP, runtime.remove(&id)).await;
+        return AllocStatus::Failed {
+            reason: format!("could not start the container: {e}"),
+        };
+    }
+    match guard("inspect", CALL_BACKSTOP, runtime.inspect(&id)).await {
+        Ok(info) => match info.state {
+            ContainerState::Exited { code, oom_killed } => AllocStatus::Exited {
+                container_id: id,
+                exit_code: code,
+                oom_killed,
+            },
+            _ => {
+                info!(task = %task.id, container = %short(&id), "container running");
+                AllocStatus::Running {
+                    ports: mappings(&info),
+                    container_id: id,
+                }
+            }
+        },
+        Err(e) => AllocStatus::Failed {
+            reason: format!("container started but cannot be inspected: {e}"),
+        },
+    }
+}
+
+fn image_reason(image: &str, node: &str, e: &RuntimeError) -> String {
+    match e {
+        RuntimeError::ImageUnavailable { cause, .. } => {
+            format!("image {image:?} is not present on {node} and could not be pulled: {cause}")
+        }
+        other => format!("image {image:?} could not be made ready on {node}: {other}"),
+    }
+}
+
+/// Wakes the loop on this node's container events, reconnecting with back-off. Events only
+/// trigger a pass (which lists), so a burst coalesces into one and nothing queues up.
+async fn watch_events<R: ContainerRuntime>(runtime: R, node: String, wake: Arc<Notify>) {
+    let mut delay = EVENTS_RETRY_MIN;
+    loop {
+        let mut stream = runtime.events(&[(LABEL_NODE, &node)]);
+        let mut broke = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => {
+                    delay = EVENTS_RETRY_MIN;
+                    wake.notify_one();
+                }
+                Err(e) => {
+                    warn!(error = %e, "container event stream broke; reconnecting");
+                    broke = true;
+                    break;
+                }
+            }
+        }
+        if !broke {
+            // Ended at the runtime's maximum duration: a routine reconnect.
+            delay = EVENTS_RETRY_MIN;
+        }
+        // Events may have been missed between two streams: a pass lists everything.
+        wake.notify_one();
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(EVENTS_RETRY_MAX);
+    }
+}

@@ -1,0 +1,344 @@
+//! `plan`: the executor's decision, a pure function from what the local replica wants on this
+//! node (`desired`), what the runtime has (`actual`), the time, and the executor's own
+//! situation (jobs in flight, whether the replica is known fresh, leader contact) to the
+//! actions that converge them. No IO, no clock, no randomness: the same input gives the same
+//! actions in the same (sorted) order, so the simulator can replay it.
+//!
+//! Rules, in order:
+//! - Fence: a container whose allocation is not a current allocation of this node, or that
+//!   duplicates the container kept for its allocation, is stopped with a short grace
+//!   (`FENCE_GRACE_MS`) and removed. Stopping never waits for anything: it is always safe,
+//!   since a replica never moves backwards. While starts are pending, a fenced container is
+//!   only stopped (a stopped container is no duplicate and holds no port) and its removal,
+//!   heavy work for the engine, waits until the starts are done.
+//! - Adopt: a container of a current allocation is kept; the task is reported `Running` with
+//!   the ports the runtime really bound, or `Exited` with its exit code and OOM flag.
+//! - Start only on a fresh replica: a task placed here without a container is created and
+//!   started; a stopped one is started again only once `restart_at` is due. A start whose
+//!   host ports are held by a container being removed waits for that removal.
+//! - `stopAfterDisconnect`: once the node has been out of contact with the leader that long,
+//!   the task's container is removed.
+//! - Health probes (services) hang off the kept container of an allocation: `Keep` below is
+//!   where a probe result will join the report; the driver owns the probe tasks.
+
+use crate::{FENCE_GRACE_MS, LABEL_ALLOC, STOP_GRACE_MS};
+use orion_docker::{ContainerInfo, ContainerState};
+use orion_types::{AllocId, AllocStatus, PortMapping, Protocol, Task, TaskId, TaskState};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why a container is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RemoveReason {
+    /// Its allocation is not current on this node (deleted, re-placed, or unknown): the fence.
+    NotCurrent,
+    /// Another container of the same allocation is kept.
+    Duplicate,
+    /// The node has been cut off from the quorum longer than the task's `stopAfterDisconnect`.
+    Disconnected,
+}
+
+/// One thing the driver does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecAction {
+    /// Stop the container if it runs (its stop signal, `stop_grace_ms`, then SIGKILL) and
+    /// remove it. `stop_grace_ms` is `None` for a container that does not run.
+    Remove {
+        container_id: String,
+        /// The allocation label it carries (empty if none).
+        alloc: String,
+        stop_grace_ms: Option<u64>,
+        why: RemoveReason,
+    },
+    /// Only stop the container: while starts are pending the engine's time goes to them, and
+    /// a stopped container is no duplicate and holds no port; a later plan removes it.
+    Stop {
+        container_id: String,
+        alloc: String,
+        grace_ms: u64,
+        why: RemoveReason,
+    },
+    /// Create (unless `existing`) and start the task's container, then report the outcome.
+    Start {
+        task: Box<Task>,
+        existing: Option<String>,
+    },
+    /// Propose a report through Raft.
+    Report {
+        task_id: TaskId,
+        alloc: AllocId,
+        status: AllocStatus,
+    },
+}
+
+/// Work the driver already has in flight: the plan does not ask for it again.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight {
+    /// Allocations with a start job running.
+    pub starting: BTreeSet<AllocId>,
+    /// Containers with a remove job running.
+    pub removing: BTreeSet<String>,
+}
+
+/// Everything `plan` decides from.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// Tasks the local replica places on this node.
+    pub desired: &'a [Task],
+    /// This node's containers, as the runtime lists them.
+    pub actual: &'a [ContainerInfo],
+    pub now_ms: u64,
+    /// The replica has caught up with the leader since the last gap in contact: starts are
+    /// allowed. False: only fencing, reports and disconnect stops.
+    pub fresh: bool,
+    /// Milliseconds since this node last heard from a leader (or, on the leader, since a
+    /// quorum last acknowledged it); `None` when unknown.
+    pub leader_contact_age_ms: Option<u64>,
+    pub in_flight: &'a InFlight,
+}
+
+/// The actions, sorted (stops and removes by container, then per allocation its start or
+/// reports), and
+/// when the next restart falls due, if any: the driver plans again then.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<ExecAction>,
+    pub wake_at_ms: Option<u64>,
+}
+
+/// Decides what to do on this node now.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let desired: BTreeMap<&str, &Task> = input
+        .desired
+        .iter()
+        .filter(|t| t.wants_container())
+        .filter_map(|t| t.allocation.as_deref().map(|a| (a, t)))
+        .collect();
+    let mut containers: Vec<&ContainerInfo> = input.actual.iter().collect();
+    containers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+
+    let mut out = Removals {
+        fenced: Vec::new(),
+        leaving_ports: BTreeSet::new(),
+    };
+
+    // Fence and de-duplicate: keep one container per current allocation, preferring a running
+    // one, then the first by name.
+    let mut kept: BTreeMap<&str, &ContainerInfo> = BTreeMap::new();
+    for c in containers {
+        let alloc = alloc_of(c);
+        if !desired.contains_key(alloc) {
+            out.add(c, FENCE_GRACE_MS, RemoveReason::NotCurrent);
+            continue;
+        }
+        match kept.get(alloc) {
+            None => {
+                kept.insert(alloc, c);
+            }
+            Some(k) if k.state != ContainerState::Running && c.state == ContainerState::Running => {
+                let old = *k;
+                kept.insert(alloc, c);
+                out.add(old, FENCE_GRACE_MS, RemoveReason::Duplicate);
+            }
+            Some(_) => out.add(c, FENCE_GRACE_MS, RemoveReason::Duplicate),
+        }
+    }
+
+    let disconnected = |t: &Task| {
+        matches!(
+            (t.spec.stop_after_disconnect_ms, input.leader_contact_age_ms),
+            (Some(limit), Some(age)) if age >= limit
+        )
+    };
+    let mut per_alloc: Vec<ExecAction> = Vec::new();
+    let mut wake_at_ms: Option<u64> = None;
+    for (alloc, task) in &desired {
+        let container = kept.get(alloc).copied();
+        if disconnected(task) {
+            if let Some(c) = container {
+                out.add(c, STOP_GRACE_MS, RemoveReason::Disconnected);
+            }
+            continue;
+        }
+        if input.in_flight.starting.contains(*alloc) {
+            continue;
+        }
+        let report = |status: AllocStatus| ExecAction::Report {
+            task_id: task.id.clone(),
+            alloc: alloc.to_string(),
+            status,
+        };
+        let start = |existing: Option<&ContainerInfo>| ExecAction::Start {
+            task: Box::new((*task).clone()),
+            existing: existing.map(|c| c.id.clone()),
+        };
+        let may_start = input.fresh && !wants_leaving_port(task, &out.leaving_ports);
+        match (task.state, container) {
+            (TaskState::Scheduled | TaskState::Starting, None) if may_start => {
+                per_alloc.push(start(None));
+            }
+            (TaskState::Scheduled | TaskState::Starting | TaskState::Running, Some(c))
+                if c.state == ContainerState::Running =>
+            {
+                let ports = mappings(c);
+                if task.state != TaskState::Running
+                    || task.container_id.as_deref() != Some(c.id.as_str())
+                    || task.ports != ports
+                {
+                    per_alloc.push(report(AllocStatus::Running {
+                        container_id: c.id.clone(),
+                        ports,
+                    }));
+                }
+            }
+            (
+                TaskState::Scheduled | TaskState::Starting | TaskState::Running,
+                Some(
+                    c @ ContainerInfo {
+                        state: ContainerState::Exited { code, oom_killed },
+                        ..
+                    },
+                ),
+            ) => per_alloc.push(report(AllocStatus::Exited {
+                container_id: c.id.clone(),
+                exit_code: *code,
+                oom_killed: *oom_killed,
+            })),
+            (TaskState::Scheduled | TaskState::Starting, Some(c)) if may_start => {
+                // Created but never started (a crash mid-start): start it.
+                per_alloc.push(start(Some(c)));
+            }
+            (TaskState::Running, None) => {
+                // The container vanished (removed from outside): count it as a kill.
+                per_alloc.push(report(AllocStatus::Exited {
+                    container_id: task.container_id.clone().unwrap_or_default(),
+                    exit_code: 137,
+                    oom_killed: false,
+                }));
+            }
+            (TaskState::Completed | TaskState::Failed, _) => {
+                if let Some(due) = task.restart_at {
+                    if due > input.now_ms {
+                        wake_at_ms = Some(wake_at_ms.map_or(due, |w| w.min(due)));
+                    } else if may_start {
+                        per_alloc.push(start(container));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let starts_pending = !input.in_flight.starting.is_empty()
+        || per_alloc
+            .iter()
+            .any(|a| matches!(a, ExecAction::Start { .. }));
+    let mut actions: Vec<ExecAction> = out
+        .fenced
+        .into_iter()
+        .filter(|(c, ..)| !input.in_flight.removing.contains(&c.id))
+        .filter_map(|(c, grace_ms, why)| {
+            let container_id = c.id.clone();
+            let alloc = alloc_of(c).to_string();
+            let stopped = matches!(
+                c.state,
+                ContainerState::Exited { .. } | ContainerState::Created
+            );
+            match (stopped, starts_pending) {
+                (true, true) => None,
+                (true, false) => Some(ExecAction::Remove {
+                    container_id,
+                    alloc,
+                    stop_grace_ms: None,
+                    why,
+                }),
+                (false, true) => Some(ExecAction::Stop {
+                    container_id,
+                    alloc,
+                    grace_ms,
+                    why,
+                }),
+                (false, false) => Some(ExecAction::Remove {
+                    container_id,
+                    alloc,
+                    stop_grace_ms: Some(grace_ms),
+                    why,
+                }),
+            }
+        })
+        .collect();
+    actions.sort_by(|a, b| remove_key(a).cmp(remove_key(b)));
+    actions.dedup();
+    actions.extend(per_alloc);
+    Plan {
+        actions,
+        wake_at_ms,
+    }
+}
+
+/// The containers a plan fences (with the grace of their stop and why), and the host ports
+/// they hold, which a start needing one waits for.
+struct Removals<'a> {
+    fenced: Vec<(&'a ContainerInfo, u64, RemoveReason)>,
+    leaving_ports: BTreeSet<(String, u16)>,
+}
+
+impl<'a> Removals<'a> {
+    fn add(&mut self, c: &'a ContainerInfo, grace_ms: u64, why: RemoveReason) {
+        self.leaving_ports
+            .extend(c.ports.iter().map(|p| (p.protocol.clone(), p.host_port)));
+        self.fenced.push((c, grace_ms, why));
+    }
+}
+
+fn remove_key(a: &ExecAction) -> &str {
+    match a {
+        ExecAction::Remove { container_id, .. } | ExecAction::Stop { container_id, .. } => {
+            container_id
+        }
+        _ => "",
+    }
+}
+
+fn alloc_of(c: &ContainerInfo) -> &str {
+    c.labels.get(LABEL_ALLOC).map_or("", String::as_str)
+}
+
+/// Whether the task asks for a fixed host port that a leaving container still holds.
+fn wants_leaving_port(task: &Task, leaving: &BTreeSet<(String, u16)>) -> bool {
+    if leaving.is_empty() {
+        return false;
+    }
+    task.spec.ports.iter().enumerate().any(|(i, p)| {
+        let host = task.host_ports.get(i).copied().or(p.host_port).unwrap_or(0);
+        host != 0 && leaving.contains(&(p.protocol.as_str().to_string(), host))
+    })
+}
+
+/// The ports a container really bound, in the task's terms, sorted.
+pub fn mappings(c: &ContainerInfo) -> Vec<PortMapping> {
+    let mut out: Vec<PortMapping> = c
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let protocol = match p.protocol.as_str() {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                _ => return None,
+            };
+            Some(PortMapping {
+                container_port: p.container_port,
+                protocol,
+                host_ip: p.host_ip.clone(),
+                host_port: p.host_port,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.container_port, a.protocol, a.host_port).cmp(&(
+            b.container_port,
+            b.protocol,
+            b.host_port,
+        ))
+    });
+    out.dedup();
+    out
+}

@@ -1,0 +1,987 @@
+//! Tests of the plan (table tests, one `check` per family) and of the driver over the
+//! `FakeRuntime` and a fake cluster that applies reports to a real `ClusterState`, all on
+//! paused tokio time so that slow stops and back-off cost no wall time and replay exactly.
+
+use super::*;
+use crate::plan::mappings;
+use orion_docker::{BoundPort, ContainerInfo, ContainerState};
+use orion_state::ClusterState;
+use orion_types::api::parse_task_request;
+use orion_types::{AllocStatus, NodeMeta, Placement, Resources, TaskState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+const NODE: &str = "n1";
+const IMAGE: &str = "orion/busybox:latest";
+
+// ---------------------------------------------------------------------------------------
+// Plan: inputs built from a few lines, actions rendered as one line each.
+
+fn task(id: &str, state: TaskState, extra: &str) -> Task {
+    let spec = parse_task_request(format!(r#"{{"image": "{IMAGE}"{extra}}}"#).as_bytes())
+        .expect("valid spec");
+    let mut t = Task::new(id.to_string(), spec, 1);
+    t.state = state;
+    t.node = Some(NODE.to_string());
+    t.allocation = Some(format!("a-{id}"));
+    t
+}
+
+fn container(
+    id: &str,
+    alloc: &str,
+    state: ContainerState,
+    host_port: Option<u16>,
+) -> ContainerInfo {
+    ContainerInfo {
+        id: id.to_string(),
+        name: format!("orion-{id}"),
+        labels: BTreeMap::from([
+            (LABEL_NODE.to_string(), NODE.to_string()),
+            (LABEL_ALLOC.to_string(), alloc.to_string()),
+        ]),
+        state,
+        ports: host_port
+            .map(|p| BoundPort {
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: "127.0.0.1".into(),
+                host_port: p,
+            })
+            .into_iter()
+            .collect(),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn exited(code: i64, oom: bool) -> ContainerState {
+    ContainerState::Exited {
+        code,
+        oom_killed: oom,
+    }
+}
+
+fn describe(a: &ExecAction) -> String {
+    match a {
+        ExecAction::Remove {
+            container_id,
+            stop_grace_ms,
+            why,
+            ..
+        } => match stop_grace_ms {
+            Some(ms) => format!("remove {container_id} {why:?} {ms}ms"),
+            None => format!("remove {container_id} {why:?} at once"),
+        },
+        ExecAction::Stop {
+            container_id,
+            grace_ms,
+            why,
+            ..
+        } => format!("stop {container_id} {why:?} {grace_ms}ms"),
+        ExecAction::Start { task, existing } => match existing {
+            Some(c) => format!("start {} in {c}", task.id),
+            None => format!("start {}", task.id),
+        },
+        ExecAction::Report {
+            task_id, status, ..
+        } => match status {
+            AllocStatus::Starting => format!("report {task_id} starting"),
+            AllocStatus::Running {
+                container_id,
+                ports,
+            } => {
+                let ports: Vec<String> = ports.iter().map(|p| p.host_port.to_string()).collect();
+                format!(
+                    "report {task_id} running {container_id} [{}]",
+                    ports.join(",")
+                )
+            }
+            AllocStatus::Exited {
+                container_id,
+                exit_code,
+                oom_killed,
+            } => format!(
+                "report {task_id} exited {container_id} {exit_code}{}",
+                if *oom_killed { " oom" } else { "" }
+            ),
+            AllocStatus::Failed { reason } => format!("report {task_id} failed {reason}"),
+        },
+    }
+}
+
+/// One plan case: the situation and the actions (and wake-up) it must give.
+struct Case {
+    name: &'static str,
+    desired: Vec<Task>,
+    actual: Vec<ContainerInfo>,
+    now_ms: u64,
+    fresh: bool,
+    contact_age_ms: Option<u64>,
+    in_flight: InFlight,
+    want: &'static [&'static str],
+    want_wake: Option<u64>,
+}
+
+impl Default for Case {
+    fn default() -> Case {
+        Case {
+            name: "",
+            desired: Vec::new(),
+            actual: Vec::new(),
+            now_ms: 10_000,
+            fresh: true,
+            contact_age_ms: Some(0),
+            in_flight: InFlight::default(),
+            want: &[],
+            want_wake: None,
+        }
+    }
+}
+
+fn check(case: Case) {
+    let input = PlanInput {
+        desired: &case.desired,
+        actual: &case.actual,
+        now_ms: case.now_ms,
+        fresh: case.fresh,
+        leader_contact_age_ms: case.contact_age_ms,
+        in_flight: &case.in_flight,
+    };
+    let got = plan(&input);
+    let lines: Vec<String> = got.actions.iter().map(describe).collect();
+    assert_eq!(lines, case.want, "case {:?}", case.name);
+    assert_eq!(got.wake_at_ms, case.want_wake, "case {:?}: wake", case.name);
+    // Same input, same plan: the decision is a function.
+    assert_eq!(plan(&input), got, "case {:?}: not deterministic", case.name);
+}
+
+fn running_task(id: &str, cid: &str) -> Task {
+    let mut t = task(id, TaskState::Running, "");
+    t.container_id = Some(cid.to_string());
+    t
+}
+
+#[test]
+fn plan_adopts_containers_of_current_allocations() {
+    let mut with_ports = running_task("t1", "c1");
+    with_ports.ports = mappings(&container(
+        "c1",
+        "a-t1",
+        ContainerState::Running,
+        Some(8080),
+    ));
+    check(Case {
+        name: "a scheduled task whose container runs is reported running with its bound port",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        actual: vec![container(
+            "c1",
+            "a-t1",
+            ContainerState::Running,
+            Some(31000),
+        )],
+        want: &["report t1 running c1 [31000]"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a running task whose record matches needs nothing",
+        desired: vec![with_ports.clone()],
+        actual: vec![container("c1", "a-t1", ContainerState::Running, Some(8080))],
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "ports reported are the ones really bound",
+        desired: vec![with_ports],
+        actual: vec![container("c1", "a-t1", ContainerState::Running, Some(8081))],
+        want: &["report t1 running c1 [8081]"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a created, never started container is started in place",
+        desired: vec![task("t1", TaskState::Starting, "")],
+        actual: vec![container("c1", "a-t1", ContainerState::Created, None)],
+        want: &["start t1 in c1"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a placed task without a container is started",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        want: &["start t1"],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn plan_fences_containers_not_current_here() {
+    check(Case {
+        name: "an unknown allocation is removed with the short fence grace (also a deleted task)",
+        actual: vec![container("c9", "a-gone", ContainerState::Running, None)],
+        want: &["remove c9 NotCurrent 1000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a stopped container without an allocation label is removed at once",
+        actual: vec![container("c9", "", exited(0, false), None)],
+        want: &["remove c9 NotCurrent at once"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a re-placed task: the old allocation's container stops, the new one starts",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        actual: vec![container("c0", "a-old", ContainerState::Running, None)],
+        want: &["stop c0 NotCurrent 1000ms", "start t1"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "of two containers of one allocation the running one stays",
+        desired: vec![running_task("t1", "c2")],
+        actual: vec![
+            container("c1", "a-t1", exited(1, false), None),
+            container("c2", "a-t1", ContainerState::Running, None),
+        ],
+        want: &["remove c1 Duplicate at once"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "fencing goes on while the replica is not known fresh; starts do not",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        actual: vec![container("c0", "a-old", ContainerState::Running, None)],
+        fresh: false,
+        want: &["remove c0 NotCurrent 1000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "while starts are pending a stopped fenced container waits for its removal",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        actual: vec![container("c0", "a-old", exited(137, false), None)],
+        want: &["start t1"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a start in flight also holds removals back; stops go ahead",
+        actual: vec![
+            container("c0", "a-old", exited(137, false), None),
+            container("c1", "a-old2", ContainerState::Running, None),
+        ],
+        in_flight: InFlight {
+            starting: BTreeSet::from(["a-t9".to_string()]),
+            ..InFlight::default()
+        },
+        want: &["stop c1 NotCurrent 1000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a removal in flight is not asked for again",
+        actual: vec![container("c9", "a-gone", ContainerState::Running, None)],
+        in_flight: InFlight {
+            removing: BTreeSet::from(["c9".to_string()]),
+            ..InFlight::default()
+        },
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a start whose fixed host port a leaving container holds waits for the removal",
+        desired: vec![task(
+            "t1",
+            TaskState::Scheduled,
+            r#", "portBindings": {"80/tcp": "8080"}"#,
+        )],
+        actual: vec![container(
+            "c0",
+            "a-old",
+            ContainerState::Running,
+            Some(8080),
+        )],
+        want: &["remove c0 NotCurrent 1000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a start on other ports does not wait for removals",
+        desired: vec![task(
+            "t1",
+            TaskState::Scheduled,
+            r#", "portBindings": {"80/tcp": "8081"}"#,
+        )],
+        actual: vec![container(
+            "c0",
+            "a-old",
+            ContainerState::Running,
+            Some(8080),
+        )],
+        want: &["stop c0 NotCurrent 1000ms", "start t1"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "actions come sorted whatever the input order",
+        desired: vec![
+            task("t2", TaskState::Scheduled, ""),
+            task("t1", TaskState::Scheduled, ""),
+        ],
+        actual: vec![
+            container("cb", "a-x", ContainerState::Running, None),
+            container("ca", "a-y", ContainerState::Running, None),
+        ],
+        want: &[
+            "stop ca NotCurrent 1000ms",
+            "stop cb NotCurrent 1000ms",
+            "start t1",
+            "start t2",
+        ],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn plan_reports_exits_oom_and_vanished_containers() {
+    check(Case {
+        name: "an exit is reported with its code",
+        desired: vec![running_task("t1", "c1")],
+        actual: vec![container("c1", "a-t1", exited(3, false), None)],
+        want: &["report t1 exited c1 3"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "an OOM kill is reported as such",
+        desired: vec![running_task("t1", "c1")],
+        actual: vec![container("c1", "a-t1", exited(137, true), None)],
+        want: &["report t1 exited c1 137 oom"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a running task whose container vanished is reported killed",
+        desired: vec![running_task("t1", "c1")],
+        want: &["report t1 exited c1 137"],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn plan_restarts_only_when_the_back_off_is_due() {
+    let failed_due = |due: u64| {
+        let mut t = task("t1", TaskState::Failed, "");
+        t.restart_at = Some(due);
+        t
+    };
+    check(Case {
+        name: "not due yet: nothing, wake at the due time",
+        desired: vec![failed_due(12_000)],
+        actual: vec![container("c1", "a-t1", exited(1, false), None)],
+        want: &[],
+        want_wake: Some(12_000),
+        ..Case::default()
+    });
+    check(Case {
+        name: "due: start the exited container again",
+        desired: vec![failed_due(10_000)],
+        actual: vec![container("c1", "a-t1", exited(1, false), None)],
+        want: &["start t1 in c1"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "due but not fresh: wait",
+        desired: vec![failed_due(9_000)],
+        actual: vec![container("c1", "a-t1", exited(1, false), None)],
+        fresh: false,
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "no restart_at (policy never): the exited container stays for its logs",
+        desired: vec![task("t1", TaskState::Completed, "")],
+        actual: vec![container("c1", "a-t1", exited(0, false), None)],
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a start in flight is not asked for again",
+        desired: vec![failed_due(9_000)],
+        in_flight: InFlight {
+            starting: BTreeSet::from(["a-t1".to_string()]),
+            ..InFlight::default()
+        },
+        want: &[],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn stale_replica_after_a_stall_stop_after_disconnect() {
+    let opted = || running_task("t1", "c1");
+    let mut t = opted();
+    t.spec.stop_after_disconnect_ms = Some(30_000);
+    check(Case {
+        name: "cut off past the limit: the container is removed with the stop grace",
+        desired: vec![t.clone()],
+        actual: vec![container("c1", "a-t1", ContainerState::Running, None)],
+        fresh: false,
+        contact_age_ms: Some(30_000),
+        want: &["remove c1 Disconnected 2000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "cut off, not yet the limit: nothing",
+        desired: vec![t.clone()],
+        actual: vec![container("c1", "a-t1", ContainerState::Running, None)],
+        fresh: false,
+        contact_age_ms: Some(29_999),
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "cut off past the limit and no container: nothing starts or is reported",
+        desired: vec![t.clone()],
+        fresh: false,
+        contact_age_ms: Some(60_000),
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a task without the option keeps running however long the cut",
+        desired: vec![opted()],
+        actual: vec![container("c1", "a-t1", ContainerState::Running, None)],
+        fresh: false,
+        contact_age_ms: Some(3_600_000),
+        want: &[],
+        ..Case::default()
+    });
+    check(Case {
+        name: "unknown contact age never stops anything",
+        desired: vec![t],
+        actual: vec![container("c1", "a-t1", ContainerState::Running, None)],
+        contact_age_ms: None,
+        want: &[],
+        ..Case::default()
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Driver: the real loop over the fake runtime and a fake cluster.
+
+/// A cluster of one replica: reports are applied to a real `ClusterState` at once.
+struct FakeCluster {
+    state: Mutex<ClusterState>,
+    changes: watch::Sender<u64>,
+    ready: AtomicBool,
+    ready_calls: AtomicU64,
+    /// `u64::MAX`: unknown.
+    contact_age_ms: AtomicU64,
+    reports: Mutex<Vec<Command>>,
+}
+
+impl FakeCluster {
+    fn new() -> Arc<FakeCluster> {
+        let c = Arc::new(FakeCluster {
+            state: Mutex::new(ClusterState::default()),
+            changes: watch::channel(0).0,
+            ready: AtomicBool::new(true),
+            ready_calls: AtomicU64::new(0),
+            contact_age_ms: AtomicU64::new(0),
+            reports: Mutex::new(Vec::new()),
+        });
+        c.apply(&Command::UpsertNode {
+            meta: Box::new(NodeMeta {
+                id: NODE.into(),
+                generation: 1,
+                api_addr: "127.0.0.1:8000".into(),
+                raft_addr: "127.0.0.1:7000".into(),
+                gossip_addr: "127.0.0.1:6000".into(),
+                publish_ip: "127.0.0.1".into(),
+                capacity: Resources {
+                    memory_bytes: 1 << 40,
+                    cpu_millis: 1 << 20,
+                },
+                labels: BTreeMap::new(),
+                version: "test".into(),
+            }),
+            at: 1,
+        });
+        c
+    }
+
+    fn apply(&self, cmd: &Command) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(cmd);
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Creates a task placed on this node with allocation `a-<id>`.
+    fn place(&self, id: &str, extra: &str, host_ports: Vec<u16>) {
+        let spec = parse_task_request(format!(r#"{{"image": "{IMAGE}"{extra}}}"#).as_bytes())
+            .expect("valid spec");
+        self.apply(&Command::CreatePlacedTask {
+            task_id: id.into(),
+            spec: Box::new(spec),
+            placement: Placement {
+                task_id: id.into(),
+                node: NODE.into(),
+                allocation: format!("a-{id}"),
+                host_ports,
+            },
+            at: 2,
+        });
+    }
+
+    fn task(&self, id: &str) -> Task {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).tasks[id].clone()
+    }
+}
+
+impl Cluster for FakeCluster {
+    fn tasks_on(&self, node: &str) -> Vec<Task> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tasks_on(node)
+            .cloned()
+            .collect()
+    }
+    fn tasks_digest(&self, node: &str) -> u64 {
+        digest_tasks(
+            self.state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .tasks_on(node),
+        )
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+    async fn report(&self, cmd: Command) -> Result<(), String> {
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(cmd.clone());
+        self.apply(&cmd);
+        Ok(())
+    }
+    async fn ready(&self) -> Result<(), String> {
+        self.ready_calls.fetch_add(1, Ordering::SeqCst);
+        if self.ready.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("no leader".into())
+        }
+    }
+    fn leader_contact_age_ms(&self) -> Option<u64> {
+        match self.contact_age_ms.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            age => Some(age),
+        }
+    }
+}
+
+struct Rig {
+    cluster: Arc<FakeCluster>,
+    runtime: FakeRuntime,
+    clock: Arc<TokioClock>,
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a driver on node `NODE` over a fresh fake runtime holding `IMAGE`; `prepare` may
+/// set the cluster and runtime up before the driver's first look.
+fn rig(prepare: impl FnOnce(&FakeCluster, &FakeRuntime)) -> Rig {
+    let clock = Arc::new(TokioClock::new(1_000_000));
+    let runtime = FakeRuntime::new(clock.clone());
+    runtime.add_image(IMAGE);
+    let cluster = FakeCluster::new();
+    prepare(&cluster, &runtime);
+    let (stop, stop_rx) = watch::channel(false);
+    let handle = spawn(
+        ExecutorConfig {
+            node_id: NODE.into(),
+            publish_ip: "127.0.0.1".into(),
+            backoff: BackoffConfig::default(),
+        },
+        runtime.clone(),
+        cluster.clone(),
+        clock.clone(),
+        stop_rx,
+    );
+    Rig {
+        cluster,
+        runtime,
+        clock,
+        stop,
+        handle,
+    }
+}
+
+impl Rig {
+    /// Polls `cond` every 10 ms of (paused) time until it holds, failing after `limit`.
+    async fn until(&self, limit: Duration, what: &str, mut cond: impl FnMut(&Rig) -> bool) -> u64 {
+        let start = self.clock.now_ms();
+        loop {
+            if cond(self) {
+                return self.clock.now_ms() - start;
+            }
+            assert!(
+                self.clock.now_ms() - start < limit.as_millis() as u64,
+                "{what}: not within {limit:?}; containers {:?}",
+                self.runtime.containers()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until task `id` is recorded running.
+    async fn until_running(&self, id: &str, limit: Duration) {
+        self.until(limit, &format!("{id} running"), |r| {
+            r.state_of(id) == TaskState::Running
+        })
+        .await;
+    }
+
+    fn state_of(&self, id: &str) -> TaskState {
+        self.cluster.task(id).state
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.handle.await;
+    }
+}
+
+/// A container for `alloc` left from before (a node back from the dead), running.
+fn leftover(rt: &FakeRuntime, name: &str, alloc: &str, host_port: u16) -> String {
+    let id = futures_util::FutureExt::now_or_never(rt.create(&orion_docker::ContainerSpec {
+        name: name.into(),
+        image: IMAGE.into(),
+        command: None,
+        env: BTreeMap::new(),
+        labels: BTreeMap::from([
+            (LABEL_NODE.to_string(), NODE.to_string()),
+            (LABEL_ALLOC.to_string(), alloc.to_string()),
+        ]),
+        memory_bytes: None,
+        nano_cpus: None,
+        ports: vec![orion_docker::PortRequest {
+            container_port: 80,
+            protocol: "tcp".into(),
+            host_ip: "127.0.0.1".into(),
+            host_port,
+        }],
+    }))
+    .expect("fake create is immediate")
+    .expect("create");
+    futures_util::FutureExt::now_or_never(rt.start(&id))
+        .expect("fake start is immediate")
+        .expect("start");
+    id
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_starts_reports_ports_and_removes_on_delete() {
+    // The scheduler chose host port 31000 for the dynamic port.
+    let r = rig(|c, _| c.place("t1", r#", "portBindings": {"80/tcp": ""}"#, vec![31_000]));
+    r.until_running("t1", Duration::from_secs(5)).await;
+    let t = r.cluster.task("t1");
+    let c = &r.runtime.containers()[0];
+    assert_eq!(t.container_id.as_deref(), Some(c.id.as_str()));
+    assert_eq!(t.ports, mappings(c), "reported ports are the bound ones");
+    assert_eq!(t.ports[0].host_port, 31_000, "{:?}", t.ports);
+
+    r.cluster.apply(&Command::DeleteTask {
+        task_id: "t1".into(),
+        at: 3,
+    });
+    r.until(Duration::from_secs(5), "container removed", |r| {
+        r.runtime.containers().is_empty()
+    })
+    .await;
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_adopts_the_container_of_the_current_allocation() {
+    let mut cid = String::new();
+    let r = rig(|c, rt| {
+        c.place("t1", "", vec![]);
+        cid = leftover(rt, "orion-kept", "a-t1", 0);
+    });
+    r.until_running("t1", Duration::from_secs(5)).await;
+    assert_eq!(
+        r.cluster.task("t1").container_id.as_deref(),
+        Some(cid.as_str())
+    );
+    assert_eq!(r.runtime.containers().len(), 1, "adopted, not duplicated");
+    assert!(
+        !r.runtime
+            .calls()
+            .iter()
+            .any(|c| c.op == Op::Create && c.target != "orion-kept"),
+        "nothing created"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_reports_oom_and_restarts_after_the_back_off() {
+    let r = rig(|c, _| c.place("t1", "", vec![]));
+    r.until_running("t1", Duration::from_secs(5)).await;
+    let cid = r.cluster.task("t1").container_id.expect("container");
+    assert!(r.runtime.exit(&cid, 137, true));
+    r.until(Duration::from_secs(5), "exit recorded", |r| {
+        r.cluster.task("t1").restart_at.is_some()
+    })
+    .await;
+    let t = r.cluster.task("t1");
+    assert_eq!(t.exit_code, Some(137));
+    assert!(
+        r.cluster.reports.lock().unwrap().iter().any(|c| matches!(
+            c,
+            Command::Report {
+                status: AllocStatus::Exited {
+                    oom_killed: true,
+                    ..
+                },
+                ..
+            }
+        )),
+        "the OOM kill is reported"
+    );
+    let due = t.restart_at.expect("due");
+    let waited_from = r.clock.now_ms();
+    r.until_running("t1", Duration::from_secs(10)).await;
+    let starts: Vec<u64> = r
+        .runtime
+        .calls()
+        .iter()
+        .filter(|c| c.op == Op::Start)
+        .map(|c| c.began_ms)
+        .collect();
+    assert_eq!(starts.len(), 2, "one start, one restart: {starts:?}");
+    assert!(
+        starts[1] >= due,
+        "restarted at {} before due {due}",
+        starts[1]
+    );
+    assert!(due > waited_from, "the back-off made it wait");
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_fails_a_task_whose_image_is_absent_naming_the_image() {
+    let r = rig(|c, _| c.place("t1", "", vec![]));
+    r.until_running("t1", Duration::from_secs(5)).await;
+    r.cluster.place("t2", "", vec![]);
+    // Same helper, another image: the spec is patched in the state for brevity.
+    {
+        let mut st = r.cluster.state.lock().unwrap();
+        st.tasks.get_mut("t2").unwrap().spec.image = "ghost/app:1".into();
+    }
+    r.cluster.changes.send_modify(|v| *v += 1);
+    r.until(Duration::from_secs(5), "t2 failed", |r| {
+        r.state_of("t2") == TaskState::Failed
+    })
+    .await;
+    let reason = r.cluster.task("t2").reason.unwrap_or_default();
+    assert!(
+        reason.contains("ghost/app:1"),
+        "reason names the image: {reason}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn serial_executor_slow_stops_do_not_delay_starts() {
+    // A node back from the dead: 14 stale containers whose processes ignore SIGTERM (each
+    // stop takes the whole grace), and 5 new allocations placed on it meanwhile.
+    let r = rig(|c, rt| {
+        rt.set_stop_behaviour(None);
+        for i in 0..14 {
+            leftover(
+                rt,
+                &format!("orion-stale-{i:02}"),
+                &format!("a-stale-{i}"),
+                0,
+            );
+        }
+        rt.set_stop_behaviour(Some(Duration::from_millis(10)));
+        for i in 0..5 {
+            c.place(&format!("new{i}"), "", vec![]);
+        }
+    });
+    let all_running = r
+        .until(Duration::from_secs(20), "new allocations running", |r| {
+            (0..5).all(|i| r.state_of(&format!("new{i}")) == TaskState::Running)
+        })
+        .await;
+    let all_fenced = r
+        .until(Duration::from_secs(20), "stale containers removed", |r| {
+            r.runtime.containers().len() == 5
+        })
+        .await
+        + all_running;
+    println!(
+        "serial executor: new allocations running after {all_running} ms, stale containers gone after {all_fenced} ms (simulated)"
+    );
+    // Starts do not queue behind the 14 one-second stops.
+    assert!(
+        all_running < FENCE_GRACE_MS,
+        "starts waited {all_running} ms"
+    );
+    // Stops run concurrently: two rounds of the grace, not fourteen.
+    assert!(
+        all_fenced <= 3 * FENCE_GRACE_MS,
+        "fencing took {all_fenced} ms"
+    );
+    let stops: Vec<_> = r
+        .runtime
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == Op::Stop)
+        .collect();
+    assert_eq!(stops.len(), 14);
+    assert!(
+        stops
+            .iter()
+            .all(|c| c.ended_ms - c.began_ms <= FENCE_GRACE_MS),
+        "grace bounded"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn serial_executor_start_waits_for_the_port_it_needs() {
+    // The stale container holds host port 8080, which the new allocation asks for.
+    let r = rig(|c, rt| {
+        rt.set_stop_behaviour(None);
+        leftover(rt, "orion-stale", "a-stale", 8080);
+        c.place("t1", r#", "portBindings": {"80/tcp": "8080"}"#, vec![8080]);
+    });
+    r.until_running("t1", Duration::from_secs(10)).await;
+    assert_eq!(r.cluster.task("t1").ports[0].host_port, 8080);
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_replica_after_a_stall_nothing_starts_until_caught_up() {
+    let r = rig(|c, _| {
+        c.ready.store(false, Ordering::SeqCst);
+        c.place("t1", "", vec![]);
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        r.runtime.containers().is_empty(),
+        "started before catching up"
+    );
+    r.cluster.ready.store(true, Ordering::SeqCst);
+    r.until_running("t1", Duration::from_secs(5)).await;
+
+    // A gap in leader contact: the replica is stale again until `ready` succeeds.
+    r.cluster.ready.store(false, Ordering::SeqCst);
+    r.cluster
+        .contact_age_ms
+        .store(CONTACT_GAP_MS + 500, Ordering::SeqCst);
+    let calls_before = r.cluster.ready_calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        r.cluster.ready_calls.load(Ordering::SeqCst) > calls_before,
+        "the gap triggers a new catch-up check"
+    );
+    r.cluster.place("t2", "", vec![]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_ne!(
+        r.state_of("t2"),
+        TaskState::Running,
+        "started on a stale replica"
+    );
+    r.cluster.contact_age_ms.store(0, Ordering::SeqCst);
+    r.cluster.ready.store(true, Ordering::SeqCst);
+    r.until_running("t2", Duration::from_secs(5)).await;
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_replica_after_a_stall_a_frozen_process_checks_again() {
+    let r = rig(|c, _| c.place("t1", "", vec![]));
+    r.until_running("t1", Duration::from_secs(5)).await;
+    // The whole process stands still for three seconds (SIGSTOP): leader contact looks fine
+    // afterwards, yet the replica may have missed anything meanwhile.
+    r.cluster.ready.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    r.cluster.place("t2", "", vec![]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(
+        r.state_of("t2"),
+        TaskState::Running,
+        "started on a stale replica"
+    );
+    r.cluster.ready.store(true, Ordering::SeqCst);
+    r.until_running("t2", Duration::from_secs(5)).await;
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_replica_after_a_stall_stop_after_disconnect_stops_the_container() {
+    let r = rig(|c, _| {
+        c.place("keep", "", vec![]);
+        c.place("stop", r#", "stopAfterDisconnect": "30s""#, vec![]);
+    });
+    r.until(Duration::from_secs(5), "both running", |r| {
+        r.runtime
+            .containers()
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .count()
+            == 2
+    })
+    .await;
+    r.cluster.ready.store(false, Ordering::SeqCst);
+    r.cluster.contact_age_ms.store(10_000, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(r.runtime.containers().len(), 2, "stopped before the limit");
+    r.cluster.contact_age_ms.store(31_000, Ordering::SeqCst);
+    r.until(
+        Duration::from_secs(10),
+        "the opted-in container stopped",
+        |r| r.runtime.containers().len() == 1,
+    )
+    .await;
+    let left = &r.runtime.containers()[0];
+    assert_eq!(left.labels[LABEL_ALLOC], "a-keep");
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn unbounded_docker_calls_a_hanging_runtime_does_not_wedge_the_driver() {
+    let r = rig(|c, rt| {
+        rt.set_fault(Op::Stop, Fault::Hang);
+        leftover(rt, "orion-stale", "a-stale", 0);
+        c.place("t1", "", vec![]);
+    });
+    // The stop hangs for ever: the start goes ahead, and the backstop ends the stop job so
+    // the removal is retried and, once the engine behaves, done.
+    r.until_running("t1", Duration::from_secs(5)).await;
+    r.runtime.clear_fault(Op::Stop);
+    r.until(Duration::from_secs(180), "stale removed", |r| {
+        r.runtime.containers().len() == 1
+    })
+    .await;
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_survives_failing_calls_and_repairs_on_the_next_pass() {
+    let r = rig(|c, rt| {
+        rt.set_fault(
+            Op::List,
+            Fault::Fail(orion_docker::RuntimeError::Unavailable(
+                "engine restarting".into(),
+            )),
+        );
+        c.place("t1", "", vec![]);
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(r.runtime.containers().is_empty());
+    r.runtime.clear_fault(Op::List);
+    r.until_running("t1", Duration::from_secs(10)).await;
+    r.shutdown().await;
+}

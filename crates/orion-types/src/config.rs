@@ -1,0 +1,311 @@
+//! `ClusterConfig`: the settings that are the cluster's, not one node's (placement strategy,
+//! dynamic host port range, restart back-off, voter count). They live in the replicated state
+//! and change only through `Command::SetClusterConfig`, so whichever node leads behaves the
+//! same. An agent's flags (`--scheduler`, `--dynamic-ports`, `--restart-*`, `--voters`) only
+//! seed the value when the cluster is bootstrapped.
+//!
+//! Also the user's JSON for it (`GET`/`PUT /cluster/config`): a partial object merged over the
+//! current value, every error naming its field.
+
+use crate::api::ValidationError;
+use crate::{BackoffConfig, Strategy};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::ops::RangeInclusive;
+
+/// Most Raft voters a cluster may ask for. Every write waits for a majority of voters, so
+/// more voters cost latency; seven survive three failures, which is beyond what a cluster of
+/// a handful of servers needs (etcd and Consul recommend 3 or 5).
+pub const VOTERS_MAX: usize = 7;
+/// Longest restart delay and longest reset period: a day. Longer is surely a typo (seconds
+/// taken for milliseconds would still fit), and it keeps `at + delay` far from overflow.
+pub const BACKOFF_MS_MAX: u64 = 86_400_000;
+
+/// A range of host ports, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Parses `FIRST-LAST`, e.g. `20000-32767`.
+    pub fn parse(s: &str) -> Result<PortRange, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 20000-32767"))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{s:?}: {p:?} is not a port number (1-65535)"))
+        };
+        let r = PortRange {
+            first: port(a)?,
+            last: port(b)?,
+        };
+        r.check()?;
+        Ok(r)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.first == 0 || self.last < self.first {
+            return Err(format!(
+                "{self}: FIRST must be 1 or more and not above LAST"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn range(&self) -> RangeInclusive<u16> {
+        self.first..=self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The cluster-wide settings, as the replicated state holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Placement strategy for tasks that do not name one.
+    pub strategy: Strategy,
+    /// Where host ports for `0`/empty port bindings are chosen.
+    pub dynamic_ports: PortRange,
+    /// Restart back-off of exited containers.
+    pub backoff: BackoffConfig,
+    /// Most Raft voters; the controller keeps an odd count up to this, further nodes are
+    /// learners.
+    pub voters: usize,
+}
+
+impl Default for ClusterConfig {
+    /// The agent's flag defaults, so a cluster that never stored a config behaves as before.
+    fn default() -> Self {
+        ClusterConfig {
+            strategy: Strategy::Spread,
+            dynamic_ports: PortRange {
+                first: 20_000,
+                last: 32_767,
+            },
+            backoff: BackoffConfig::default(),
+            voters: 3,
+        }
+    }
+}
+
+fn err(field: &str, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+impl ClusterConfig {
+    /// Checks every field; the error names the field as the API spells it.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.dynamic_ports
+            .check()
+            .map_err(|m| err("dynamicPorts", m))?;
+        if self.voters == 0 || self.voters > VOTERS_MAX {
+            return Err(err(
+                "voters",
+                format!("{} is not between 1 and {VOTERS_MAX}", self.voters),
+            ));
+        }
+        let b = self.backoff;
+        if b.base_ms == 0 || b.base_ms > BACKOFF_MS_MAX {
+            return Err(err(
+                "restartBaseMs",
+                format!("{} is not between 1 and {BACKOFF_MS_MAX}", b.base_ms),
+            ));
+        }
+        if b.max_ms < b.base_ms || b.max_ms > BACKOFF_MS_MAX {
+            return Err(err(
+                "restartMaxMs",
+                format!(
+                    "{} is not between restartBaseMs ({}) and {BACKOFF_MS_MAX}",
+                    b.max_ms, b.base_ms
+                ),
+            ));
+        }
+        if b.reset_after_ms > BACKOFF_MS_MAX {
+            return Err(err(
+                "restartResetAfterMs",
+                format!("{} is above {BACKOFF_MS_MAX}", b.reset_after_ms),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The JSON of `GET /cluster/config`.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "strategy": self.strategy.as_str(),
+            "dynamicPorts": self.dynamic_ports.to_string(),
+            "voters": self.voters,
+            "restartBaseMs": self.backoff.base_ms,
+            "restartMaxMs": self.backoff.max_ms,
+            "restartResetAfterMs": self.backoff.reset_after_ms,
+        })
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "strategy",
+    "dynamicPorts",
+    "voters",
+    "restartBaseMs",
+    "restartMaxMs",
+    "restartResetAfterMs",
+];
+
+/// Parses a `PUT /cluster/config` body: the fields it names replace those of `current`, the
+/// result is validated as a whole.
+pub fn parse_config_patch(
+    body: &[u8],
+    current: &ClusterConfig,
+) -> Result<ClusterConfig, ValidationError> {
+    if body.len() > crate::limits::BODY_BYTES_MAX {
+        return Err(err("", "request body is too large"));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| err("", format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(err("", "request body must be a JSON object"));
+    };
+    apply_patch(&obj, current)
+}
+
+fn apply_patch(
+    obj: &Map<String, Value>,
+    current: &ClusterConfig,
+) -> Result<ClusterConfig, ValidationError> {
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(err(
+            unknown,
+            format!("unknown field; known fields are {}", FIELDS.join(", ")),
+        ));
+    }
+    let mut c = *current;
+    if let Some(v) = obj.get("strategy") {
+        let s = v
+            .as_str()
+            .ok_or_else(|| err("strategy", "must be a string: spread or binpack"))?;
+        c.strategy = Strategy::parse(s)
+            .ok_or_else(|| err("strategy", format!("{s:?} is not spread or binpack")))?;
+    }
+    if let Some(v) = obj.get("dynamicPorts") {
+        let s = v
+            .as_str()
+            .ok_or_else(|| err("dynamicPorts", "must be a string FIRST-LAST"))?;
+        c.dynamic_ports = PortRange::parse(s).map_err(|m| err("dynamicPorts", m))?;
+    }
+    let number = |field: &str| -> Result<Option<u64>, ValidationError> {
+        match obj.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| err(field, "must be a whole number, 0 or more")),
+        }
+    };
+    if let Some(n) = number("voters")? {
+        c.voters = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = number("restartBaseMs")? {
+        c.backoff.base_ms = n;
+    }
+    if let Some(n) = number("restartMaxMs")? {
+        c.backoff.max_ms = n;
+    }
+    if let Some(n) = number("restartResetAfterMs")? {
+        c.backoff.reset_after_ms = n;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A patch over the default config and the field of the error, or the resulting config.
+    fn check(body: &str, want: Result<ClusterConfig, &str>) {
+        let got = parse_config_patch(body.as_bytes(), &ClusterConfig::default());
+        match (got, want) {
+            (Ok(g), Ok(w)) => assert_eq!(g, w, "{body}"),
+            (Err(e), Err(field)) => assert_eq!(e.field, field, "{body}: {e}"),
+            (g, w) => panic!("{body}: got {g:?}, want {w:?}"),
+        }
+    }
+
+    #[test]
+    fn config_patches() {
+        let d = ClusterConfig::default();
+        check("{}", Ok(d));
+        check(
+            r#"{"strategy": "binpack"}"#,
+            Ok(ClusterConfig {
+                strategy: Strategy::Binpack,
+                ..d
+            }),
+        );
+        check(
+            r#"{"dynamicPorts": "30000-30010", "voters": 5}"#,
+            Ok(ClusterConfig {
+                dynamic_ports: PortRange {
+                    first: 30000,
+                    last: 30010,
+                },
+                voters: 5,
+                ..d
+            }),
+        );
+        check(
+            r#"{"restartBaseMs": 200, "restartMaxMs": 3200, "restartResetAfterMs": 0}"#,
+            Ok(ClusterConfig {
+                backoff: BackoffConfig {
+                    base_ms: 200,
+                    max_ms: 3200,
+                    reset_after_ms: 0,
+                },
+                ..d
+            }),
+        );
+        check(r#"{"strategy": "random"}"#, Err("strategy"));
+        check(r#"{"strategy": 1}"#, Err("strategy"));
+        check(r#"{"dynamicPorts": "0-10"}"#, Err("dynamicPorts"));
+        check(r#"{"dynamicPorts": "10-5"}"#, Err("dynamicPorts"));
+        check(r#"{"dynamicPorts": "abc"}"#, Err("dynamicPorts"));
+        check(r#"{"dynamicPorts": "1-70000"}"#, Err("dynamicPorts"));
+        check(r#"{"voters": 0}"#, Err("voters"));
+        check(r#"{"voters": 8}"#, Err("voters"));
+        check(r#"{"voters": -1}"#, Err("voters"));
+        check(r#"{"voters": 1e30}"#, Err("voters"));
+        check(r#"{"restartBaseMs": 0}"#, Err("restartBaseMs"));
+        check(r#"{"restartMaxMs": 10}"#, Err("restartMaxMs"));
+        check(
+            r#"{"restartResetAfterMs": 86400001}"#,
+            Err("restartResetAfterMs"),
+        );
+        check(r#"{"color": "red"}"#, Err("color"));
+        check("[1]", Err(""));
+        check("{", Err(""));
+    }
+
+    #[test]
+    fn the_default_config_is_valid_and_renders_as_the_api_spells_it() {
+        let d = ClusterConfig::default();
+        assert_eq!(d.validate(), Ok(()));
+        let v = d.to_json();
+        assert_eq!(v["dynamicPorts"], "20000-32767");
+        assert_eq!(v["strategy"], "spread");
+        // What GET renders, PUT takes back unchanged.
+        let back = parse_config_patch(v.to_string().as_bytes(), &d).expect("round trip");
+        assert_eq!(back, d);
+    }
+}
