@@ -13,7 +13,20 @@
 //! - `sm_store`: the state machine (memory + redb rows) and snapshots.
 //! - `network`: the RPC client (reqwest, sourced from the advertise IP) and wire types.
 //! - `server`: the RPC server (axum) on the raft port.
-//! - `node`: `RaftNode`, write forwarding, ReadIndex, membership changes, the watchdog.
+//! - `node`: `RaftNode`, write forwarding, ReadIndex, membership changes, the watchdog;
+//!   `start_sim` builds one for the simulator (`orion-sim`).
+//! - `sim_disk`: the simulator's disk, a redb backend in memory that loses unsynced writes on
+//!   a simulated crash.
+//!
+//! # Seams for simulation
+//!
+//! Three seams let `orion-sim` run real nodes in one process on virtual time: every RPC goes
+//! through `RpcTransport` (HTTP in production) and arrives at `RpcHandler::handle` (what the
+//! axum routes call too); the stores open on a `SimDisk` with their writes inline instead of on
+//! threads; and the watchdog's jitter and snapshot ids come from a seed. openraft's own
+//! election timeout is drawn from `rand::thread_rng()`, which the simulator neutralises by
+//! giving each node a one-value range (`election_timeout_max = min + 1`) that it draws from
+//! its seed.
 //!
 //! # Elections that never stick
 //!
@@ -45,12 +58,15 @@ mod log_store;
 mod network;
 mod node;
 mod server;
+mod sim_disk;
 mod sm_store;
 mod types;
 
 pub use error::{NO_LEADER_MESSAGE, NotProposed, RaftError, StoreError, Unknown, WriteError};
-pub use network::{RPC_BODY_BYTES_MAX, paths};
-pub use node::{RaftConfig, RaftNode, RaftStatus, Role};
+pub use network::{BoxFuture, HttpTransport, RPC_BODY_BYTES_MAX, RpcFailure, RpcTransport, paths};
+pub use node::{RaftConfig, RaftNode, RaftStatus, Role, SimParts};
+pub use server::{Rejected, RpcHandler};
+pub use sim_disk::SimDisk;
 pub use sm_store::ApplyObserver;
 pub use types::{Peer, RaftId, raft_id};
 

@@ -66,6 +66,9 @@ pub struct LogStore {
     pending_committed: Arc<Mutex<PendingCommitted>>,
     /// The latest appended entries, as they are in redb.
     tail: Arc<Mutex<Tail>>,
+    /// Run redb writes on the calling task instead of a blocking thread (the simulator's
+    /// single-threaded runtime, whose disk is memory).
+    inline: bool,
 }
 
 #[derive(Default)]
@@ -139,7 +142,16 @@ impl Tail {
 impl LogStore {
     /// Opens (or creates) the log database at `path`.
     pub fn open(path: &Path) -> Result<LogStore, StoreError> {
-        let db = Database::create(path)?;
+        LogStore::with_db(Database::create(path)?, false)
+    }
+
+    /// Opens (or creates) the log database on a simulated disk; writes run inline.
+    pub(crate) fn open_sim(disk: &crate::sim_disk::SimDisk) -> Result<LogStore, StoreError> {
+        let db = Database::builder().create_with_backend(disk.log_backend())?;
+        LogStore::with_db(db, true)
+    }
+
+    fn with_db(db: Database, inline: bool) -> Result<LogStore, StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
@@ -149,6 +161,7 @@ impl LogStore {
             committed: Arc::new(AtomicU64::new(0)),
             pending_committed: Arc::default(),
             tail: Arc::default(),
+            inline,
         };
         let committed: Option<LogId<RaftId>> = store.read_meta(KEY_COMMITTED)?;
         store.set_committed_cache(committed.as_ref());
@@ -169,7 +182,7 @@ impl LogStore {
         }
         let slot = self.db.clone();
         let pending = self.pending_committed.clone();
-        blocking(move || {
+        blocking(self.inline, move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -218,7 +231,7 @@ impl LogStore {
         let bytes = serde_json::to_vec(value)?;
         let slot = self.db.clone();
         let pending = self.pending_committed.clone();
-        blocking(move || {
+        blocking(self.inline, move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
             txn.set_durability(durability)?;
@@ -336,12 +349,16 @@ fn commit_or_redirty(
 /// write anyway (openraft's core awaits every log write), runs it on its own thread while the
 /// runtime moves the other tasks to another worker. That saves the two thread hand-offs of
 /// `spawn_blocking`, tens of microseconds each, on every append. Elsewhere (a current-thread
-/// runtime, as in unit tests) it falls back to the blocking pool.
-pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+/// runtime, as in unit tests) it falls back to the blocking pool. `inline` (the simulator, whose
+/// disk is memory and whose runtime must stay on one thread) runs it right here.
+pub(crate) async fn blocking<T, F>(inline: bool, f: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
+    if inline {
+        return f();
+    }
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread {
@@ -416,7 +433,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let slot = self.db.clone();
         let pending = self.pending_committed.clone();
-        let res = blocking(move || {
+        let res = blocking(self.inline, move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -453,7 +470,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.lock_tail().truncate(log_id.index);
         let slot = self.db.clone();
         let pending = self.pending_committed.clone();
-        blocking(move || {
+        blocking(self.inline, move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -473,7 +490,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.lock_tail().purge(log_id.index);
         let slot = self.db.clone();
         let pending = self.pending_committed.clone();
-        blocking(move || {
+        blocking(self.inline, move || {
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
             // Safe without fsync: after a crash the purge may be undone, leaving more log than

@@ -1,13 +1,16 @@
-//! The client half of the inter-node RPC: HTTP/JSON over reqwest, to the peer's raft port.
+//! The client half of the inter-node RPC: JSON over a transport (HTTP via reqwest in
+//! production) to the peer's raft port.
 //!
-//! One `reqwest::Client` (one connection pool) per node, shared by Raft replication, votes,
+//! One `reqwest::Client` (one connection pool) per node in production, shared by Raft replication, votes,
 //! snapshots, write forwarding and read-index calls. Every outgoing connection is bound to this
 //! node's advertise IP (`local_address`), so a firewall rule on the source address cuts exactly
 //! this node's traffic, as a separate machine's would be cut. Every request has a timeout; a
 //! body larger than `RPC_BODY_BYTES_MAX` is refused before it is sent (append-entries then asks
 //! openraft for a smaller batch), and a response is read up to that size and no further.
 //!
-//! The routes and the wire types shared with the server half live here too.
+//! The bytes travel through an `RpcTransport`: `HttpTransport` in production, the simulator's
+//! in-memory network under simulation. The routes and the wire types shared with the server
+//! half live here too.
 
 use crate::types::{Peer, RaftId, TypeConfig};
 use openraft::error::{
@@ -22,6 +25,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Routes on the raft port.
@@ -100,16 +104,36 @@ pub enum RpcFailure {
     Decode { addr: String, msg: String },
 }
 
-/// The pooled HTTP client of one node.
-#[derive(Clone, Debug)]
-pub struct RpcClient {
-    http: reqwest::Client,
-    rpc_timeout: Duration,
+/// How one node's RPC bytes reach a peer and its answer comes back: HTTP in production
+/// (`HttpTransport`), memory with simulated faults in the simulator. Every inter-node call
+/// (append entries, vote, snapshot, forwarded write, read index) goes through it.
+///
+/// `post` sends the JSON `body` to `path` on the node whose raft address is `addr` and yields
+/// the JSON answer of a 2xx reply, or why there is none. Contract: `RpcFailure::Connect` only
+/// when nothing was delivered (a retry is safe); a failure after delivery is any other variant.
+pub trait RpcTransport: Send + Sync + 'static {
+    fn post(
+        &self,
+        addr: &str,
+        path: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, RpcFailure>>;
 }
 
-impl RpcClient {
+/// A boxed, sendable future (the transport is used as a trait object).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The production transport: one pooled HTTP client, every connection sourced from the
+/// node's advertise IP.
+#[derive(Clone, Debug)]
+pub struct HttpTransport {
+    http: reqwest::Client,
+}
+
+impl HttpTransport {
     /// A client whose every connection is sourced from `local_ip`.
-    pub fn new(local_ip: IpAddr, rpc_timeout: Duration) -> Result<RpcClient, reqwest::Error> {
+    pub fn new(local_ip: IpAddr, rpc_timeout: Duration) -> Result<HttpTransport, reqwest::Error> {
         let http = reqwest::Client::builder()
             .local_address(local_ip)
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
@@ -118,7 +142,92 @@ impl RpcClient {
             .tcp_nodelay(true)
             .no_proxy()
             .build()?;
-        Ok(RpcClient { http, rpc_timeout })
+        Ok(HttpTransport { http })
+    }
+}
+
+impl RpcTransport for HttpTransport {
+    fn post(
+        &self,
+        addr: &str,
+        path: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, RpcFailure>> {
+        let http = self.http.clone();
+        let addr = addr.to_string();
+        Box::pin(async move {
+            let fail = |e: reqwest::Error| {
+                if e.is_connect() {
+                    RpcFailure::Connect {
+                        addr: addr.clone(),
+                        msg: e.to_string(),
+                    }
+                } else if e.is_timeout() {
+                    RpcFailure::Timeout {
+                        addr: addr.clone(),
+                        ms: timeout.as_millis() as u64,
+                    }
+                } else {
+                    RpcFailure::Transport {
+                        addr: addr.clone(),
+                        msg: e.to_string(),
+                    }
+                }
+            };
+            let mut resp = http
+                .post(format!("http://{addr}{path}"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .timeout(timeout)
+                .body(body)
+                .send()
+                .await
+                .map_err(fail)?;
+            let status = resp.status();
+            let mut buf = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(fail)? {
+                if buf.len() + chunk.len() > RPC_BODY_BYTES_MAX {
+                    return Err(RpcFailure::Decode {
+                        addr: addr.clone(),
+                        msg: "reply body over the limit".to_string(),
+                    });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            if !status.is_success() {
+                return Err(RpcFailure::Status {
+                    addr: addr.clone(),
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&buf[..buf.len().min(256)]).into_owned(),
+                });
+            }
+            Ok(buf)
+        })
+    }
+}
+
+/// One node's RPC client: JSON encoding, the size bound and the timeout over a transport.
+#[derive(Clone)]
+pub struct RpcClient {
+    transport: Arc<dyn RpcTransport>,
+    rpc_timeout: Duration,
+}
+
+impl RpcClient {
+    /// The production client: HTTP, every connection sourced from `local_ip`.
+    pub fn new(local_ip: IpAddr, rpc_timeout: Duration) -> Result<RpcClient, reqwest::Error> {
+        Ok(RpcClient::over(
+            Arc::new(HttpTransport::new(local_ip, rpc_timeout)?),
+            rpc_timeout,
+        ))
+    }
+
+    /// A client over any transport (the simulator's).
+    pub fn over(transport: Arc<dyn RpcTransport>, rpc_timeout: Duration) -> RpcClient {
+        RpcClient {
+            transport,
+            rpc_timeout,
+        }
     }
 
     /// The default per-request timeout.
@@ -126,11 +235,11 @@ impl RpcClient {
         self.rpc_timeout
     }
 
-    /// POSTs `body` as JSON to `http://{addr}{path}` and decodes the JSON reply.
+    /// POSTs `body` as JSON to `path` on `addr` and decodes the JSON reply.
     pub async fn post<Req, Resp>(
         &self,
         addr: &str,
-        path: &str,
+        path: &'static str,
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcFailure>
@@ -145,51 +254,7 @@ impl RpcClient {
         if bytes.len() > RPC_BODY_BYTES_MAX {
             return Err(RpcFailure::TooLarge(bytes.len()));
         }
-        let fail = |e: reqwest::Error| {
-            if e.is_connect() {
-                RpcFailure::Connect {
-                    addr: addr.to_string(),
-                    msg: e.to_string(),
-                }
-            } else if e.is_timeout() {
-                RpcFailure::Timeout {
-                    addr: addr.to_string(),
-                    ms: timeout.as_millis() as u64,
-                }
-            } else {
-                RpcFailure::Transport {
-                    addr: addr.to_string(),
-                    msg: e.to_string(),
-                }
-            }
-        };
-        let mut resp = self
-            .http
-            .post(format!("http://{addr}{path}"))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(timeout)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(fail)?;
-        let status = resp.status();
-        let mut buf = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(fail)? {
-            if buf.len() + chunk.len() > RPC_BODY_BYTES_MAX {
-                return Err(RpcFailure::Decode {
-                    addr: addr.to_string(),
-                    msg: "reply body over the limit".to_string(),
-                });
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        if !status.is_success() {
-            return Err(RpcFailure::Status {
-                addr: addr.to_string(),
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&buf[..buf.len().min(256)]).into_owned(),
-            });
-        }
+        let buf = self.transport.post(addr, path, bytes, timeout).await?;
         serde_json::from_slice(&buf).map_err(|e| RpcFailure::Decode {
             addr: addr.to_string(),
             msg: e.to_string(),
@@ -228,7 +293,7 @@ impl PeerNetwork {
 
     async fn call<Req, Resp, E>(
         &self,
-        path: &str,
+        path: &'static str,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<RaftId, Peer, RaftError<RaftId, E>>>

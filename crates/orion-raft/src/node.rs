@@ -12,10 +12,12 @@
 
 use crate::error::{NotProposed, RaftError, StoreError, Unknown, WriteError};
 use crate::log_store::LogStore;
+use crate::network::RpcTransport;
 use crate::network::{
     ForwardError, NetworkFactory, ReadIndexRequest, RpcClient, RpcFailure, paths,
 };
-use crate::server::{self, LeaderContact, ServerState};
+use crate::server::{self, LeaderContact, RpcHandler, ServerState};
+use crate::sim_disk::SimDisk;
 use crate::sm_store::StateMachineStore;
 use crate::types::{Peer, RaftId, TypeConfig, raft_id};
 use openraft::error::{ClientWriteError, RaftError as OpenRaftError};
@@ -215,6 +217,17 @@ pub struct RaftNode {
     inner: Arc<Inner>,
 }
 
+/// What a simulated node uses instead of sockets, files and thread-local randomness
+/// (`RaftNode::start_sim`).
+pub struct SimParts {
+    /// Carries this node's outgoing RPC.
+    pub transport: Arc<dyn RpcTransport>,
+    /// Holds its two redb files; keep a clone to crash it.
+    pub disk: SimDisk,
+    /// Seeds the watchdog's jitter and the snapshot ids.
+    pub seed: u64,
+}
+
 /// Where a leader-only call goes.
 enum Target {
     Local,
@@ -229,7 +242,6 @@ impl RaftNode {
     /// port actually bound (tests use this).
     pub async fn start(mut cfg: RaftConfig) -> Result<RaftNode, RaftError> {
         cfg.validate()?;
-        let config = Arc::new(cfg.openraft_config()?);
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StoreError::DataDir {
             path: cfg.data_dir.display().to_string(),
             source,
@@ -261,26 +273,12 @@ impl RaftNode {
         let rpc_timeout = Duration::from_millis(cfg.rpc_timeout_ms);
         let rpc = RpcClient::new(cfg.advertise.ip(), rpc_timeout)
             .map_err(|e| RaftError::Config(format!("http client: {e}")))?;
+        // Seeded from the config (random per start, logged) so a run can be told apart.
+        let jitter = Jitter::new(cfg.watchdog_seed);
+        let node = RaftNode::assemble(cfg, log, sm, rpc, jitter).await?;
 
-        let id = raft_id(&cfg.node_id);
-        let raft = Raft::new(
-            id,
-            config,
-            NetworkFactory { rpc: rpc.clone() },
-            log.clone(),
-            sm.clone(),
-        )
-        .await
-        .map_err(|e| RaftError::Raft(e.to_string()))?;
-
-        let contact = Arc::new(LeaderContact::default());
-        let (shutdown_tx, _) = watch::channel(false);
-        let app = server::router(ServerState {
-            raft: raft.clone(),
-            contact: contact.clone(),
-            rpc_timeout,
-        });
-        let mut stop = shutdown_tx.subscribe();
+        let app = server::router(node.server_state());
+        let mut stop = node.inner.shutdown_tx.subscribe();
         let server = tokio::spawn(async move {
             // Raft messages are small and latency-bound: never let Nagle hold a reply back.
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -295,7 +293,45 @@ impl RaftNode {
                 tracing::error!(error = %e, "raft RPC server failed");
             }
         });
+        node.tasks().push(server);
+        Ok(node)
+    }
 
+    /// Starts a node for the deterministic simulator: its stores on `parts.disk`, its RPC
+    /// through `parts.transport` (peers reach it through `rpc_handler`, no socket is bound),
+    /// every store write inline on the calling task, and the watchdog's jitter and the
+    /// snapshot ids drawn from `parts.seed`. Run it on a current-thread runtime with paused
+    /// time; everything else is the production code path.
+    pub async fn start_sim(cfg: RaftConfig, parts: SimParts) -> Result<RaftNode, RaftError> {
+        cfg.validate()?;
+        let mut seeds = Jitter::new(parts.seed);
+        let log = LogStore::open_sim(&parts.disk)?;
+        let sm = StateMachineStore::open_sim(&parts.disk, seeds.next())?;
+        let rpc = RpcClient::over(parts.transport, Duration::from_millis(cfg.rpc_timeout_ms));
+        let jitter = Jitter::new(seeds.next());
+        RaftNode::assemble(cfg, log, sm, rpc, jitter).await
+    }
+
+    /// Builds openraft over the opened stores and starts the watchdog.
+    async fn assemble(
+        cfg: RaftConfig,
+        log: LogStore,
+        sm: StateMachineStore,
+        rpc: RpcClient,
+        jitter: Jitter,
+    ) -> Result<RaftNode, RaftError> {
+        let config = Arc::new(cfg.openraft_config()?);
+        let id = raft_id(&cfg.node_id);
+        let raft = Raft::new(
+            id,
+            config,
+            NetworkFactory { rpc: rpc.clone() },
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| RaftError::Raft(e.to_string()))?;
+        let (shutdown_tx, _) = watch::channel(false);
         let node = RaftNode {
             inner: Arc::new(Inner {
                 cfg,
@@ -304,7 +340,7 @@ impl RaftNode {
                 log,
                 sm,
                 rpc,
-                contact,
+                contact: Arc::new(LeaderContact::default()),
                 started: Instant::now(),
                 shutdown_tx,
                 tasks: Mutex::new(Vec::new()),
@@ -317,9 +353,10 @@ impl RaftNode {
             node.inner.cfg.clone(),
             node.inner.contact.clone(),
             node.inner.started,
+            jitter,
             node.inner.shutdown_tx.subscribe(),
         ));
-        node.tasks().extend([server, watchdog]);
+        node.tasks().push(watchdog);
         tracing::info!(
             node = %node.inner.cfg.node_id,
             raft_id = id,
@@ -329,6 +366,20 @@ impl RaftNode {
             "raft started"
         );
         Ok(node)
+    }
+
+    fn server_state(&self) -> ServerState {
+        ServerState {
+            raft: self.inner.raft.clone(),
+            contact: self.inner.contact.clone(),
+            rpc_timeout: Duration::from_millis(self.inner.cfg.rpc_timeout_ms),
+        }
+    }
+
+    /// What this node's RPC routes do, callable without a socket (the simulator's transport
+    /// delivers peers' requests here).
+    pub fn rpc_handler(&self) -> RpcHandler {
+        RpcHandler(self.server_state())
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
@@ -405,7 +456,15 @@ impl RaftNode {
         }
         let step = Duration::from_millis(self.inner.cfg.heartbeat_ms).min(deadline - now);
         let mut rx = self.inner.raft.metrics();
-        let _ = tokio::time::timeout(step, rx.changed()).await;
+        // `metrics()` clones a receiver that never marks anything seen: without this, every
+        // `changed()` after the first metrics update answers at once and the caller spins
+        // (found by the simulator, where a spin never lets virtual time reach the deadline).
+        rx.borrow_and_update();
+        if let Ok(Err(_)) = tokio::time::timeout(step, rx.changed()).await {
+            // Raft's core has stopped (a storage failure): the channel answers at once
+            // forever, so wait the step out instead of spinning until the deadline.
+            tokio::time::sleep(step).await;
+        }
         Instant::now() < deadline
     }
 
@@ -800,6 +859,25 @@ fn map_membership_result<T>(
     }
 }
 
+/// The watchdog's jitter: SplitMix64 from a seed (random in production, the simulation's
+/// seed under simulation), so a simulated run draws the same delays every time.
+pub(crate) struct Jitter(u64);
+
+impl Jitter {
+    pub(crate) fn new(seed: u64) -> Jitter {
+        Jitter(seed)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        orion_types::env::splitmix64(&mut self.0)
+    }
+
+    /// A number below `bound` (0 when `bound` is 0).
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+}
+
 /// The no-leader watchdog; see the crate docs ("Elections that never stick").
 async fn watchdog(
     raft: Raft<TypeConfig>,
@@ -807,13 +885,13 @@ async fn watchdog(
     cfg: RaftConfig,
     contact: Arc<LeaderContact>,
     started: Instant,
+    mut jitter: Jitter,
     mut stop: watch::Receiver<bool>,
 ) {
     let stuck = Duration::from_millis(WATCHDOG_STUCK_FACTOR * cfg.election_timeout_max_ms);
     // Checking at the heartbeat is far finer than the 1.8 s threshold needs.
     let check = Duration::from_millis(cfg.heartbeat_ms);
     let mut last_kick: Option<Instant> = None;
-    let mut rng = cfg.watchdog_seed;
     let leaderless_for = |last_kick: Option<Instant>| -> Option<Duration> {
         let m = raft.metrics().borrow().clone();
         if m.state == Role0::Leader || m.state == Role0::Shutdown {
@@ -836,7 +914,9 @@ async fn watchdog(
         (gap > stuck).then_some(gap)
     };
     loop {
+        // Biased: the branch order must not depend on tokio's thread-local RNG (simulation).
         tokio::select! {
+            biased;
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(check) => {}
         }
@@ -844,12 +924,11 @@ async fn watchdog(
             continue;
         }
         // Jitter so two stuck survivors do not kick at the same instant again.
-        let jitter = Duration::from_millis(
-            orion_types::env::splitmix64(&mut rng) % cfg.election_timeout_max_ms.max(1),
-        );
+        let delay = Duration::from_millis(jitter.below(cfg.election_timeout_max_ms));
         tokio::select! {
+            biased;
             _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(jitter) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
         let Some(gap) = leaderless_for(last_kick) else {
             continue;

@@ -9,6 +9,10 @@
 //! `SNAPSHOT_BYTES_MAX`, or a term or index above `TERM_OR_INDEX_MAX`, gets 400 before it can reach openraft's internal assertions or
 //! allocations. Nothing a peer sends can panic this node.
 //!
+//! The routes are thin: each decodes its JSON and calls a plain async fn (`on_append`, ...),
+//! which `RpcHandler::handle` also calls for a transport that delivers bytes itself (the
+//! simulator), so both paths run the same checks and the same openraft calls.
+//!
 //! Every accepted append-entries or snapshot chunk stamps `LeaderContact`, which the status
 //! and the no-leader watchdog read.
 
@@ -122,13 +126,18 @@ fn check_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
     Ok(())
 }
 
-async fn append(
-    State(s): State<ServerState>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> HttpResponse {
+/// What a route answers: the JSON reply, or a 400 with the reason.
+type Handled = Result<Vec<u8>, String>;
+
+fn reply<T: serde::Serialize>(value: &T) -> Handled {
+    serde_json::to_vec(value).map_err(|e| format!("cannot encode the reply: {e}"))
+}
+
+/// Append entries, checked, then handed to openraft; stamps `LeaderContact` when accepted.
+pub(crate) async fn on_append(s: &ServerState, req: AppendEntriesRequest<TypeConfig>) -> Handled {
     if let Err(msg) = check_append(&req) {
         tracing::warn!(%msg, "refused a malformed append-entries request");
-        return bad_request(msg);
+        return Err(msg);
     }
     let res = s.raft.append_entries(req).await;
     if let Ok(resp) = &res
@@ -136,23 +145,23 @@ async fn append(
     {
         s.contact.touch();
     }
-    Json(res).into_response()
+    reply(&res)
 }
 
-async fn vote(State(s): State<ServerState>, Json(req): Json<VoteRequest<RaftId>>) -> HttpResponse {
+pub(crate) async fn on_vote(s: &ServerState, req: VoteRequest<RaftId>) -> Handled {
     if let Err(msg) =
         check_vote(&req.vote).and(check_log_id("last_log_id", req.last_log_id.as_ref()))
     {
         tracing::warn!(%msg, "refused a malformed vote request");
-        return bad_request(msg);
+        return Err(msg);
     }
-    Json(s.raft.vote(req).await).into_response()
+    reply(&s.raft.vote(req).await)
 }
 
-async fn snapshot(
-    State(s): State<ServerState>,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> HttpResponse {
+pub(crate) async fn on_snapshot(
+    s: &ServerState,
+    req: InstallSnapshotRequest<TypeConfig>,
+) -> Handled {
     // openraft seeks its in-memory buffer to `offset` and writes there: an absurd offset
     // would allocate that much. Refuse chunks beyond any snapshot this node would accept.
     let meta_ok = check_vote(&req.vote)
@@ -163,11 +172,11 @@ async fn snapshot(
         ));
     if let Err(msg) = meta_ok {
         tracing::warn!(%msg, "refused a malformed snapshot chunk");
-        return bad_request(msg);
+        return Err(msg);
     }
     let end = req.offset.saturating_add(req.data.len() as u64);
     if end > SNAPSHOT_BYTES_MAX {
-        return bad_request(format!(
+        return Err(format!(
             "snapshot chunk ends at byte {end}, beyond the {SNAPSHOT_BYTES_MAX}-byte limit"
         ));
     }
@@ -175,28 +184,114 @@ async fn snapshot(
     if res.is_ok() {
         s.contact.touch();
     }
-    Json(res).into_response()
+    reply(&res)
 }
 
 /// A peer's write. The peer is not trusted to have validated it: the command is checked by
 /// the same rules as the API's (`Command::validate`) and refused, unproposed, if invalid.
-async fn forward(State(s): State<ServerState>, Json(cmd): Json<Command>) -> HttpResponse {
+pub(crate) async fn on_forward(s: &ServerState, cmd: Command) -> Handled {
     if let Err(e) = cmd.validate() {
         tracing::warn!(kind = cmd.kind(), error = %e, "refused an invalid forwarded command");
         let refused: Result<Response, ForwardError> = Err(ForwardError::Invalid {
             field: e.field,
             message: e.message,
         });
-        return Json(refused).into_response();
+        return reply(&refused);
     }
-    Json(local_write(&s.raft, cmd, s.rpc_timeout).await).into_response()
+    reply(&local_write(&s.raft, cmd, s.rpc_timeout).await)
+}
+
+pub(crate) async fn on_read_index(s: &ServerState, _req: ReadIndexRequest) -> Handled {
+    reply(&local_read_index(&s.raft, s.rpc_timeout).await)
+}
+
+fn respond(res: Handled) -> HttpResponse {
+    match res {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(msg) => bad_request(msg),
+    }
+}
+
+async fn append(
+    State(s): State<ServerState>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> HttpResponse {
+    respond(on_append(&s, req).await)
+}
+
+async fn vote(State(s): State<ServerState>, Json(req): Json<VoteRequest<RaftId>>) -> HttpResponse {
+    respond(on_vote(&s, req).await)
+}
+
+async fn snapshot(
+    State(s): State<ServerState>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> HttpResponse {
+    respond(on_snapshot(&s, req).await)
+}
+
+async fn forward(State(s): State<ServerState>, Json(cmd): Json<Command>) -> HttpResponse {
+    respond(on_forward(&s, cmd).await)
 }
 
 async fn read_index(
     State(s): State<ServerState>,
-    Json(_req): Json<ReadIndexRequest>,
+    Json(req): Json<ReadIndexRequest>,
 ) -> HttpResponse {
-    Json(local_read_index(&s.raft, s.rpc_timeout).await).into_response()
+    respond(on_read_index(&s, req).await)
+}
+
+/// The server half without a socket: what the routes do, for a transport that delivers
+/// bytes itself (the simulator). Cheap to clone.
+#[derive(Clone)]
+pub struct RpcHandler(pub(crate) ServerState);
+
+/// Why `RpcHandler::handle` gave no JSON reply: the HTTP status and body a route would send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub status: u16,
+    pub body: String,
+}
+
+impl RpcHandler {
+    /// Handles one request to `path` with JSON `body`, exactly as the route would: a body
+    /// that is not the route's JSON gets 400 (axum would say 400 or 422), an unknown path 404.
+    pub async fn handle(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, Rejected> {
+        fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejected> {
+            serde_json::from_slice(body).map_err(|e| Rejected {
+                status: 400,
+                body: e.to_string(),
+            })
+        }
+        if body.len() > RPC_BODY_BYTES_MAX {
+            return Err(Rejected {
+                status: 413,
+                body: "request body over the limit".to_string(),
+            });
+        }
+        let s = &self.0;
+        let res = match path {
+            paths::APPEND => on_append(s, decode(body)?).await,
+            paths::VOTE => on_vote(s, decode(body)?).await,
+            paths::SNAPSHOT => on_snapshot(s, decode(body)?).await,
+            paths::FORWARD => on_forward(s, decode(body)?).await,
+            paths::READ_INDEX => on_read_index(s, decode(body)?).await,
+            other => {
+                return Err(Rejected {
+                    status: 404,
+                    body: format!("no route {other}"),
+                });
+            }
+        };
+        res.map_err(|msg| Rejected {
+            status: 400,
+            body: serde_json::json!({ "error": msg }).to_string(),
+        })
+    }
 }
 
 /// Proposes `cmd` on this node, which must lead, and waits up to `timeout` for its commit.

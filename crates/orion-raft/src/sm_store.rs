@@ -25,6 +25,10 @@
 //! `SYNC_EVERY_BATCHES`-th batch is fsync'd anyway, to bound that replay and let redb reclaim
 //! pages, and shutdown syncs once more.
 //!
+//! In the simulator (`open_sim`) there is no writer thread: each job runs inline, on the
+//! task that queued it, in the same order, with the same transactions and durabilities (only
+//! the merging of queued batches is gone, since nothing ever queues behind the caller).
+//!
 //! A snapshot is the whole `ClusterState` with its `last_applied` and membership, as JSON; the
 //! current one is stored in redb too, so it survives a restart and can be sent to a new learner.
 
@@ -107,14 +111,24 @@ struct Shared {
     applied: RwLock<Applied>,
     /// Applied index (0 before the first entry); bumps after each apply batch or install.
     applied_tx: watch::Sender<u64>,
-    /// To the writer thread. Sent to under the `applied` lock, so jobs queue in apply order.
-    writer: mpsc::Sender<Job>,
+    /// To the writer. Sent to under the `applied` lock, so jobs queue in apply order.
+    writer: Writer,
     /// Set by the writer when a write failed; nothing is written after that.
     failed: Arc<Mutex<Option<String>>>,
     /// Held while a snapshot is taken or installed, or a sync runs: one at a time.
     persist: tokio::sync::Mutex<()>,
     snapshot_seq: AtomicU64,
     observer: RwLock<Option<Arc<dyn ApplyObserver>>>,
+}
+
+/// Where jobs go: the writer thread, or (simulator) run at once on the caller.
+enum Writer {
+    Thread(mpsc::Sender<Job>),
+    /// Batches written so far, for `SYNC_EVERY_BATCHES`.
+    Inline {
+        slot: Arc<DbSlot>,
+        batches: Mutex<u64>,
+    },
 }
 
 /// What the writer thread does, in the order queued.
@@ -171,18 +185,45 @@ fn run_writer(slot: Arc<DbSlot>, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Opti
                         Err(_) => break,
                     }
                 }
-                if failed_message(&failed).is_some() {
-                    continue;
-                }
-                // Fsync when this merge crosses a multiple of SYNC_EVERY_BATCHES.
-                let sync = (batches + merged) / SYNC_EVERY_BATCHES > batches / SYNC_EVERY_BATCHES;
-                batches += merged;
-                if let Err(e) = write_apply(&slot, &rows, &last, sync) {
-                    tracing::error!(error = %e, "writing the state machine failed");
-                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                }
+                write_merged(&slot, &rows, &last, merged, &mut batches, &failed);
             }
         }
+    }
+}
+
+/// Runs one job inline (the simulator's writer).
+fn run_inline(slot: &DbSlot, batches: &Mutex<u64>, job: Job, failed: &Mutex<Option<String>>) {
+    match job {
+        Job::Barrier(f) => match failed_message(failed) {
+            Some(msg) => f(Err(StoreError::WriteFailed(msg))),
+            None => f(slot.get()),
+        },
+        Job::Apply(mut rows) => {
+            let merged: BTreeMap<_, _> = std::mem::take(&mut rows.rows).into_iter().collect();
+            let mut n = batches.lock().unwrap_or_else(|p| p.into_inner());
+            write_merged(slot, &merged, &rows, 1, &mut n, failed);
+        }
+    }
+}
+
+/// Writes `merged` apply batches as one transaction, fsync'd when the count crosses a
+/// multiple of `SYNC_EVERY_BATCHES`; a failure stops every later write.
+fn write_merged(
+    slot: &DbSlot,
+    rows: &BTreeMap<String, Option<Vec<u8>>>,
+    last: &ApplyRows,
+    merged: u64,
+    batches: &mut u64,
+    failed: &Mutex<Option<String>>,
+) {
+    if failed_message(failed).is_some() {
+        return;
+    }
+    let sync = (*batches + merged) / SYNC_EVERY_BATCHES > *batches / SYNC_EVERY_BATCHES;
+    *batches += merged;
+    if let Err(e) = write_apply(slot, rows, last, sync) {
+        tracing::error!(error = %e, "writing the state machine failed");
+        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
     }
 }
 
@@ -233,7 +274,25 @@ fn applied_index(log_id: Option<&LogId<RaftId>>) -> u64 {
 impl StateMachineStore {
     /// Opens (or creates) the state database at `path` and loads it into memory.
     pub fn open(path: &Path) -> Result<StateMachineStore, StoreError> {
-        let db = Database::create(path)?;
+        let seq = RandomState::new().hash_one(path);
+        StateMachineStore::load(Database::create(path)?, false, seq)
+    }
+
+    /// Opens (or creates) the state database on a simulated disk, with no writer thread;
+    /// snapshot ids count from `snapshot_seq` (drawn from the simulation's seed).
+    pub(crate) fn open_sim(
+        disk: &crate::sim_disk::SimDisk,
+        snapshot_seq: u64,
+    ) -> Result<StateMachineStore, StoreError> {
+        let db = Database::builder().create_with_backend(disk.state_backend())?;
+        StateMachineStore::load(db, true, snapshot_seq)
+    }
+
+    fn load(
+        db: Database,
+        inline: bool,
+        snapshot_seq: u64,
+    ) -> Result<StateMachineStore, StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(ROWS)?;
         txn.open_table(SM_META)?;
@@ -282,15 +341,21 @@ impl StateMachineStore {
         let (applied_tx, _) = watch::channel(applied_index(applied.last_applied.as_ref()));
         let slot = DbSlot::new(db);
         let failed = Arc::new(Mutex::new(None));
-        let (writer, rx) = mpsc::channel();
-        {
+        let writer = if inline {
+            Writer::Inline {
+                slot: slot.clone(),
+                batches: Mutex::new(0),
+            }
+        } else {
+            let (writer, rx) = mpsc::channel();
             let slot = slot.clone();
             let failed = failed.clone();
             std::thread::Builder::new()
                 .name("orion-sm-writer".to_string())
                 .spawn(move || run_writer(slot, rx, failed))
                 .map_err(|e| StoreError::Join(format!("cannot start the state writer: {e}")))?;
-        }
+            Writer::Thread(writer)
+        };
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 db: slot,
@@ -299,17 +364,22 @@ impl StateMachineStore {
                 writer,
                 failed,
                 persist: tokio::sync::Mutex::new(()),
-                snapshot_seq: AtomicU64::new(RandomState::new().hash_one(path)),
+                snapshot_seq: AtomicU64::new(snapshot_seq),
                 observer: RwLock::new(None),
             }),
         })
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.shared
-            .writer
-            .send(job)
-            .map_err(|_| StoreError::Join("the state writer stopped".to_string()))
+        match &self.shared.writer {
+            Writer::Thread(tx) => tx
+                .send(job)
+                .map_err(|_| StoreError::Join("the state writer stopped".to_string())),
+            Writer::Inline { slot, batches } => {
+                run_inline(slot, batches, job, &self.shared.failed);
+                Ok(())
+            }
+        }
     }
 
     /// Queues `f` behind every job queued so far; the receiver gets its result.

@@ -12,8 +12,6 @@
 #[path = "faults/checker.rs"]
 mod checker;
 mod common;
-#[path = "faults/linearizability.rs"]
-mod linearizability;
 #[path = "faults/nemesis.rs"]
 mod nemesis;
 #[path = "faults/workload.rs"]

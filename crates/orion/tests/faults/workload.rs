@@ -19,63 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// forwarding margin), so a timeout here means the cluster did not answer at all.
 const OP_TIMEOUT: Duration = Duration::from_secs(6);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum OpKind {
-    Create,
-    Read,
-    Delete,
-    /// A consistent `GET /tasks`: one observation of every register at once.
-    List,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Outcome {
-    Ok,
-    Fail,
-    Unknown,
-}
-
-/// What a write's non-success status says about it (API.md): 503 is "surely not applied,
-/// retry", so it counts as failed, and the checker calls it a violation if the write shows up
-/// anyway; 504 and any other 5xx "may or may not have been applied"; 4xx was refused.
-pub fn write_outcome(status: u16) -> Outcome {
-    match status {
-        503 => Outcome::Fail,
-        s if s >= 500 => Outcome::Unknown,
-        _ => Outcome::Fail,
-    }
-}
-
-impl Outcome {
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Fail => "fail",
-            Outcome::Unknown => "unknown",
-        }
-    }
-}
-
-/// One recorded operation.
-#[derive(Debug, Clone)]
-pub struct Op {
-    pub client: usize,
-    pub kind: OpKind,
-    /// The task name (register key); empty for a list.
-    pub name: String,
-    pub node: usize,
-    pub call_us: u64,
-    pub return_us: u64,
-    pub outcome: Outcome,
-    pub status: Option<u16>,
-    /// The task state seen by a read or answered by a delete, "absent" for a 404 read; for a
-    /// list, `name=state` pairs in `seen`.
-    pub observed: Option<String>,
-    pub seen: Vec<(String, String)>,
-    /// Task id, when the answer gave one.
-    pub id: Option<String>,
-    pub error: Option<String>,
-}
+pub use orion_sim::history::{Op, OpKind, Outcome, write_outcome};
 
 /// The shared record of the run.
 pub struct History {

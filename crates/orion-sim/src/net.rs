@@ -1,0 +1,306 @@
+//! The simulated network: an `RpcTransport` that delivers one node's RPC bytes to another
+//! node's `RpcHandler` in memory, with seeded delay, loss, duplication (and so reordering),
+//! partitions and one-way cuts.
+//!
+//! A call is a request message and a reply message. Every draw (delays, loss, duplicate) is
+//! made from the run's one generator when the call starts, so the same seed makes the same
+//! draws in the same order. The request is delivered after its delay, if the link from the
+//! caller to the target is up *at that moment* and the target is alive; the handler then runs
+//! as its own task (a server finishes what it received even when the caller gave up); its
+//! reply travels back if the reverse link is up when the reply is sent. A lost request or
+//! reply leaves the caller waiting until its timeout (`RpcFailure::Timeout`: it cannot know
+//! whether the request arrived); a request to a node that is down, or over a link cut when it
+//! is sent, fails after a short connect delay with `RpcFailure::Connect` (nothing was
+//! delivered, as with a refused or unroutable connection).
+
+use crate::rng::Rng;
+use crate::trace::{Trace, fnv};
+use orion_raft::{BoxFuture, RpcFailure, RpcHandler, RpcTransport};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A connect to a dead or unreachable node fails after this: a refused connection is quick, an
+/// unroutable one waits for the client's connect timeout (500 ms in production); the
+/// simulator takes a value between, the same for every such call.
+const CONNECT_FAIL_MS: u64 = 50;
+
+/// Degradation of every link, changed by the nemesis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weather {
+    /// One-way delay is uniform in `delay_min_ms..=delay_max_ms`.
+    pub delay_min_ms: u64,
+    pub delay_max_ms: u64,
+    /// Per message, in thousandths.
+    pub loss_per_mille: u64,
+    /// Per request: delivered twice (the copy later by its own delay), in thousandths.
+    pub dup_per_mille: u64,
+}
+
+impl Weather {
+    /// A LAN: 0.1..1 ms one way, nothing lost or duplicated.
+    pub const CALM: Weather = Weather {
+        delay_min_ms: 0,
+        delay_max_ms: 1,
+        loss_per_mille: 0,
+        dup_per_mille: 0,
+    };
+}
+
+struct State {
+    rng: Rng,
+    weather: Weather,
+    /// Raft address -> (node index, handler) of every node that is up.
+    up: BTreeMap<String, (usize, RpcHandler)>,
+    /// The current life of each node that is up; calls from an older life (tasks of a
+    /// crashed node not yet wound down) go nowhere.
+    lives: BTreeMap<usize, u64>,
+    /// Directed links that drop everything: (from, to).
+    cut: BTreeSet<(usize, usize)>,
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+}
+
+/// The network all nodes of a run share. Cheap to clone.
+#[derive(Clone)]
+pub struct SimNet {
+    state: Arc<Mutex<State>>,
+    trace: Arc<Trace>,
+}
+
+/// What one call will meet, drawn when it starts.
+struct Plan {
+    request_ms: u64,
+    reply_ms: u64,
+    lose_request: bool,
+    lose_reply: bool,
+    duplicate_after_ms: Option<u64>,
+}
+
+impl SimNet {
+    pub fn new(seed: u64, trace: Arc<Trace>) -> SimNet {
+        SimNet {
+            state: Arc::new(Mutex::new(State {
+                rng: Rng::new(seed),
+                weather: Weather::CALM,
+                up: BTreeMap::new(),
+                lives: BTreeMap::new(),
+                cut: BTreeSet::new(),
+                delivered: 0,
+                lost: 0,
+                duplicated: 0,
+            })),
+            trace,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The transport of node `from` in its life `life`.
+    pub fn transport(&self, from: usize, life: u64) -> Arc<dyn RpcTransport> {
+        Arc::new(SimTransport {
+            from,
+            life,
+            net: self.clone(),
+        })
+    }
+
+    /// Node `index`, in its life `life`, answers at `addr` from now on.
+    pub fn up(&self, index: usize, life: u64, addr: &str, handler: RpcHandler) {
+        let mut s = self.lock();
+        s.up.insert(addr.to_string(), (index, handler));
+        s.lives.insert(index, life);
+    }
+
+    /// Node `index` at `addr` neither answers nor sends from now on.
+    pub fn down(&self, index: usize, addr: &str) {
+        let mut s = self.lock();
+        s.up.remove(addr);
+        s.lives.remove(&index);
+    }
+
+    pub fn set_weather(&self, w: Weather) {
+        self.lock().weather = w;
+    }
+
+    /// Drops everything from `from` to `to`.
+    pub fn cut(&self, from: usize, to: usize) {
+        self.lock().cut.insert((from, to));
+    }
+
+    /// Every link up again and the weather calm.
+    pub fn heal(&self) {
+        let mut s = self.lock();
+        s.cut.clear();
+        s.weather = Weather::CALM;
+    }
+
+    /// (delivered, lost, duplicated) messages so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let s = self.lock();
+        (s.delivered, s.lost, s.duplicated)
+    }
+
+    fn plan(&self) -> Plan {
+        let mut s = self.lock();
+        let w = s.weather;
+        let delay = |rng: &mut Rng| rng.range(w.delay_min_ms, w.delay_max_ms);
+        let request_ms = delay(&mut s.rng);
+        let reply_ms = delay(&mut s.rng);
+        let lose_request = s.rng.chance(w.loss_per_mille);
+        let lose_reply = s.rng.chance(w.loss_per_mille);
+        let dup = s.rng.chance(w.dup_per_mille);
+        let dup_ms = delay(&mut s.rng);
+        Plan {
+            request_ms,
+            reply_ms,
+            lose_request,
+            lose_reply,
+            duplicate_after_ms: dup.then_some(dup_ms),
+        }
+    }
+
+    /// The target's handler if the sender (in its life) and the target are up and the link
+    /// between them is not cut.
+    fn reach(&self, from: (usize, u64), addr: &str) -> Option<(usize, RpcHandler)> {
+        let s = self.lock();
+        if s.lives.get(&from.0) != Some(&from.1) {
+            return None;
+        }
+        let from = from.0;
+        let (to, h) = s.up.get(addr)?;
+        (!s.cut.contains(&(from, *to))).then(|| (*to, h.clone()))
+    }
+
+    fn link_up(&self, from: usize, to: usize) -> bool {
+        !self.lock().cut.contains(&(from, to))
+    }
+
+    fn count(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.lock());
+    }
+
+    async fn call(
+        self,
+        sender: (usize, u64),
+        addr: String,
+        path: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcFailure> {
+        let from = sender.0;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let plan = self.plan();
+        let Some((to, _)) = self.reach(sender, &addr) else {
+            tokio::time::sleep(Duration::from_millis(CONNECT_FAIL_MS).min(timeout)).await;
+            return Err(unreachable(addr));
+        };
+        let body_hash = fnv(&body);
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        let net = self.clone();
+        let addr2 = addr.clone();
+        let body = Arc::new(body);
+        let copy = body.clone();
+        // The request's journey and the handler run on their own task.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(plan.request_ms)).await;
+            let Some((_, handler)) = net.reach(sender, &addr2).filter(|_| !plan.lose_request)
+            else {
+                net.count(|s| s.lost += 1);
+                net.trace
+                    .record(format_args!("lost n{from}->n{to} {path} {body_hash:016x}"));
+                return;
+            };
+            net.count(|s| s.delivered += 1);
+            net.trace.record(format_args!(
+                "deliver n{from}->n{to} {path} {body_hash:016x}"
+            ));
+            let res = handler.handle(path, &body).await;
+            tokio::time::sleep(Duration::from_millis(plan.reply_ms)).await;
+            if plan.lose_reply || !net.link_up(to, from) {
+                net.count(|s| s.lost += 1);
+                net.trace
+                    .record(format_args!("lost reply n{to}->n{from} {path}"));
+                return;
+            }
+            let summary = match &res {
+                Ok(bytes) => format!("{:016x}", fnv(bytes)),
+                Err(r) => format!("status {}", r.status),
+            };
+            net.trace
+                .record(format_args!("reply n{to}->n{from} {path} {summary}"));
+            let _ = reply_tx.send(res);
+        });
+        if let Some(after) = plan.duplicate_after_ms {
+            let net = self.clone();
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(plan.request_ms + after)).await;
+                if let Some((to, handler)) = net.reach(sender, &addr) {
+                    net.count(|s| s.duplicated += 1);
+                    net.trace.record(format_args!(
+                        "duplicate n{from}->n{to} {path} {body_hash:016x}"
+                    ));
+                    // The copy's reply goes nowhere: its caller already has one.
+                    let _ = handler.handle(path, &copy).await;
+                }
+            });
+        }
+        match tokio::time::timeout_at(deadline, reply_rx).await {
+            Ok(Ok(Ok(bytes))) => Ok(bytes),
+            Ok(Ok(Err(rejected))) => Err(RpcFailure::Status {
+                addr,
+                status: rejected.status,
+                body: rejected.body,
+            }),
+            // Lost on the way (the sender was dropped) or too slow: the caller waits it out.
+            Ok(Err(_)) => {
+                tokio::time::sleep_until(deadline).await;
+                Err(RpcFailure::Timeout {
+                    addr,
+                    ms: timeout.as_millis() as u64,
+                })
+            }
+            Err(_) => Err(RpcFailure::Timeout {
+                addr,
+                ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+}
+
+/// The failure of a call that reached no one: nothing was delivered.
+fn unreachable(addr: String) -> RpcFailure {
+    RpcFailure::Connect {
+        addr,
+        msg: "simulated: unreachable".to_string(),
+    }
+}
+
+/// One node's view of the network.
+struct SimTransport {
+    from: usize,
+    life: u64,
+    net: SimNet,
+}
+
+impl RpcTransport for SimTransport {
+    fn post(
+        &self,
+        addr: &str,
+        path: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, RpcFailure>> {
+        Box::pin(self.net.clone().call(
+            (self.from, self.life),
+            addr.to_string(),
+            path,
+            body,
+            timeout,
+        ))
+    }
+}
