@@ -99,6 +99,30 @@ pub enum WriteError {
     Rejected(orion_types::api::ValidationError),
 }
 
+impl WriteError {
+    /// The HTTP status a client is answered with, the one place the rule lives: 503 when the
+    /// write surely was not proposed (a retry is safe), 504 when it may or may not have been
+    /// applied, 400 when it was refused as invalid.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            WriteError::NotProposed(_) => 503,
+            WriteError::Unknown(_) => 504,
+            WriteError::Rejected(_) => 400,
+        }
+    }
+
+    /// What the client is told.
+    pub fn client_message(&self) -> String {
+        match self {
+            WriteError::NotProposed(NotProposed::Shutdown) => {
+                "this node is shutting down; ask another".to_string()
+            }
+            WriteError::Rejected(v) => v.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Why a write surely was not proposed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotProposed {

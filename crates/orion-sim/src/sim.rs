@@ -195,12 +195,10 @@ struct SimApi {
     ids: Arc<SeededIds>,
 }
 
+/// As the agent answers (`WriteError::http_status` holds the rule).
 fn write_error(e: WriteError) -> ApiError {
-    match e {
-        WriteError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
-        WriteError::NoLeader(m) | WriteError::Other(m) => ApiError::unavailable(m),
-        WriteError::Shutdown => ApiError::unavailable("this node is shutting down"),
-    }
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    ApiError::new(status, e.client_message())
 }
 
 impl Backend for SimApi {
@@ -237,6 +235,8 @@ impl Backend for SimApi {
             learners: s.learners,
             membership_changing: s.membership_changing,
             version: "sim".to_string(),
+            // The simulator runs no gossip yet.
+            gossip_seed: 0,
         }
     }
 

@@ -81,16 +81,9 @@ pub struct Node {
 /// The three write outcomes as HTTP: surely not proposed is 503 (retry), unknown is 504
 /// ("may or may not have been applied"), invalid is 400.
 fn write_error(e: WriteError) -> ApiError {
-    match e {
-        WriteError::NotProposed(NotProposed::Shutdown) => {
-            ApiError::unavailable("this node is shutting down; ask another")
-        }
-        WriteError::NotProposed(_) => ApiError::unavailable(e.to_string()),
-        WriteError::Unknown(_) => {
-            ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, e.to_string())
-        }
-        WriteError::Rejected(v) => ApiError::bad_request(v.to_string()),
-    }
+    let status = axum::http::StatusCode::from_u16(e.http_status())
+        .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    ApiError::new(status, e.client_message())
 }
 
 /// Counts one create in flight for as long as it lives: the count goes down when the create
