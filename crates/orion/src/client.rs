@@ -7,8 +7,9 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+mod progress;
 mod service;
 
 /// How long `run --wait` waits for a task to run or fail.
@@ -660,27 +661,26 @@ async fn run_task(a: RunArgs) -> Result<()> {
         .await?;
     let id = task["id"].as_str().unwrap_or_default().to_string();
     if a.wait {
-        let start = Instant::now();
-        let mut last = String::new();
+        let mut progress = progress::Progress::spinner();
         loop {
             let t = api.get(&format!("/tasks/{id}")).await?;
             let state = t["state"].as_str().unwrap_or("").to_string();
-            if state != last {
-                let mut line = format!("{:>6.1}s  {state}", start.elapsed().as_secs_f64());
-                if let Some(n) = t["node"].as_str() {
-                    line.push_str(&format!(" on {n}"));
-                }
-                if let Some(r) = t["reason"].as_str() {
-                    line.push_str(&format!(": {r}"));
-                }
-                if state == "running" && !ports_text(&t["ports"]).is_empty() {
-                    line.push_str(&format!(" ({})", ports_text(&t["ports"])));
-                }
-                eprintln!("{line}");
-                last = state.clone();
+            let mut line = state.clone();
+            if let Some(n) = t["node"].as_str() {
+                line.push_str(&format!(" on {n}"));
             }
+            if let Some(r) = t["reason"].as_str() {
+                line.push_str(&format!(": {r}"));
+            }
+            if state == "running" && !ports_text(&t["ports"]).is_empty() {
+                line.push_str(&format!(" ({})", ports_text(&t["ports"])));
+            }
+            progress.update(None, &line);
             match state.as_str() {
-                "running" | "completed" => break,
+                "running" | "completed" => {
+                    progress.finish();
+                    break;
+                }
                 "failed" | "stopped" => {
                     println!("{id}");
                     bail!(
@@ -691,7 +691,7 @@ async fn run_task(a: RunArgs) -> Result<()> {
                 }
                 _ => {}
             }
-            if start.elapsed() > WAIT_LIMIT {
+            if progress.elapsed() > WAIT_LIMIT {
                 println!("{id}");
                 bail!("task {} still {state} after {:?}", short(&id), WAIT_LIMIT);
             }

@@ -7,7 +7,7 @@ use super::{Api, ClientArgs, age, pairs, ports_text, print_json, print_table, sh
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A deployment is followed at most this long: a 1000-replica service updated one task at a
 /// time with a 5 s monitor window takes well under it; past it the command says where the
@@ -351,8 +351,7 @@ async fn create(a: CreateArgs) -> Result<()> {
 
 /// Waits until every desired task runs, showing the count as it changes.
 async fn wait_converged(api: &Api, id: &str) -> Result<()> {
-    let start = Instant::now();
-    let mut last = String::new();
+    let mut progress = super::progress::Progress::bar(0);
     loop {
         let s = api.get(&format!("/services/{id}")).await?;
         let (running, desired) = (
@@ -360,17 +359,16 @@ async fn wait_converged(api: &Api, id: &str) -> Result<()> {
             s["replicas"]["desired"].as_u64().unwrap_or(0),
         );
         let line = format!("{running}/{desired} running");
-        if line != last {
-            eprintln!("{:>6.1}s  {line}", start.elapsed().as_secs_f64());
-            last = line;
-        }
+        progress.update(Some((running.min(desired), desired)), &line);
         if running >= desired {
+            progress.finish();
             return Ok(());
         }
-        if start.elapsed() > CREATE_WAIT_LIMIT {
+        if progress.elapsed() > CREATE_WAIT_LIMIT {
             // The service exists; its tasks may be waiting for room. Say so and return.
+            drop(progress);
             eprintln!(
-                "service {id}: {last} after {CREATE_WAIT_LIMIT:?}; still converging (orion service ps {id})"
+                "service {id}: {line} after {CREATE_WAIT_LIMIT:?}; still converging (orion service ps {id})"
             );
             return Ok(());
         }
@@ -662,8 +660,7 @@ fn service_ports_text(ports: &Value) -> String {
 /// user asked for succeeds when it rolled back; an update fails if it did not complete.
 async fn follow(api: &Api, id: &str, first: &Value, rollback: bool) -> Result<()> {
     let dep_id = first["deployment"]["id"].clone();
-    let start = Instant::now();
-    let mut last = String::new();
+    let mut progress = super::progress::Progress::bar(0);
     let mut s = first.clone();
     loop {
         let d = &s["deployment"];
@@ -677,11 +674,15 @@ async fn follow(api: &Api, id: &str, first: &Value, rollback: bool) -> Result<()
             d["total"],
             d["message"].as_str().unwrap_or("")
         );
-        if line != last {
-            eprintln!("{:>6.1}s  {line}", start.elapsed().as_secs_f64());
-            last = line;
-        }
+        let (updated, total) = (
+            d["updated"].as_u64().unwrap_or(0),
+            d["total"].as_u64().unwrap_or(0),
+        );
+        progress.update(Some((updated.min(total), total)), &line);
         let message = d["message"].as_str().unwrap_or("no reason given");
+        if matches!(state.as_str(), "completed" | "rolled-back" | "paused" | "failed") {
+            progress.finish();
+        }
         match state.as_str() {
             "completed" => {
                 println!("{id}: version {} deployed", s["version"]);
@@ -695,7 +696,7 @@ async fn follow(api: &Api, id: &str, first: &Value, rollback: bool) -> Result<()
             "rolled-back" | "paused" | "failed" => bail!("service {id}: the update {message}"),
             _ => {}
         }
-        if start.elapsed() > FOLLOW_LIMIT {
+        if progress.elapsed() > FOLLOW_LIMIT {
             bail!(
                 "service {id}: still {state} after {FOLLOW_LIMIT:?}; the update goes on (orion service inspect {id})"
             );
