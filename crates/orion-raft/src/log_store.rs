@@ -433,7 +433,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let slot = self.db.clone();
         let pending = self.pending_committed.clone();
+        // Observed for `/metrics` only: entries per append and the time of the durable
+        // (fsync'd) transaction, the cost that bounds the write path.
+        metrics::histogram!("orion_raft_append_entries").record(rows.len() as f64);
         let res = blocking(self.inline, move || {
+            let started = std::time::Instant::now();
             let db = slot.get()?;
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -445,6 +449,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             let wrote = write_pending_committed(&txn, &pending)?;
             commit_or_redirty(txn, &pending, wrote)?;
+            metrics::histogram!("orion_raft_append_seconds")
+                .record(started.elapsed().as_secs_f64());
             Ok(rows.into_iter().map(|(_, bytes)| bytes.len()))
         })
         .await;

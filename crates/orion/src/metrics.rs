@@ -1,10 +1,10 @@
 //! `GET /metrics`: Prometheus text format, on by default, every name prefixed `orion_`.
 //!
 //! Counters and histograms that code paths record as they happen (API requests, applied
-//! entries, placements, leader changes, executor passes, Docker calls) go through the `metrics`
-//! facade into one process-wide Prometheus recorder. Figures that are a view of the state (Raft
-//! indexes, members by state, pending tasks, service replicas) are set as gauges when scraped,
-//! so nothing has to keep them up to date.
+//! entries, log appends and their fsync time, placements, leader changes, executor passes,
+//! Docker calls) go through the `metrics` facade into one process-wide Prometheus recorder.
+//! Figures that are a view of the state (Raft indexes, members by state, pending tasks,
+//! service replicas) are set as gauges when scraped, so nothing has to keep them up to date.
 //!
 //! Label sets are bounded: routes are axum's route templates, never raw paths; commands are
 //! named by their kind; service ids are bounded by the number of services; no task id is ever a
@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 const LATENCY_BUCKETS_S: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-/// Entries per Raft apply batch.
+/// Entries per Raft log append.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -36,7 +36,7 @@ pub fn install() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_S)
                 .and_then(|b| {
                     b.set_buckets_for_metric(
-                        Matcher::Full("orion_raft_apply_batch_entries".into()),
+                        Matcher::Full("orion_raft_append_entries".into()),
                         BATCH_BUCKETS,
                     )
                 })
@@ -72,6 +72,11 @@ fn describe() {
         "orion_raft_leader_changes_total",
         "New leaders seen in the log (one per term that elected one)"
     );
+    describe_histogram!(
+        "orion_raft_append_seconds",
+        "Time of one durable (fsync'd) log append"
+    );
+    describe_histogram!("orion_raft_append_entries", "Entries per log append");
     describe_gauge!("orion_raft_term", "Current Raft term");
     describe_gauge!("orion_raft_commit_index", "Raft commit index");
     describe_gauge!(

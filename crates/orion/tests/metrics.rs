@@ -71,6 +71,8 @@ async fn metrics_pass_promtool_and_move_with_work() {
         "orion_controller_turn_seconds_bucket",
         "orion_docker_call_seconds_bucket",
         "orion_api_request_seconds_bucket",
+        "orion_raft_append_seconds_bucket",
+        "orion_raft_append_entries_bucket",
     ] {
         assert!(after.contains(name), "{name} missing:\n{after}");
     }

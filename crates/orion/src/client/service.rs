@@ -680,7 +680,10 @@ async fn follow(api: &Api, id: &str, first: &Value, rollback: bool) -> Result<()
         );
         progress.update(Some((updated.min(total), total)), &line);
         let message = d["message"].as_str().unwrap_or("no reason given");
-        if matches!(state.as_str(), "completed" | "rolled-back" | "paused" | "failed") {
+        if matches!(
+            state.as_str(),
+            "completed" | "rolled-back" | "paused" | "failed"
+        ) {
             progress.finish();
         }
         match state.as_str() {
