@@ -3,29 +3,11 @@
 
 use super::*;
 use orion_types::api::parse_task_request;
-use orion_types::{AllocStatus, BackoffConfig, NodeMeta, Placement, Resources};
-use std::collections::BTreeMap;
-
-fn meta(id: &str, generation: u64) -> Box<NodeMeta> {
-    Box::new(NodeMeta {
-        id: id.to_string(),
-        generation,
-        api_addr: "127.0.0.1:8000".into(),
-        raft_addr: "127.0.0.1:7000".into(),
-        gossip_addr: "127.0.0.1:6000".into(),
-        publish_ip: "127.0.0.1".into(),
-        capacity: Resources {
-            memory_bytes: 1 << 30,
-            cpu_millis: 2000,
-        },
-        labels: BTreeMap::new(),
-        version: "test".into(),
-    })
-}
+use orion_types::{AllocStatus, BackoffConfig, NodeMeta, Placement};
 
 fn up(id: &str, generation: u64) -> Command {
     Command::UpsertNode {
-        meta: meta(id, generation),
+        meta: Box::new(NodeMeta::fixture(id, generation)),
         at: 1,
     }
 }

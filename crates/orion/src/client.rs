@@ -416,21 +416,7 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             if let Some(t) = tail {
                 url.push_str(&format!("&tail={t}"));
             }
-            let mut req = api.http.get(url);
-            if !follow {
-                req = req.timeout(REQUEST_TIMEOUT);
-            }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
-            if !resp.status().is_success() {
-                let v: Value = resp.json().await.unwrap_or(Value::Null);
-                bail!(
-                    "{}",
-                    v["error"].as_str().unwrap_or("logs are not available")
-                );
-            }
+            let resp = open_stream(&api, url, follow, "logs are not available").await?;
             let mut stream = resp.bytes_stream();
             let mut out = std::io::stdout();
             while let Some(chunk) = stream.next().await {
@@ -449,6 +435,29 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
     }
 }
 
+/// Opens a streamed answer (logs, events): bounded in time unless followed; a refusal is the
+/// node's JSON error, or `otherwise`.
+async fn open_stream(
+    api: &Api,
+    url: String,
+    follow: bool,
+    otherwise: &str,
+) -> Result<reqwest::Response> {
+    let mut req = api.http.get(url);
+    if !follow {
+        req = req.timeout(REQUEST_TIMEOUT);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
+    if !resp.status().is_success() {
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!("{}", v["error"].as_str().unwrap_or(otherwise));
+    }
+    Ok(resp)
+}
+
 /// `orion events`: one line per event (`--json`: the API's JSON lines as they come).
 async fn print_events(
     c: ClientArgs,
@@ -464,21 +473,7 @@ async fn print_events(
     if !topics.is_empty() {
         url.push_str(&format!("&topic={}", topics.join(",")));
     }
-    let mut req = api.http.get(url);
-    if !follow {
-        req = req.timeout(REQUEST_TIMEOUT);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| anyhow!("cannot reach orion at {}: {}", api.base, root_cause(&e)))?;
-    if !resp.status().is_success() {
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        bail!(
-            "{}",
-            v["error"].as_str().unwrap_or("events are not available")
-        );
-    }
+    let resp = open_stream(&api, url, follow, "events are not available").await?;
     let mut stream = resp.bytes_stream();
     let mut out = std::io::stdout();
     let mut partial: Vec<u8> = Vec::new();
