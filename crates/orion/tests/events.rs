@@ -193,3 +193,90 @@ async fn a_tasks_life_streams_in_order_and_resumes_without_gap_or_duplicate() {
     let (status, _) = events(&api, &format!("index={oldest}")).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_life_and_its_rollout_stream_in_order() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let a = Agent::start("ev-s1", "127.0.60.2".parse().expect("ip"), &[]);
+    wait_healthy(&a).await;
+    wait_leader(&a).await;
+    let api = a.api.clone();
+    let body = |env: &str| {
+        format!(
+            r#"{{"name": "evweb", "image": "{IMAGE}", "command": ["sleep", "3600"], "memory": "16m",
+                "stopGracePeriod": "1s", "env": {{"V": "{env}"}}, "update": {{"monitor": "500ms"}}}}"#
+        )
+    };
+    let (status, _) = post(&api, "/services", &body("1")).await.expect("create");
+    assert_eq!(status, 201);
+    let (status, _) = post(&api, "/services/evweb/scale", r#"{"replicas": 2}"#)
+        .await
+        .expect("scale");
+    assert_eq!(status, 200);
+    let resp = client()
+        .put(format!("{api}/services/evweb"))
+        .header("content-type", "application/json")
+        .body(body("2"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 200);
+    wait_for(Duration::from_secs(60), "the rollout to complete", || {
+        let api = api.clone();
+        async move {
+            let (_, s) = get(&api, "/services/evweb").await.ok()?;
+            (s["deployment"]["state"] == "completed").then_some(())
+        }
+    })
+    .await;
+    let (status, _) = delete(&api, "/services/evweb").await.expect("delete");
+    assert_eq!(status, 200);
+    wait_for(Duration::from_secs(30), "the service to go", || {
+        let api = api.clone();
+        async move {
+            let (status, _) = get(&api, "/services/evweb").await.ok()?;
+            (status == 404).then_some(())
+        }
+    })
+    .await;
+
+    let (_, all) = events(&api, "topic=service,deployment").await;
+    let seen: Vec<String> = all
+        .iter()
+        .filter(|e| e["key"] == "evweb")
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["topic"].as_str().unwrap_or(""),
+                e["type"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let expected = [
+        "service created",
+        "service scaled",
+        "service updated",
+        "deployment started",
+        "deployment completed",
+        "service deleted",
+    ];
+    let mut at = 0;
+    for want in expected {
+        let pos = seen[at..]
+            .iter()
+            .position(|t| t == want)
+            .unwrap_or_else(|| panic!("{want} missing or out of order in {seen:?}"));
+        at += pos + 1;
+    }
+    // Its tasks' lives are there too, under the task topic.
+    let (_, tasks) = events(&api, "topic=task").await;
+    assert!(
+        tasks.iter().any(|e| e["type"] == "running"
+            && e["payload"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("evweb"))),
+        "no running event of the service's tasks"
+    );
+}
