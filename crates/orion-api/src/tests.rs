@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tower::ServiceExt;
 
 #[derive(Default)]
-struct MemBackend {
+pub(crate) struct MemBackend {
     state: Mutex<ClusterState>,
     ids: AtomicU64,
     writes: AtomicU64,
@@ -56,7 +56,7 @@ impl Backend for MemBackend {
 }
 
 /// Sends one request and returns status and JSON body.
-async fn call(
+pub(crate) async fn call(
     b: &Arc<MemBackend>,
     method: &str,
     uri: &str,

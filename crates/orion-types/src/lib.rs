@@ -165,7 +165,7 @@ impl TaskState {
 }
 
 /// A port as bound on the host, reported by the node that runs the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PortMapping {
     pub container_port: u16,
