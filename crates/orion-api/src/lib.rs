@@ -218,8 +218,8 @@ async fn set_drain<B: Backend>(b: Arc<B>, id: String, drain: bool) -> Result<Res
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
-    /// Only tasks in this state: pending, scheduled, starting, running, completed, failed,
-    /// stopped or lost.
+    /// Only tasks in this state.
+    #[param(value_type = Option<orion_types::TaskState>)]
     state: Option<String>,
     /// Only tasks placed on this node.
     node: Option<String>,

@@ -49,6 +49,7 @@ pub struct HealthBody {
 #[schema(example = json!({"replicas": 5}))]
 pub struct ScaleRequest {
     /// From 0 to `limits::SERVICE_REPLICAS_MAX`.
+    #[schema(maximum = 1000)]
     pub replicas: u32,
 }
 

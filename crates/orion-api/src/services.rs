@@ -35,6 +35,7 @@ pub(crate) struct ListQuery {
 #[into_params(parameter_in = Query)]
 pub(crate) struct TasksQuery {
     /// Only tasks in this state.
+    #[param(value_type = Option<orion_types::TaskState>)]
     state: Option<String>,
     /// `true`: first catch up with everything the leader has committed.
     consistent: Option<bool>,

@@ -38,6 +38,7 @@ pub struct TaskView {
     /// `stopAfterDisconnect` as a duration string; absent when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_after_disconnect: Option<String>,
+    #[schema(value_type = orion_types::TaskState)]
     pub state: String,
     pub node: Option<String>,
     pub allocation: Option<String>,

@@ -115,7 +115,7 @@ pub struct TaskEvent {
 }
 
 /// The life of a task, as users see it (API.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Accepted, waiting for a node.

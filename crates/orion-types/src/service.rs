@@ -539,8 +539,10 @@ const UPDATE_FIELDS: &[&str] = &[
 pub struct ServiceRequest {
     /// A DNS label (`[a-z0-9-]`, 1 to 63). Required on `POST`; on `PUT` it defaults to the
     /// path's. The service id is `name`, or `name.stack` with a stack.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: Option<String>,
     /// A DNS label grouping services.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub stack: Option<String>,
     /// Image reference. Required.
     pub image: String,
@@ -559,8 +561,10 @@ pub struct ServiceRequest {
     /// Default `replicated`.
     pub mode: Option<ServiceMode>,
     /// Replicated services only; default 1.
+    #[schema(maximum = 1000)]
     pub replicas: Option<u32>,
     /// Most tasks of this service on one node; 0 or absent: no limit. Replicated only.
+    #[schema(maximum = 1000)]
     pub max_per_node: Option<u32>,
     pub ports: Option<Vec<ServicePortRequest>>,
     pub healthcheck: Option<HealthcheckRequest>,
@@ -1132,6 +1136,26 @@ mod tests {
             sorted(HEALTHCHECK_FIELDS)
         );
         assert_eq!(schema_fields::<UpdateRequest>(), sorted(UPDATE_FIELDS));
+    }
+
+    /// The bounds the schema states are the parser's: the literal in `#[schema(maximum)]`
+    /// follows `SERVICE_REPLICAS_MAX`, and the name pattern accepts what `check_dns_label`
+    /// accepts.
+    #[test]
+    fn service_request_schema_bounds_are_the_parsers() {
+        let schema = serde_json::to_value(<ServiceRequest as utoipa::PartialSchema>::schema())
+            .expect("schema");
+        let props = &schema["properties"];
+        for field in ["replicas", "maxPerNode"] {
+            assert_eq!(
+                props[field]["maximum"].as_f64(),
+                Some(f64::from(SERVICE_REPLICAS_MAX)),
+                "{field}"
+            );
+        }
+        let pattern = props["name"]["pattern"].as_str().expect("pattern");
+        assert_eq!(pattern, "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$");
+        assert_eq!(props["stack"]["pattern"].as_str(), Some(pattern));
     }
 
     /// Parses `body` and checks the outcome: `Ok(())` for a valid spec, or the field the

@@ -322,6 +322,15 @@ fn node_status_and_event_views_conform() {
     }
 }
 
+/// `POST /services/{id}/scale` states the bound the handler enforces.
+#[test]
+fn scale_request_maximum_is_the_replica_limit() {
+    let s = spec();
+    let max = &s["components"]["schemas"]["ScaleRequest"]["properties"]["replicas"]["maximum"];
+    let limit = orion_types::limits::SERVICE_REPLICAS_MAX;
+    assert_eq!(max.as_f64(), Some(f64::from(limit)));
+}
+
 /// The checker itself refuses what it must, so the tests above can fail.
 #[test]
 fn the_conformance_check_refuses_drift() {
