@@ -380,7 +380,7 @@ async fn delete_task<B: Backend>(
 /// The cluster-wide settings.
 #[utoipa::path(get, path = "/cluster/config", tag = "cluster", params(ReadQuery),
     responses(
-        (status = 200, description = "The settings", body = orion_types::config::ClusterConfigView),
+        (status = 200, description = "The settings", body = orion_types::config::ClusterConfigJson),
         openapi::ReadErrors))]
 async fn get_cluster_config<B: Backend>(
     State(b): State<Arc<B>>,
@@ -398,9 +398,9 @@ async fn get_cluster_config<B: Backend>(
 /// later one carries the earlier value of the other's field.
 /// Changes some of the cluster-wide settings; the fields not given keep their value.
 #[utoipa::path(put, path = "/cluster/config", tag = "cluster",
-    request_body = orion_types::config::ClusterConfigPatch,
+    request_body = orion_types::config::ClusterConfigJson,
     responses(
-        (status = 200, description = "The settings now", body = orion_types::config::ClusterConfigView),
+        (status = 200, description = "The settings now", body = orion_types::config::ClusterConfigJson),
         openapi::WriteErrors, openapi::BodyErrors))]
 async fn put_cluster_config<B: Backend>(
     State(b): State<Arc<B>>,

@@ -130,7 +130,7 @@ pub(crate) enum BodyErrors {
         ResourcesView, StatusView, ServiceView, ServicePortView, HealthcheckView,
         HealthProbeView, UpdateView, ReplicasView, DeploymentView, EndpointView, EventDoc,
         orion_types::api::TaskRequest, orion_types::service::ServiceRequest,
-        orion_types::config::ClusterConfigView, orion_types::config::ClusterConfigPatch,
+        orion_types::config::ClusterConfigJson,
     )),
     tags(
         (name = "node", description = "The answering node"),

@@ -76,12 +76,12 @@ pub struct TaskRequest {
     /// Environment variables.
     pub env: Option<BTreeMap<String, String>>,
     /// Memory limit: bytes, or a size like `"100m"`, `"1g"`; 0 or absent: no limit.
-    pub memory: Option<SizeOrBytes>,
+    pub memory: Option<OrText<u64>>,
     /// CPU share in cores, e.g. 0.5; 0 or absent: no limit.
-    pub cpu: Option<NumberOrText>,
+    pub cpu: Option<OrText<f64>>,
     /// `{"CONTAINER_PORT[/tcp|udp]": "HOST_PORT"}`; host port `""` or `"0"`: Orion picks one
     /// from the dynamic range.
-    pub port_bindings: Option<BTreeMap<String, PortOrText>>,
+    pub port_bindings: Option<BTreeMap<String, OrText<u16>>>,
     /// Default `always`.
     pub restart_policy: Option<RestartPolicy>,
     pub labels: Option<BTreeMap<String, String>>,
@@ -95,27 +95,12 @@ pub struct TaskRequest {
     pub stop_after_disconnect: Option<String>,
 }
 
-/// A size in bytes: a number, or text like `"100m"`, `"1g"`, `"512Ki"` (documentation only).
+/// A value, or text that says the same (documentation only): a size in bytes or `"100m"`,
+/// cores or `"0.5"`, a port or `"8080"`, seconds or `"1m30s"`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-pub enum SizeOrBytes {
-    Bytes(u64),
-    Text(String),
-}
-
-/// A number, or the same number as text (documentation only).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum NumberOrText {
-    Number(f64),
-    Text(String),
-}
-
-/// A port number, or the same as text (documentation only).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum PortOrText {
-    Number(u16),
+pub enum OrText<T> {
+    Value(T),
     Text(String),
 }
 

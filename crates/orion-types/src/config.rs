@@ -163,11 +163,13 @@ const FIELDS: &[&str] = &[
     "restartResetAfterMs",
 ];
 
-/// The JSON of `GET /cluster/config` as the OpenAPI description shows it (`to_json` writes
-/// it by hand); a test checks both name the fields of `FIELDS`.
+/// The JSON of `GET /cluster/config` (every field) and of `PUT /cluster/config` (any of them),
+/// as the OpenAPI description shows it: `to_json` writes it and `parse_config_patch` reads it by
+/// hand; a test checks all three name the fields of `FIELDS`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterConfigView {
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[schema(example = json!({"strategy": "binpack", "voters": 5}))]
+pub struct ClusterConfigJson {
     /// Placement strategy of tasks that name none.
     pub strategy: Strategy,
     /// Host ports chosen for `0`/empty port bindings, `FIRST-LAST`, e.g. `20000-32767`.
@@ -182,24 +184,10 @@ pub struct ClusterConfigView {
     pub restart_reset_after_ms: u64,
 }
 
-/// The body of `PUT /cluster/config`: any of the fields of `GET`, merged over the current
-/// value (documentation only: `parse_config_patch` reads the JSON by hand).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-#[schema(example = json!({"strategy": "binpack", "voters": 5}))]
-pub struct ClusterConfigPatch {
-    pub strategy: Strategy,
-    pub dynamic_ports: String,
-    pub voters: u64,
-    pub restart_base_ms: u64,
-    pub restart_max_ms: u64,
-    pub restart_reset_after_ms: u64,
-}
-
-impl Default for ClusterConfigPatch {
+impl Default for ClusterConfigJson {
     fn default() -> Self {
         let c = ClusterConfig::default();
-        ClusterConfigPatch {
+        ClusterConfigJson {
             strategy: c.strategy,
             dynamic_ports: c.dynamic_ports.to_string(),
             voters: c.voters as u64,
@@ -293,8 +281,7 @@ mod tests {
         let mut written = written;
         written.sort();
         assert_eq!(written, sorted(FIELDS));
-        assert_eq!(schema_fields::<ClusterConfigView>(), sorted(FIELDS));
-        assert_eq!(schema_fields::<ClusterConfigPatch>(), sorted(FIELDS));
+        assert_eq!(schema_fields::<ClusterConfigJson>(), sorted(FIELDS));
     }
 
     /// A patch over the default config and the field of the error, or the resulting config.

@@ -9,7 +9,7 @@
 //! strings ("500ms", "5s", "1m30s") or a whole number of seconds.
 
 use crate::api::{
-    ValidationError, err, parse_object, parse_port_number, refuse_unknown, task_fields,
+    OrText, ValidationError, err, parse_object, parse_port_number, refuse_unknown, task_fields,
 };
 use crate::limits::{PORTS_MAX, SERVICE_DURATION_MAX_MS, SERVICE_REPLICAS_MAX};
 use crate::{Constraint, ConstraintOp, NodeAttr, PortSpec, Protocol, TaskSpec, UnixMillis};
@@ -549,9 +549,9 @@ pub struct ServiceRequest {
     pub command: Option<Vec<String>>,
     pub env: Option<BTreeMap<String, String>>,
     /// Per task: bytes, or a size like `"100m"`.
-    pub memory: Option<crate::api::SizeOrBytes>,
+    pub memory: Option<OrText<u64>>,
     /// Per task, in cores.
-    pub cpu: Option<crate::api::NumberOrText>,
+    pub cpu: Option<OrText<f64>>,
     pub labels: Option<BTreeMap<String, String>>,
     pub node_selectors: Option<BTreeMap<String, String>>,
     pub constraints: Option<Vec<String>>,
@@ -570,7 +570,7 @@ pub struct ServiceRequest {
     pub healthcheck: Option<HealthcheckRequest>,
     pub update: Option<UpdateRequest>,
     /// Time between the stop signal and the kill, e.g. `"10s"` (the default).
-    pub stop_grace_period: Option<DurationText>,
+    pub stop_grace_period: Option<OrText<u64>>,
 }
 
 /// An entry of a service's `ports` (documentation only).
@@ -578,9 +578,9 @@ pub struct ServiceRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePortRequest {
     /// The container's port. Required.
-    pub target: crate::api::PortOrText,
+    pub target: OrText<u16>,
     /// The host port; absent: none published.
-    pub published: Option<crate::api::PortOrText>,
+    pub published: Option<OrText<u16>>,
     /// Default `tcp`.
     pub protocol: Option<ServiceProtocol>,
     /// Default `ingress`.
@@ -611,13 +611,13 @@ pub struct HealthProbeRequest {
     /// Target port probed by `http`/`tcp`; default the first of `ports`.
     pub port: Option<u16>,
     /// Default `"5s"`.
-    pub interval: Option<DurationText>,
+    pub interval: Option<OrText<u64>>,
     /// Default `"2s"`.
-    pub timeout: Option<DurationText>,
+    pub timeout: Option<OrText<u64>>,
     /// Failures in a row before unhealthy; default 3.
     pub retries: Option<u32>,
     /// Failures during this time after start do not count; default `"0s"`.
-    pub start_period: Option<DurationText>,
+    pub start_period: Option<OrText<u64>>,
 }
 
 /// A service's `update` policy (documentation only).
@@ -627,24 +627,15 @@ pub struct UpdateRequest {
     /// Tasks replaced at a time; default 1.
     pub parallelism: Option<u32>,
     /// Pause between batches; default `"0s"`.
-    pub delay: Option<DurationText>,
+    pub delay: Option<OrText<u64>>,
     /// Default `start-first`.
     pub order: Option<UpdateOrder>,
     /// How long a new task is watched before it counts as updated; default `"5s"`.
-    pub monitor: Option<DurationText>,
+    pub monitor: Option<OrText<u64>>,
     /// Default `rollback`.
     pub failure_action: Option<FailureAction>,
     /// Share of failed tasks tolerated, from 0 to 1; default 0.
     pub max_failure_ratio: Option<f64>,
-}
-
-/// A duration: Docker's text (`"500ms"`, `"5s"`, `"1m30s"`) or whole seconds (documentation
-/// only).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum DurationText {
-    Seconds(u64),
-    Text(String),
 }
 
 /// Parses a `POST /services` or `PUT /services/{id}` body into a valid `ServiceSpec`.
