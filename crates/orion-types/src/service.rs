@@ -17,10 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum ServiceMode {
     /// `replicas` copies, each in a numbered slot.
     #[default]
@@ -39,20 +38,9 @@ impl ServiceMode {
 }
 
 /// A service port's protocol: `http` is TCP that the mesh may treat as HTTP.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum ServiceProtocol {
     Tcp,
     Udp,
@@ -77,20 +65,10 @@ impl ServiceProtocol {
 }
 
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum PortMode {
     /// Published on every node through the mesh (the discovery issue); until the mesh
     /// exists, published on the task's node.
@@ -169,10 +147,9 @@ impl Health {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(utoipa::ToSchema)]
 pub enum UpdateOrder {
     /// The new task starts and turns ready before the old one stops: no gap in service.
     #[default]
@@ -189,10 +166,9 @@ impl UpdateOrder {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum FailureAction {
     #[default]
     Rollback,
@@ -528,8 +504,9 @@ const UPDATE_FIELDS: &[&str] = &[
 /// The body of `POST /services` and `PUT /services/{id}` as the OpenAPI description shows it.
 /// `parse_service_request` reads the JSON by hand; this type only documents what it accepts,
 /// and a test checks that it names exactly the fields the parser knows (nested ones too).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 #[schema(example = json!({
     "name": "web", "stack": "shop", "image": "nginx:1.27", "replicas": 3,
     "ports": [{"target": 80, "published": 8080}],
@@ -574,8 +551,9 @@ pub struct ServiceRequest {
 }
 
 /// An entry of a service's `ports` (documentation only).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct ServicePortRequest {
     /// The container's port. Required.
     pub target: OrText<u16>,
@@ -590,8 +568,9 @@ pub struct ServicePortRequest {
 
 /// A service's `healthcheck`: `"image"` (the image's own HEALTHCHECK) or an object with
 /// exactly one of `http`, `tcp`, `exec` (documentation only).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
+#[derive(utoipa::ToSchema)]
 pub enum HealthcheckRequest {
     /// `"image"`.
     Image(String),
@@ -599,8 +578,9 @@ pub enum HealthcheckRequest {
 }
 
 /// A health probe (documentation only).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct HealthProbeRequest {
     /// An HTTP GET of this path must answer 2xx or 3xx.
     pub http: Option<String>,
@@ -621,8 +601,9 @@ pub struct HealthProbeRequest {
 }
 
 /// A service's `update` policy (documentation only).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct UpdateRequest {
     /// Tasks replaced at a time; default 1.
     pub parallelism: Option<u32>,
