@@ -62,6 +62,12 @@ pub fn spec_json(spec: &ServiceSpec) -> Map<String, Value> {
     o.insert("constraints".into(), json!(constraints));
     o.insert("restartPolicy".into(), json!(t.restart_policy.as_str()));
     o.insert("strategy".into(), json!(t.strategy.map(|s| s.as_str())));
+    if let Some(ms) = t.stop_after_disconnect_ms {
+        o.insert(
+            "stopAfterDisconnect".into(),
+            json!(orion_types::api::format_duration_ms(ms)),
+        );
+    }
     o.insert("mode".into(), json!(spec.mode.as_str()));
     if spec.mode == ServiceMode::Replicated {
         o.insert("replicas".into(), json!(spec.replicas));
@@ -224,6 +230,9 @@ pub struct ServiceView {
     pub constraints: Vec<String>,
     pub restart_policy: orion_types::RestartPolicy,
     pub strategy: Option<orion_types::Strategy>,
+    /// Absent when not set.
+    #[serde(default)]
+    pub stop_after_disconnect: Option<String>,
     pub mode: ServiceMode,
     /// Replicated services only.
     #[serde(default)]

@@ -288,6 +288,19 @@ mod services {
         check(&b, "DELETE", "/services/web", "", 404, "not found").await;
     }
 
+    /// Regression: the service object left out `stopAfterDisconnect`, so a service read and
+    /// `PUT` back lost it (found while writing its OpenAPI schema).
+    #[tokio::test]
+    async fn service_object_keeps_stop_after_disconnect() {
+        let b = Arc::new(MemBackend::default());
+        let body = r#"{"name":"web","image":"orion/busybox","stopAfterDisconnect":"30s"}"#;
+        let (status, svc) = call(&b, "POST", "/services", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{svc}");
+        assert_eq!(svc["stopAfterDisconnect"], "30s");
+        let (_, plain) = call(&b, "POST", "/services", WEB).await;
+        assert!(plain.get("stopAfterDisconnect").is_none(), "{plain}");
+    }
+
     #[tokio::test]
     async fn the_service_object_reads_back_as_the_same_spec() {
         let b = Arc::new(MemBackend::default());

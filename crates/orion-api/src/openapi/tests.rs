@@ -263,7 +263,8 @@ async fn answers_conform_to_the_described_schemas() {
     let global = r#"{"name":"agent","image":"orion/busybox","mode":"global",
         "healthcheck":"image","command":["sh","-c","exec sleep 1d"]}"#;
     check(&b, "POST", "/services", "/services", global).await;
-    let exec = r#"{"name":"db","image":"orion/busybox","healthcheck":{"exec":["true"]}}"#;
+    let exec = r#"{"name":"db","image":"orion/busybox","healthcheck":{"exec":["true"]},
+        "stopAfterDisconnect":"1m"}"#;
     check(&b, "POST", "/services", "/services", exec).await;
     check(&b, "GET", "/services", "/services", "").await;
     check(&b, "GET", "/services/web.shop", "/services/{id}", "").await;
