@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: what the README's second set-up command and .ci/run call.
 # Installs what the tests need from Debian (busybox-static for the local test image, iptables
-# for partitions, tmux for the terminal UI test), builds
+# for partitions, tmux for the terminal UI test, prometheus for promtool), builds
 # the test image, then runs every test of the workspace. Under CI=true the Docker and cluster
 # tests fail rather than skip when the engine is missing.
 set -euo pipefail
@@ -11,10 +11,11 @@ need_pkgs=()
 command -v busybox >/dev/null 2>&1 && busybox --list >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q "${need_pkgs[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
+  apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null; }
 fi
 
 if docker info >/dev/null 2>&1; then

@@ -98,6 +98,10 @@ pub trait Backend: Send + Sync + 'static {
     fn new_id(&self) -> String;
     /// Milliseconds since the Unix epoch, for the timestamps commands carry.
     fn now_ms(&self) -> u64;
+    /// This node's figures in Prometheus text format (`GET /metrics`), if it keeps them.
+    fn metrics(&self) -> Option<String> {
+        None
+    }
     /// This node's event history (`GET /events`), if it keeps one.
     fn events(&self) -> Option<Arc<orion_events::EventLog>> {
         None
@@ -123,6 +127,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/tasks/{id}", get(get_task::<B>).delete(delete_task::<B>))
         .route("/tasks/{id}/logs", get(task_logs::<B>))
         .route("/events", get(events::events::<B>))
+        .route("/metrics", get(metrics::<B>))
         .route(
             "/cluster/config",
             get(get_cluster_config::<B>).put(put_cluster_config::<B>),
@@ -149,6 +154,26 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
             )
         })
         .with_state(backend)
+}
+
+/// This node's figures in Prometheus text format (names prefixed `orion_`).
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 404, description = "This node keeps no metrics", body = ErrorBody)))]
+async fn metrics<B: Backend>(State(b): State<Arc<B>>) -> Response {
+    match b.metrics() {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => ApiError::not_found("this node keeps no metrics").into_response(),
+    }
 }
 
 /// Whether the node's API answers.

@@ -113,6 +113,7 @@ pub(crate) enum BodyErrors {
         crate::delete_task,
         crate::task_logs,
         crate::events::events,
+        crate::metrics,
         crate::get_cluster_config,
         crate::put_cluster_config,
         crate::services::list,

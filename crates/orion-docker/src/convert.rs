@@ -9,11 +9,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    EventMessageTypeEnum, HostConfig, PortBinding, PortMap,
+    EventMessageTypeEnum, Health, HealthStatusEnum, HostConfig, NetworkSettings, PortBinding,
+    PortMap,
 };
 
 use crate::error::RuntimeError;
-use crate::types::{BoundPort, ContainerEvent, ContainerInfo, ContainerSpec, ContainerState};
+use crate::types::{
+    BoundPort, ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, EngineHealth,
+    EngineHealthStatus,
+};
 
 /// Event attribute keys the engine adds next to the container's labels; they
 /// are dropped so that an event's `labels` are the container's labels.
@@ -110,7 +114,7 @@ pub(crate) fn container_info(
         .map(|l| l.into_iter().collect())
         .unwrap_or_default();
 
-    let (state, started_at, finished_at) = match resp.state {
+    let (state, started_at, finished_at, health) = match resp.state {
         Some(s) => {
             let state = match s.status {
                 Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
@@ -122,16 +126,23 @@ pub(crate) fn container_info(
                 Some(other) => ContainerState::Other(other.to_string()),
                 None => ContainerState::Other(String::new()),
             };
-            (state, real_time(s.started_at), real_time(s.finished_at))
+            (
+                state,
+                real_time(s.started_at),
+                real_time(s.finished_at),
+                s.health.and_then(engine_health),
+            )
         }
-        None => (ContainerState::Other(String::new()), None, None),
+        None => (ContainerState::Other(String::new()), None, None, None),
     };
 
-    let ports = resp
-        .network_settings
-        .and_then(|n| n.ports)
-        .map(bound_ports)
-        .unwrap_or_default();
+    let (ports, ip_address) = match resp.network_settings {
+        Some(n) => {
+            let ip = first_ip(&n);
+            (n.ports.map(bound_ports).unwrap_or_default(), ip)
+        }
+        None => (Vec::new(), None),
+    };
 
     Ok(ContainerInfo {
         id,
@@ -141,6 +152,33 @@ pub(crate) fn container_info(
         ports,
         started_at,
         finished_at,
+        ip_address,
+        health,
+    })
+}
+
+/// The container's address on its first network by name (the map's order is random).
+fn first_ip(n: &NetworkSettings) -> Option<String> {
+    let mut nets: Vec<_> = n.networks.as_ref()?.iter().collect();
+    nets.sort_by(|a, b| a.0.cmp(b.0));
+    nets.into_iter()
+        .filter_map(|(_, e)| e.ip_address.as_deref())
+        .find(|ip| !ip.is_empty())
+        .map(str::to_string)
+}
+
+/// `State.Health`, when the image defines a check; the latest run's output goes with it.
+fn engine_health(h: Health) -> Option<EngineHealth> {
+    let status = match h.status? {
+        HealthStatusEnum::STARTING => EngineHealthStatus::Starting,
+        HealthStatusEnum::HEALTHY => EngineHealthStatus::Healthy,
+        HealthStatusEnum::UNHEALTHY => EngineHealthStatus::Unhealthy,
+        HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => return None,
+    };
+    let last_output = h.log.and_then(|log| log.into_iter().last()?.output);
+    Some(EngineHealth {
+        status,
+        last_output,
     })
 }
 
@@ -327,6 +365,77 @@ mod tests {
                 host_port: 32768
             }]
         );
+    }
+
+    #[test]
+    fn info_reads_the_images_health_and_the_first_networks_address() {
+        use bollard::models::{EndpointSettings, HealthcheckResult};
+        let check = |status: Option<HealthStatusEnum>, want: Option<EngineHealthStatus>| {
+            let resp = ContainerInspectResponse {
+                id: Some("abc".into()),
+                state: Some(BState {
+                    status: Some(ContainerStateStatusEnum::RUNNING),
+                    health: Some(Health {
+                        status,
+                        failing_streak: Some(0),
+                        log: Some(vec![
+                            HealthcheckResult {
+                                output: Some("old".into()),
+                                ..Default::default()
+                            },
+                            HealthcheckResult {
+                                output: Some("last".into()),
+                                ..Default::default()
+                            },
+                        ]),
+                    }),
+                    ..Default::default()
+                }),
+                network_settings: Some(NetworkSettings {
+                    networks: Some(HashMap::from([
+                        (
+                            "zeta".to_string(),
+                            EndpointSettings {
+                                ip_address: Some("10.0.0.9".into()),
+                                ..Default::default()
+                            },
+                        ),
+                        (
+                            "bridge".to_string(),
+                            EndpointSettings {
+                                ip_address: Some("172.17.0.2".into()),
+                                ..Default::default()
+                            },
+                        ),
+                    ])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let info = container_info(resp).expect("has id");
+            assert_eq!(info.ip_address.as_deref(), Some("172.17.0.2"));
+            assert_eq!(info.health.as_ref().map(|h| h.status), want, "{status:?}");
+            if want.is_some() {
+                assert_eq!(
+                    info.health.and_then(|h| h.last_output).as_deref(),
+                    Some("last")
+                );
+            }
+        };
+        check(
+            Some(HealthStatusEnum::STARTING),
+            Some(EngineHealthStatus::Starting),
+        );
+        check(
+            Some(HealthStatusEnum::HEALTHY),
+            Some(EngineHealthStatus::Healthy),
+        );
+        check(
+            Some(HealthStatusEnum::UNHEALTHY),
+            Some(EngineHealthStatus::Unhealthy),
+        );
+        check(Some(HealthStatusEnum::NONE), None);
+        check(None, None);
     }
 
     #[test]

@@ -15,5 +15,6 @@ mod types;
 pub use error::RuntimeError;
 pub use runtime::DockerRuntime;
 pub use types::{
-    BoundPort, ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, PortRequest,
+    BoundPort, ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, EXEC_OUTPUT_MAX,
+    EngineHealth, EngineHealthStatus, ExecOutput, PortRequest,
 };

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bollard::exec::StartExecResults;
+use bollard::models::ExecConfig;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -18,7 +20,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
 use crate::convert;
 use crate::error::RuntimeError;
-use crate::types::{ContainerEvent, ContainerInfo, ContainerSpec};
+use crate::types::{ContainerEvent, ContainerInfo, ContainerSpec, EXEC_OUTPUT_MAX, ExecOutput};
 
 /// The API version spoken: Debian's docker.io 20.10 serves 1.41 and the
 /// project relies on nothing newer. Negotiation may only lower it.
@@ -327,7 +329,9 @@ impl DockerRuntime {
     /// gone or not running is `Ok`.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let grace = grace.min(STOP_GRACE_MAX);
-        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        // The engine counts whole seconds: round up, so a grace is never cut to nothing.
+        let secs = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
+        let grace = Duration::from_secs(secs.unsigned_abs().into());
         let options = StopContainerOptionsBuilder::new().t(secs).build();
         match bounded(
             "stop",
@@ -339,6 +343,46 @@ impl DockerRuntime {
             Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Runs `cmd` in the running container `id` (no TTY, no stdin) and waits for it up to
+    /// `timeout`; returns its exit code and the first `EXEC_OUTPUT_MAX` bytes of its output.
+    /// A container that is not running is `Conflict`, a gone one `NotFound`. On timeout the
+    /// command may go on running in the container (the engine cannot kill an exec).
+    pub async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd.to_vec()),
+            ..Default::default()
+        };
+        let work = async {
+            let created = self.docker.create_exec(id, config).await?;
+            let mut output = Vec::new();
+            if let StartExecResults::Attached {
+                output: mut out, ..
+            } = self.docker.start_exec(&created.id, None).await?
+            {
+                // Read to the end (the command's exit), keeping only the first bytes.
+                while let Some(chunk) = out.next().await {
+                    let bytes = chunk?.into_bytes();
+                    let room = EXEC_OUTPUT_MAX.saturating_sub(output.len());
+                    output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+            }
+            let done = self.docker.inspect_exec(&created.id).await?;
+            Ok((done.exit_code, output))
+        };
+        let (code, output) = bounded("exec", timeout, work).await?;
+        let exit_code = code.ok_or_else(|| {
+            RuntimeError::Engine(format!("exec in {id} ended without an exit code"))
+        })?;
+        Ok(ExecOutput { exit_code, output })
     }
 
     /// Force-removes a container (killing it if it still runs) with its anonymous volumes.

@@ -87,7 +87,46 @@ pub struct ContainerInfo {
     pub started_at: Option<String>,
     /// RFC 3339 end time, `None` if it has not ended.
     pub finished_at: Option<String>,
+    /// The container's address on its first network (by name), if it has one: where a
+    /// health probe reaches a port that is not published.
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    /// The image's own `HEALTHCHECK` as the engine last ran it; `None` when the image
+    /// defines none (or the container never ran).
+    #[serde(default)]
+    pub health: Option<EngineHealth>,
 }
+
+/// What the engine says of a container's own health check (`State.Health`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineHealth {
+    pub status: EngineHealthStatus,
+    /// Output of the check's latest run, as the engine keeps it (at most 4 KiB).
+    pub last_output: Option<String>,
+}
+
+/// The engine's verdict on a container's own health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum EngineHealthStatus {
+    /// Inside its start period, or not probed yet.
+    Starting,
+    Healthy,
+    /// Failed its retries in a row.
+    Unhealthy,
+}
+
+/// What a command run in a container (`exec`) ended with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExecOutput {
+    /// The command's exit code (126/127 when it could not be run).
+    pub exit_code: i64,
+    /// Its stdout and stderr interleaved, the first `EXEC_OUTPUT_MAX` bytes only.
+    pub output: Vec<u8>,
+}
+
+/// Output kept from an `exec`: what Docker keeps of a health check's run. The rest is read
+/// and dropped, so a chatty command cannot fill memory nor block on a full pipe.
+pub const EXEC_OUTPUT_MAX: usize = 4096;
 
 /// A container lifecycle event for the labels the caller watches.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -527,3 +527,52 @@ async fn unreachable_engine_is_unavailable() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn exec_gives_exit_code_bounded_output_and_times_out() {
+    let Some(docker) = engine("exec").await else {
+        return;
+    };
+    let label = unique("exec");
+    let _cleanup = Cleanup {
+        label: label.clone(),
+    };
+    let id = docker
+        .create(&spec(&label, "box", &["sleep", "3600"]))
+        .await
+        .expect("create");
+    let run = |cmd: &[&str], timeout: Duration| {
+        let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        let docker = docker.clone();
+        let id = id.clone();
+        async move { docker.exec(&id, &cmd, timeout).await }
+    };
+    // Not running yet: the engine refuses.
+    let refused = run(&["true"], WAIT).await;
+    assert!(
+        matches!(refused, Err(RuntimeError::Conflict(_))),
+        "{refused:?}"
+    );
+    docker.start(&id).await.expect("start");
+
+    let done = run(&["sh", "-c", "echo $GREETING; exit 3"], WAIT)
+        .await
+        .expect("exec");
+    assert_eq!(done.exit_code, 3);
+    assert_eq!(String::from_utf8_lossy(&done.output).trim(), "hi");
+
+    let chatty = run(&["sh", "-c", "yes | head -c 100000"], WAIT)
+        .await
+        .expect("exec");
+    assert_eq!(chatty.exit_code, 0);
+    assert_eq!(chatty.output.len(), orion_docker::EXEC_OUTPUT_MAX);
+
+    let missing = run(&["no-such-command"], WAIT).await.expect("exec");
+    assert_ne!(missing.exit_code, 0, "{missing:?}");
+
+    let slow = run(&["sleep", "30"], Duration::from_millis(300)).await;
+    assert!(
+        matches!(slow, Err(RuntimeError::Timeout { op: "exec", .. })),
+        "{slow:?}"
+    );
+}

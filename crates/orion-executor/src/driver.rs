@@ -12,18 +12,26 @@
 //! (the loop's own clock samples jump), the replica is no longer known fresh: passes go on
 //! fencing and reporting, but nothing starts until `ready` succeeds again.
 //!
+//! Health checks: for each running container of a task with a check, the driver keeps a
+//! `health::Probe` per container run and runs its probes (`probe::run`) as jobs, one at a
+//! time per container, at most `PROBES_IN_FLIGHT_MAX` at once, each within its timeout. A
+//! probe that turns the health asks for a pass, whose plan reports the transition.
+//!
 //! No std threads, no real sleeps: waiting is `tokio::time`, time for decisions is the
 //! injected `Clock`, so the simulator can run it on paused time.
 
-use crate::plan::{ExecAction, InFlight, PlanInput, RemoveReason, mappings, plan};
+use crate::health::{Outcome, Policy, Probe};
+use crate::plan::{ExecAction, InFlight, PlanInput, ProbeView, RemoveReason, mappings, plan};
 use crate::runtime::ContainerRuntime;
-use crate::{Cluster, ExecutorConfig, LABEL_NODE, container_spec, short};
+use crate::{Cluster, ExecutorConfig, LABEL_ALLOC, LABEL_NODE, container_spec, probe, short};
 use futures_util::StreamExt;
-use orion_docker::{ContainerState, RuntimeError};
+use orion_docker::{ContainerInfo, ContainerState, RuntimeError};
 use orion_types::env::Clock;
-use orion_types::{AllocId, AllocStatus, Command, Task, TaskState};
+use orion_types::service::HealthCheck;
+use orion_types::{AllocId, AllocStatus, Command, Health, Task, TaskState};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,6 +50,10 @@ pub const STARTS_IN_FLIGHT_MAX: usize = 8;
 /// hold a start back. Eight turn the 14 stale containers of the serial-executor bug into two
 /// rounds of a one-second grace.
 pub const REMOVES_IN_FLIGHT_MAX: usize = 8;
+/// Health probes in flight at once on this node: each is a connection or an exec in the
+/// engine; 32 keep a node with many checked tasks probing on time without a burst of execs
+/// swamping dockerd. More wait for a slot (their probe is late, not lost).
+pub const PROBES_IN_FLIGHT_MAX: usize = 32;
 /// Reports proposed at once; each is one Raft write, and more wait for the next pass.
 const REPORTS_IN_FLIGHT_MAX: usize = 64;
 /// An identical report is not re-sent within this time while the first may still be in
@@ -73,6 +85,27 @@ enum Done {
     Reported,
     /// A catch-up check of the given epoch ended (true: the replica is current).
     Ready(u64, bool),
+    /// A health probe of run `run` of allocation `alloc` ended.
+    Probed {
+        alloc: AllocId,
+        run: u64,
+        outcome: Outcome,
+        output: String,
+    },
+}
+
+/// The health check of one container run of an allocation.
+struct Prober {
+    /// Distinguishes this run from a later one of the same allocation (a result of an
+    /// earlier run is dropped).
+    run: u64,
+    container_id: String,
+    /// The container's start time as the engine gives it: a restart is a new run.
+    started_at: Option<String>,
+    check: HealthCheck,
+    addr: Option<SocketAddr>,
+    probe: Probe,
+    in_flight: bool,
 }
 
 /// Runs the executor until `shutdown` turns true.
@@ -92,12 +125,17 @@ pub async fn run<R: ContainerRuntime, C: Cluster>(
         reports_in_flight: 0,
         jobs: JoinSet::new(),
         reported: BTreeMap::new(),
+        reported_health: BTreeMap::new(),
         fresh: false,
         ever_fresh: false,
         epoch: 0,
         ready_in_flight: false,
         ready_checks: 0,
         stall_watch: Arc::new(StallWatch::default()),
+        watched: BTreeMap::new(),
+        probers: BTreeMap::new(),
+        probes_in_flight: 0,
+        runs: 0,
     };
     ex.run(shutdown).await;
 }
@@ -112,6 +150,8 @@ struct Executor<R: ContainerRuntime, C: Cluster> {
     jobs: JoinSet<Done>,
     /// Last report sent per allocation and when, so Raft is not flooded with repeats.
     reported: BTreeMap<AllocId, (AllocStatus, u64)>,
+    /// The same for health transitions.
+    reported_health: BTreeMap<AllocId, (Health, u64)>,
     /// The replica caught up with the leader after the last gap in contact.
     fresh: bool,
     /// It has been fresh at least once in this process: before that no pass runs at all (a
@@ -123,6 +163,13 @@ struct Executor<R: ContainerRuntime, C: Cluster> {
     /// Catch-up checks begun; all but the first wait `READY_RETRY` before asking.
     ready_checks: u64,
     stall_watch: Arc<StallWatch>,
+    /// Allocations seen current while fresh, with their stop grace (`Plan::watched`).
+    watched: BTreeMap<AllocId, u64>,
+    /// Health checks of running containers, by allocation.
+    probers: BTreeMap<AllocId, Prober>,
+    probes_in_flight: usize,
+    /// Container runs probed so far (the next `Prober::run`).
+    runs: u64,
 }
 
 /// What the stall watch saw: the largest gap between two of its ticks since the last contact
@@ -151,6 +198,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         let mut contact = tokio::time::interval(CONTACT_CHECK_PERIOD);
         contact.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_wake: Option<tokio::time::Instant> = None;
+        let mut probe_wake: Option<tokio::time::Instant> = None;
         // Every applied entry anywhere in the cluster bumps `changes`; a pass (which lists this
         // node's containers) runs only when this node's share of the state moved, or when an
         // event, a finished job, the timer or a due restart asks for one.
@@ -168,6 +216,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                     seen = Some(fingerprint);
                 }
                 must_pass = false;
+                probe_wake = self.spawn_probes();
             }
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -184,6 +233,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                     next_wake = None;
                     must_pass = true;
                 }
+                _ = sleep_until_opt(probe_wake) => probe_wake = None,
             }
         }
         watcher.abort();
@@ -205,6 +255,26 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             Done::Reported => {
                 self.reports_in_flight = self.reports_in_flight.saturating_sub(1);
                 false
+            }
+            Done::Probed {
+                alloc,
+                run,
+                outcome,
+                output,
+            } => {
+                self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+                let now = self.clock.now_ms();
+                match self.probers.get_mut(&alloc).filter(|p| p.run == run) {
+                    Some(p) => {
+                        p.in_flight = false;
+                        let turned = p.probe.record(outcome, &output, now);
+                        if let Some(h) = turned {
+                            info!(alloc = %alloc, container = %short(&p.container_id), health = h.as_str(), output = %p.probe.output, "health changed");
+                        }
+                        turned.is_some()
+                    }
+                    None => false,
+                }
             }
             Done::Ready(epoch, ok) => {
                 self.ready_in_flight = false;
@@ -242,6 +312,8 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             .is_some_and(|age| age > CONTACT_GAP_MS);
         if stalled || lost {
             self.epoch += 1;
+            // What leaves during or right after a gap may have moved elsewhere: it is fenced.
+            self.watched.clear();
             if self.fresh {
                 info!(node = %self.cfg.node_id, stalled, "gap in contact with the leader; nothing starts until the replica catches up again");
                 self.fresh = false;
@@ -277,6 +349,14 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
 
     /// One reconcile pass. Returns when the next restart falls due, if any.
     async fn pass(&mut self) -> Option<tokio::time::Instant> {
+        let started = tokio::time::Instant::now();
+        let next = self.pass_inner().await;
+        metrics::counter!("orion_executor_passes_total").increment(1);
+        metrics::histogram!("orion_executor_pass_seconds").record(started.elapsed().as_secs_f64());
+        next
+    }
+
+    async fn pass_inner(&mut self) -> Option<tokio::time::Instant> {
         let node = self.cfg.node_id.clone();
         let desired = self.cluster.tasks_on(&node);
         let actual = match guard(
@@ -293,6 +373,19 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             }
         };
         let now = self.clock.now_ms();
+        self.sync_probers(&desired, &actual, now);
+        let views: BTreeMap<AllocId, ProbeView> = self
+            .probers
+            .iter()
+            .map(|(alloc, p)| {
+                let view = ProbeView {
+                    container_id: p.container_id.clone(),
+                    health: p.probe.health,
+                    output: p.probe.output.clone(),
+                };
+                (alloc.clone(), view)
+            })
+            .collect();
         let decided = plan(&PlanInput {
             desired: &desired,
             actual: &actual,
@@ -300,12 +393,18 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             fresh: self.fresh,
             leader_contact_age_ms: self.cluster.leader_contact_age_ms(),
             in_flight: &self.in_flight,
+            watched: &self.watched,
+            probes: &views,
         });
-        self.reported.retain(|alloc, _| {
-            desired
-                .iter()
-                .any(|t| t.allocation.as_deref() == Some(alloc.as_str()))
-        });
+        self.watched = decided.watched;
+        let current: std::collections::BTreeSet<&str> = desired
+            .iter()
+            .filter_map(|t| t.allocation.as_deref())
+            .collect();
+        self.reported
+            .retain(|alloc, _| current.contains(alloc.as_str()));
+        self.reported_health
+            .retain(|alloc, _| current.contains(alloc.as_str()));
         for action in decided.actions {
             self.execute(action, now);
         }
@@ -360,13 +459,9 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                 alloc,
                 status,
             } => {
-                if let Some((last, at)) = self.reported.get(&alloc)
-                    && *last == status
-                    && now.saturating_sub(*at) < REPORT_REPEAT_AFTER_MS
+                if repeated(&self.reported, &alloc, &status, now)
+                    || self.reports_in_flight >= REPORTS_IN_FLIGHT_MAX
                 {
-                    return;
-                }
-                if self.reports_in_flight >= REPORTS_IN_FLIGHT_MAX {
                     return;
                 }
                 if let AllocStatus::Exited {
@@ -387,15 +482,121 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                     backoff: self.cfg.backoff,
                     at: now,
                 };
-                let cluster = self.cluster.clone();
-                self.jobs.spawn(async move {
-                    if let Err(e) = cluster.report(cmd).await {
-                        debug!(error = %e, "report not committed; the next pass repeats it");
-                    }
-                    Done::Reported
-                });
+                self.propose(cmd);
+            }
+            ExecAction::ReportHealth {
+                task_id,
+                alloc,
+                health,
+                output,
+            } => {
+                if repeated(&self.reported_health, &alloc, &health, now)
+                    || self.reports_in_flight >= REPORTS_IN_FLIGHT_MAX
+                {
+                    return;
+                }
+                self.reported_health.insert(alloc.clone(), (health, now));
+                self.reports_in_flight += 1;
+                let cmd = Command::ReportHealth {
+                    node: self.cfg.node_id.clone(),
+                    task_id,
+                    allocation: alloc,
+                    health,
+                    output: (!output.is_empty()).then_some(output),
+                    at: now,
+                };
+                self.propose(cmd);
             }
         }
+    }
+
+    /// Proposes a report as a job counted in `reports_in_flight`.
+    fn propose(&mut self, cmd: Command) {
+        let cluster = self.cluster.clone();
+        self.jobs.spawn(async move {
+            if let Err(e) = cluster.report(cmd).await {
+                debug!(error = %e, "report not committed; the next pass repeats it");
+            }
+            Done::Reported
+        });
+    }
+
+    /// Keeps one prober per running container of a task with a health check: a new
+    /// container, or a restart of the same one, begins a new run (`starting`); a container
+    /// that no longer runs, or a task that no longer wants one, drops its prober.
+    fn sync_probers(&mut self, desired: &[Task], actual: &[ContainerInfo], now: u64) {
+        let mut keep: BTreeMap<AllocId, Prober> = BTreeMap::new();
+        for task in desired.iter().filter(|t| t.wants_container()) {
+            let (Some(alloc), Some(check)) = (&task.allocation, &task.spec.healthcheck) else {
+                continue;
+            };
+            // The container the plan keeps: the first running one by name (the list is
+            // sorted by name).
+            let Some(c) = actual.iter().find(|c| {
+                c.state == ContainerState::Running
+                    && c.labels.get(LABEL_ALLOC).map(String::as_str) == Some(alloc.as_str())
+            }) else {
+                continue;
+            };
+            let addr = probe::target(check, c);
+            let same_run = |p: &Prober| p.container_id == c.id && p.started_at == c.started_at;
+            let prober = match self.probers.remove(alloc).filter(same_run) {
+                Some(mut p) => {
+                    p.addr = addr;
+                    p
+                }
+                None => {
+                    self.runs += 1;
+                    Prober {
+                        run: self.runs,
+                        container_id: c.id.clone(),
+                        started_at: c.started_at.clone(),
+                        check: check.clone(),
+                        addr,
+                        probe: Probe::new(Policy::of(check), now),
+                        in_flight: false,
+                    }
+                }
+            };
+            keep.insert(alloc.clone(), prober);
+        }
+        self.probers = keep;
+    }
+
+    /// Starts the probes that are due, within `PROBES_IN_FLIGHT_MAX`; returns when the next
+    /// one falls due.
+    fn spawn_probes(&mut self) -> Option<tokio::time::Instant> {
+        let now = self.clock.now_ms();
+        let mut next: Option<u64> = None;
+        for (alloc, p) in self.probers.iter_mut().filter(|(_, p)| !p.in_flight) {
+            if !p.probe.due(now) || self.probes_in_flight >= PROBES_IN_FLIGHT_MAX {
+                // A probe over the bound is due already: the next one that ends frees a slot
+                // and the loop looks again at once.
+                let due = p.probe.next_due_ms.max(now);
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            p.in_flight = true;
+            self.probes_in_flight += 1;
+            let runtime = self.runtime.clone();
+            let (alloc, run, id, check, addr) = (
+                alloc.clone(),
+                p.run,
+                p.container_id.clone(),
+                p.check.clone(),
+                p.addr,
+            );
+            self.jobs.spawn(async move {
+                let (outcome, output) = probe::run(&runtime, &id, &check, addr).await;
+                Done::Probed {
+                    alloc,
+                    run,
+                    outcome,
+                    output,
+                }
+            });
+        }
+        next.map(|due| tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now)))
     }
 }
 
@@ -434,9 +635,11 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             RemoveReason::NotCurrent => "its allocation is not current here",
             RemoveReason::Duplicate => "it duplicates its allocation's container",
             RemoveReason::Disconnected => "cut off from the quorum past stopAfterDisconnect",
+            RemoveReason::Stopped => "its task was stopped",
+            RemoveReason::Unhealthy => "its health check failed",
         };
         let verb = if remove { "removing" } else { "stopping" };
-        info!(container = %short(&container_id), alloc = %alloc, "{verb} container: {what}");
+        info!(container = %short(&container_id), alloc = %alloc, grace_ms, "{verb} container: {what}");
         let runtime = self.runtime.clone();
         self.jobs.spawn(async move {
             if let Some(ms) = grace_ms {
@@ -456,6 +659,17 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
     }
 }
 
+/// Whether `value` was reported for `alloc` so recently that it may still be on its way.
+fn repeated<T: PartialEq>(
+    sent: &BTreeMap<AllocId, (T, u64)>,
+    alloc: &str,
+    value: &T,
+    now: u64,
+) -> bool {
+    sent.get(alloc)
+        .is_some_and(|(last, at)| last == value && now.saturating_sub(*at) < REPORT_REPEAT_AFTER_MS)
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -469,10 +683,18 @@ async fn guard<T>(
     after: Duration,
     fut: impl Future<Output = Result<T, RuntimeError>>,
 ) -> Result<T, RuntimeError> {
-    match tokio::time::timeout(after, fut).await {
+    let started = tokio::time::Instant::now();
+    let result = match tokio::time::timeout(after, fut).await {
         Ok(r) => r,
         Err(_) => Err(RuntimeError::Timeout { op, after }),
+    };
+    // Observations only (no decision reads them); `op` is one of a few fixed names.
+    metrics::histogram!("orion_docker_call_seconds", "call" => op)
+        .record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!("orion_docker_errors_total", "call" => op).increment(1);
     }
+    result
 }
 
 async fn send_report<C: Cluster>(

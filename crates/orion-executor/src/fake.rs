@@ -1,6 +1,7 @@
 //! `FakeRuntime`: an in-memory container engine for tests and the simulator. It keeps
 //! containers with their state, exit codes, OOM kills and bound host ports, knows which
-//! images are present, publishes events, and takes injected faults (a call fails, hangs, or
+//! images are present, publishes events, answers `exec` with a scripted result, carries an
+//! image health status a test sets, and takes injected faults (a call fails, hangs, or
 //! is slow; a container ignores its stop signal).
 //!
 //! Deterministic: ids come from a counter, timestamps from the injected `Clock`, and every
@@ -12,7 +13,8 @@ use crate::runtime::{ContainerRuntime, EventStream, LogStream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use orion_docker::{
-    BoundPort, ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, RuntimeError,
+    BoundPort, ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, EngineHealth,
+    ExecOutput, RuntimeError,
 };
 use orion_types::env::Clock;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +44,7 @@ pub enum Op {
     List,
     Remove,
     Logs,
+    Exec,
 }
 
 /// What an injected fault does to every call of its `Op` until cleared.
@@ -83,6 +86,8 @@ struct FakeState {
     next_port: u16,
     faults: BTreeMap<Op, Fault>,
     stop_exits_after: Option<Duration>,
+    /// What every `exec` answers.
+    exec_result: ExecOutput,
     calls: Vec<Call>,
 }
 
@@ -143,6 +148,10 @@ impl FakeRuntime {
                 faults: BTreeMap::new(),
                 // A well-behaved process exits promptly on SIGTERM.
                 stop_exits_after: Some(Duration::from_millis(10)),
+                exec_result: ExecOutput {
+                    exit_code: 0,
+                    output: Vec::new(),
+                },
                 calls: Vec::new(),
             })),
             clock,
@@ -177,6 +186,21 @@ impl FakeRuntime {
     /// signal; `None`: they ignore it and are killed when the grace runs out.
     pub fn set_stop_behaviour(&self, exits_after: Option<Duration>) {
         self.lock().stop_exits_after = exits_after;
+    }
+
+    /// What every later `exec` in a running container answers (at first: exit 0, no output).
+    pub fn set_exec_result(&self, exit_code: i64, output: &[u8]) {
+        self.lock().exec_result = ExecOutput {
+            exit_code,
+            output: output.to_vec(),
+        };
+    }
+
+    /// Sets the image health check status container `id` shows in inspect.
+    pub fn set_health(&self, id: &str, health: Option<EngineHealth>) {
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.info.health = health;
+        }
     }
 
     /// Every container, sorted by name.
@@ -390,6 +414,8 @@ impl ContainerRuntime for FakeRuntime {
                         ports: Vec::new(),
                         started_at: None,
                         finished_at: None,
+                        ip_address: None,
+                        health: None,
                     },
                     spec: spec.clone(),
                     exits_after,
@@ -467,6 +493,31 @@ impl ContainerRuntime for FakeRuntime {
             Ok(())
         })
         .await
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        _cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let work = self.call(Op::Exec, id, async || {
+            let st = self.lock();
+            match st.containers.get(id) {
+                None => Err(RuntimeError::NotFound(format!("no such container: {id}"))),
+                Some(c) if c.info.state != ContainerState::Running => Err(RuntimeError::Conflict(
+                    format!("container {id} is not running"),
+                )),
+                Some(_) => Ok(st.exec_result.clone()),
+            }
+        });
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(RuntimeError::Timeout {
+                op: "exec",
+                after: timeout,
+            }),
+        }
     }
 
     fn events(&self, labels: &[(&str, &str)]) -> EventStream {

@@ -18,19 +18,25 @@
 //!   the last gap in contact (`Cluster::ready`), so a node back from the dead, a stall or a
 //!   partition fences before it starts anything.
 //! - Independent actions run concurrently within bounds; a slow stop never delays a start.
-//! - It never decides placement; it only reports `AllocStatus`.
+//! - It never decides placement; it only reports `AllocStatus` and health transitions.
+//! - A deliberate stop (delete, scale-down, update, drain seen while fresh) waits the task's
+//!   `stopGracePeriod`; a fence keeps the short `FENCE_GRACE_MS`.
 
 mod driver;
 pub mod fake;
+pub mod health;
 pub mod plan;
+mod probe;
 pub mod runtime;
 
 #[cfg(test)]
 mod tests;
 
-pub use driver::{CONTACT_GAP_MS, REMOVES_IN_FLIGHT_MAX, STARTS_IN_FLIGHT_MAX, run};
+pub use driver::{
+    CONTACT_GAP_MS, PROBES_IN_FLIGHT_MAX, REMOVES_IN_FLIGHT_MAX, STARTS_IN_FLIGHT_MAX, run,
+};
 pub use fake::{Call, FakeRuntime, Fault, Op, TokioClock};
-pub use plan::{ExecAction, InFlight, Plan, PlanInput, RemoveReason, plan};
+pub use plan::{ExecAction, InFlight, Plan, PlanInput, ProbeView, RemoveReason, plan};
 pub use runtime::{ContainerRuntime, EventStream, LogStream};
 
 use orion_docker::{ContainerSpec, PortRequest};
@@ -48,8 +54,8 @@ pub const LABEL_ALLOC: &str = "orion.alloc";
 /// (or is about to run) elsewhere and a slow stop must not hold the node's resources; one
 /// second still lets a well-behaved process flush.
 pub const FENCE_GRACE_MS: u64 = 1_000;
-/// Grace of an ordinary stop of a task's own container (`stopAfterDisconnect`), the engine's
-/// SIGTERM-to-SIGKILL wait; services will carry their own `stopGracePeriod`.
+/// Grace of a `stopAfterDisconnect` stop of a task without its own `stopGracePeriod`: the
+/// engine's SIGTERM-to-SIGKILL wait.
 pub const STOP_GRACE_MS: u64 = 2_000;
 
 /// What the executor needs from the node it runs in.
@@ -102,6 +108,8 @@ pub fn digest_tasks<'a>(tasks: impl Iterator<Item = &'a Task>) -> u64 {
             t.restart_at,
             &t.container_id,
             t.ports.len(),
+            // The plan stops a container once its unhealthy health is recorded.
+            t.health.as_str(),
         )
             .hash(&mut h);
     }

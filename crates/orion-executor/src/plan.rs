@@ -7,7 +7,10 @@
 //! Rules, in order:
 //! - Fence: a container whose allocation is not a current allocation of this node, or that
 //!   duplicates the container kept for its allocation, is stopped with a short grace
-//!   (`FENCE_GRACE_MS`) and removed. Stopping never waits for anything: it is always safe,
+//!   (`FENCE_GRACE_MS`) and removed. The exception is a task stopped while this node
+//!   watched (its allocation was current on an earlier pass since the replica was last known
+//!   fresh: a delete, scale-down, update or drain seen live): it runs nowhere else, so its
+//!   container gets the task's own `stopGracePeriod`. Stopping never waits for anything: it is always safe,
 //!   since a replica never moves backwards. While starts are pending, a fenced container is
 //!   only stopped (a stopped container is no duplicate and holds no port) and its removal,
 //!   heavy work for the engine, waits until the starts are done.
@@ -18,12 +21,16 @@
 //!   host ports are held by a container being removed waits for that removal.
 //! - `stopAfterDisconnect`: once the node has been out of contact with the leader that long,
 //!   the task's container is removed.
-//! - Health probes (services) hang off the kept container of an allocation: `Keep` below is
-//!   where a probe result will join the report; the driver owns the probe tasks.
+//! - Health: the driver probes the kept running container of a task with a check (see
+//!   `health`); where the probe's health of that container differs from what the replica
+//!   recorded, it is reported (`ReportHealth`: only transitions travel). Once the replica
+//!   records `unhealthy` for the run the probe also calls unhealthy, the container is
+//!   stopped with the task's grace: its exit is reported like any other and the restart
+//!   policy brings it back (a new run, `starting` again).
 
 use crate::{FENCE_GRACE_MS, LABEL_ALLOC, STOP_GRACE_MS};
 use orion_docker::{ContainerInfo, ContainerState};
-use orion_types::{AllocId, AllocStatus, PortMapping, Protocol, Task, TaskId, TaskState};
+use orion_types::{AllocId, AllocStatus, Health, PortMapping, Protocol, Task, TaskId, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a container is removed.
@@ -35,6 +42,11 @@ pub enum RemoveReason {
     Duplicate,
     /// The node has been cut off from the quorum longer than the task's `stopAfterDisconnect`.
     Disconnected,
+    /// Its task was stopped (deleted, scaled down, replaced, drained) while this node
+    /// watched: a graceful stop, not a fence.
+    Stopped,
+    /// Its health check failed its retries (only stopped: the restart policy decides).
+    Unhealthy,
 }
 
 /// One thing the driver does.
@@ -68,6 +80,23 @@ pub enum ExecAction {
         alloc: AllocId,
         status: AllocStatus,
     },
+    /// Propose a health transition through Raft, with the last probe's output.
+    ReportHealth {
+        task_id: TaskId,
+        alloc: AllocId,
+        health: Health,
+        output: String,
+    },
+}
+
+/// The health check of a kept container's current run, as the driver's probes see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeView {
+    /// The container probed: a view of another container says nothing of this one.
+    pub container_id: String,
+    pub health: Health,
+    /// The last probe's output (bounded).
+    pub output: String,
 }
 
 /// Work the driver already has in flight: the plan does not ask for it again.
@@ -94,6 +123,11 @@ pub struct PlanInput<'a> {
     /// quorum last acknowledged it); `None` when unknown.
     pub leader_contact_age_ms: Option<u64>,
     pub in_flight: &'a InFlight,
+    /// Allocations seen current on this node since the replica was last known fresh, with
+    /// the stop grace of their task (`Plan::watched` of the previous pass).
+    pub watched: &'a BTreeMap<AllocId, u64>,
+    /// The health checks of running containers, by allocation.
+    pub probes: &'a BTreeMap<AllocId, ProbeView>,
 }
 
 /// The actions, sorted (stops and removes by container, then per allocation its start or
@@ -103,6 +137,16 @@ pub struct PlanInput<'a> {
 pub struct Plan {
     pub actions: Vec<ExecAction>,
     pub wake_at_ms: Option<u64>,
+    /// What the next pass gets as `PlanInput::watched`: on a fresh replica, the allocations
+    /// seen current so far that still have a task here or a container; otherwise nothing
+    /// (a stale replica proves nothing, so what leaves next is fenced).
+    pub watched: BTreeMap<AllocId, u64>,
+}
+
+/// The grace of a deliberate stop of the task's container: its `stopGracePeriod`; a plain
+/// task has none and keeps the short grace it always had.
+pub fn stop_grace_ms(task: &Task) -> u64 {
+    task.spec.stop_grace_period_ms.unwrap_or(FENCE_GRACE_MS)
 }
 
 /// Decides what to do on this node now.
@@ -127,7 +171,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     for c in containers {
         let alloc = alloc_of(c);
         if !desired.contains_key(alloc) {
-            out.add(c, FENCE_GRACE_MS, RemoveReason::NotCurrent);
+            match input.watched.get(alloc) {
+                Some(grace) => out.add(c, *grace, RemoveReason::Stopped),
+                None => out.add(c, FENCE_GRACE_MS, RemoveReason::NotCurrent),
+            }
             continue;
         }
         match kept.get(alloc) {
@@ -155,7 +202,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let container = kept.get(alloc).copied();
         if disconnected(task) {
             if let Some(c) = container {
-                out.add(c, STOP_GRACE_MS, RemoveReason::Disconnected);
+                let grace = task.spec.stop_grace_period_ms.unwrap_or(STOP_GRACE_MS);
+                out.add(c, grace, RemoveReason::Disconnected);
             }
             continue;
         }
@@ -188,6 +236,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                         container_id: c.id.clone(),
                         ports,
                     }));
+                }
+                if let Some(probe) = input.probes.get(*alloc).filter(|p| p.container_id == c.id) {
+                    health_actions(task, alloc, c, probe, input.in_flight, &mut per_alloc);
                 }
             }
             (
@@ -268,9 +319,53 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     actions.sort_by(|a, b| remove_key(a).cmp(remove_key(b)));
     actions.dedup();
     actions.extend(per_alloc);
+    let watched = if input.fresh {
+        let present: BTreeSet<&str> = input.actual.iter().map(alloc_of).collect();
+        let mut watched = input.watched.clone();
+        watched.retain(|alloc, _| {
+            desired.contains_key(alloc.as_str()) || present.contains(alloc.as_str())
+        });
+        for (alloc, task) in &desired {
+            watched.insert(alloc.to_string(), stop_grace_ms(task));
+        }
+        watched
+    } else {
+        BTreeMap::new()
+    };
     Plan {
         actions,
         wake_at_ms,
+        watched,
+    }
+}
+
+/// A kept running container's health: report where the probe and the replica differ; stop
+/// the container once both say unhealthy (the replica has the why before the exit).
+fn health_actions(
+    task: &Task,
+    alloc: &str,
+    c: &ContainerInfo,
+    probe: &ProbeView,
+    in_flight: &InFlight,
+    out: &mut Vec<ExecAction>,
+) {
+    if task.spec.healthcheck.is_none() {
+        return;
+    }
+    if probe.health != task.health {
+        out.push(ExecAction::ReportHealth {
+            task_id: task.id.clone(),
+            alloc: alloc.to_string(),
+            health: probe.health,
+            output: probe.output.clone(),
+        });
+    } else if probe.health == Health::Unhealthy && !in_flight.removing.contains(&c.id) {
+        out.push(ExecAction::Stop {
+            container_id: c.id.clone(),
+            alloc: alloc.to_string(),
+            grace_ms: stop_grace_ms(task),
+            why: RemoveReason::Unhealthy,
+        });
     }
 }
 

@@ -8,7 +8,9 @@
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
-use orion_docker::{ContainerEvent, ContainerInfo, ContainerSpec, DockerRuntime, RuntimeError};
+use orion_docker::{
+    ContainerEvent, ContainerInfo, ContainerSpec, DockerRuntime, ExecOutput, RuntimeError,
+};
 use std::future::Future;
 use std::time::Duration;
 
@@ -46,6 +48,14 @@ pub trait ContainerRuntime: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
     /// Force-removes a container (killing it if it runs). Already gone is `Ok`.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Runs `cmd` in the running container and waits for its exit up to `timeout` (then a
+    /// `Timeout`); its output is bounded (`orion_docker::EXEC_OUTPUT_MAX`).
+    fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
     /// Container events for containers carrying all of `labels`, from now on.
     fn events(&self, labels: &[(&str, &str)]) -> EventStream;
     /// The container's output; `follow` keeps the stream open while it runs.
@@ -91,6 +101,14 @@ impl ContainerRuntime for DockerRuntime {
     }
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
         DockerRuntime::remove(self, id)
+    }
+    fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send {
+        DockerRuntime::exec(self, id, cmd, timeout)
     }
     fn events(&self, labels: &[(&str, &str)]) -> EventStream {
         Box::pin(DockerRuntime::events(self, labels))

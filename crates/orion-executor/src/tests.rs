@@ -7,7 +7,8 @@ use crate::plan::mappings;
 use orion_docker::{BoundPort, ContainerInfo, ContainerState};
 use orion_state::ClusterState;
 use orion_types::api::parse_task_request;
-use orion_types::{AllocStatus, NodeMeta, Placement, Resources, TaskState};
+use orion_types::service::{HealthCheck, HealthTest};
+use orion_types::{AllocId, AllocStatus, Health, NodeMeta, Placement, Resources, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,6 +55,8 @@ fn container(
             .collect(),
         started_at: None,
         finished_at: None,
+        ip_address: None,
+        health: None,
     }
 }
 
@@ -109,6 +112,12 @@ fn describe(a: &ExecAction) -> String {
             ),
             AllocStatus::Failed { reason } => format!("report {task_id} failed {reason}"),
         },
+        ExecAction::ReportHealth {
+            task_id,
+            health,
+            output,
+            ..
+        } => format!("health {task_id} {} {output}", health.as_str()),
     }
 }
 
@@ -121,6 +130,8 @@ struct Case {
     fresh: bool,
     contact_age_ms: Option<u64>,
     in_flight: InFlight,
+    watched: BTreeMap<AllocId, u64>,
+    probes: BTreeMap<AllocId, ProbeView>,
     want: &'static [&'static str],
     want_wake: Option<u64>,
 }
@@ -135,6 +146,8 @@ impl Default for Case {
             fresh: true,
             contact_age_ms: Some(0),
             in_flight: InFlight::default(),
+            watched: BTreeMap::new(),
+            probes: BTreeMap::new(),
             want: &[],
             want_wake: None,
         }
@@ -149,6 +162,8 @@ fn check(case: Case) {
         fresh: case.fresh,
         leader_contact_age_ms: case.contact_age_ms,
         in_flight: &case.in_flight,
+        watched: &case.watched,
+        probes: &case.probes,
     };
     let got = plan(&input);
     let lines: Vec<String> = got.actions.iter().map(describe).collect();
@@ -458,6 +473,201 @@ fn stale_replica_after_a_stall_stop_after_disconnect() {
     });
 }
 
+/// A running task with a TCP health check and a 5 s stop grace, its health as recorded.
+fn checked_task(id: &str, cid: &str, health: Health) -> Task {
+    let mut t = running_task(id, cid);
+    t.spec.healthcheck = Some(HealthCheck {
+        test: HealthTest::Tcp,
+        port: Some(80),
+        interval_ms: 1_000,
+        timeout_ms: 500,
+        retries: 2,
+        start_period_ms: 0,
+    });
+    t.spec.stop_grace_period_ms = Some(5_000);
+    t.health = health;
+    t
+}
+
+/// The probe of allocation `a-t1`'s container `cid`.
+fn probe_of(cid: &str, health: Health, output: &str) -> BTreeMap<AllocId, ProbeView> {
+    BTreeMap::from([(
+        "a-t1".to_string(),
+        ProbeView {
+            container_id: cid.to_string(),
+            health,
+            output: output.to_string(),
+        },
+    )])
+}
+
+/// (case, health the replica recorded, probed container, its health and output, whether a
+/// stop of c1 is in flight, the actions).
+type HealthRow = (
+    &'static str,
+    Health,
+    &'static str,
+    Health,
+    &'static str,
+    bool,
+    &'static [&'static str],
+);
+
+#[test]
+fn plan_reports_health_transitions_and_stops_an_unhealthy_container() {
+    use Health::{Healthy, Starting, Unhealthy};
+    let cases: &[HealthRow] = &[
+        (
+            "a probe that passed is news to a replica that says starting",
+            Starting,
+            "c1",
+            Healthy,
+            "ok",
+            false,
+            &["health t1 healthy ok"],
+        ),
+        (
+            "probe and replica agree: nothing (only transitions travel)",
+            Healthy,
+            "c1",
+            Healthy,
+            "ok",
+            false,
+            &[],
+        ),
+        (
+            "unhealthy is reported first; the container stays until the replica has it",
+            Healthy,
+            "c1",
+            Unhealthy,
+            "refused",
+            false,
+            &["health t1 unhealthy refused"],
+        ),
+        (
+            "recorded unhealthy: the container stops with the task's grace",
+            Unhealthy,
+            "c1",
+            Unhealthy,
+            "refused",
+            false,
+            &["stop c1 Unhealthy 5000ms"],
+        ),
+        (
+            "its stop in flight is not asked for again",
+            Unhealthy,
+            "c1",
+            Unhealthy,
+            "refused",
+            true,
+            &[],
+        ),
+        (
+            "a restarted run starts over: reported starting, not stopped",
+            Unhealthy,
+            "c1",
+            Starting,
+            "",
+            false,
+            &["health t1 starting "],
+        ),
+        (
+            "a probe of another container says nothing of this one",
+            Unhealthy,
+            "c0",
+            Unhealthy,
+            "refused",
+            false,
+            &[],
+        ),
+    ];
+    for (name, recorded, cid, probed, output, stopping, want) in cases {
+        let removing = if *stopping {
+            BTreeSet::from(["c1".to_string()])
+        } else {
+            BTreeSet::new()
+        };
+        check(Case {
+            name,
+            desired: vec![checked_task("t1", "c1", *recorded)],
+            actual: vec![container("c1", "a-t1", ContainerState::Running, None)],
+            probes: probe_of(cid, *probed, output),
+            in_flight: InFlight {
+                removing,
+                ..InFlight::default()
+            },
+            want,
+            ..Case::default()
+        });
+    }
+    check(Case {
+        name: "a task without a check ignores probes",
+        desired: vec![running_task("t1", "c1")],
+        actual: vec![container("c1", "a-t1", ContainerState::Running, None)],
+        probes: probe_of("c1", Unhealthy, "refused"),
+        want: &[],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn plan_stops_a_task_stopped_while_watched_with_its_grace() {
+    let watched = || BTreeMap::from([("a-gone".to_string(), 5_000)]);
+    check(Case {
+        name: "deleted, scaled down or replaced while this node watched: its own grace",
+        actual: vec![container("c9", "a-gone", ContainerState::Running, None)],
+        watched: watched(),
+        want: &["remove c9 Stopped 5000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "while starts are pending it is only stopped, still with its grace",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        actual: vec![container("c9", "a-gone", ContainerState::Running, None)],
+        watched: watched(),
+        want: &["stop c9 Stopped 5000ms", "start t1"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "never seen current (back from a partition or a restart): the fence",
+        actual: vec![container("c9", "a-other", ContainerState::Running, None)],
+        watched: watched(),
+        want: &["remove c9 NotCurrent 1000ms"],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn plan_watches_current_allocations_only_while_fresh() {
+    let check = |fresh: bool, want: &[(&str, u64)]| {
+        let mut checked = checked_task("t1", "c1", Health::Healthy);
+        checked.allocation = Some("a-t1".into());
+        let desired = vec![checked, task("t2", TaskState::Scheduled, "")];
+        let actual = vec![container("c8", "a-left", exited(0, false), None)];
+        let watched =
+            BTreeMap::from([("a-left".to_string(), 7_000), ("a-gone".to_string(), 7_000)]);
+        let got = plan(&PlanInput {
+            desired: &desired,
+            actual: &actual,
+            now_ms: 10_000,
+            fresh,
+            leader_contact_age_ms: Some(0),
+            in_flight: &InFlight::default(),
+            watched: &watched,
+            probes: &BTreeMap::new(),
+        });
+        let want: BTreeMap<String, u64> = want.iter().map(|(a, g)| (a.to_string(), *g)).collect();
+        assert_eq!(got.watched, want, "fresh {fresh}");
+    };
+    // Current ones with their grace (a plain task: the short one); a watched allocation
+    // whose container is still there stays; one with neither task nor container goes.
+    check(
+        true,
+        &[("a-left", 7_000), ("a-t1", 5_000), ("a-t2", FENCE_GRACE_MS)],
+    );
+    check(false, &[]);
+}
+
 // ---------------------------------------------------------------------------------------
 // Driver: the real loop over the fake runtime and a fake cluster.
 
@@ -514,6 +724,10 @@ impl FakeCluster {
     fn place(&self, id: &str, extra: &str, host_ports: Vec<u16>) {
         let spec = parse_task_request(format!(r#"{{"image": "{IMAGE}"{extra}}}"#).as_bytes())
             .expect("valid spec");
+        self.place_spec(id, spec, host_ports);
+    }
+
+    fn place_spec(&self, id: &str, spec: orion_types::TaskSpec, host_ports: Vec<u16>) {
         self.apply(&Command::CreatePlacedTask {
             task_id: id.into(),
             spec: Box::new(spec),
@@ -695,6 +909,177 @@ async fn driver_starts_reports_ports_and_removes_on_delete() {
         r.runtime.containers().is_empty()
     })
     .await;
+    r.shutdown().await;
+}
+
+/// A task spec with an exec health check every second, `retries`, and a stop grace.
+fn checked_spec(retries: u32, grace_ms: u64) -> orion_types::TaskSpec {
+    let mut spec =
+        parse_task_request(format!(r#"{{"image": "{IMAGE}"}}"#).as_bytes()).expect("valid spec");
+    spec.healthcheck = Some(HealthCheck {
+        test: HealthTest::Exec(vec!["check".into()]),
+        port: None,
+        interval_ms: 1_000,
+        timeout_ms: 500,
+        retries,
+        start_period_ms: 0,
+    });
+    spec.stop_grace_period_ms = Some(grace_ms);
+    spec
+}
+
+impl Rig {
+    /// How long each stop call took, in order.
+    fn stop_durations(&self) -> Vec<u64> {
+        self.runtime
+            .calls()
+            .iter()
+            .filter(|c| c.op == Op::Stop)
+            .map(|c| c.ended_ms - c.began_ms)
+            .collect()
+    }
+
+    /// The health transitions proposed so far: (health, output, at).
+    fn health_reports(&self) -> Vec<(Health, String, u64)> {
+        self.cluster
+            .reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|c| match c {
+                Command::ReportHealth {
+                    health, output, at, ..
+                } => Some((*health, output.clone().unwrap_or_default(), *at)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unprobed_health_a_task_turns_healthy_then_unhealthy_after_retries_and_restarts() {
+    let r = rig(|c, _| c.place_spec("t1", checked_spec(2, 3_000), vec![]));
+    r.until(Duration::from_secs(10), "healthy", |r| {
+        r.cluster.task("t1").health == Health::Healthy
+    })
+    .await;
+    let cid = r.cluster.task("t1").container_id.expect("container");
+
+    let fail_from = r.clock.now_ms();
+    r.runtime.set_exec_result(1, b"boom");
+    r.until(Duration::from_secs(10), "unhealthy", |r| {
+        r.cluster.task("t1").health == Health::Unhealthy
+    })
+    .await;
+    let (_, output, unhealthy_at) = r.health_reports().pop().expect("a report");
+    assert_eq!(output, "exit code 1: boom");
+    let failed_probes = r
+        .runtime
+        .calls()
+        .iter()
+        .filter(|c| c.op == Op::Exec && c.began_ms >= fail_from && c.ended_ms <= unhealthy_at)
+        .count();
+    assert_eq!(
+        failed_probes, 2,
+        "unhealthy after `retries` failures in a row"
+    );
+
+    // The container is stopped, its exit reported, and the restart policy (always) starts
+    // it again: a new run, starting, then healthy once the check passes.
+    r.runtime.set_exec_result(0, b"");
+    r.until(Duration::from_secs(30), "restarted and healthy", |r| {
+        let t = r.cluster.task("t1");
+        t.restarts >= 1 && t.state == TaskState::Running && t.health == Health::Healthy
+    })
+    .await;
+    assert!(
+        r.runtime
+            .calls()
+            .iter()
+            .any(|c| c.op == Op::Stop && c.target == cid),
+        "the unhealthy container was stopped"
+    );
+    assert_eq!(
+        r.cluster.task("t1").container_id.as_deref(),
+        Some(cid.as_str())
+    );
+    let healths: Vec<&str> = r
+        .health_reports()
+        .iter()
+        .map(|(h, ..)| h.as_str())
+        .collect();
+    assert_eq!(
+        healths,
+        ["starting", "healthy", "unhealthy", "starting", "healthy"],
+        "only transitions are proposed"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_a_hanging_probe_fails_at_its_timeout() {
+    let r = rig(|c, rt| {
+        rt.set_fault(Op::Exec, Fault::Hang);
+        c.place_spec("t1", checked_spec(2, 1_000), vec![]);
+    });
+    r.until_running("t1", Duration::from_secs(5)).await;
+    let took = r
+        .until(Duration::from_secs(10), "unhealthy", |r| {
+            r.cluster.task("t1").health == Health::Unhealthy
+        })
+        .await;
+    let (_, output, _) = r.health_reports().pop().expect("a report");
+    assert!(output.contains("timed out after 500ms"), "{output}");
+    // Two probes, each one interval after the last ended plus its timeout.
+    assert!(took <= 2 * (1_000 + 500) + 100, "unhealthy after {took} ms");
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_stops_a_deleted_task_with_its_stop_grace() {
+    let r = rig(|c, rt| {
+        // The process ignores its stop signal: only the grace ends it.
+        rt.set_stop_behaviour(None);
+        c.place_spec("t1", checked_spec(3, 4_000), vec![]);
+    });
+    r.until_running("t1", Duration::from_secs(5)).await;
+    r.cluster.apply(&Command::DeleteTask {
+        task_id: "t1".into(),
+        at: 3,
+    });
+    let took = r
+        .until(Duration::from_secs(20), "container removed", |r| {
+            r.runtime.containers().is_empty()
+        })
+        .await;
+    assert!(took >= 4_000, "removed after {took} ms, before its grace");
+    let stops = r.stop_durations();
+    assert_eq!(stops, [4_000], "one stop that waited the task's grace");
+    r.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_replica_after_a_stall_what_leaves_after_a_gap_is_fenced_not_graced() {
+    let r = rig(|c, rt| {
+        rt.set_stop_behaviour(None);
+        c.place_spec("t1", checked_spec(3, 4_000), vec![]);
+    });
+    r.until_running("t1", Duration::from_secs(5)).await;
+    // A gap in leader contact: the task may have moved elsewhere meanwhile.
+    r.cluster
+        .contact_age_ms
+        .store(CONTACT_GAP_MS + 500, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.cluster.apply(&Command::DeleteTask {
+        task_id: "t1".into(),
+        at: 3,
+    });
+    r.until(Duration::from_secs(10), "container removed", |r| {
+        r.runtime.containers().is_empty()
+    })
+    .await;
+    let stops = r.stop_durations();
+    assert_eq!(stops, [FENCE_GRACE_MS], "the fence's short grace");
     r.shutdown().await;
 }
 

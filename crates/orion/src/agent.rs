@@ -55,6 +55,10 @@ impl orion_raft::ApplyObserver for EventsObserver {
         // Only a new leader's blank entry has no time of its own; it gets this node's clock.
         self.log
             .applied(index, cmd, leader, now_ms(), state, touched);
+        crate::metrics::applied(cmd);
+        if cmd.is_none() && leader.is_some() {
+            crate::metrics::leader_changed();
+        }
     }
     fn reset(&self, state: &ClusterState, last_applied: u64) {
         self.log.reset(state, last_applied);
@@ -138,6 +142,99 @@ impl Node {
         self.raft.read(|s| {
             orion_controller::place_at_creation(s, &members, task_id, spec, at, self.ids.as_ref())
         })
+    }
+}
+
+impl Node {
+    /// The figures that are a view of the state, set just before a scrape.
+    fn set_scrape_gauges(&self) {
+        use metrics::gauge;
+        let s = self.raft.status();
+        gauge!("orion_raft_term").set(s.term as f64);
+        gauge!("orion_raft_commit_index").set(s.commit_index as f64);
+        gauge!("orion_raft_applied_index").set(s.applied_index as f64);
+        gauge!("orion_raft_is_leader").set(f64::from(u8::from(
+            s.leader.as_deref() == Some(self.cfg.id.as_str()),
+        )));
+        gauge!("orion_raft_voters").set(s.voters.len() as f64);
+        gauge!("orion_raft_learners").set(s.learners.len() as f64);
+        gauge!("orion_events_next_index").set(self.events.next_index() as f64);
+
+        let mut members: BTreeMap<&'static str, u64> =
+            [("alive", 0), ("suspect", 0), ("dead", 0), ("left", 0)].into();
+        for m in self.gossip.members() {
+            let state = match m.status {
+                MemberStatus::Alive => "alive",
+                MemberStatus::Suspect => "suspect",
+                MemberStatus::Down => "dead",
+                MemberStatus::Left => "left",
+            };
+            *members.entry(state).or_default() += 1;
+        }
+        for (state, n) in members {
+            gauge!("orion_gossip_members", "state" => state).set(n as f64);
+        }
+        let g = self.gossip.stats();
+        metrics::counter!("orion_gossip_sent_bytes_total").absolute(g.bytes_sent);
+        metrics::counter!("orion_gossip_received_bytes_total").absolute(g.bytes_received);
+        metrics::counter!("orion_gossip_sent_packets_total").absolute(g.packets_sent);
+        metrics::counter!("orion_gossip_received_packets_total").absolute(g.packets_received);
+        metrics::counter!("orion_gossip_bad_packets_total")
+            .absolute(g.bad_packets_dropped + g.impostor_packets);
+        gauge!("orion_gossip_health_score").set(f64::from(self.gossip.local_health()));
+
+        let (pending, mine, services) = self.raft.read(|st| {
+            let pending = st.tasks.values().filter(|t| t.needs_placement()).count();
+            let mut mine: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for t in st.tasks_on(&self.cfg.id) {
+                *mine.entry(t.state.as_str()).or_default() += 1;
+            }
+            let services: Vec<(String, u64, u64, u64)> = st
+                .services
+                .values()
+                .map(|svc| {
+                    let live = st.tasks.values().filter(|t| {
+                        t.service.as_deref() == Some(svc.id.as_str())
+                            && t.state == orion_types::TaskState::Running
+                    });
+                    let (running, healthy) = live.fold((0, 0), |(r, h), t| {
+                        let ok = matches!(
+                            t.health,
+                            orion_types::Health::Healthy | orion_types::Health::None
+                        );
+                        (r + 1, h + u64::from(ok))
+                    });
+                    let desired = match svc.spec.mode {
+                        orion_types::ServiceMode::Global => running,
+                        _ => u64::from(svc.spec.replicas),
+                    };
+                    (svc.id.clone(), desired, running, healthy)
+                })
+                .collect();
+            (pending, mine, services)
+        });
+        gauge!("orion_scheduler_pending_tasks").set(pending as f64);
+        for state in [
+            "scheduled",
+            "starting",
+            "running",
+            "completed",
+            "failed",
+            "stopped",
+            "lost",
+            "pending",
+        ] {
+            gauge!("orion_executor_tasks", "state" => state)
+                .set(mine.get(state).copied().unwrap_or(0) as f64);
+        }
+        for (id, desired, running, healthy) in services {
+            gauge!("orion_service_replicas", "service" => id.clone(), "kind" => "desired")
+                .set(desired as f64);
+            gauge!("orion_service_replicas", "service" => id.clone(), "kind" => "running")
+                .set(running as f64);
+            gauge!("orion_service_replicas", "service" => id, "kind" => "healthy")
+                .set(healthy as f64);
+        }
     }
 }
 
@@ -260,6 +357,11 @@ impl Backend for Node {
         Some(self.events.clone())
     }
 
+    fn metrics(&self) -> Option<String> {
+        self.set_scrape_gauges();
+        Some(crate::metrics::render())
+    }
+
     fn new_id(&self) -> String {
         uuid::Uuid::new_v4().simple().to_string()
     }
@@ -358,6 +460,9 @@ impl orion_executor::Cluster for Node {
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    if crate::metrics::install().is_none() {
+        warn!("metrics recorder could not be installed; /metrics will be empty");
+    }
     let generation = now_ms();
     if cfg.advertise.is_loopback() && cfg.api_bind.ip().is_unspecified() {
         warn!(advertise = %cfg.advertise, "advertising a loopback address: nodes on other hosts cannot reach this one; pass --advertise for a multi-host cluster");
@@ -467,7 +572,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let controller = tokio::spawn(controller::run(driver, stop_rx.clone()));
     let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
 
-    let app = orion_api::router(node.clone());
+    let app = orion_api::router(node.clone())
+        .route_layer(axum::middleware::from_fn(crate::metrics::track));
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(async move {
         let shutdown = async move {
@@ -545,7 +651,10 @@ async fn log_membership(
                 let m = ev.member();
                 let what = match &ev {
                     MemberEvent::Up(_) => "up",
-                    MemberEvent::Suspect(_) => "suspect",
+                    MemberEvent::Suspect(_) => {
+                        metrics::counter!("orion_gossip_suspicions_total").increment(1);
+                        "suspect"
+                    }
                     MemberEvent::Down(_) => "down",
                     MemberEvent::Left(_) => "left",
                 };

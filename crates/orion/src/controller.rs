@@ -112,6 +112,7 @@ impl Driver {
         // Without waiting tasks a turn is a few scans: decided under the replica's read lock,
         // on the state itself. With waiting tasks it runs the scheduler over all of them,
         // which must not hold applies back: decided on a copy (the same decision).
+        let started = std::time::Instant::now();
         let outcome = self.raft.read(|state| {
             if state.tasks.values().any(|t| t.needs_placement()) {
                 Err(Box::new(state.clone()))
@@ -120,6 +121,10 @@ impl Driver {
             }
         });
         let outcome = outcome.unwrap_or_else(|copy| decide(&copy));
+        if raft.is_leader {
+            metrics::histogram!("orion_controller_turn_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
         if memory.leader_since.is_none() && outcome.memory.leader_since.is_some() {
             info!("this node is the leader; controller active");
         }

@@ -9,6 +9,7 @@ mod capacity;
 mod client;
 mod config;
 mod controller;
+mod metrics;
 mod ui;
 
 use clap::Parser;

@@ -3,7 +3,10 @@
 //! update to a crashing version that rolls back by itself while the old version keeps
 //! running, with `orion service update` exiting non-zero and saying why.
 //!
-//! Loopback networks: 127.0.41.0/24 and 127.0.42.0/24.
+//! Health checks: a service checked over HTTP turns healthy, and an update whose check fails
+//! rolls back by itself while the old version serves.
+//!
+//! Loopback networks: 127.0.41.0/24 to 127.0.44.0/24 and 127.0.46.0/24.
 
 mod common;
 
@@ -335,4 +338,97 @@ async fn an_update_on_one_node_with_a_published_port_completes() {
         page().await.filter(|p| p.contains("two"))
     })
     .await;
+}
+
+/// The service's task ids whose health is `health`, when every live task runs and says so.
+async fn all_with_health(api: &str, service: &str, n: usize, health: &str) -> Option<Vec<Value>> {
+    let tasks = running(api, service).await.filter(|t| t.len() == n)?;
+    tasks.iter().all(|t| t["health"] == health).then_some(tasks)
+}
+
+/// busybox httpd behind an HTTP health check every 500 ms: both replicas turn healthy (the
+/// service says so); an update whose check gets 404 turns its new task unhealthy, the update
+/// rolls back by itself, and the old tasks serve throughout. Loopback network 127.0.46.0/24.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_service_turns_healthy_and_a_failing_check_rolls_back() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let agent = Agent::start(
+        "svc-health-n1",
+        "127.0.46.1".parse().expect("ip"),
+        &["--bootstrap"],
+    );
+    wait_healthy(&agent).await;
+    wait_leader(&agent).await;
+    let api = agent.api.clone();
+    let body = |path: &str| {
+        format!(
+            r#"{{"name": "web", "image": "{IMAGE}", "replicas": 2, "memory": "16m",
+                "stopGracePeriod": "1s",
+                "command": ["busybox", "httpd", "-f", "-p", "80", "-h", "/www"],
+                "ports": [{{"target": 80}}],
+                "healthcheck": {{"http": "{path}", "interval": "500ms", "retries": 2}},
+                "update": {{"monitor": "1s"}}}}"#
+        )
+    };
+    let (status, s) = post(&api, "/services", &body("/")).await.expect("create");
+    assert_eq!(status, 201, "{s}");
+    let healthy = wait_for(CONVERGE, "2 healthy tasks", || {
+        let api = api.clone();
+        async move { all_with_health(&api, "web", 2, "healthy").await }
+    })
+    .await;
+    let (_, s) = get(&api, "/services/web").await.expect("get");
+    assert_eq!(s["replicas"]["healthy"], s["replicas"]["desired"], "{s}");
+    assert_eq!(s["replicas"]["healthy"], 2, "{s}");
+    let before: BTreeSet<String> = healthy
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(String::from))
+        .collect();
+    let serving = || {
+        let api = api.clone();
+        async move {
+            let tasks = running(&api, "web").await?;
+            let mut up = 0;
+            for t in &tasks {
+                if http_page(&published(t)?).await.is_some() {
+                    up += 1;
+                }
+            }
+            (up == tasks.len() && up > 0).then_some(up)
+        }
+    };
+    wait_for(CONVERGE, "the replicas to serve", serving).await;
+
+    let (status, s) = put(&api, "/services/web", &body("/missing"))
+        .await
+        .expect("put");
+    assert_eq!((status, &s["version"]), (200, &2.into()), "{s}");
+    let s = wait_for(CONVERGE, "the deployment to end", || {
+        let api = api.clone();
+        async move {
+            let (_, s) = get(&api, "/services/web").await.ok()?;
+            let state = s["deployment"]["state"].as_str()?.to_string();
+            (state != "running" && state != "rolling-back").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(s["deployment"]["state"], "rolled-back", "{s}");
+    let message = s["deployment"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("unhealthy") && message.contains("404"),
+        "the reason is given: {s}"
+    );
+    // The old tasks served throughout: the same two, healthy, and they answer.
+    let after: BTreeSet<String> = wait_for(CONVERGE, "the old tasks alone, healthy", || {
+        let api = api.clone();
+        async move { all_with_health(&api, "web", 2, "healthy").await }
+    })
+    .await
+    .iter()
+    .filter_map(|t| t["id"].as_str().map(String::from))
+    .collect();
+    assert_eq!(before, after);
+    wait_for(CONVERGE, "the old replicas to serve", serving).await;
 }

@@ -292,6 +292,7 @@ async fn answers_conform_to_the_described_schemas() {
     .await;
     check(&b, "GET", "/events?follow=false", "/events", "").await; // 503: no history here
     check(&b, "GET", "/openapi.json", "/openapi.json", "").await;
+    check(&b, "GET", "/metrics", "/metrics", "").await; // 404: the fake keeps none
 }
 
 /// The views the fake backend does not produce conform too: a node, a status, an event.
