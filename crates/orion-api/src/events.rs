@@ -22,9 +22,12 @@ const CHUNK_EVENTS_MAX: usize = 256;
 /// noticed.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
+    /// Start at this event index (the last one seen plus one); default: the oldest kept.
     index: Option<u64>,
+    /// Only these topics, comma separated: task, service, deployment, node.
     topic: Option<String>,
     /// `false`: what is held now, then the end (default: then live).
     follow: Option<bool>,
@@ -143,6 +146,34 @@ async fn next_chunk(mut c: Cursor) -> Option<(Result<Bytes, std::io::Error>, Cur
     }
 }
 
+/// One thing that happened, as `GET /events` streams it (documentation of `Event`, which
+/// lives in orion-events; a test checks both name the same fields).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct EventDoc {
+    /// Grows in Raft order and is the same on every node; resume from the last seen plus one.
+    pub index: u64,
+    /// RFC 3339.
+    pub at: String,
+    /// task, service, deployment or node.
+    pub topic: String,
+    /// What happened, e.g. `placed`, `running`, `scaled`, `dead`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The id of the task, service, deployment or node.
+    pub key: String,
+    /// Details of the change.
+    pub payload: serde_json::Value,
+}
+
+/// The event history from an index, then live (`follow`, the default). Newline-delimited
+/// JSON events, or Server-Sent Events with `Accept: text/event-stream`.
+#[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery),
+    responses(
+        (status = 200, description = "One JSON event per line (or SSE). A stream that falls behind the kept history ends with a line `{\"error\": ..., \"oldest\": N}`.",
+            content((EventDoc = "application/x-ndjson"), (String = "text/event-stream"))),
+        (status = 400, description = "A bad query (e.g. an unknown topic)", body = crate::ErrorBody),
+        (status = 410, description = "The index is older than the history this node keeps", body = crate::openapi::GoneBody),
+        (status = 503, description = "This node keeps no event history", body = crate::ErrorBody)))]
 pub(crate) async fn events<B: Backend>(
     State(b): State<Arc<B>>,
     headers: HeaderMap,

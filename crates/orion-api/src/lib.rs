@@ -5,12 +5,19 @@
 //! included, is JSON. The agent implements `Backend` on top of Raft, gossip and the executor.
 
 mod events;
+mod openapi;
 mod service_view;
 mod services;
 mod view;
 
-pub use service_view::{SERVICE_VIEW_ONLY_FIELDS, format_duration, service_json, spec_json};
-pub use view::{NodeView, StatusView, TaskView};
+pub use events::EventDoc;
+pub use openapi::{ErrorBody, GoneBody, HealthBody, ScaleRequest, openapi, openapi_json};
+pub use service_view::{
+    DeploymentView, EndpointView, HealthProbeView, HealthcheckView, ReplicasView,
+    SERVICE_VIEW_ONLY_FIELDS, ServicePortView, ServiceView, UpdateView, format_duration,
+    service_json, spec_json,
+};
+pub use view::{EventView, NodeView, ResourcesView, StatusView, TaskView};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -68,11 +75,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: self.message,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -138,6 +144,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/services/{id}/tasks", get(services::tasks::<B>))
         .route("/services/{id}/scale", post(services::scale::<B>))
         .route("/services/{id}/rollback", post(services::rollback::<B>))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(|| async { ApiError::not_found("no such route; see API.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -148,6 +155,12 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .with_state(backend)
 }
 
+/// This node's figures in Prometheus text format (names prefixed `orion_`).
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 404, description = "This node keeps no metrics", body = ErrorBody)))]
 async fn metrics<B: Backend>(State(b): State<Arc<B>>) -> Response {
     match b.metrics() {
         Some(text) => (
@@ -162,18 +175,34 @@ async fn metrics<B: Backend>(State(b): State<Arc<B>>) -> Response {
     }
 }
 
+/// Whether the node's API answers.
+#[utoipa::path(get, path = "/health", tag = "node",
+    responses((status = 200, description = "The API answers", body = openapi::HealthBody)))]
 async fn health() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
+/// The answering node's own view: its Raft role, term, indexes and the members.
+#[utoipa::path(get, path = "/status", tag = "node",
+    responses((status = 200, description = "This node's view", body = StatusView)))]
 async fn status<B: Backend>(State(b): State<Arc<B>>) -> Response {
     Json(b.status()).into_response()
 }
 
+/// Every node: gossip status, Raft role, capacity and what is allocated on it.
+#[utoipa::path(get, path = "/nodes", tag = "nodes",
+    responses((status = 200, description = "The nodes", body = Vec<NodeView>)))]
 async fn nodes<B: Backend>(State(b): State<Arc<B>>) -> Response {
     Json(b.nodes()).into_response()
 }
 
+/// Drains a node: no new placements on it, and its tasks move elsewhere.
+#[utoipa::path(post, path = "/nodes/{id}/drain", tag = "nodes",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "The node, now draining (`null` if it is no longer listed)", body = Option<NodeView>),
+        (status = 404, description = "No such node", body = ErrorBody),
+        openapi::WriteErrors))]
 async fn drain<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -181,6 +210,13 @@ async fn drain<B: Backend>(
     set_drain(b, id, true).await
 }
 
+/// Undrains a node: it takes placements again.
+#[utoipa::path(post, path = "/nodes/{id}/undrain", tag = "nodes",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "The node, no longer draining (`null` if it is no longer listed)", body = Option<NodeView>),
+        (status = 404, description = "No such node", body = ErrorBody),
+        openapi::WriteErrors))]
 async fn undrain<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -203,18 +239,28 @@ async fn set_drain<B: Backend>(b: Arc<B>, id: String, drain: bool) -> Result<Res
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only tasks in this state.
+    #[param(value_type = Option<orion_types::TaskState>)]
     state: Option<String>,
+    /// Only tasks placed on this node.
     node: Option<String>,
+    /// `true`: first catch up with everything the leader has committed.
     consistent: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ReadQuery {
+    /// `true`: first catch up with everything the leader has committed.
     pub(crate) consistent: Option<bool>,
 }
 
+/// The tasks this node's replica knows, optionally filtered.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListQuery),
+    responses((status = 200, description = "The tasks", body = Vec<TaskView>), openapi::ReadErrors))]
 async fn list_tasks<B: Backend>(
     State(b): State<Arc<B>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -274,6 +320,13 @@ fn find_task(s: &ClusterState, id: &str) -> Result<Task, ApiError> {
     Err(ApiError::not_found(format!("task {id} not found")))
 }
 
+/// One task, by id, unique id prefix (4 characters or more) or name.
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "Task id, unique id prefix, or name"), ReadQuery),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+        openapi::ReadErrors))]
 async fn get_task<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -287,6 +340,12 @@ async fn get_task<B: Backend>(
     Ok(Json(TaskView::from(&task)).into_response())
 }
 
+/// Runs a one-off task: validated, then placed by the leader's scheduler.
+#[utoipa::path(post, path = "/tasks", tag = "tasks",
+    request_body = orion_types::api::TaskRequest,
+    responses(
+        (status = 201, description = "The task, pending placement", body = TaskView),
+        openapi::WriteErrors, openapi::BodyErrors))]
 async fn create_task<B: Backend>(
     State(b): State<Arc<B>>,
     body: Body,
@@ -308,6 +367,13 @@ async fn create_task<B: Backend>(
     }
 }
 
+/// Stops a task and removes it.
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "Task id, unique id prefix, or name")),
+    responses(
+        (status = 200, description = "The task, stopped", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+        openapi::WriteErrors))]
 async fn delete_task<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -335,6 +401,11 @@ async fn delete_task<B: Backend>(
     }
 }
 
+/// The cluster-wide settings.
+#[utoipa::path(get, path = "/cluster/config", tag = "cluster", params(ReadQuery),
+    responses(
+        (status = 200, description = "The settings", body = orion_types::config::ClusterConfigJson),
+        openapi::ReadErrors))]
 async fn get_cluster_config<B: Backend>(
     State(b): State<Arc<B>>,
     query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
@@ -349,6 +420,12 @@ async fn get_cluster_config<B: Backend>(
 /// Merges the fields of the body over the current config (as this replica knows it) and
 /// proposes the result. Two concurrent changes of different fields can undo each other: the
 /// later one carries the earlier value of the other's field.
+/// Changes some of the cluster-wide settings; the fields not given keep their value.
+#[utoipa::path(put, path = "/cluster/config", tag = "cluster",
+    request_body = orion_types::config::ClusterConfigJson,
+    responses(
+        (status = 200, description = "The settings now", body = orion_types::config::ClusterConfigJson),
+        openapi::WriteErrors, openapi::BodyErrors))]
 async fn put_cluster_config<B: Backend>(
     State(b): State<Arc<B>>,
     body: Body,
@@ -370,12 +447,23 @@ async fn put_cluster_config<B: Backend>(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
+    /// `true`: keep the stream open and send new lines as they come.
     follow: Option<bool>,
+    /// Only the last N lines.
     tail: Option<usize>,
 }
 
+/// The container's output (stdout and stderr), from whichever node runs it.
+#[utoipa::path(get, path = "/tasks/{id}/logs", tag = "tasks",
+    params(("id" = String, Path, description = "Task id, unique id prefix, or name"), LogsQuery),
+    responses(
+        (status = 200, description = "The log lines", body = String, content_type = "text/plain"),
+        (status = 400, description = "A bad query, or the task is not placed yet", body = ErrorBody),
+        (status = 404, description = "No such task, or it has no container (yet)", body = ErrorBody),
+        (status = 503, description = "The node that runs the task cannot be reached", body = ErrorBody)))]
 async fn task_logs<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,

@@ -62,6 +62,12 @@ pub fn spec_json(spec: &ServiceSpec) -> Map<String, Value> {
     o.insert("constraints".into(), json!(constraints));
     o.insert("restartPolicy".into(), json!(t.restart_policy.as_str()));
     o.insert("strategy".into(), json!(t.strategy.map(|s| s.as_str())));
+    if let Some(ms) = t.stop_after_disconnect_ms {
+        o.insert(
+            "stopAfterDisconnect".into(),
+            json!(orion_types::api::format_duration_ms(ms)),
+        );
+    }
     o.insert("mode".into(), json!(spec.mode.as_str()));
     if spec.mode == ServiceMode::Replicated {
         o.insert("replicas".into(), json!(spec.replicas));
@@ -201,4 +207,141 @@ pub fn service_json(svc: &Service, state: &ClusterState) -> Value {
     );
     o.insert("endpoints".into(), Value::Array(endpoints));
     Value::Object(o)
+}
+
+/// The service object as the OpenAPI description shows it (`service_json` writes it by hand);
+/// a test checks the JSON it writes against this schema.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    /// `name`, or `name.stack`.
+    pub id: String,
+    pub name: String,
+    pub stack: Option<String>,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Per task, in bytes; 0: no limit.
+    pub memory: u64,
+    /// Per task, in cores; 0: no limit.
+    pub cpu: f64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub node_selectors: std::collections::BTreeMap<String, String>,
+    pub constraints: Vec<String>,
+    pub restart_policy: orion_types::RestartPolicy,
+    pub strategy: Option<orion_types::Strategy>,
+    /// Absent when not set.
+    #[serde(default)]
+    pub stop_after_disconnect: Option<String>,
+    pub mode: ServiceMode,
+    /// Replicated services only.
+    #[serde(default)]
+    pub max_per_node: Option<u32>,
+    pub ports: Vec<ServicePortView>,
+    pub healthcheck: Option<HealthcheckView>,
+    pub update: UpdateView,
+    pub stop_grace_period: String,
+    /// Grows on every spec change.
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The virtual IP; `null` until service discovery exists.
+    pub vip: Option<String>,
+    pub replicas: ReplicasView,
+    /// The latest rollout, if any.
+    pub deployment: Option<DeploymentView>,
+    /// Where the running tasks answer.
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// A port of a service (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePortView {
+    pub target: u16,
+    pub published: Option<u16>,
+    pub protocol: orion_types::service::ServiceProtocol,
+    pub mode: orion_types::service::PortMode,
+    pub proxy_protocol: bool,
+}
+
+/// A service's health check: `"image"` or a probe (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum HealthcheckView {
+    /// `"image"`: the image's own HEALTHCHECK.
+    Image(String),
+    Probe(HealthProbeView),
+}
+
+/// A health probe with its defaults filled in (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthProbeView {
+    /// One of `http`, `tcp`, `exec` is present.
+    #[serde(default)]
+    pub http: Option<String>,
+    #[serde(default)]
+    pub tcp: Option<bool>,
+    #[serde(default)]
+    pub exec: Option<Vec<String>>,
+    pub port: Option<u16>,
+    pub interval: String,
+    pub timeout: String,
+    pub retries: u32,
+    pub start_period: String,
+}
+
+/// A service's update policy with its defaults filled in (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateView {
+    pub parallelism: u32,
+    pub delay: String,
+    pub order: orion_types::service::UpdateOrder,
+    pub monitor: String,
+    pub failure_action: orion_types::service::FailureAction,
+    pub max_failure_ratio: f64,
+}
+
+/// Replica counts (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+pub struct ReplicasView {
+    /// What the spec asks for (global: one per eligible node).
+    pub desired: u32,
+    pub running: u32,
+    /// Running and healthy (or with no health check).
+    pub healthy: u32,
+}
+
+/// A rollout (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    pub id: String,
+    pub from_version: u64,
+    pub to_version: u64,
+    /// running, completed, paused, rolling-back, rolled-back or failed.
+    pub state: String,
+    /// Tasks already on the new version.
+    pub updated: u32,
+    pub total: u32,
+    pub failed: u32,
+    pub message: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub events: Vec<crate::view::EventView>,
+}
+
+/// Where a running task of the service answers (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointView {
+    pub task: String,
+    pub node: Option<String>,
+    pub address: String,
+    pub port: u16,
+    pub target_port: u16,
+    pub protocol: orion_types::Protocol,
+    pub healthy: bool,
 }

@@ -3,7 +3,9 @@
 //! writes nothing; a duplicate id is refused by `apply` (`409`), which is the only place that
 //! can know it for sure.
 
-use crate::{ApiError, Backend, ReadQuery, TaskView, read_body, service_json};
+use crate::openapi::{BodyErrors, ReadErrors, WriteErrors};
+use crate::service_view::ServiceView;
+use crate::{ApiError, Backend, ErrorBody, ReadQuery, TaskView, read_body, service_json};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -20,15 +22,22 @@ use std::sync::Arc;
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only the services of this stack.
     stack: Option<String>,
+    /// `true`: first catch up with everything the leader has committed.
     consistent: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TasksQuery {
+    /// Only tasks in this state.
+    #[param(value_type = Option<orion_types::TaskState>)]
     state: Option<String>,
+    /// `true`: first catch up with everything the leader has committed.
     consistent: Option<bool>,
 }
 
@@ -68,6 +77,13 @@ fn answer<B: Backend>(b: &B, resp: CmdResponse, ok: StatusCode) -> Result<Respon
     }
 }
 
+/// Creates a service; its tasks are placed by the reconciler.
+#[utoipa::path(post, path = "/services", tag = "services",
+    request_body = orion_types::service::ServiceRequest,
+    responses(
+        (status = 201, description = "The service", body = ServiceView),
+        (status = 409, description = "A service with this id exists", body = ErrorBody),
+        WriteErrors, BodyErrors))]
 pub(crate) async fn create<B: Backend>(
     State(b): State<Arc<B>>,
     body: Body,
@@ -82,6 +98,9 @@ pub(crate) async fn create<B: Backend>(
     answer(&*b, resp, StatusCode::CREATED)
 }
 
+/// Every service, optionally of one stack.
+#[utoipa::path(get, path = "/services", tag = "services", params(ListQuery),
+    responses((status = 200, description = "The services", body = Vec<ServiceView>), ReadErrors))]
 pub(crate) async fn list<B: Backend>(
     State(b): State<Arc<B>>,
     q: QueryResult<ListQuery>,
@@ -98,6 +117,13 @@ pub(crate) async fn list<B: Backend>(
     Ok(Json(list).into_response())
 }
 
+/// One service, with its replica counts, latest deployment and endpoints.
+#[utoipa::path(get, path = "/services/{id}", tag = "services",
+    params(("id" = String, Path, description = "Service id: `name` or `name.stack`"), ReadQuery),
+    responses(
+        (status = 200, description = "The service", body = ServiceView),
+        (status = 404, description = "No such service", body = ErrorBody),
+        ReadErrors))]
 pub(crate) async fn get_one<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -108,6 +134,13 @@ pub(crate) async fn get_one<B: Backend>(
     Ok(Json(b.read(|s| found(s, &id))?).into_response())
 }
 
+/// The tasks of a service, by slot.
+#[utoipa::path(get, path = "/services/{id}/tasks", tag = "services",
+    params(("id" = String, Path, description = "Service id"), TasksQuery),
+    responses(
+        (status = 200, description = "Its tasks", body = Vec<TaskView>),
+        (status = 404, description = "No such service", body = ErrorBody),
+        ReadErrors))]
 pub(crate) async fn tasks<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -138,6 +171,14 @@ pub(crate) async fn tasks<B: Backend>(
     Ok(Json(views).into_response())
 }
 
+/// Replaces a service's spec and starts a rolling update (a deployment).
+#[utoipa::path(put, path = "/services/{id}", tag = "services",
+    params(("id" = String, Path, description = "Service id")),
+    request_body = orion_types::service::ServiceRequest,
+    responses(
+        (status = 200, description = "The service, updating", body = ServiceView),
+        (status = 404, description = "No such service", body = ErrorBody),
+        WriteErrors, BodyErrors))]
 pub(crate) async fn update<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -167,6 +208,14 @@ pub(crate) async fn update<B: Backend>(
     answer(&*b, resp, StatusCode::OK)
 }
 
+/// Changes the number of replicas, without a new version.
+#[utoipa::path(post, path = "/services/{id}/scale", tag = "services",
+    params(("id" = String, Path, description = "Service id")),
+    request_body = crate::openapi::ScaleRequest,
+    responses(
+        (status = 200, description = "The service", body = ServiceView),
+        (status = 404, description = "No such service", body = ErrorBody),
+        WriteErrors, BodyErrors))]
 pub(crate) async fn scale<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -196,6 +245,13 @@ pub(crate) async fn scale<B: Backend>(
     answer(&*b, resp, StatusCode::OK)
 }
 
+/// Rolls a service back to its previous spec.
+#[utoipa::path(post, path = "/services/{id}/rollback", tag = "services",
+    params(("id" = String, Path, description = "Service id")),
+    responses(
+        (status = 200, description = "The service, rolling back", body = ServiceView),
+        (status = 404, description = "No such service", body = ErrorBody),
+        WriteErrors))]
 pub(crate) async fn rollback<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
@@ -210,6 +266,13 @@ pub(crate) async fn rollback<B: Backend>(
     answer(&*b, resp, StatusCode::OK)
 }
 
+/// Deletes a service and stops its tasks.
+#[utoipa::path(delete, path = "/services/{id}", tag = "services",
+    params(("id" = String, Path, description = "Service id")),
+    responses(
+        (status = 200, description = "The service as it was", body = ServiceView),
+        (status = 404, description = "No such service", body = ErrorBody),
+        WriteErrors))]
 pub(crate) async fn delete<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tower::ServiceExt;
 
 #[derive(Default)]
-struct MemBackend {
+pub(crate) struct MemBackend {
     state: Mutex<ClusterState>,
     ids: AtomicU64,
     writes: AtomicU64,
@@ -56,7 +56,7 @@ impl Backend for MemBackend {
 }
 
 /// Sends one request and returns status and JSON body.
-async fn call(
+pub(crate) async fn call(
     b: &Arc<MemBackend>,
     method: &str,
     uri: &str,
@@ -286,6 +286,19 @@ mod services {
         assert_eq!((status, &gone["id"]), (StatusCode::OK, &"web".into()));
         check(&b, "GET", "/services/web", "", 404, "not found").await;
         check(&b, "DELETE", "/services/web", "", 404, "not found").await;
+    }
+
+    /// Regression: the service object left out `stopAfterDisconnect`, so a service read and
+    /// `PUT` back lost it (found while writing its OpenAPI schema).
+    #[tokio::test]
+    async fn service_object_keeps_stop_after_disconnect() {
+        let b = Arc::new(MemBackend::default());
+        let body = r#"{"name":"web","image":"orion/busybox","stopAfterDisconnect":"30s"}"#;
+        let (status, svc) = call(&b, "POST", "/services", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{svc}");
+        assert_eq!(svc["stopAfterDisconnect"], "30s");
+        let (_, plain) = call(&b, "POST", "/services", WEB).await;
+        assert!(plain.get("stopAfterDisconnect").is_none(), "{plain}");
     }
 
     #[tokio::test]

@@ -4,12 +4,13 @@ use orion_types::{PortMapping, Task, UnixMillis};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
+use utoipa::ToSchema;
 
 pub(crate) fn rfc3339(ms: UnixMillis) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventView {
     pub at: String,
@@ -18,7 +19,7 @@ pub struct EventView {
 }
 
 /// A task as API.md shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
     pub id: String,
@@ -37,6 +38,7 @@ pub struct TaskView {
     /// `stopAfterDisconnect` as a duration string; absent when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_after_disconnect: Option<String>,
+    #[schema(value_type = orion_types::TaskState)]
     pub state: String,
     pub node: Option<String>,
     pub allocation: Option<String>,
@@ -120,7 +122,7 @@ impl From<&Task> for TaskView {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ResourcesView {
     /// Bytes.
     pub memory: u64,
@@ -138,7 +140,7 @@ impl From<orion_types::Resources> for ResourcesView {
 }
 
 /// A node as API.md shows it: gossip status, Raft role, addresses, capacity and use.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeView {
     pub id: String,
@@ -164,7 +166,7 @@ pub struct NodeView {
 }
 
 /// `GET /status`: the answering node's own view.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusView {
     pub id: String,

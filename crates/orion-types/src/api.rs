@@ -8,6 +8,7 @@ use crate::limits::*;
 use crate::{
     Constraint, ConstraintOp, NodeAttr, PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec,
 };
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,6 +55,54 @@ pub(crate) const FIELDS: &[&str] = &[
     "strategy",
     "stopAfterDisconnect",
 ];
+
+/// The body of `POST /tasks` as the OpenAPI description shows it. `parse_task_request` reads
+/// the JSON by hand (so that every error names its field); this type only documents what it
+/// accepts, and a test checks that it names exactly the fields of `FIELDS`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({
+    "image": "nginx:1.27", "name": "web", "memory": "128m", "cpu": 0.5,
+    "portBindings": {"80/tcp": "8080"}, "restartPolicy": "on-failure",
+    "constraints": ["node.labels.zone == a"]
+}))]
+pub struct TaskRequest {
+    /// Image reference, e.g. `nginx:1.27`. The only required field.
+    pub image: String,
+    /// A name for people: letters, digits, `_`, `.` and `-`. Ids stay the key.
+    pub name: Option<String>,
+    /// Command and arguments; `[]` or absent: the image's own.
+    pub command: Option<Vec<String>>,
+    /// Environment variables.
+    pub env: Option<BTreeMap<String, String>>,
+    /// Memory limit: bytes, or a size like `"100m"`, `"1g"`; 0 or absent: no limit.
+    pub memory: Option<OrText<u64>>,
+    /// CPU share in cores, e.g. 0.5; 0 or absent: no limit.
+    pub cpu: Option<OrText<f64>>,
+    /// `{"CONTAINER_PORT[/tcp|udp]": "HOST_PORT"}`; host port `""` or `"0"`: Orion picks one
+    /// from the dynamic range.
+    pub port_bindings: Option<BTreeMap<String, OrText<u16>>>,
+    /// Default `always`.
+    pub restart_policy: Option<RestartPolicy>,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Node labels a node must have, e.g. `{"zone": "a"}`.
+    pub node_selectors: Option<BTreeMap<String, String>>,
+    /// Placement rules like `node.labels.zone == a`, `node.id != n3`.
+    pub constraints: Option<Vec<String>>,
+    /// Placement strategy; absent: the cluster's (`GET /cluster/config`).
+    pub strategy: Option<Strategy>,
+    /// Stop the task this long after its node is cut off from the cluster, e.g. `"30s"`.
+    pub stop_after_disconnect: Option<String>,
+}
+
+/// A value, or text that says the same (documentation only): a size in bytes or `"100m"`,
+/// cores or `"0.5"`, a port or `"8080"`, seconds or `"1m30s"`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum OrText<T> {
+    Value(T),
+    Text(String),
+}
 
 /// Parses a `POST /tasks` body into a valid `TaskSpec`.
 pub fn parse_task_request(body: &[u8]) -> Result<TaskSpec, ValidationError> {
@@ -736,9 +785,36 @@ pub(crate) fn parse_port_number(s: &str) -> Option<u16> {
         .filter(|p| *p > 0)
 }
 
+/// The property names of a schema, to check a hand-written parser against the type that
+/// documents it.
+#[cfg(test)]
+pub(crate) fn schema_fields<T: utoipa::PartialSchema>() -> Vec<String> {
+    let schema = serde_json::to_value(T::schema()).unwrap_or_default();
+    let mut names: Vec<String> = schema["properties"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `want` sorted, to compare with `schema_fields`.
+#[cfg(test)]
+pub(crate) fn sorted(want: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The OpenAPI schema of `POST /tasks` names exactly the fields the parser accepts.
+    #[test]
+    fn task_request_schema_names_every_parsed_field() {
+        assert_eq!(schema_fields::<TaskRequest>(), sorted(FIELDS));
+    }
 
     /// Parses `body` and checks the outcome: `Ok(())` for a valid spec, or the field the
     /// error must name.

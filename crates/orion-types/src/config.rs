@@ -163,6 +163,41 @@ const FIELDS: &[&str] = &[
     "restartResetAfterMs",
 ];
 
+/// The JSON of `GET /cluster/config` (every field) and of `PUT /cluster/config` (any of them),
+/// as the OpenAPI description shows it: `to_json` writes it and `parse_config_patch` reads it by
+/// hand; a test checks all three name the fields of `FIELDS`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[schema(example = json!({"strategy": "binpack", "voters": 5}))]
+pub struct ClusterConfigJson {
+    /// Placement strategy of tasks that name none.
+    pub strategy: Strategy,
+    /// Host ports chosen for `0`/empty port bindings, `FIRST-LAST`, e.g. `20000-32767`.
+    pub dynamic_ports: String,
+    /// Most Raft voters (1 to 7); further nodes are learners.
+    pub voters: u64,
+    /// First restart delay of an exited container, in milliseconds.
+    pub restart_base_ms: u64,
+    /// Longest restart delay, in milliseconds.
+    pub restart_max_ms: u64,
+    /// A container that ran this long has its back-off reset, in milliseconds.
+    pub restart_reset_after_ms: u64,
+}
+
+impl Default for ClusterConfigJson {
+    fn default() -> Self {
+        let c = ClusterConfig::default();
+        ClusterConfigJson {
+            strategy: c.strategy,
+            dynamic_ports: c.dynamic_ports.to_string(),
+            voters: c.voters as u64,
+            restart_base_ms: c.backoff.base_ms,
+            restart_max_ms: c.backoff.max_ms,
+            restart_reset_after_ms: c.backoff.reset_after_ms,
+        }
+    }
+}
+
 /// Parses a `PUT /cluster/config` body: the fields it names replace those of `current`, the
 /// result is validated as a whole.
 pub fn parse_config_patch(
@@ -232,6 +267,22 @@ fn apply_patch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{schema_fields, sorted};
+
+    /// The OpenAPI schemas of `GET` and `PUT /cluster/config` name exactly the fields that
+    /// `to_json` writes and the parser accepts.
+    #[test]
+    fn config_schemas_name_every_field() {
+        let written: Vec<String> = ClusterConfig::default()
+            .to_json()
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut written = written;
+        written.sort();
+        assert_eq!(written, sorted(FIELDS));
+        assert_eq!(schema_fields::<ClusterConfigJson>(), sorted(FIELDS));
+    }
 
     /// A patch over the default config and the field of the error, or the resulting config.
     fn check(body: &str, want: Result<ClusterConfig, &str>) {

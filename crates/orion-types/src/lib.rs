@@ -117,6 +117,7 @@ pub struct TaskEvent {
 /// The life of a task, as users see it (API.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum TaskState {
     /// Accepted, waiting for a node.
     Pending,
@@ -167,6 +168,7 @@ impl TaskState {
 /// A port as bound on the host, reported by the node that runs the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 pub struct PortMapping {
     pub container_port: u16,
     pub protocol: Protocol,

@@ -9,15 +9,17 @@
 //! strings ("500ms", "5s", "1m30s") or a whole number of seconds.
 
 use crate::api::{
-    ValidationError, err, parse_object, parse_port_number, refuse_unknown, task_fields,
+    OrText, ValidationError, err, parse_object, parse_port_number, refuse_unknown, task_fields,
 };
 use crate::limits::{PORTS_MAX, SERVICE_DURATION_MAX_MS, SERVICE_REPLICAS_MAX};
 use crate::{Constraint, ConstraintOp, NodeAttr, PortSpec, Protocol, TaskSpec, UnixMillis};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum ServiceMode {
     /// `replicas` copies, each in a numbered slot.
     #[default]
@@ -38,6 +40,7 @@ impl ServiceMode {
 /// A service port's protocol: `http` is TCP that the mesh may treat as HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum ServiceProtocol {
     Tcp,
     Udp,
@@ -65,6 +68,7 @@ impl ServiceProtocol {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum PortMode {
     /// Published on every node through the mesh (the discovery issue); until the mesh
     /// exists, published on the task's node.
@@ -145,6 +149,7 @@ impl Health {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(utoipa::ToSchema)]
 pub enum UpdateOrder {
     /// The new task starts and turns ready before the old one stops: no gap in service.
     #[default]
@@ -163,6 +168,7 @@ impl UpdateOrder {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum FailureAction {
     #[default]
     Rollback,
@@ -472,6 +478,147 @@ const SERVICE_ONLY_FIELDS: &[&str] = &[
 /// The task fields a service does not take: a service names its tasks, and publishes `ports`.
 const TASK_ONLY_FIELDS: &[&str] = &["name", "portBindings"];
 
+/// The fields of an entry of `ports`.
+const PORT_FIELDS: &[&str] = &["target", "published", "protocol", "mode", "proxyProtocol"];
+/// The fields of a `healthcheck` object.
+const HEALTHCHECK_FIELDS: &[&str] = &[
+    "http",
+    "tcp",
+    "exec",
+    "port",
+    "interval",
+    "timeout",
+    "retries",
+    "startPeriod",
+];
+/// The fields of `update`.
+const UPDATE_FIELDS: &[&str] = &[
+    "parallelism",
+    "delay",
+    "order",
+    "monitor",
+    "failureAction",
+    "maxFailureRatio",
+];
+
+/// The body of `POST /services` and `PUT /services/{id}` as the OpenAPI description shows it.
+/// `parse_service_request` reads the JSON by hand; this type only documents what it accepts,
+/// and a test checks that it names exactly the fields the parser knows (nested ones too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({
+    "name": "web", "stack": "shop", "image": "nginx:1.27", "replicas": 3,
+    "ports": [{"target": 80, "published": 8080}],
+    "healthcheck": {"http": "/", "interval": "5s"},
+    "update": {"parallelism": 1, "order": "start-first", "failureAction": "rollback"}
+}))]
+pub struct ServiceRequest {
+    /// A DNS label (`[a-z0-9-]`, 1 to 63). Required on `POST`; on `PUT` it defaults to the
+    /// path's. The service id is `name`, or `name.stack` with a stack.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub name: Option<String>,
+    /// A DNS label grouping services.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub stack: Option<String>,
+    /// Image reference. Required.
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    /// Per task: bytes, or a size like `"100m"`.
+    pub memory: Option<OrText<u64>>,
+    /// Per task, in cores.
+    pub cpu: Option<OrText<f64>>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub node_selectors: Option<BTreeMap<String, String>>,
+    pub constraints: Option<Vec<String>>,
+    pub restart_policy: Option<crate::RestartPolicy>,
+    pub strategy: Option<crate::Strategy>,
+    pub stop_after_disconnect: Option<String>,
+    /// Default `replicated`.
+    pub mode: Option<ServiceMode>,
+    /// Replicated services only; default 1.
+    #[schema(maximum = 1000)]
+    pub replicas: Option<u32>,
+    /// Most tasks of this service on one node; 0 or absent: no limit. Replicated only.
+    #[schema(maximum = 1000)]
+    pub max_per_node: Option<u32>,
+    pub ports: Option<Vec<ServicePortRequest>>,
+    pub healthcheck: Option<HealthcheckRequest>,
+    pub update: Option<UpdateRequest>,
+    /// Time between the stop signal and the kill, e.g. `"10s"` (the default).
+    pub stop_grace_period: Option<OrText<u64>>,
+}
+
+/// An entry of a service's `ports` (documentation only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub struct ServicePortRequest {
+    /// The container's port. Required.
+    pub target: OrText<u16>,
+    /// The host port; absent: none published.
+    pub published: Option<OrText<u16>>,
+    /// Default `tcp`.
+    pub protocol: Option<ServiceProtocol>,
+    /// Default `ingress`.
+    pub mode: Option<PortMode>,
+    pub proxy_protocol: Option<bool>,
+}
+
+/// A service's `healthcheck`: `"image"` (the image's own HEALTHCHECK) or an object with
+/// exactly one of `http`, `tcp`, `exec` (documentation only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+#[derive(utoipa::ToSchema)]
+pub enum HealthcheckRequest {
+    /// `"image"`.
+    Image(String),
+    Probe(HealthProbeRequest),
+}
+
+/// A health probe (documentation only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub struct HealthProbeRequest {
+    /// An HTTP GET of this path must answer 2xx or 3xx.
+    pub http: Option<String>,
+    /// `true`: a TCP connect must succeed.
+    pub tcp: Option<bool>,
+    /// A command run in the container must exit 0.
+    pub exec: Option<Vec<String>>,
+    /// Target port probed by `http`/`tcp`; default the first of `ports`.
+    pub port: Option<u16>,
+    /// Default `"5s"`.
+    pub interval: Option<OrText<u64>>,
+    /// Default `"2s"`.
+    pub timeout: Option<OrText<u64>>,
+    /// Failures in a row before unhealthy; default 3.
+    pub retries: Option<u32>,
+    /// Failures during this time after start do not count; default `"0s"`.
+    pub start_period: Option<OrText<u64>>,
+}
+
+/// A service's `update` policy (documentation only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub struct UpdateRequest {
+    /// Tasks replaced at a time; default 1.
+    pub parallelism: Option<u32>,
+    /// Pause between batches; default `"0s"`.
+    pub delay: Option<OrText<u64>>,
+    /// Default `start-first`.
+    pub order: Option<UpdateOrder>,
+    /// How long a new task is watched before it counts as updated; default `"5s"`.
+    pub monitor: Option<OrText<u64>>,
+    /// Default `rollback`.
+    pub failure_action: Option<FailureAction>,
+    /// Share of failed tasks tolerated, from 0 to 1; default 0.
+    pub max_failure_ratio: Option<f64>,
+}
+
 /// Parses a `POST /services` or `PUT /services/{id}` body into a valid `ServiceSpec`.
 pub fn parse_service_request(body: &[u8]) -> Result<ServiceSpec, ValidationError> {
     validate_service(&parse_object(body)?)
@@ -597,7 +744,7 @@ fn count(obj: &Map<String, Value>, field: &str, max: u32) -> Result<Option<u32>,
 
 fn parse_service_ports(v: Option<&Value>) -> Result<Vec<ServicePort>, ValidationError> {
     const F: &str = "ports";
-    const KNOWN: &[&str] = &["target", "published", "protocol", "mode", "proxyProtocol"];
+    const KNOWN: &[&str] = PORT_FIELDS;
     let items = match v {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -708,16 +855,7 @@ fn parse_healthcheck(
     ports: &[ServicePort],
 ) -> Result<Option<HealthCheck>, ValidationError> {
     const F: &str = "healthcheck";
-    const KNOWN: &[&str] = &[
-        "http",
-        "tcp",
-        "exec",
-        "port",
-        "interval",
-        "timeout",
-        "retries",
-        "startPeriod",
-    ];
+    const KNOWN: &[&str] = HEALTHCHECK_FIELDS;
     let defaults = |test| HealthCheck {
         test,
         port: None,
@@ -851,14 +989,7 @@ fn parse_healthcheck(
 const HEALTH_RETRIES_MAX: u32 = 100;
 
 fn parse_update(v: Option<&Value>) -> Result<UpdateConfig, ValidationError> {
-    const KNOWN: &[&str] = &[
-        "parallelism",
-        "delay",
-        "order",
-        "monitor",
-        "failureAction",
-        "maxFailureRatio",
-    ];
+    const KNOWN: &[&str] = UPDATE_FIELDS;
     let mut u = UpdateConfig::default();
     let h = match v {
         None | Some(Value::Null) => return Ok(u),
@@ -960,6 +1091,44 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{schema_fields, sorted};
+
+    /// The OpenAPI schemas of a service body name exactly the fields the parser accepts, at
+    /// every level.
+    #[test]
+    fn service_request_schema_names_every_parsed_field() {
+        let shared = crate::api::FIELDS
+            .iter()
+            .filter(|f| !TASK_ONLY_FIELDS.contains(f));
+        let top: Vec<&str> = SERVICE_ONLY_FIELDS.iter().chain(shared).copied().collect();
+        assert_eq!(schema_fields::<ServiceRequest>(), sorted(&top));
+        assert_eq!(schema_fields::<ServicePortRequest>(), sorted(PORT_FIELDS));
+        assert_eq!(
+            schema_fields::<HealthProbeRequest>(),
+            sorted(HEALTHCHECK_FIELDS)
+        );
+        assert_eq!(schema_fields::<UpdateRequest>(), sorted(UPDATE_FIELDS));
+    }
+
+    /// The bounds the schema states are the parser's: the literal in `#[schema(maximum)]`
+    /// follows `SERVICE_REPLICAS_MAX`, and the name pattern accepts what `check_dns_label`
+    /// accepts.
+    #[test]
+    fn service_request_schema_bounds_are_the_parsers() {
+        let schema = serde_json::to_value(<ServiceRequest as utoipa::PartialSchema>::schema())
+            .expect("schema");
+        let props = &schema["properties"];
+        for field in ["replicas", "maxPerNode"] {
+            assert_eq!(
+                props[field]["maximum"].as_f64(),
+                Some(f64::from(SERVICE_REPLICAS_MAX)),
+                "{field}"
+            );
+        }
+        let pattern = props["name"]["pattern"].as_str().expect("pattern");
+        assert_eq!(pattern, "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$");
+        assert_eq!(props["stack"]["pattern"].as_str(), Some(pattern));
+    }
 
     /// Parses `body` and checks the outcome: `Ok(())` for a valid spec, or the field the
     /// error must name.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -33,6 +34,7 @@ pub struct PortSpec {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(utoipa::ToSchema)]
 pub enum RestartPolicy {
     /// Restart whatever the exit code: the default, as tasks are long-running services.
     #[default]
@@ -70,6 +72,7 @@ impl RestartPolicy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum Strategy {
     /// The least loaded node, by the dominant share of memory and CPU.
     #[default]

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Fuzzes a live single-node agent with schemathesis (PyPI) against its own GET /openapi.json:
+# no 5xx, every answer conforms to the described status codes, content types and schemas, and
+# no panic in the agent's log. Bounded: SCHEMATHESIS_EXAMPLES examples per operation and
+# SCHEMATHESIS_TIME seconds in all. Not part of scripts/test.sh.
+#
+# Usage: scripts/schemathesis.sh [IP]   (default 127.0.0.77; the API listens on IP:8000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ip="${1:-127.0.0.77}"
+examples="${SCHEMATHESIS_EXAMPLES:-25}"
+budget="${SCHEMATHESIS_TIME:-180}"
+
+command -v schemathesis >/dev/null 2>&1 || pip install -q schemathesis
+cargo build -q -p orion
+
+dir="$(mktemp -d /tmp/orion-schemathesis.XXXXXX)"
+./target/debug/orion --id st1 --bind "$ip" --publish-ip "$ip" --data-dir "$dir/data" \
+  --bootstrap >"$dir/agent.log" 2>&1 &
+agent=$!
+trap 'kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null; echo "agent log: $dir/agent.log"' EXIT
+
+# Wait (at most 30 s) for a leader: writes answer 503 before that.
+for _ in $(seq 1 300); do
+  curl -sf "http://$ip:8000/status" 2>/dev/null | grep -q '"role":"leader"' && break
+  kill -0 "$agent" 2>/dev/null || { cat "$dir/agent.log"; exit 1; }
+  sleep 0.1
+done
+
+# `GET /events` follows by default: an endless stream no fuzzer can read to its end (and
+# schemathesis cannot parse NDJSON), so it is left out of the run and checked here with
+# `follow=false`: a 200 whose every line is a JSON object with the event fields.
+status=0
+schemathesis run "http://$ip:8000/openapi.json" \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+  --exclude-path /events \
+  --max-examples "$examples" --max-time "$budget" --request-timeout 5 --seed 1 || status=$?
+
+events="$(curl -sf "http://$ip:8000/events?follow=false&limit=100")" || { echo "GET /events failed" >&2; status=1; }
+if ! python3 -c '
+import json, sys
+lines = [l for l in sys.stdin.read().splitlines() if l]
+assert lines, "no events"
+for l in lines:
+    e = json.loads(l)
+    assert set(e) == {"index", "at", "topic", "type", "key", "payload"}, e
+' <<<"$events"; then
+  echo "GET /events?follow=false: not the described event lines" >&2
+  status=1
+fi
+
+if grep -n "panicked" "$dir/agent.log"; then
+  echo "the agent panicked" >&2
+  status=1
+fi
+exit "$status"
