@@ -2,7 +2,7 @@
 # Fuzzes a live single-node agent with schemathesis (PyPI) against its own GET /openapi.json:
 # no 5xx, every answer conforms to the described status codes, content types and schemas, and
 # no panic in the agent's log. Bounded: SCHEMATHESIS_EXAMPLES examples per operation and
-# SCHEMATHESIS_TIME seconds in all. Not part of scripts/test.sh.
+# SCHEMATHESIS_TIME seconds in all. scripts/test.sh runs it with a small budget.
 #
 # Usage: scripts/schemathesis.sh [IP]   (default 127.0.0.77; the API listens on IP:8000)
 set -euo pipefail

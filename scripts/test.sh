@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: what the README's second set-up command and .ci/run call.
 # Installs what the tests need from Debian (busybox-static for the local test image, iptables
-# for partitions, tmux for the terminal UI test, prometheus for promtool), builds
-# the test image, then runs every test of the workspace. Under CI=true the Docker and cluster
-# tests fail rather than skip when the engine is missing.
+# for partitions, tmux for the terminal UI test, prometheus for promtool), builds the test
+# image, runs every test of the workspace, then schemathesis (PyPI) against the API. Under
+# CI=true the Docker and cluster tests fail rather than skip when the engine is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +28,8 @@ else
 fi
 
 cargo test --workspace "$@"
+
+# The API against its own OpenAPI description: schemathesis (PyPI) fuzzes a live node,
+# bounded to a few examples per operation and 90 s in all; no 5xx, no answer off the schema,
+# no panic.
+SCHEMATHESIS_EXAMPLES=10 SCHEMATHESIS_TIME=90 bash scripts/schemathesis.sh 127.0.0.78
