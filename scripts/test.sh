@@ -27,9 +27,15 @@ else
   echo "Docker engine unreachable: the Docker and cluster tests will skip"
 fi
 
-cargo test --workspace "$@"
+# The output is kept to count the tests for the closing line (pipefail keeps cargo's status).
+results="$(mktemp /tmp/orion-test-results.XXXXXX)"
+trap 'rm -f "$results"' EXIT
+cargo test --workspace "$@" 2>&1 | tee "$results"
 
 # The API against its own OpenAPI description: schemathesis (PyPI) fuzzes a live node,
 # bounded to a few examples per operation and 90 s in all; no 5xx, no answer off the schema,
 # no panic.
 SCHEMATHESIS_EXAMPLES=10 SCHEMATHESIS_TIME=90 bash scripts/schemathesis.sh 127.0.0.78
+
+# One closing line for the whole run: the tests of every cargo test binary, added up.
+awk '/^test result:/ {p += $4; f += $6; i += $8} END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, i}' "$results"
