@@ -147,18 +147,13 @@ pub fn service_json(svc: &Service, state: &ClusterState) -> Value {
     let mut o = Map::new();
     o.insert("id".into(), json!(svc.id));
     o.extend(spec_json(&svc.spec));
-    let mut running = 0u32;
-    let mut healthy = 0u32;
+    let counts = state.replica_counts(svc);
     let mut endpoints = Vec::new();
     for t in state.tasks_of_service(&svc.id) {
         if t.state != TaskState::Running {
             continue;
         }
-        running += 1;
         let ok = matches!(t.health, Health::None | Health::Healthy);
-        if ok {
-            healthy += 1;
-        }
         let node_ip = t
             .node
             .as_ref()
@@ -181,14 +176,6 @@ pub fn service_json(svc: &Service, state: &ClusterState) -> Value {
             }));
         }
     }
-    let desired = match svc.spec.mode {
-        ServiceMode::Replicated => svc.spec.replicas,
-        // One per node that runs or is getting a task: what the reconciler keeps.
-        ServiceMode::Global => state
-            .tasks_of_service(&svc.id)
-            .filter(|t| t.state != TaskState::Stopped)
-            .count() as u32,
-    };
     o.insert("version".into(), json!(svc.version));
     o.insert("createdAt".into(), json!(rfc3339(svc.created_at)));
     o.insert("updatedAt".into(), json!(rfc3339(svc.updated_at)));
@@ -196,7 +183,7 @@ pub fn service_json(svc: &Service, state: &ClusterState) -> Value {
     o.insert("vip".into(), Value::Null);
     o.insert(
         "replicas".into(),
-        json!({"desired": desired, "running": running, "healthy": healthy}),
+        json!({"desired": counts.desired, "running": counts.running, "healthy": counts.healthy}),
     );
     o.insert(
         "deployment".into(),

@@ -752,6 +752,7 @@ fn short(id: &str) -> &str {
 }
 
 mod services;
+pub use services::ReplicaCounts;
 
 #[cfg(test)]
 mod tests;

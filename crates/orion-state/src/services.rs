@@ -9,7 +9,40 @@ use orion_types::{
     ServiceSpec, Task, TaskState, UnixMillis, limits,
 };
 
+/// A service's replica counts as API.md shows them (`replicas: {desired, running, healthy}`)
+/// and `/metrics` exports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaCounts {
+    pub desired: u32,
+    pub running: u32,
+    /// Running and healthy, or running with no health check.
+    pub healthy: u32,
+}
+
 impl ClusterState {
+    /// The one place the replica counts of `svc` are computed.
+    pub fn replica_counts(&self, svc: &Service) -> ReplicaCounts {
+        let mut c = ReplicaCounts::default();
+        let mut live = 0u32;
+        for t in self.tasks_of_service(&svc.id) {
+            if t.state != TaskState::Stopped {
+                live += 1;
+            }
+            if t.state == TaskState::Running {
+                c.running += 1;
+                if matches!(t.health, Health::None | Health::Healthy) {
+                    c.healthy += 1;
+                }
+            }
+        }
+        c.desired = match svc.spec.mode {
+            ServiceMode::Replicated => svc.spec.replicas,
+            // One per node that runs or is getting a task: what the reconciler keeps.
+            ServiceMode::Global => live,
+        };
+        c
+    }
+
     /// Tasks of service `id`, stopped ones included.
     pub fn tasks_of_service<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks

@@ -182,27 +182,10 @@ impl Node {
             for t in st.tasks_on(&self.cfg.id) {
                 *mine.entry(t.state.as_str()).or_default() += 1;
             }
-            let services: Vec<(String, u64, u64, u64)> = st
+            let services: Vec<(String, orion_state::ReplicaCounts)> = st
                 .services
                 .values()
-                .map(|svc| {
-                    let live = st.tasks.values().filter(|t| {
-                        t.service.as_deref() == Some(svc.id.as_str())
-                            && t.state == orion_types::TaskState::Running
-                    });
-                    let (running, healthy) = live.fold((0, 0), |(r, h), t| {
-                        let ok = matches!(
-                            t.health,
-                            orion_types::Health::Healthy | orion_types::Health::None
-                        );
-                        (r + 1, h + u64::from(ok))
-                    });
-                    let desired = match svc.spec.mode {
-                        orion_types::ServiceMode::Global => running,
-                        _ => u64::from(svc.spec.replicas),
-                    };
-                    (svc.id.clone(), desired, running, healthy)
-                })
+                .map(|svc| (svc.id.clone(), st.replica_counts(svc)))
                 .collect();
             (pending, mine, services)
         });
@@ -220,13 +203,15 @@ impl Node {
             gauge!("orion_executor_tasks", "state" => state)
                 .set(mine.get(state).copied().unwrap_or(0) as f64);
         }
-        for (id, desired, running, healthy) in services {
-            gauge!("orion_service_replicas", "service" => id.clone(), "kind" => "desired")
-                .set(desired as f64);
-            gauge!("orion_service_replicas", "service" => id.clone(), "kind" => "running")
-                .set(running as f64);
-            gauge!("orion_service_replicas", "service" => id, "kind" => "healthy")
-                .set(healthy as f64);
+        for (id, c) in services {
+            for (kind, n) in [
+                ("desired", c.desired),
+                ("running", c.running),
+                ("healthy", c.healthy),
+            ] {
+                gauge!("orion_service_replicas", "service" => id.clone(), "kind" => kind)
+                    .set(f64::from(n));
+            }
         }
     }
 }
