@@ -19,7 +19,8 @@ dir="$(mktemp -d /tmp/orion-schemathesis.XXXXXX)"
 ./target/debug/orion --id st1 --bind "$ip" --publish-ip "$ip" --data-dir "$dir/data" \
   --bootstrap >"$dir/agent.log" 2>&1 &
 agent=$!
-trap 'kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null; echo "agent log: $dir/agent.log"' EXIT
+# The agent is stopped by its pid; its data dir goes, the log is printed on a failure.
+trap 'kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null; [ "${status:-1}" = 0 ] || tail -n 50 "$dir/agent.log"; rm -rf "$dir"' EXIT
 
 # Wait (at most 30 s) for a leader: writes answer 503 before that.
 for _ in $(seq 1 300); do
