@@ -10,6 +10,7 @@ pub mod api;
 pub mod command;
 pub mod config;
 pub mod constraint;
+pub mod endpoint;
 pub mod env;
 pub mod service;
 pub mod spec;
