@@ -541,11 +541,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let network = crate::discovery::container_network(&docker, &cfg.id).await;
+    let dns = crate::discovery::spawn_dns(
+        cfg.api_bind.ip(),
+        cfg.advertise,
+        cfg.dns_port,
+        network.as_ref(),
+        endpoints.clone(),
+        stop_rx.clone(),
+    );
     let executor = orion_executor::spawn(
         orion_executor::ExecutorConfig {
             node_id: cfg.id.clone(),
             publish_ip: cfg.publish_ip.to_string(),
             backoff: cfg.backoff,
+            network: network.clone(),
         },
         docker.clone(),
         node.clone(),
@@ -621,6 +631,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let _ = executor.await;
     let _ = view_task.await;
     let _ = announcer.await;
+    for d in dns {
+        let _ = d.await;
+    }
     membership_log.abort();
     if others_alive {
         // Say so in the log first: the leader then re-places our tasks at once and takes our
@@ -640,6 +653,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if others_alive {
         // Our tasks will be placed elsewhere: do not leave them running here as duplicates.
         remove_own_containers(&docker, &cfg.id).await;
+        if let Some(n) = &network
+            && let Err(e) = docker.remove_network(&n.name).await
+        {
+            warn!(network = %n.name, error = %e, "could not remove this node's network on leave");
+        }
     }
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
