@@ -78,6 +78,16 @@ fn dig_tcp(server: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `orion` client's standard output against `api`.
+fn orion_cli(api: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orion"))
+        .args(args)
+        .env("ORION_ADDR", api)
+        .output()
+        .expect("run orion");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// `docker exec` of `cmd` in container `id`: (exit ok, output).
 fn exec(id: &str, cmd: &[&str]) -> (bool, String) {
     let out = std::process::Command::new("timeout")
@@ -225,6 +235,12 @@ async fn dns_answers_every_name_in_containers_too_and_without_quorum() {
             .all(|e| e["healthy"] == true && e["targetPort"] == 80),
         "{s}"
     );
+    // The CLI shows the VIP, the ports and the endpoints with their health.
+    let ls = orion_cli(&a1, &["service", "ls"]);
+    assert!(ls.contains("10.200.0.1") && ls.contains("3/3"), "{ls}");
+    let pretty = orion_cli(&a1, &["service", "inspect", "--pretty", "web"]);
+    assert!(pretty.contains("VIP:       10.200.0.1"), "{pretty}");
+    assert_eq!(pretty.matches("  healthy\n").count(), 3, "{pretty}");
 
     // Inside front's container on disco-a1: `api` (its stack) and `web` by short name, and
     // api's task on disco-a3 by its tasks. name.
