@@ -9,9 +9,11 @@
 //!   stack), and `tasks.` names give the other node's address;
 //! - an endpoint whose check starts failing leaves DNS on every node (the time is printed,
 //!   for BENCHMARKS.md; the bound asserted is only a sanity bound);
+//! - the same with Raft cut by iptables between all nodes (nothing can commit): health
+//!   travels by gossip alone;
 //! - with 2 of 3 voters killed, the survivor still answers for existing services.
 //!
-//! Loopback networks: 127.0.100.0/24 and 127.0.101.0/24.
+//! Loopback networks: 127.0.100.0/24 to 127.0.102.0/24.
 
 mod common;
 
@@ -364,5 +366,139 @@ async fn a_failing_endpoint_leaves_dns_everywhere() {
     assert!(
         left.contains(&"127.0.101.1".to_string()) && left.contains(&"127.0.101.2".to_string()),
         "{left:?}"
+    );
+}
+
+/// iptables rules cutting Raft (TCP port 7000) between the agents of one /24, tagged with a
+/// comment and removed on drop (a panic included). Gossip (UDP 6000) still flows.
+struct RaftCut {
+    net: u8,
+}
+
+const CUT_TAG: &str = "orion-test-disco-raft-cut";
+
+impl RaftCut {
+    fn args(&self, op: &str) -> Vec<String> {
+        let net = format!("127.0.{}.0/24", self.net);
+        [
+            op,
+            "INPUT",
+            "-s",
+            &net,
+            "-d",
+            &net,
+            "-p",
+            "tcp",
+            "--dport",
+            "7000",
+            "-m",
+            "comment",
+            "--comment",
+            CUT_TAG,
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn new(net: u8) -> RaftCut {
+        let cut = RaftCut { net };
+        let out = std::process::Command::new("iptables")
+            .args(cut.args("-I"))
+            .output()
+            .expect("iptables");
+        assert!(out.status.success(), "iptables: {out:?}");
+        cut
+    }
+}
+
+impl Drop for RaftCut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(self.args("-D"))
+            .output();
+    }
+}
+
+/// Health travels by gossip: with Raft cut between all three nodes (no entry can commit, so
+/// the log cannot record the failure), an endpoint whose check starts failing still leaves
+/// every node's DNS. Prints the time, for BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_endpoint_leaves_dns_by_gossip_alone() {
+    if docker_or_skip().await.is_none() {
+        return;
+    }
+    let cluster = Cluster::start("disco-c", 102, 3, &[]);
+    let a1 = cluster.agents[0].api.clone();
+    cluster
+        .wait_membership(&cluster.agents[0], 3, 0, CONVERGE)
+        .await;
+    let check = r#", "healthcheck": {"http": "/ok", "interval": "200ms", "timeout": "150ms", "retries": 1}"#;
+    let (status, web) = post(&a1, "/services", &web_body(check))
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{web}");
+    let servers: Vec<String> = (1..=3).map(|i| format!("127.0.102.{i}")).collect();
+    for s in &servers {
+        let s2 = s.clone();
+        let want = servers.clone();
+        wait_for(
+            CONVERGE,
+            &format!("{s} to list 3 healthy endpoints"),
+            || {
+                let s2 = s2.clone();
+                let want = want.clone();
+                async move { (task_addrs(&s2) == want).then_some(()) }
+            },
+        )
+        .await;
+    }
+    let tasks = running_tasks(&a1, "web", 3).await;
+    let cid = tasks
+        .iter()
+        .find(|t| t["node"] == "disco-c3")
+        .and_then(|t| t["containerId"].as_str())
+        .expect("a task on disco-c3")
+        .to_string();
+    let _cut = RaftCut::new(102);
+    let applied_before: Vec<Value> = {
+        let mut v = Vec::new();
+        for a in &cluster.agents {
+            v.push(get(&a.api, "/status").await.expect("status").1["commitIndex"].clone());
+        }
+        v
+    };
+    let (ok, out) = exec(&cid, &["rm", "/www/ok"]);
+    assert!(ok, "rm: {out}");
+    let broken = Instant::now();
+    let mut gone_at = Vec::new();
+    for s in &servers {
+        loop {
+            if !task_addrs(s).contains(&"127.0.102.3".to_string()) {
+                gone_at.push(broken.elapsed());
+                break;
+            }
+            assert!(
+                broken.elapsed() < Duration::from_secs(10),
+                "{s} still lists the failing endpoint after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Nothing was committed meanwhile: the log did not carry it.
+    for (a, before) in cluster.agents.iter().zip(&applied_before) {
+        let (_, st) = get(&a.api, "/status").await.expect("status");
+        assert_eq!(
+            &st["commitIndex"], before,
+            "{} committed during the cut",
+            a.id
+        );
+    }
+    let last = gone_at.iter().max().copied().unwrap_or_default();
+    println!(
+        "by gossip alone (Raft cut): failing endpoint gone from DNS per node {gone_at:?}; \
+         on every node after {last:?} (check every 200 ms, 1 retry)"
     );
 }
