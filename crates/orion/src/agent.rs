@@ -541,27 +541,43 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let network = crate::discovery::container_network(&docker, &cfg.id).await;
     let dns = crate::discovery::spawn_dns(
-        cfg.api_bind.ip(),
+        vec![std::net::SocketAddr::new(cfg.api_bind.ip(), cfg.dns_port)],
         cfg.advertise,
-        cfg.dns_port,
-        network.as_ref(),
         endpoints.clone(),
         stop_rx.clone(),
     );
-    let executor = orion_executor::spawn(
-        orion_executor::ExecutorConfig {
-            node_id: cfg.id.clone(),
-            publish_ip: cfg.publish_ip.to_string(),
-            backoff: cfg.backoff,
-            network: network.clone(),
-        },
-        docker.clone(),
-        node.clone(),
-        Arc::new(orion_types::env::SystemClock),
-        stop_rx.clone(),
-    );
+    // The node's container network is made (or found) in the background, so the API never
+    // waits for the engine; the executor and DNS on the network's gateway start once it is.
+    let executor = {
+        let (docker, node, cfg) = (docker.clone(), node.clone(), cfg.clone());
+        let (endpoints, stop) = (endpoints.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let network = crate::discovery::container_network(&docker, &cfg.id).await;
+            let gateway_dns = crate::discovery::spawn_gateway_dns(
+                network.as_ref(),
+                cfg.advertise,
+                endpoints,
+                stop.clone(),
+            );
+            let executor = orion_executor::spawn(
+                orion_executor::ExecutorConfig {
+                    node_id: cfg.id.clone(),
+                    publish_ip: cfg.publish_ip.to_string(),
+                    backoff: cfg.backoff,
+                    network,
+                },
+                docker,
+                node,
+                Arc::new(orion_types::env::SystemClock),
+                stop,
+            );
+            let _ = executor.await;
+            for d in gateway_dns {
+                let _ = d.await;
+            }
+        })
+    };
     let driver = controller::Driver {
         raft: node.raft.clone(),
         gossip: node.gossip.clone(),
@@ -653,10 +669,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if others_alive {
         // Our tasks will be placed elsewhere: do not leave them running here as duplicates.
         remove_own_containers(&docker, &cfg.id).await;
-        if let Some(n) = &network
-            && let Err(e) = docker.remove_network(&n.name).await
-        {
-            warn!(network = %n.name, error = %e, "could not remove this node's network on leave");
+        let network = crate::discovery::network_name(&cfg.id);
+        if let Err(e) = docker.remove_network(&network).await {
+            warn!(%network, error = %e, "could not remove this node's network on leave");
         }
     }
     node.raft.shutdown().await;

@@ -159,26 +159,15 @@ pub async fn container_network(
     }
 }
 
-/// Starts DNS on `--bind`:`--dns-port` and on the container network's gateway (port 53:
-/// Docker's `dns` option takes no port). A listener that cannot bind logs and ends; the
-/// agent runs on.
+/// Starts DNS on `listen` (`--bind`:`--dns-port`). A listener that cannot bind logs and
+/// ends; the agent runs on.
 pub fn spawn_dns(
-    bind: std::net::IpAddr,
+    listen: Vec<std::net::SocketAddr>,
     advertise: std::net::IpAddr,
-    dns_port: u16,
-    network: Option<&orion_executor::ContainerNetwork>,
     endpoints: watch::Receiver<Arc<EndpointView>>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     use orion_discovery::dns_server;
-    use std::net::SocketAddr;
-    let mut listen = vec![SocketAddr::new(bind, dns_port)];
-    if let Some(gw) = network.and_then(|n| n.dns.parse::<std::net::IpAddr>().ok()) {
-        let a = SocketAddr::new(gw, 53);
-        if !listen.contains(&a) {
-            listen.push(a);
-        }
-    }
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let upstreams = dns_server::upstreams_from_resolv_conf(&resolv, &listen);
     if upstreams.is_empty() {
@@ -189,4 +178,23 @@ pub fn spawn_dns(
         .into_iter()
         .map(|addr| tokio::spawn(dns_server::serve(addr, shared.clone(), stop.clone())))
         .collect()
+}
+
+/// Starts DNS on the container network's gateway, port 53 (Docker's `dns` option takes no
+/// port), if there is a network.
+pub fn spawn_gateway_dns(
+    network: Option<&orion_executor::ContainerNetwork>,
+    advertise: std::net::IpAddr,
+    endpoints: watch::Receiver<Arc<EndpointView>>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    match network.and_then(|n| n.dns.parse::<std::net::IpAddr>().ok()) {
+        Some(gw) => spawn_dns(
+            vec![std::net::SocketAddr::new(gw, 53)],
+            advertise,
+            endpoints,
+            stop,
+        ),
+        None => Vec::new(),
+    }
 }
