@@ -7,12 +7,17 @@
 //!   answers 200, N times.
 //! - `gossip`: in-process SWIM members (the agent's own gossip crate and metadata) and the bytes
 //!   each sends per second at 8, 32 and 128 members.
+//! - `gossip-sim`: the same members on an in-memory network in simulated time (paused tokio
+//!   clock), up to thousands of members: convergence time, bytes per node, largest packet.
+//! - `lifeguard`: the Lifeguard experiment in simulated time: members starved at random,
+//!   false `Down` declarations and detection time of killed members, Lifeguard on and off.
 //! - `payload-size`: the JSON size of the `CreateTask` command a request body becomes, so the
 //!   etcd comparison stores values of the same size.
 //!
 //! Every result goes to stdout as one JSON object per line; progress goes to stderr.
 
 mod gossip;
+mod gossip_sim;
 mod load;
 mod startup;
 
@@ -33,6 +38,8 @@ enum Cmd {
     Load(load::LoadArgs),
     Startup(startup::StartupArgs),
     Gossip(gossip::GossipArgs),
+    GossipSim(gossip_sim::SimArgs),
+    Lifeguard(gossip_sim::LifeguardArgs),
     PayloadSize(load::PayloadArgs),
 }
 
@@ -45,6 +52,8 @@ fn main() {
         Cmd::PayloadSize(a) => load::payload_size(a),
         Cmd::Load(a) => runtime().and_then(|rt| rt.block_on(load::run(a))),
         Cmd::Gossip(a) => runtime().and_then(|rt| rt.block_on(gossip::run(a))),
+        Cmd::GossipSim(a) => gossip_sim::run_sim(a),
+        Cmd::Lifeguard(a) => gossip_sim::run_lifeguard(a),
     };
     if let Err(e) = result {
         eprintln!("orion-bench: {e}");

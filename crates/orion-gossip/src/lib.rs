@@ -98,6 +98,8 @@ mod codec;
 mod engine;
 mod identity;
 mod lifeguard;
+#[cfg(any(test, feature = "sim"))]
+pub mod memnet;
 #[cfg(test)]
 mod tests;
 mod transport;
@@ -268,7 +270,7 @@ pub enum GossipError {
     #[error("metadata cannot be serialized: {0}")]
     Metadata(String),
     #[error(
-        "metadata too large: {identity_bytes} bytes per identity, at most {max_identity_bytes} fit max_packet_bytes"
+        "metadata too large: its packet would be {identity_bytes} bytes, at most {max_identity_bytes} fit max_packet_bytes"
     )]
     MetadataTooLarge {
         identity_bytes: usize,
@@ -345,6 +347,8 @@ pub struct GossipStats {
     pub send_errors: u64,
     /// Lifeguard direct notices sent to members we suspect.
     pub buddy_notices: u64,
+    /// The largest datagram sent so far, in bytes.
+    pub largest_packet_sent: u64,
     /// The seed of foca's RNG (`GossipConfig::seed`), so a run can be told apart and replayed.
     pub seed: u64,
 }
@@ -361,6 +365,7 @@ pub(crate) struct StatsCounters {
     pub(crate) inbound_dropped: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) buddy_notices: AtomicU64,
+    pub(crate) largest_packet_sent: AtomicU64,
 }
 
 struct Inner<M> {
@@ -440,18 +445,15 @@ where
         })?;
         config.advertise.set_port(local.port());
     }
-    let me = NodeIdentity {
-        node_id: Arc::from(config.node_id.as_str()),
-        generation: config.generation,
-        addr: config.advertise,
-        meta: Arc::new(meta),
-        meta_json: Arc::from(meta_json),
-    };
-    // Worst header: PingReq names three identities; add one member update, its
-    // count and a little slack.
-    let identity_bytes = codec::identity_len(&me);
-    let max_identity_bytes = (config.max_packet_bytes - 16) / 4;
-    if identity_bytes > max_identity_bytes || me.meta_json.len() > usize::from(u16::MAX) {
+    let me = NodeIdentity::new(
+        Arc::from(config.node_id.as_str()),
+        config.generation,
+        config.advertise,
+    );
+    // The metadata travels in one metadata packet (identity and JSON).
+    let identity_bytes = codec::meta_packet_len(&me, &meta_json);
+    let max_identity_bytes = config.max_packet_bytes;
+    if identity_bytes > max_identity_bytes || meta_json.len() > usize::from(u16::MAX) {
         return Err(GossipError::MetadataTooLarge {
             identity_bytes,
             max_identity_bytes,
@@ -471,6 +473,8 @@ where
         config,
         foca_config,
         me,
+        Arc::new(meta),
+        Arc::from(meta_json),
         Arc::clone(&transport),
         Arc::clone(&shared),
         events.clone(),
@@ -568,6 +572,18 @@ where
         out
     }
 
+    /// How many members (ourselves included) are Alive or Suspect: `members()` counted,
+    /// without copying the view.
+    pub fn live_count(&self) -> usize {
+        let view = self
+            .inner
+            .shared
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        view.values().filter(|m| m.status.is_live()).count()
+    }
+
     /// The address peers dial (the bound port if `bind` had port 0).
     pub fn advertise_addr(&self) -> SocketAddr {
         self.inner.advertise
@@ -591,6 +607,7 @@ where
             inbound_dropped: s.inbound_dropped.load(Relaxed),
             send_errors: s.send_errors.load(Relaxed),
             buddy_notices: s.buddy_notices.load(Relaxed),
+            largest_packet_sent: s.largest_packet_sent.load(Relaxed),
             seed: self.inner.seed,
         }
     }
@@ -614,6 +631,14 @@ where
     /// Test hook: make the engine task sleep, as a stalled process.
     #[cfg(test)]
     pub(crate) async fn stall(&self, d: Duration) {
+        self.starve(d).await;
+    }
+
+    /// Fault injection for simulators and benchmarks (feature `sim`): the engine's event loop
+    /// sleeps for `d`, as a process starved of CPU. Datagrams queue meanwhile (and are lost
+    /// beyond the input queue); timers that came due fire late, mixed with that backlog.
+    #[cfg(any(test, feature = "sim"))]
+    pub async fn starve(&self, d: Duration) {
         let _ = self.command(Command::Stall(d)).await;
     }
 }

@@ -258,13 +258,7 @@ async fn garbage_packets_are_counted_and_dropped() {
         use crate::identity::NodeIdentity;
         use foca::{Codec, Header, Message};
         use std::sync::Arc;
-        let id = |p| NodeIdentity::<Meta> {
-            node_id: "x".into(),
-            generation: 1,
-            addr: addr([127, 0, 15, 9], p),
-            meta: Arc::new(meta("x")),
-            meta_json: Arc::from(serde_json::to_vec(&meta("x")).expect("json").as_slice()),
-        };
+        let id = |p| NodeIdentity::<Meta>::new(Arc::from("x"), 1, addr([127, 0, 15, 9], p));
         let header = Header {
             src: id(1),
             src_incarnation: 0,
@@ -282,6 +276,8 @@ async fn garbage_packets_are_counted_and_dropped() {
         b"OG".to_vec(),
         b"OG\x01\xff\xff".to_vec(),
         b"ORC".to_vec(),
+        b"ORM".to_vec(),
+        b"ORM\x01\x01x".to_vec(),
         vec![0u8; 2000], // over max_packet_bytes
     ];
     for cut in 1..valid.len() {
@@ -426,78 +422,7 @@ async fn gossip_bytes_per_second_per_node() {
     }
 }
 
-/// An in-memory datagram network for the transport seam: one bounded inbox per address.
-mod memory {
-    use std::collections::HashMap;
-    use std::io;
-    use std::net::SocketAddr;
-    use std::sync::{Arc, Mutex};
-
-    use tokio::sync::mpsc;
-
-    use crate::Transport;
-
-    /// Datagrams queued per inbox; beyond it they are lost, as a full socket buffer loses them.
-    const INBOX_MAX: usize = 1024;
-
-    type Datagram = (Vec<u8>, SocketAddr);
-
-    #[derive(Default)]
-    pub(super) struct Net {
-        inboxes: Mutex<HashMap<SocketAddr, mpsc::Sender<Datagram>>>,
-    }
-
-    pub(super) struct Socket {
-        addr: SocketAddr,
-        net: Arc<Net>,
-        rx: tokio::sync::Mutex<mpsc::Receiver<Datagram>>,
-    }
-
-    impl Net {
-        pub(super) fn bind(self: &Arc<Self>, addr: SocketAddr) -> Arc<Socket> {
-            let (tx, rx) = mpsc::channel(INBOX_MAX);
-            self.inboxes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(addr, tx);
-            Arc::new(Socket {
-                addr,
-                net: Arc::clone(self),
-                rx: tokio::sync::Mutex::new(rx),
-            })
-        }
-    }
-
-    impl Transport for Socket {
-        fn local_addr(&self) -> io::Result<SocketAddr> {
-            Ok(self.addr)
-        }
-
-        fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-            let inboxes = self.net.inboxes.lock().unwrap_or_else(|p| p.into_inner());
-            let inbox = inboxes
-                .get(&to)
-                .ok_or_else(|| io::Error::from(io::ErrorKind::ConnectionRefused))?;
-            inbox
-                .try_send((buf.to_vec(), self.addr))
-                .map_err(|_| io::Error::from(io::ErrorKind::WouldBlock))?;
-            Ok(buf.len())
-        }
-
-        async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-            let (data, from) = self
-                .rx
-                .lock()
-                .await
-                .recv()
-                .await
-                .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
-            let n = data.len().min(buf.len());
-            buf[..n].copy_from_slice(&data[..n]);
-            Ok((n, from))
-        }
-    }
-}
+use crate::memnet as memory;
 
 /// The seam a simulator needs: engines over an in-memory network, on one thread, on paused
 /// tokio time, find each other and notice a member that stops, with no socket and no wall
