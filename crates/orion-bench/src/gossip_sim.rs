@@ -84,7 +84,11 @@ pub struct SimArgs {
     /// Member counts to measure, comma separated
     #[arg(long, value_delimiter = ',', default_value = "8,32,128,1000")]
     sizes: Vec<usize>,
-    /// Measurement window after convergence, in simulated seconds
+    /// Wait after convergence before measuring, in simulated seconds: the join's updates
+    /// drain from the piggyback queues, so the window sees the steady state
+    #[arg(long, default_value_t = 10.0)]
+    settle_s: f64,
+    /// Measurement window after convergence and settling, in simulated seconds
     #[arg(long, default_value_t = 10.0)]
     window_s: f64,
     /// Give up on convergence after this many simulated seconds
@@ -165,16 +169,18 @@ async fn converge_once(n: usize, a: &SimArgs) -> Result<serde_json::Value, BoxEr
     let at_converged: Vec<_> = nodes.iter().map(|g| g.stats()).collect();
     let join_bytes_mean =
         at_converged.iter().map(|s| s.bytes_sent).sum::<u64>() as f64 / n as f64 / converge_s;
+    tokio::time::sleep(Duration::from_secs_f64(a.settle_s)).await;
+    let before: Vec<_> = nodes.iter().map(|g| g.stats()).collect();
     let window = Duration::from_secs_f64(a.window_s);
     tokio::time::sleep(window).await;
     let after: Vec<_> = nodes.iter().map(|g| g.stats()).collect();
     let secs = window.as_secs_f64();
-    let per_node: Vec<f64> = at_converged
+    let per_node: Vec<f64> = before
         .iter()
         .zip(&after)
         .map(|(b, a)| (a.bytes_sent - b.bytes_sent) as f64 / secs)
         .collect();
-    let packets: u64 = at_converged
+    let packets: u64 = before
         .iter()
         .zip(&after)
         .map(|(b, a)| a.packets_sent - b.packets_sent)
@@ -230,6 +236,16 @@ pub struct LifeguardArgs {
     /// Healthy members killed during the run (evenly spaced), whose detection is timed
     #[arg(long, default_value_t = 4)]
     kills: usize,
+    /// What starves: `whole` (timers and datagrams alike) or `packets` (timers fire on
+    /// time, datagrams wait: the Lifeguard paper's slow member)
+    #[arg(long, default_value = "packets")]
+    starve: String,
+    /// Override Lifeguard's `suspicion_confirmations` (k)
+    #[arg(long)]
+    suspicion_confirmations: Option<u32>,
+    /// Override Lifeguard's `suspicion_max_mult`
+    #[arg(long)]
+    suspicion_max_mult: Option<u32>,
     /// Seeds: each runs once with Lifeguard on and once off
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     seeds: Vec<u64>,
@@ -243,6 +259,8 @@ struct LifeguardOutcome {
     false_down_events_starved: usize,
     /// Distinct (member, generation) pairs wrongly declared down by anyone.
     false_declarations: usize,
+    /// `Suspect` events of never-starved members seen by starved observers: accusations.
+    suspicions_by_starved: usize,
     /// Per killed member and observer: kill to `Down`, in milliseconds.
     detection_ms: Vec<f64>,
     /// Killed members that some live observer never saw `Down`.
@@ -252,6 +270,9 @@ struct LifeguardOutcome {
 pub fn run_lifeguard(a: LifeguardArgs) -> Result<(), BoxError> {
     if a.members < 8 || a.members > MEMBERS_MAX || a.starved + a.kills + 1 > a.members {
         return Err("want at least 8 members, and more than starved + kills".into());
+    }
+    if a.starve != "packets" && a.starve != "whole" {
+        return Err("--starve wants packets or whole".into());
     }
     if a.stall_min_ms > a.stall_max_ms || a.awake_min_ms > a.awake_max_ms {
         return Err("min above max".into());
@@ -268,9 +289,11 @@ pub fn run_lifeguard(a: LifeguardArgs) -> Result<(), BoxError> {
                     "lifeguard": lifeguard,
                     "members": a.members,
                     "starved": a.starved,
+                    "starve": a.starve,
                     "false_down_events_healthy": o.false_down_events_healthy,
                     "false_down_events_starved": o.false_down_events_starved,
                     "false_declarations": o.false_declarations,
+                    "suspicions_by_starved": o.suspicions_by_starved,
                     "detection": crate::Summary::of(o.detection_ms.iter().map(|ms| Duration::from_secs_f64(ms / 1e3)).collect()),
                     "undetected": o.undetected,
                 })
@@ -279,6 +302,7 @@ pub fn run_lifeguard(a: LifeguardArgs) -> Result<(), BoxError> {
             t.false_down_events_healthy += o.false_down_events_healthy;
             t.false_down_events_starved += o.false_down_events_starved;
             t.false_declarations += o.false_declarations;
+            t.suspicions_by_starved += o.suspicions_by_starved;
             t.detection_ms.extend(o.detection_ms);
             t.undetected += o.undetected;
         }
@@ -299,10 +323,12 @@ pub fn run_lifeguard(a: LifeguardArgs) -> Result<(), BoxError> {
                 "seeds": a.seeds,
                 "members": a.members,
                 "starved": a.starved,
+                "starve": a.starve,
                 "run_s": a.run_s,
                 "false_down_events_healthy": t.false_down_events_healthy,
                 "false_down_events_starved": t.false_down_events_starved,
                 "false_declarations": t.false_declarations,
+                "suspicions_by_starved": t.suspicions_by_starved,
                 "detection": det,
                 "undetected": t.undetected,
             })
@@ -311,8 +337,9 @@ pub fn run_lifeguard(a: LifeguardArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// One member's `Down` seen by one observer.
+/// One member's `Down` (or `Suspect`) seen by one observer.
 struct DownSeen {
+    suspect: bool,
     at: Instant,
     observer: usize,
     node_id: String,
@@ -328,7 +355,14 @@ async fn lifeguard_once(
     let net = Arc::new(Net::default());
     let mut nodes: Vec<Option<Gossip<NodeMeta>>> = Vec::with_capacity(n);
     for i in 0..n {
-        nodes.push(Some(spawn_member(&net, i, seed, lifeguard, |_| {})?));
+        nodes.push(Some(spawn_member(&net, i, seed, lifeguard, |c| {
+            if let Some(k) = a.suspicion_confirmations {
+                c.lifeguard.suspicion_confirmations = k;
+            }
+            if let Some(m) = a.suspicion_max_mult {
+                c.lifeguard.suspicion_max_mult = m;
+            }
+        })?));
     }
     let seed_addr = [sim_addr(0)];
     for g in nodes.iter().skip(1).flatten() {
@@ -352,20 +386,23 @@ async fn lifeguard_once(
         let downs = Arc::clone(&downs);
         tasks.push(tokio::spawn(async move {
             loop {
-                match rx.recv().await {
-                    Ok(MemberEvent::Down(m)) => downs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(DownSeen {
-                            at: Instant::now(),
-                            observer,
-                            node_id: m.node_id,
-                            generation: m.generation,
-                        }),
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                let (suspect, m) = match rx.recv().await {
+                    Ok(MemberEvent::Down(m)) => (false, m),
+                    Ok(MemberEvent::Suspect(m)) => (true, m),
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
+                };
+                downs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(DownSeen {
+                        suspect,
+                        at: Instant::now(),
+                        observer,
+                        node_id: m.node_id,
+                        generation: m.generation,
+                    });
             }
         }));
     }
@@ -380,6 +417,7 @@ async fn lifeguard_once(
     let victims: Vec<usize> = order[a.starved..a.starved + a.kills].to_vec();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.run_s);
+    let packets_only = a.starve == "packets";
     for &i in &starved {
         let Some(g) = nodes[i].clone() else { continue };
         let mut r = Rng(seed ^ (i as u64) << 32);
@@ -393,7 +431,11 @@ async fn lifeguard_once(
             while Instant::now() < end {
                 tokio::time::sleep(Duration::from_millis(r.range(amin, amax))).await;
                 let stall = Duration::from_millis(r.range(smin, smax));
-                g.starve(stall).await;
+                if packets_only {
+                    g.starve_packets(stall).await;
+                } else {
+                    g.starve(stall).await;
+                }
                 tokio::time::sleep(stall).await;
             }
         }));
@@ -417,7 +459,23 @@ async fn lifeguard_once(
     let mut out = LifeguardOutcome::default();
     let mut false_ids = BTreeSet::new();
     let mut first_seen: HashMap<(String, usize), Instant> = HashMap::new();
+    let index_of = |node_id: &str| -> usize {
+        node_id
+            .strip_prefix("bench-node-")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(usize::MAX)
+    };
     for d in &downs {
+        if d.suspect {
+            let i = index_of(&d.node_id);
+            if starved.contains(&d.observer)
+                && !starved.contains(&i)
+                && !killed_at.contains_key(&d.node_id)
+            {
+                out.suspicions_by_starved += 1;
+            }
+            continue;
+        }
         match killed_at.get(&d.node_id) {
             Some((_, at)) if d.at >= *at => {
                 first_seen
@@ -425,11 +483,7 @@ async fn lifeguard_once(
                     .or_insert(d.at);
             }
             _ => {
-                let i: usize = d
-                    .node_id
-                    .strip_prefix("bench-node-")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(usize::MAX);
+                let i = index_of(&d.node_id);
                 if starved.contains(&i) {
                     out.false_down_events_starved += 1;
                 } else {

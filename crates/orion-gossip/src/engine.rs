@@ -91,7 +91,19 @@ pub(crate) enum Command {
     Leave(oneshot::Sender<()>),
     /// Test hook: block the engine task for this long, as a stalled process.
     #[cfg(any(test, feature = "sim"))]
-    Stall(Duration),
+    Stall(Duration, StallKind),
+}
+
+/// How a stall ends (fault injection, see [`crate::Gossip::starve`]).
+#[cfg(any(test, feature = "sim"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallKind {
+    /// Timers and datagrams that came due during the stall are handled in any order.
+    Whole,
+    /// Timers run on time; datagrams wait in the queue until the stall ends:
+    /// the datagram path alone is starved, as in a process whose timers run on
+    /// threads of their own (memberlist's design, the Lifeguard paper's setting).
+    Packets,
 }
 
 pub(crate) enum LoopTimer<M> {
@@ -342,8 +354,21 @@ where
                 },
             };
             #[cfg(any(test, feature = "sim"))]
-            if let GossipInput::Command(Command::Stall(d)) = input {
-                tokio::time::sleep(d).await;
+            if let GossipInput::Command(Command::Stall(d, kind)) = input {
+                let until = Instant::now() + d;
+                if kind == StallKind::Packets {
+                    // Timers run on time; datagrams wait in the queue.
+                    while let Some(at) = self.timers.peek().map(|Reverse(s)| s.at)
+                        && at <= until
+                    {
+                        tokio::time::sleep_until(at).await;
+                        let Some(Reverse(s)) = self.timers.pop() else {
+                            break;
+                        };
+                        self.turn(GossipInput::Timer(s.timer));
+                    }
+                }
+                tokio::time::sleep_until(until).await;
                 continue;
             }
             self.turn(input);
@@ -697,7 +722,7 @@ where
                 }
             }
             #[cfg(any(test, feature = "sim"))]
-            Command::Stall(_) => {}
+            Command::Stall(..) => {}
         }
     }
 
