@@ -11,6 +11,8 @@
 //!   clock), up to thousands of members: convergence time, bytes per node, largest packet.
 //! - `lifeguard`: the Lifeguard experiment in simulated time: members starved at random,
 //!   false `Down` declarations and detection time of killed members, Lifeguard on and off.
+//! - `scale`: the leader's controller and the replicated state with 1,000 nodes and 10,000
+//!   tasks in process: placement, a node's death and re-placement, memory, Raft log bytes.
 //! - `payload-size`: the JSON size of the `CreateTask` command a request body becomes, so the
 //!   etcd comparison stores values of the same size.
 //!
@@ -19,6 +21,7 @@
 mod gossip;
 mod gossip_sim;
 mod load;
+mod scale;
 mod startup;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +43,7 @@ enum Cmd {
     Gossip(gossip::GossipArgs),
     GossipSim(gossip_sim::SimArgs),
     Lifeguard(gossip_sim::LifeguardArgs),
+    Scale(scale::ScaleArgs),
     PayloadSize(load::PayloadArgs),
 }
 
@@ -54,6 +58,7 @@ fn main() {
         Cmd::Gossip(a) => runtime().and_then(|rt| rt.block_on(gossip::run(a))),
         Cmd::GossipSim(a) => gossip_sim::run_sim(a),
         Cmd::Lifeguard(a) => gossip_sim::run_lifeguard(a),
+        Cmd::Scale(a) => scale::run(a),
     };
     if let Err(e) = result {
         eprintln!("orion-bench: {e}");
