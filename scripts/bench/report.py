@@ -466,6 +466,29 @@ class Report:
             self.target("detection time with Lifeguard (p50)", "≤ +20%", f"{p_on:.0f} ms vs {p_off:.0f} ms "
                         f"({(p_on / p_off - 1) * 100:+.0f}%)", p_on <= 1.2 * p_off)
 
+    def scale(self):
+        self.p("### Control plane at 1,000 and 5,000 nodes (in process)")
+        self.p()
+        d = self.data("scale")
+        if not d:
+            return
+        self.p("`orion-bench scale --nodes N --tasks T`: the leader's controller (`orion_controller::decide`) and the "
+               "replicated state (`orion_state`) in one process, no network: N `UpsertNode`, T `CreateTask` "
+               "(64 MiB, 0.1 CPU each), controller turns until nothing is proposed (every placement reported "
+               "running, as executors do), then one node dies (gossip `Dead`) and its tasks are placed again. "
+               "Every command is serialized as the Raft log stores it (JSON), so the bytes every replica must "
+               "receive are counted; today every node is a voter or learner and receives all of them.")
+        self.p()
+        self.p("| nodes | tasks | placed | placement wall time | state RSS | Raft log | leader egress to replicate it to every node "
+               "| a node dies: tasks re-placed | its wall time | its log bytes |")
+        self.p("|---|---|---|---|---|---|---|---|---|---|")
+        for x in d:
+            self.p(f"| {x['nodes']} | {x['tasks']} | {x['placed']} | {x['place_s']:.2f} s | "
+                   f"{x['rss_mib_placed'] - x['rss_mib_start']:.0f} MiB | {x['log_bytes'] / 1e6:.1f} MB "
+                   f"({x['log_entries']} entries) | {x['leader_egress_bytes_full_replication'] / 1e9:.1f} GB | "
+                   f"{x['replaced']} of {x['victim_tasks']} | {x['heal_s']:.2f} s | {x['heal_log_bytes']} B |")
+        self.p()
+
     def scheduler(self):
         self.p("## 7. Scheduler (pure placement, in process)")
         self.p()
@@ -519,6 +542,7 @@ class Report:
         self.gossip()
         self.gossip_sim()
         self.lifeguard()
+        self.scale()
         self.scheduler()
         body = self.lines[body_start:]
         self.lines = []
@@ -587,6 +611,7 @@ class Report:
             "  #  6: orion-bench gossip --sizes 8,32,128 --net 127.0.31",
             "  #     orion-bench gossip-sim --sizes 8,32,128,1000 --converge-s 30 --settle-s 5 --window-s 5",
             "  #     orion-bench lifeguard --seeds 1,2,3 --run-s 120",
+            "  #     orion-bench scale --nodes 1000 --tasks 10000; orion-bench scale --nodes 5000 --tasks 50000",
             "cargo bench -p orion-scheduler --bench place -- --measurement-time 3 --warm-up-time 1",
             "cargo test -p orion-scheduler --release --test latency -- --ignored --nocapture",
             "python3 scripts/bench/report.py $OUT > BENCHMARKS.md",

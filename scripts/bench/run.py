@@ -2,7 +2,7 @@
 """Runs the whole-cluster figures of BENCHMARKS.md (1 to 6) and writes them as JSON.
 
     python3 scripts/bench/run.py --orion target/release/orion --tool target/release/orion-bench \
-        --mode full|quick --out DIR [--only startup,write,running,failover,memory,gossip,gossip_sim,lifeguard]
+        --mode full|quick --out DIR [--only startup,write,running,failover,memory,gossip,gossip_sim,lifeguard,scale]
 
 Each figure is independent: a figure that fails records its error and the others still run.
 Results go to DIR/results.json after every figure. Loopback nets: 127.0.30.x (Orion) and
@@ -520,12 +520,16 @@ class Bench:
         return self.tool("lifeguard", "--seeds", self.n["lifeguard_seeds"], "--run-s", self.n["lifeguard_run_s"],
                          timeout=1800)
 
+    def fig_scale(self):
+        return [self.tool("scale", "--nodes", 1000, "--tasks", 10000, timeout=600)[0],
+                self.tool("scale", "--nodes", 5000, "--tasks", 50000, timeout=1800)[0]]
+
     # ------------------------------------------------------------
 
     def run(self, only):
         figures = [("startup", self.fig_startup), ("write", self.fig_write), ("running", self.fig_running),
                    ("memory", self.fig_memory), ("gossip", self.fig_gossip), ("gossip_sim", self.fig_gossip_sim),
-                   ("lifeguard", self.fig_lifeguard), ("failover", self.fig_failover)]
+                   ("lifeguard", self.fig_lifeguard), ("scale", self.fig_scale), ("failover", self.fig_failover)]
         for name, f in figures:
             if only and name not in only:
                 continue
