@@ -468,3 +468,43 @@ async fn engines_converge_over_an_in_memory_transport_on_paused_time() {
         "the stopped member was never declared down"
     );
 }
+
+/// Regression (BENCHMARKS.md: 128 members took 18-48 s to converge): with the metadata in
+/// every identity, a packet carried two updates and the news of a few joiners died out before
+/// reaching everyone. 128 engines join one seed at the same instant on the in-memory network;
+/// the bound is absurd on purpose (the benchmark measures ~1.5 s of simulated time).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn convergence_of_128_members_is_not_slow() {
+    let net = std::sync::Arc::new(memory::Net::default());
+    let n = 128u32;
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let a = SocketAddr::from((std::net::Ipv4Addr::from(0x0a01_0001 + i), 7000));
+        let mut c = GossipConfig::lan_fast(format!("m{i}"), a, a, 1);
+        c.seed = u64::from(i);
+        let g = crate::spawn_with_transport(c, meta("sim"), net.bind(a)).expect("spawn");
+        nodes.push(g);
+    }
+    let seed = [nodes[0].advertise_addr()];
+    for g in &nodes[1..] {
+        g.join(&seed).await.expect("join");
+    }
+    let start = tokio::time::Instant::now();
+    let converged = until(Duration::from_secs(30), || {
+        nodes.iter().all(|g| g.live_count() == n as usize)
+    })
+    .await;
+    println!(
+        "128 members converged: {converged} after {:?} (simulated)",
+        start.elapsed()
+    );
+    assert!(
+        converged,
+        "128 members not converged within 30 s of simulated time"
+    );
+    let largest = nodes.iter().map(|g| g.stats().largest_packet_sent).max();
+    assert!(
+        largest <= Some(1400),
+        "a packet over max_packet_bytes: {largest:?}"
+    );
+}
