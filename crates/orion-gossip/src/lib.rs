@@ -101,7 +101,7 @@
 //!   acks and refutations that arrived are in its queue next to its overdue
 //!   timers and are handled within the same instant, so its probes succeed.
 //!   Only the starved members themselves are declared down (they do not answer
-//!   for up to 900 ms), and Lifeguard cuts those false `Down`s by about 3×.
+//!   for up to 900 ms), and Lifeguard cuts those false `Down`s by about 2×.
 //!   This is what the old stall test measured (it stalled the *suspect*).
 //! - Starving the datagram path only ([`Gossip::starve_packets`]: timers fire on
 //!   time, received datagrams wait), as in the paper, where timers ran on

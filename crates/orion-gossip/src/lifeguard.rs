@@ -19,8 +19,9 @@ pub struct LifeguardConfig {
     /// to `suspect_to_down_ms` as confirmations arrive. memberlist's
     /// `SuspicionMaxTimeoutMult` is 6. We use 2: in the Lifeguard experiment
     /// (`orion-bench lifeguard`), the accuser's own health score does most of the
-    /// protecting (its timeouts grow with it); 4 gave the same zero false downs of
-    /// healthy members but +28% detection time, 2 gives about +10%.
+    /// protecting (its timeouts grow with it). In one 60 s run (seed 1), 4 gave
+    /// zero false downs of healthy members but +28% detection time (p50) and 2 the
+    /// same zero at +9%; over three 120 s runs, 2 gives -4% (BENCHMARKS.md).
     pub suspicion_max_mult: u32,
     /// Independent confirmations needed to reach the minimum timeout.
     /// memberlist uses `SuspicionMult - 2` = 2; with fewer than `k + 2` live
