@@ -386,6 +386,109 @@ class Report:
                    f"{ratio(d[-1]['bytes_per_s_per_node_mean'], d[0]['bytes_per_s_per_node_mean'])}.")
             self.p()
 
+    def gossip_sim(self):
+        self.p("### Gossip in simulated time")
+        self.p()
+        d = self.data("gossip_sim")
+        if not d:
+            return
+        self.p("The same members (`lan_fast`, the agent's `NodeMeta`) on the crate's in-memory network "
+               "(`orion_gossip::memnet`), all on one thread on tokio's paused clock "
+               "(`orion-bench gossip-sim --sizes ... --settle-s 5 --window-s 5`): times are protocol time, so "
+               "the machine's load changes the wall time of a run, not its figures. Every member joins member 0 "
+               "at the same instant; converged = every member sees every other as alive (metadata included). "
+               "Steady bytes/s are counted over a window after a settling time; joining bytes/s are all bytes "
+               "sent until convergence over the convergence time.")
+        self.p()
+        self.p("| members | converged | time to converge | joining: bytes/s per node | steady: bytes/s per node (mean) "
+               "| worst node | packets/s per node | largest packet | wall time of the run |")
+        self.p("|---|---|---|---|---|---|---|---|---|")
+        for x in d:
+            conv = "yes" if x["converged"] else f"**no** (fewest live seen: {x['live_seen_min']})"
+            self.p(f"| {x['members']} | {conv} | {x['converge_s']:.2f} s | "
+                   f"{x['bytes_per_s_per_node_while_joining']:.0f} | {x['bytes_per_s_per_node_mean']:.0f} | "
+                   f"{x['bytes_per_s_per_node_max']:.0f} | {x['packets_per_s_per_node']:.1f} | "
+                   f"{x['largest_packet_bytes']} B | {x['wall_s']:.0f} s |")
+        self.p()
+        by = {x["members"]: x for x in d}
+        if len(d) >= 2:
+            lo, hi = d[0], d[-1]
+            r = hi["bytes_per_s_per_node_mean"] / lo["bytes_per_s_per_node_mean"]
+            self.p(f"Steady per-node cost at {hi['members']} members / at {lo['members']}: {r:.2f}×.")
+            self.p()
+            self.target(f"gossip bytes/s per node, {hi['members']} vs {lo['members']} members", "within 1.3×",
+                        f"{r:.2f}×", r <= 1.3)
+        for n, bound in ((128, 5.0), (1000, 15.0)):
+            if n in by:
+                x = by[n]
+                self.target(f"{n} gossip members converge (simulated time)", f"< {bound:.0f} s",
+                            f"{x['converge_s']:.2f} s", x["converged"] and x["converge_s"] < bound)
+        largest = max(x["largest_packet_bytes"] for x in d)
+        self.target("largest gossip packet", "≤ 1,400 B", f"{largest} B", largest <= 1400)
+
+    def lifeguard(self):
+        self.p("### Lifeguard: starved members accusing healthy ones")
+        self.p()
+        d = self.data("lifeguard")
+        if not d:
+            return
+        tot = {x["lifeguard"]: x for x in d if x["bench"] == "lifeguard-total"}
+        if True not in tot or False not in tot:
+            return
+        on, off = tot[True], tot[False]
+        self.p(f"`orion-bench lifeguard --seeds {','.join(str(s) for s in on['seeds'])} --run-s {on['run_s']:.0f}`, "
+               f"in simulated time: {on['members']} members, {on['starved']} of them starved at random (stalls of "
+               "100-900 ms, awake 100-1,500 ms between) for the run; the datagram path of a starved member stops "
+               "while its timers fire on time (`Gossip::starve_packets`: the paper's slow member, which misses acks "
+               "and refutations that did arrive). Four never-starved members are killed during the run, evenly "
+               "spaced. Same seeds, Lifeguard on and off. A false `Down` is a `Down` event, at any observer, of a "
+               "member that was alive; detection is kill to `Down` at every surviving observer.")
+        self.p()
+        self.p("| Lifeguard | accusations of healthy members by starved ones (`Suspect` events) | false `Down` events "
+               "of healthy members | false `Down` events of starved members | distinct false declarations | "
+               "detection p50 | p90 | max | never detected |")
+        self.p("|---|---|---|---|---|---|---|---|---|")
+        for name, x in (("on", on), ("off", off)):
+            det = x.get("detection") or {}
+            self.p(f"| {name} | {x['suspicions_by_starved']} | {x['false_down_events_healthy']} | "
+                   f"{x['false_down_events_starved']} | {x['false_declarations']} | "
+                   f"{det.get('p50_ms', 0):.0f} ms | {det.get('p90_ms', 0):.0f} ms | {det.get('max_ms', 0):.0f} ms | "
+                   f"{x['undetected']} |")
+        self.p()
+        fp_on, fp_off = on["false_down_events_healthy"], off["false_down_events_healthy"]
+        fewer = (fp_off / fp_on) if fp_on else None
+        got = (f"{fp_off} → {fp_on}" + (f" ({fewer:.0f}× fewer)" if fewer else " (none with Lifeguard)"))
+        self.target("false Down of healthy members, Lifeguard on vs off", "≥ 10× fewer", got,
+                    fp_off > 0 and (fp_on == 0 or fewer >= 10))
+        p_on = (on.get("detection") or {}).get("p50_ms")
+        p_off = (off.get("detection") or {}).get("p50_ms")
+        if p_on and p_off:
+            self.target("detection time with Lifeguard (p50)", "≤ +20%", f"{p_on:.0f} ms vs {p_off:.0f} ms "
+                        f"({(p_on / p_off - 1) * 100:+.0f}%)", p_on <= 1.2 * p_off)
+
+    def scale(self):
+        self.p("### Control plane at 1,000 and 5,000 nodes (in process)")
+        self.p()
+        d = self.data("scale")
+        if not d:
+            return
+        self.p("`orion-bench scale --nodes N --tasks T`: the leader's controller (`orion_controller::decide`) and the "
+               "replicated state (`orion_state`) in one process, no network: N `UpsertNode`, T `CreateTask` "
+               "(64 MiB, 0.1 CPU each), controller turns until nothing is proposed (every placement reported "
+               "running, as executors do), then one node dies (gossip `Dead`) and its tasks are placed again. "
+               "Every command is serialized as the Raft log stores it (JSON), so the bytes every replica must "
+               "receive are counted; today every node is a voter or learner and receives all of them.")
+        self.p()
+        self.p("| nodes | tasks | placed | placement wall time | state RSS | Raft log | leader egress to replicate it to every node "
+               "| a node dies: tasks re-placed | its wall time | its log bytes |")
+        self.p("|---|---|---|---|---|---|---|---|---|---|")
+        for x in d:
+            self.p(f"| {x['nodes']} | {x['tasks']} | {x['placed']} | {x['place_s']:.2f} s | "
+                   f"{x['rss_mib_placed'] - x['rss_mib_start']:.0f} MiB | {x['log_bytes'] / 1e6:.1f} MB "
+                   f"({x['log_entries']} entries) | {x['leader_egress_bytes_full_replication'] / 1e9:.1f} GB | "
+                   f"{x['replaced']} of {x['victim_tasks']} | {x['heal_s']:.2f} s | {x['heal_log_bytes']} B |")
+        self.p()
+
     def scheduler(self):
         self.p("## 7. Scheduler (pure placement, in process)")
         self.p()
@@ -437,6 +540,9 @@ class Report:
         self.failover()
         self.memory()
         self.gossip()
+        self.gossip_sim()
+        self.lifeguard()
+        self.scale()
         self.scheduler()
         body = self.lines[body_start:]
         self.lines = []
@@ -503,6 +609,9 @@ class Report:
             "  #  4: kill -9 + docker rm -f of the victim's containers; poll /nodes and /tasks/{id} every 10 ms",
             "  #  5: VmRSS of /proc/<pid>/status; orion-bench load of 1,000 unplaceable tasks",
             "  #  6: orion-bench gossip --sizes 8,32,128 --net 127.0.31",
+            "  #     orion-bench gossip-sim --sizes 8,32,128,1000 --converge-s 30 --settle-s 5 --window-s 5",
+            "  #     orion-bench lifeguard --seeds 1,2,3 --run-s 120",
+            "  #     orion-bench scale --nodes 1000 --tasks 10000; orion-bench scale --nodes 5000 --tasks 50000",
             "cargo bench -p orion-scheduler --bench place -- --measurement-time 3 --warm-up-time 1",
             "cargo test -p orion-scheduler --release --test latency -- --ignored --nocapture",
             "python3 scripts/bench/report.py $OUT > BENCHMARKS.md",

@@ -2,7 +2,7 @@
 """Runs the whole-cluster figures of BENCHMARKS.md (1 to 6) and writes them as JSON.
 
     python3 scripts/bench/run.py --orion target/release/orion --tool target/release/orion-bench \
-        --mode full|quick --out DIR [--only startup,write,running,failover,memory,gossip]
+        --mode full|quick --out DIR [--only startup,write,running,failover,memory,gossip,gossip_sim,lifeguard,scale]
 
 Each figure is independent: a figure that fails records its error and the others still run.
 Results go to DIR/results.json after every figure. Loopback nets: 127.0.30.x (Orion) and
@@ -30,9 +30,11 @@ SIZES = {
     # figure 1: start-ups; figure 2: requests per load run; figure 3: samples per method;
     # figure 4: kills per case; figure 6: measurement window in seconds.
     "full": {"startups": 20, "commit1": 1000, "commit64": 5000, "placed1": 300, "placed64": 2000,
-             "running": 20, "kills": 20, "gossip_window": 10.0, "pending": 1000},
+             "running": 20, "kills": 20, "gossip_window": 10.0, "pending": 1000,
+             "sim_sizes": "8,32,128,1000", "lifeguard_seeds": "1,2,3", "lifeguard_run_s": 120},
     "quick": {"startups": 20, "commit1": 200, "commit64": 1000, "placed1": 100, "placed64": 500,
-              "running": 5, "kills": 5, "gossip_window": 3.0, "pending": 1000},
+              "running": 5, "kills": 5, "gossip_window": 3.0, "pending": 1000,
+              "sim_sizes": "8,32,128", "lifeguard_seeds": "1", "lifeguard_run_s": 60},
 }
 
 
@@ -506,11 +508,28 @@ class Bench:
         return self.tool("gossip", "--sizes", "8,32,128", "--net", "127.0.31",
                          "--window-s", self.n["gossip_window"], "--converge-s", 60, timeout=900)
 
+    # ------------------------------------------------------------ figure 6b, 6c (simulated time)
+
+    def fig_gossip_sim(self):
+        # 1,000 members take ~20-40 min of wall time on 2 shared cores (the figures are
+        # simulated time and do not depend on it).
+        return self.tool("gossip-sim", "--sizes", self.n["sim_sizes"], "--converge-s", 30,
+                         "--settle-s", 5, "--window-s", 5, timeout=3600)
+
+    def fig_lifeguard(self):
+        return self.tool("lifeguard", "--seeds", self.n["lifeguard_seeds"], "--run-s", self.n["lifeguard_run_s"],
+                         timeout=1800)
+
+    def fig_scale(self):
+        return [self.tool("scale", "--nodes", 1000, "--tasks", 10000, timeout=600)[0],
+                self.tool("scale", "--nodes", 5000, "--tasks", 50000, timeout=1800)[0]]
+
     # ------------------------------------------------------------
 
     def run(self, only):
         figures = [("startup", self.fig_startup), ("write", self.fig_write), ("running", self.fig_running),
-                   ("memory", self.fig_memory), ("gossip", self.fig_gossip), ("failover", self.fig_failover)]
+                   ("memory", self.fig_memory), ("gossip", self.fig_gossip), ("gossip_sim", self.fig_gossip_sim),
+                   ("lifeguard", self.fig_lifeguard), ("scale", self.fig_scale), ("failover", self.fig_failover)]
         for name, f in figures:
             if only and name not in only:
                 continue

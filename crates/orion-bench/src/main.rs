@@ -7,13 +7,21 @@
 //!   answers 200, N times.
 //! - `gossip`: in-process SWIM members (the agent's own gossip crate and metadata) and the bytes
 //!   each sends per second at 8, 32 and 128 members.
+//! - `gossip-sim`: the same members on an in-memory network in simulated time (paused tokio
+//!   clock), up to thousands of members: convergence time, bytes per node, largest packet.
+//! - `lifeguard`: the Lifeguard experiment in simulated time: members starved at random,
+//!   false `Down` declarations and detection time of killed members, Lifeguard on and off.
+//! - `scale`: the leader's controller and the replicated state with 1,000 nodes and 10,000
+//!   tasks in process: placement, a node's death and re-placement, memory, Raft log bytes.
 //! - `payload-size`: the JSON size of the `CreateTask` command a request body becomes, so the
 //!   etcd comparison stores values of the same size.
 //!
 //! Every result goes to stdout as one JSON object per line; progress goes to stderr.
 
 mod gossip;
+mod gossip_sim;
 mod load;
+mod scale;
 mod startup;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +41,9 @@ enum Cmd {
     Load(load::LoadArgs),
     Startup(startup::StartupArgs),
     Gossip(gossip::GossipArgs),
+    GossipSim(gossip_sim::SimArgs),
+    Lifeguard(gossip_sim::LifeguardArgs),
+    Scale(scale::ScaleArgs),
     PayloadSize(load::PayloadArgs),
 }
 
@@ -45,6 +56,9 @@ fn main() {
         Cmd::PayloadSize(a) => load::payload_size(a),
         Cmd::Load(a) => runtime().and_then(|rt| rt.block_on(load::run(a))),
         Cmd::Gossip(a) => runtime().and_then(|rt| rt.block_on(gossip::run(a))),
+        Cmd::GossipSim(a) => gossip_sim::run_sim(a),
+        Cmd::Lifeguard(a) => gossip_sim::run_lifeguard(a),
+        Cmd::Scale(a) => scale::run(a),
     };
     if let Err(e) = result {
         eprintln!("orion-bench: {e}");

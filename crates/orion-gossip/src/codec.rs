@@ -8,11 +8,16 @@
 //! - header: magic `b"OG"`, version `u8`, src identity, src incarnation `u16`,
 //!   dst identity, message tag `u8`, then the message's fields;
 //! - identity: node id (`u8` length + UTF-8), generation `u64`, address (tag
-//!   `4|6`, octets, port `u16`), metadata (`u16` length + JSON);
+//!   `4|6`, octets, port `u16`): about 30 bytes;
 //! - member: identity, incarnation `u16`, state `u8`.
 //!
 //! foca frames the packet itself: header, then a `u16` count and that many
 //! members, then length-prefixed custom broadcasts.
+//!
+//! Beside foca's packets, the metadata packet (`ORM`): magic, flags `u8` (bit 0:
+//! "send me yours"), the sender's identity, metadata (`u16` length + JSON).
+//! Metadata is not in identities (version 1 had it there: each update cost ~300
+//! bytes with the agent's metadata, so a 1,400-byte packet carried two).
 
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,7 +32,11 @@ use crate::identity::NodeIdentity;
 /// First bytes of every packet; lets us drop stray traffic before parsing.
 const MAGIC: [u8; 2] = *b"OG";
 /// Bumped on any incompatible change of the layout above.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// First bytes of the metadata packet.
+pub(crate) const META_MAGIC: [u8; 3] = *b"ORM";
+/// Metadata packet flag: the receiver should answer with its own metadata.
+const META_REPLY_WANTED: u8 = 1;
 /// Custom broadcast tag for "node left on purpose".
 const BROADCAST_LEAVE: u8 = 1;
 /// Custom broadcast tag for a node's note (opaque bytes it announces about itself).
@@ -125,7 +134,7 @@ pub(crate) fn identity_len<M>(id: &NodeIdentity<M>) -> usize {
         IpAddr::V4(_) => 1 + 4 + 2,
         IpAddr::V6(_) => 1 + 16 + 2,
     };
-    1 + id.node_id.len() + 8 + addr_len + 2 + id.meta_json.len()
+    1 + id.node_id.len() + 8 + addr_len
 }
 
 fn put_identity<M>(id: &NodeIdentity<M>, buf: &mut impl BufMut) {
@@ -144,8 +153,6 @@ fn put_identity<M>(id: &NodeIdentity<M>, buf: &mut impl BufMut) {
         }
     }
     buf.put_u16(id.addr.port());
-    buf.put_u16(id.meta_json.len() as u16);
-    buf.put_slice(&id.meta_json);
 }
 
 fn need(buf: &impl Buf, n: usize) -> Result<(), CodecError> {
@@ -183,20 +190,65 @@ fn get_identity<M: DeserializeOwned>(buf: &mut impl Buf) -> Result<NodeIdentity<
         }
         _ => return Err(CodecError::Invalid("address family")),
     };
-    need(buf, 2 + 2)?;
+    need(buf, 2)?;
     let port = buf.get_u16();
-    let meta_len = usize::from(buf.get_u16());
-    need(buf, meta_len)?;
-    let mut meta_json = vec![0u8; meta_len];
-    buf.copy_to_slice(&mut meta_json);
-    let meta: M =
-        serde_json::from_slice(&meta_json).map_err(|e| CodecError::Meta(e.to_string()))?;
-    Ok(NodeIdentity {
-        node_id: Arc::from(node_id),
+    Ok(NodeIdentity::new(
+        Arc::from(node_id),
         generation,
-        addr: SocketAddr::new(ip, port),
-        meta: Arc::new(meta),
-        meta_json: Arc::from(meta_json),
+        SocketAddr::new(ip, port),
+    ))
+}
+
+/// Length of the metadata packet for this identity and metadata.
+pub(crate) fn meta_packet_len<M>(id: &NodeIdentity<M>, meta_json: &[u8]) -> usize {
+    META_MAGIC.len() + 1 + identity_len(id) + 2 + meta_json.len()
+}
+
+/// Encode the metadata packet: `id`'s metadata, and whether we want theirs.
+pub(crate) fn encode_meta<M>(
+    id: &NodeIdentity<M>,
+    meta_json: &[u8],
+    reply_wanted: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(meta_packet_len(id, meta_json));
+    out.put_slice(&META_MAGIC);
+    out.put_u8(if reply_wanted { META_REPLY_WANTED } else { 0 });
+    put_identity(id, &mut out);
+    // Bounded by `spawn` (`GossipError::MetadataTooLarge`).
+    out.put_u16(meta_json.len() as u16);
+    out.put_slice(meta_json);
+    out
+}
+
+/// A decoded metadata packet.
+pub(crate) struct MetaPacket<M> {
+    pub(crate) id: NodeIdentity<M>,
+    pub(crate) meta: M,
+    pub(crate) reply_wanted: bool,
+}
+
+/// Decode the metadata packet (magic included).
+pub(crate) fn decode_meta<M: DeserializeOwned>(
+    mut data: &[u8],
+) -> Result<MetaPacket<M>, CodecError> {
+    need(&data, META_MAGIC.len() + 1)?;
+    if data[..META_MAGIC.len()] != META_MAGIC {
+        return Err(CodecError::BadMagic);
+    }
+    data.advance(META_MAGIC.len());
+    let flags = data.get_u8();
+    let id = get_identity(&mut data)?;
+    need(&data, 2)?;
+    let len = usize::from(data.get_u16());
+    need(&data, len)?;
+    if data.len() != len {
+        return Err(CodecError::Invalid("trailing bytes in metadata packet"));
+    }
+    let meta: M = serde_json::from_slice(data).map_err(|e| CodecError::Meta(e.to_string()))?;
+    Ok(MetaPacket {
+        id,
+        meta,
+        reply_wanted: flags & META_REPLY_WANTED != 0,
     })
 }
 
@@ -422,8 +474,8 @@ pub(crate) fn parse_packet<M: DeserializeOwned>(data: &[u8]) -> Result<Parsed<M>
     // Same rule as foca's `handle_data`, so we inspect exactly what it applies.
     if cur.len() >= 2 && header.message != Message::Broadcast {
         let count = cur.get_u16();
-        // Each member takes at least 17 bytes; refuse absurd counts early.
-        if usize::from(count) > cur.len() / 17 + 1 {
+        // Each member takes at least 18 bytes; refuse absurd counts early.
+        if usize::from(count) > cur.len() / 18 + 1 {
             return Err(CodecError::Invalid("member count"));
         }
         updates.reserve(usize::from(count));
@@ -489,14 +541,31 @@ mod tests {
     use super::*;
     use foca::Codec;
 
-    fn ident(meta: &str) -> NodeIdentity<String> {
-        NodeIdentity {
-            node_id: "n1".into(),
-            generation: 7,
-            addr: "127.0.0.2:6000".parse().expect("literal"),
-            meta: Arc::new(meta.to_string()),
-            meta_json: Arc::from(serde_json::to_vec(meta).expect("string").as_slice()),
+    fn ident(node_id: &str) -> NodeIdentity<String> {
+        NodeIdentity::new(
+            node_id.into(),
+            7,
+            "127.0.0.2:6000".parse().expect("literal"),
+        )
+    }
+
+    #[test]
+    fn meta_roundtrip_and_every_truncation_is_an_error() {
+        let id = ident("n1");
+        let json = serde_json::to_vec("role-a").expect("string");
+        let data = encode_meta(&id, &json, true);
+        assert_eq!(data.len(), meta_packet_len(&id, &json));
+        let back = decode_meta::<String>(&data).expect("valid");
+        assert_eq!(
+            (back.id, back.meta.as_str(), back.reply_wanted),
+            (id, "role-a", true)
+        );
+        for cut in 0..data.len() {
+            assert!(decode_meta::<String>(&data[..cut]).is_err(), "cut at {cut}");
         }
+        let mut long = data.clone();
+        long.push(0);
+        assert!(decode_meta::<String>(&long).is_err());
     }
 
     #[test]

@@ -58,6 +58,23 @@ const LEAVE_ROUND_GAP: Duration = Duration::from_millis(30);
 const SUSPICIONS_MAX: usize = 1024;
 /// Remembered "left" announcements (node id, generation); oldest dropped first.
 const LEFT_LOG_MAX: usize = 1024;
+/// Metadata kept per identity. One per member, so far above any cluster Orion
+/// targets (5,000 nodes); beyond it, entries of identities foca forgot are
+/// dropped, and if none can be, new metadata is refused until some can.
+const METAS_MAX: usize = 16_384;
+/// A member whose metadata we lack is asked again after this long (a lost
+/// datagram, a member busy joining).
+const META_RETRY: Duration = Duration::from_millis(1000);
+/// Metadata requests sent in one engine turn: bounds the burst of a member that
+/// learns of a thousand others at once (each request is one small datagram).
+const META_ASKS_PER_TURN: usize = 32;
+/// How often the engine looks for members whose metadata is still missing.
+const META_SWEEP: Duration = Duration::from_millis(250);
+/// News (a member's state, its metadata) reaches the shared view and the event
+/// stream at most this late: syncing the view walks the whole member table, so
+/// a burst of news (a thousand members joining) costs one walk per 20 ms rather
+/// than one per packet. Small beside the ~1 s it takes to declare a member down.
+const VIEW_SYNC_DELAY: Duration = Duration::from_millis(20);
 
 /// Everything the engine reacts to. Closed: the engine has no other input.
 pub(crate) enum GossipInput<M> {
@@ -75,8 +92,20 @@ pub(crate) enum Command {
     Note(Vec<u8>),
     Leave(oneshot::Sender<()>),
     /// Test hook: block the engine task for this long, as a stalled process.
-    #[cfg(test)]
-    Stall(Duration),
+    #[cfg(any(test, feature = "sim"))]
+    Stall(Duration, StallKind),
+}
+
+/// How a stall ends (fault injection, see [`crate::Gossip::starve`]).
+#[cfg(any(test, feature = "sim"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallKind {
+    /// Timers and datagrams that came due during the stall are handled in any order.
+    Whole,
+    /// Timers run on time; datagrams wait in the queue until the stall ends:
+    /// the datagram path alone is starved, as in a process whose timers run on
+    /// threads of their own (memberlist's design, the Lifeguard paper's setting).
+    Packets,
 }
 
 pub(crate) enum LoopTimer<M> {
@@ -85,6 +114,10 @@ pub(crate) enum LoopTimer<M> {
     Suspicion(SuspicionKey),
     JoinRetry(u32),
     LeaveRound(u32),
+    /// Ask again for metadata that has not come.
+    MetaSweep,
+    /// Bring the shared view up to date with foca's table.
+    SyncView,
 }
 
 /// A suspicion is about one incarnation of one identity.
@@ -295,6 +328,19 @@ pub(crate) struct Engine<M, T> {
     stopped: bool,
     /// Version of this node's latest note (grows within a generation).
     note_version: u64,
+    /// Our own metadata and its JSON (what the metadata packet carries).
+    my_meta: Arc<M>,
+    my_meta_json: Arc<[u8]>,
+    /// Metadata of other members, per identity, as each member sent it.
+    metas: HashMap<NodeIdentity<M>, Arc<M>>,
+    /// When we last asked a member for its metadata.
+    meta_asked: HashMap<NodeIdentity<M>, Instant>,
+    /// The shared view may be out of date with foca's table or `metas`.
+    view_dirty: bool,
+    /// A `SyncView` timer is pending.
+    sync_scheduled: bool,
+    /// Live members whose metadata was missing at the last sync.
+    metas_missing: usize,
 }
 
 impl<M, T> Engine<M, T>
@@ -307,6 +353,8 @@ where
         cfg: GossipConfig,
         foca_config: foca::Config,
         me: NodeIdentity<M>,
+        my_meta: Arc<M>,
+        my_meta_json: Arc<[u8]>,
         socket: Arc<T>,
         shared: Arc<Shared<M>>,
         events: broadcast::Sender<MemberEvent<M>>,
@@ -348,8 +396,16 @@ where
             leave_reply: None,
             stopped: false,
             note_version: 0,
+            my_meta,
+            my_meta_json,
+            metas: HashMap::new(),
+            meta_asked: HashMap::new(),
+            view_dirty: true,
+            sync_scheduled: false,
+            metas_missing: 0,
         };
         engine.sync_view();
+        engine.schedule(META_SWEEP, LoopTimer::MetaSweep);
         engine
     }
 
@@ -366,9 +422,22 @@ where
                     None => continue,
                 },
             };
-            #[cfg(test)]
-            if let GossipInput::Command(Command::Stall(d)) = input {
-                tokio::time::sleep(d).await;
+            #[cfg(any(test, feature = "sim"))]
+            if let GossipInput::Command(Command::Stall(d, kind)) = input {
+                let until = Instant::now() + d;
+                if kind == StallKind::Packets {
+                    // Timers run on time; datagrams wait in the queue.
+                    while let Some(at) = self.timers.peek().map(|Reverse(s)| s.at)
+                        && at <= until
+                    {
+                        tokio::time::sleep_until(at).await;
+                        let Some(Reverse(s)) = self.timers.pop() else {
+                            break;
+                        };
+                        self.turn(GossipInput::Timer(s.timer));
+                    }
+                }
+                tokio::time::sleep_until(until).await;
                 continue;
             }
             self.turn(input);
@@ -377,13 +446,45 @@ where
     }
 
     fn turn(&mut self, input: GossipInput<M>) {
+        let mut sync_now = false;
         match input {
             GossipInput::Data(data, from) => self.on_data(&data, from),
+            GossipInput::Timer(LoopTimer::SyncView) => {
+                self.sync_scheduled = false;
+                sync_now = self.view_dirty;
+            }
+            GossipInput::Timer(LoopTimer::MetaSweep) => {
+                self.schedule(META_SWEEP, LoopTimer::MetaSweep);
+                // The sync asks for what is still missing.
+                if self.metas_missing > 0 {
+                    self.view_dirty = true;
+                }
+            }
+            // A foca timer that changes a member's state says so in a
+            // notification (`ProbeFailed` for a new suspect, `MemberDown`), which
+            // `drain` sees.
             GossipInput::Timer(t) => self.on_timer(t),
-            GossipInput::Command(c) => self.on_command(c),
+            GossipInput::Command(c) => {
+                self.on_command(c);
+                self.drain();
+                // A join or a leave shows at once.
+                self.sync_view();
+                self.view_dirty = false;
+                self.shared.awareness.store(self.awareness.score(), Relaxed);
+                return;
+            }
         }
         self.drain();
-        self.sync_view();
+        // Most packets of a converged cluster carry no news (a ping, an ack):
+        // they leave foca's table as it was, so the O(members) sync is skipped;
+        // news is synced once per `VIEW_SYNC_DELAY`, however much of it came.
+        if sync_now {
+            self.sync_view();
+            self.view_dirty = false;
+        } else if self.view_dirty && !self.sync_scheduled {
+            self.sync_scheduled = true;
+            self.schedule(VIEW_SYNC_DELAY, LoopTimer::SyncView);
+        }
         self.shared.awareness.store(self.awareness.score(), Relaxed);
     }
 
@@ -412,6 +513,10 @@ where
         }
         if data.starts_with(&RECEIPT_MAGIC) {
             self.on_receipt(data, from);
+            return;
+        }
+        if data.starts_with(&codec::META_MAGIC) {
+            self.on_meta(data, from);
             return;
         }
         let mut parsed = match codec::parse_packet::<M>(data) {
@@ -464,6 +569,9 @@ where
                 "dropped update about a second claimant of a live node id",
                 &i,
             );
+        }
+        if !parsed.updates.is_empty() || parsed.header.message == Message::Feed {
+            self.view_dirty = true;
         }
         for u in &parsed.updates {
             self.observe_update(u, &src);
@@ -523,6 +631,68 @@ where
         }
     }
 
+    /// A member's metadata (and perhaps a request for ours). Accepted only from
+    /// the address the identity names, so a member speaks for itself alone.
+    fn on_meta(&mut self, data: &[u8], from: SocketAddr) {
+        let packet = match codec::decode_meta::<M>(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.bad(from, "undecodable metadata packet", &e);
+                return;
+            }
+        };
+        if packet.id.addr != from || packet.id == self.me {
+            self.bad(
+                from,
+                "metadata packet for another address",
+                &format_args!("{:?}", packet.id),
+            );
+            return;
+        }
+        if packet.reply_wanted {
+            let out = codec::encode_meta(&self.me, &self.my_meta_json, false);
+            self.send_raw(&out, from);
+        }
+        if self.metas.contains_key(&packet.id) {
+            return;
+        }
+        if self.metas.len() >= METAS_MAX {
+            let known: std::collections::HashSet<&NodeIdentity<M>> =
+                self.foca.iter_members().map(|m| m.id()).collect();
+            self.metas.retain(|id, _| known.contains(id));
+            self.meta_asked.retain(|id, _| known.contains(id));
+            if self.metas.len() >= METAS_MAX {
+                return;
+            }
+        }
+        self.meta_asked.remove(&packet.id);
+        self.metas.insert(packet.id, Arc::new(packet.meta));
+        self.view_dirty = true;
+    }
+
+    /// Ask members whose metadata we lack for it (our own goes along), at most
+    /// [`META_ASKS_PER_TURN`] a turn, each member again after [`META_RETRY`].
+    fn ask_metas(&mut self, missing: Vec<NodeIdentity<M>>) {
+        let now = Instant::now();
+        let mut asked = 0;
+        for id in missing {
+            if asked >= META_ASKS_PER_TURN {
+                break;
+            }
+            if self
+                .meta_asked
+                .get(&id)
+                .is_some_and(|t| now.duration_since(*t) < META_RETRY)
+            {
+                continue;
+            }
+            let out = codec::encode_meta(&self.me, &self.my_meta_json, true);
+            self.send_raw(&out, id.addr);
+            self.meta_asked.insert(id, now);
+            asked += 1;
+        }
+    }
+
     fn on_receipt(&mut self, data: &[u8], from: SocketAddr) {
         if data.len() != RECEIPT_MAGIC.len() + 1 {
             self.bad(from, "malformed receipt", &data.len());
@@ -565,6 +735,8 @@ where
                     tracing::debug!(error = %e, "foca suspicion timer");
                 }
             }
+            // Handled in `turn`.
+            LoopTimer::MetaSweep | LoopTimer::SyncView => {}
             LoopTimer::JoinRetry(round) => {
                 if self.foca.num_members() == 0 && round < JOIN_ROUNDS_MAX {
                     self.announce_to_seeds();
@@ -634,8 +806,8 @@ where
                     tracing::debug!(error = %e, "note broadcast");
                 }
             }
-            #[cfg(test)]
-            Command::Stall(_) => {}
+            #[cfg(any(test, feature = "sim"))]
+            Command::Stall(..) => {}
         }
     }
 
@@ -647,16 +819,14 @@ where
             // foca accepts an Announce whose destination has the right address,
             // whatever the rest of the identity says; we do not know the
             // seed's node id yet.
-            let dst = NodeIdentity {
-                node_id: Arc::from("?"),
-                generation: 0,
-                addr: seed,
-                meta: Arc::clone(&self.me.meta),
-                meta_json: Arc::clone(&self.me.meta_json),
-            };
+            let dst = NodeIdentity::new(Arc::from("?"), 0, seed);
             if let Err(e) = self.foca.announce(dst, &mut self.rt) {
                 tracing::debug!(error = %e, "announce");
             }
+            // Our metadata goes along, and the seed's comes back, so the first
+            // member we know shows in the view without another round trip.
+            let out = codec::encode_meta(&self.me, &self.my_meta_json, true);
+            self.send_raw(&out, seed);
         }
     }
 
@@ -668,6 +838,7 @@ where
             Ok(n) => {
                 stats.packets_sent.fetch_add(1, Relaxed);
                 stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                stats.largest_packet_sent.fetch_max(n as u64, Relaxed);
             }
             Err(e) => {
                 stats.send_errors.fetch_add(1, Relaxed);
@@ -679,6 +850,12 @@ where
     /// Drain what foca asked for during the turn: datagrams, timers, events.
     fn drain(&mut self) {
         while let Some(n) = self.rt.to_notify() {
+            if !matches!(
+                n,
+                OwnedNotification::DataSent(_) | OwnedNotification::DataReceived(_)
+            ) {
+                self.view_dirty = true;
+            }
             match n {
                 OwnedNotification::ProbeFailed(_, _) => self.close_probe(false),
                 OwnedNotification::DataSent(h) => self.on_sent(&h),
@@ -839,8 +1016,17 @@ where
     /// then the highest generation, is shown.
     fn sync_view(&mut self) {
         let mut best: HashMap<&str, &FocaMember<NodeIdentity<M>>> = HashMap::new();
+        let mut missing = Vec::new();
         for m in self.foca.iter_membership_state() {
             let id = m.id();
+            // A member shows in the view once its metadata has come, so an
+            // `Up` always carries it.
+            if !self.metas.contains_key(id) {
+                if is_active(m) {
+                    missing.push(id.clone());
+                }
+                continue;
+            }
             match best.get(&*id.node_id) {
                 Some(cur)
                     if (is_active(cur), cur.id().generation) >= (is_active(m), id.generation) => {}
@@ -857,6 +1043,9 @@ where
         let left = self.left.lock().unwrap_or_else(|p| p.into_inner());
         for (node_id, m) in &best {
             let id = m.id();
+            let Some(meta) = self.metas.get(id) else {
+                continue;
+            };
             let status = match m.state() {
                 State::Alive => MemberStatus::Alive,
                 State::Suspect => MemberStatus::Suspect,
@@ -869,7 +1058,7 @@ where
                         node_id: node_id.to_string(),
                         generation: id.generation,
                         addr: id.addr,
-                        meta: (*id.meta).clone(),
+                        meta: (**meta).clone(),
                         status,
                         last_contact: now,
                     };
@@ -890,7 +1079,7 @@ where
                     if renamed {
                         cur.generation = id.generation;
                         cur.addr = id.addr;
-                        cur.meta = (*id.meta).clone();
+                        cur.meta = (**meta).clone();
                         cur.last_contact = now;
                     }
                     cur.status = status;
@@ -927,7 +1116,7 @@ where
                 node_id: self.me.node_id.to_string(),
                 generation: self.me.generation,
                 addr: self.me.addr,
-                meta: (*self.me.meta).clone(),
+                meta: (*self.my_meta).clone(),
                 status: me_status,
                 last_contact: now,
             });
@@ -938,6 +1127,10 @@ where
         for e in events {
             // A send error only means nobody subscribes right now.
             let _ = self.events.send(e);
+        }
+        self.metas_missing = missing.len();
+        if !missing.is_empty() {
+            self.ask_metas(missing);
         }
     }
 }

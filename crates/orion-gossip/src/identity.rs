@@ -1,38 +1,52 @@
-//! The foca identity of one Orion node: node id, generation, gossip address and
-//! the node's metadata. Equality and conflict resolution live here; the wire
-//! form lives in `codec`.
+//! The foca identity of one Orion node: node id, generation and gossip address
+//! (about 30 bytes on the wire). Equality and conflict resolution live here; the
+//! wire form lives in `codec`.
 //!
 //! Two identities are the same member iff node id, generation and address are
-//! equal; metadata is fixed for the life of one generation, so it takes no part
-//! in equality. foca keys its member table on [`foca::Identity::addr`], which is
+//! equal. The node's metadata is not part of the identity: it is fixed for the
+//! life of one generation, so the engine fetches it once per identity, straight
+//! from the member (see the crate doc, "Metadata travels beside the identity"). foca keys its member table on [`foca::Identity::addr`], which is
 //! the gossip socket address: a process restarting on the same address with a
 //! higher generation replaces its old self (foca's `Rename`). A process that
 //! claims a node id already live at another address is not foca's business;
 //! the engine refuses it before foca sees the packet.
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// One member as foca sees it. Cheap to clone (three `Arc`s and two words),
-/// because foca clones identities freely.
+/// One member as foca sees it. Cheap to clone (one `Arc` and a few words),
+/// because foca clones identities freely. `M` (the metadata type) only ties
+/// the identity to its cluster's codec; no metadata is held here.
 pub(crate) struct NodeIdentity<M> {
     pub(crate) node_id: Arc<str>,
     pub(crate) generation: u64,
     pub(crate) addr: SocketAddr,
-    pub(crate) meta: Arc<M>,
-    /// `meta` as serialized on the wire (JSON), kept so encoding is a copy.
-    pub(crate) meta_json: Arc<[u8]>,
+    pub(crate) _meta: PhantomData<fn() -> M>,
+}
+
+impl<M> NodeIdentity<M> {
+    pub(crate) fn new(node_id: Arc<str>, generation: u64, addr: SocketAddr) -> Self {
+        Self {
+            node_id,
+            generation,
+            addr,
+            _meta: PhantomData,
+        }
+    }
 }
 
 impl<M> Clone for NodeIdentity<M> {
     fn clone(&self) -> Self {
-        Self {
-            node_id: Arc::clone(&self.node_id),
-            generation: self.generation,
-            addr: self.addr,
-            meta: Arc::clone(&self.meta),
-            meta_json: Arc::clone(&self.meta_json),
-        }
+        Self::new(Arc::clone(&self.node_id), self.generation, self.addr)
+    }
+}
+
+impl<M> std::hash::Hash for NodeIdentity<M> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.node_id.hash(h);
+        self.generation.hash(h);
+        self.addr.hash(h);
     }
 }
 
@@ -91,13 +105,11 @@ mod tests {
     use foca::Identity;
 
     fn ident(id: &str, generation: u64, port: u16) -> NodeIdentity<()> {
-        NodeIdentity {
-            node_id: id.into(),
+        NodeIdentity::new(
+            id.into(),
             generation,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            meta: Arc::new(()),
-            meta_json: Arc::from(&b"null"[..]),
-        }
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )
     }
 
     #[test]

@@ -20,14 +20,23 @@
 //! paused single-threaded runtime. foca's RNG is seeded from
 //! `GossipConfig::seed`, reported in [`GossipStats::seed`].
 //!
-//! # Metadata travels in the identity
-//! A foca identity here is `(node_id, generation, gossip addr, metadata)`.
-//! Why not a custom broadcast: metadata then arrives atomically with the first
-//! news of a member (a `MemberEvent::Up` always has it), nothing can go out of
-//! step, and a restart with new metadata is just a new generation. The cost is
-//! bytes: every header names two identities, so metadata is meant to be small
-//! (a few hundred bytes). [`spawn`] refuses metadata whose identity would not
-//! leave room for a PingReq header (three identities) plus one update in
+//! # Metadata travels beside the identity
+//! A foca identity here is `(node_id, generation, gossip addr)`, about 30 bytes
+//! on the wire. A member's metadata is fixed for one generation, so the engine
+//! fetches it once per identity, from the member itself: a metadata packet
+//! (`ORM`: identity, JSON, "send me yours") goes to every member foca knows
+//! and whose metadata we lack (at most 32 a turn, again after 1 s), and along
+//! with every join announce; the answer comes straight back. A member shows in
+//! the view, and its `MemberEvent::Up` is sent, only once its metadata has
+//! come, so an `Up` always carries it. A metadata packet is accepted only from
+//! the address its identity names.
+//!
+//! Why not in the identity (as before): every header names two identities and
+//! every update one, so with the agent's ~260-byte `NodeMeta` an update cost
+//! ~300 bytes and a 1,400-byte packet carried two; 128 members took 18-48 s to
+//! converge and 1,000 could not (BENCHMARKS.md). Now an update is ~33 bytes
+//! (about 40 a packet), and the metadata costs each member one packet per
+//! other member, once. [`spawn`] refuses metadata whose packet would not fit
 //! `max_packet_bytes` ([`GossipError::MetadataTooLarge`]). Metadata cannot
 //! change within a generation.
 //!
@@ -83,21 +92,36 @@
 //! ~1.1 s, with a healthy awareness score. Measured on loopback (debug build,
 //! shared 2-core machine): ~1.0-1.2 s from kill to `Down` on both survivors.
 //!
-//! # What the stall test showed (honestly)
-//! Five members, one engine stalled 900 ms every 1.5 s for 15 s: false `Down`
-//! events of the stalled member were 8-16 with Lifeguard on and 11-17 off over
-//! a few runs; none of the healthy members was ever declared down in either
-//! mode. Stalls of 450-700 ms gave 0 in both modes. So, as built, Lifeguard
-//! does not save a member stalled longer than the minimum suspicion timeout:
-//! peers' confirmations shrink the timeout to its minimum within the stall,
-//! and their own health scores are fine, as they should be. The slow member
-//! does not wrongly accuse healthy peers even without Lifeguard here, because
-//! it processes queued refutations soon after waking.
+//! # What the Lifeguard experiment shows
+//! `orion-bench lifeguard` (simulated time, 48 members, 8 starved at random
+//! with stalls of 100-900 ms, 4 members killed; BENCHMARKS.md has the figures).
+//! How the starvation is simulated decides everything:
+//! - Starving the whole engine ([`Gossip::starve`]: timers and datagrams stop
+//!   together) never makes the starved member accuse anyone: when it wakes, the
+//!   acks and refutations that arrived are in its queue next to its overdue
+//!   timers and are handled within the same instant, so its probes succeed.
+//!   Only the starved members themselves are declared down (they do not answer
+//!   for up to 900 ms), and Lifeguard cuts those false `Down`s by about 2×.
+//!   This is what the old stall test measured (it stalled the *suspect*).
+//! - Starving the datagram path only ([`Gossip::starve_packets`]: timers fire on
+//!   time, received datagrams wait), as in the paper, where timers ran on
+//!   threads of their own: the starved member misses acks that did arrive,
+//!   suspects healthy peers and, without Lifeguard, declares them down before it
+//!   reads their refutation. Lifeguard stops that: its missed PingReq receipts
+//!   raise its health score, which stretches its probe timeouts and suspicion
+//!   timeouts, and the buddy notice makes the suspect refute at once.
+//!
+//! Why the effect is smaller than memberlist's: foca arms the suspect-to-down
+//! timer only on the member whose probe failed, while memberlist arms it on
+//! every member that hears the suspicion; so in foca a false accusation can
+//! only turn into a `Down` on the slow accuser itself.
 
 mod codec;
 mod engine;
 mod identity;
 mod lifeguard;
+#[cfg(any(test, feature = "sim"))]
+pub mod memnet;
 #[cfg(test)]
 mod tests;
 mod transport;
@@ -120,6 +144,8 @@ pub use codec::CodecError;
 pub use lifeguard::LifeguardConfig;
 pub use transport::Transport;
 
+#[cfg(any(test, feature = "sim"))]
+pub use engine::StallKind;
 use engine::{Command, Engine, GossipInput, Shared};
 use identity::NodeIdentity;
 
@@ -194,11 +220,13 @@ impl GossipConfig {
             num_indirect_probes: 3,
             // Typical path MTU 1500 minus IP/UDP headers and slack (foca's 1400).
             max_packet_bytes: 1400,
-            // foca's formula 4*log10(n+1) gives 6 for n = 32 and 9 for n = 200; with 6, a
-            // 128-member cluster took 47 s to converge in the benchmark (news died out before
-            // reaching everyone and waited for the 10 s periodic announce). 9 covers clusters
-            // up to ~200 members at a cost of half again the piggybacked bytes.
-            max_transmissions: 9,
+            // foca's formula 4*log10(n+1) gives 6 for n = 32 and 12 for n = 1000. With 9,
+            // 128 members took 20 s to converge in the simulated benchmark: the news of a few
+            // joiners died out before reaching everyone, and waited for a probe or the
+            // periodic announce. With 15 they converge in 1.5 s. An update is ~33 bytes (the
+            // metadata is not in it), so the extra sends cost little and only while news is
+            // fresh (BENCHMARKS.md, "Gossip in simulated time").
+            max_transmissions: 15,
             // foca `new_lan`'s value.
             periodic_gossip_ms: 200,
             lifeguard: LifeguardConfig::default(),
@@ -268,7 +296,7 @@ pub enum GossipError {
     #[error("metadata cannot be serialized: {0}")]
     Metadata(String),
     #[error(
-        "metadata too large: {identity_bytes} bytes per identity, at most {max_identity_bytes} fit max_packet_bytes"
+        "metadata too large: its packet would be {identity_bytes} bytes, at most {max_identity_bytes} fit max_packet_bytes"
     )]
     MetadataTooLarge {
         identity_bytes: usize,
@@ -347,6 +375,8 @@ pub struct GossipStats {
     pub send_errors: u64,
     /// Lifeguard direct notices sent to members we suspect.
     pub buddy_notices: u64,
+    /// The largest datagram sent so far, in bytes.
+    pub largest_packet_sent: u64,
     /// The seed of foca's RNG (`GossipConfig::seed`), so a run can be told apart and replayed.
     pub seed: u64,
 }
@@ -363,6 +393,7 @@ pub(crate) struct StatsCounters {
     pub(crate) inbound_dropped: AtomicU64,
     pub(crate) send_errors: AtomicU64,
     pub(crate) buddy_notices: AtomicU64,
+    pub(crate) largest_packet_sent: AtomicU64,
 }
 
 /// Largest note a node may announce about itself ([`Gossip::set_note`]): it rides in a gossip
@@ -450,18 +481,15 @@ where
         })?;
         config.advertise.set_port(local.port());
     }
-    let me = NodeIdentity {
-        node_id: Arc::from(config.node_id.as_str()),
-        generation: config.generation,
-        addr: config.advertise,
-        meta: Arc::new(meta),
-        meta_json: Arc::from(meta_json),
-    };
-    // Worst header: PingReq names three identities; add one member update, its
-    // count and a little slack.
-    let identity_bytes = codec::identity_len(&me);
-    let max_identity_bytes = (config.max_packet_bytes - 16) / 4;
-    if identity_bytes > max_identity_bytes || me.meta_json.len() > usize::from(u16::MAX) {
+    let me = NodeIdentity::new(
+        Arc::from(config.node_id.as_str()),
+        config.generation,
+        config.advertise,
+    );
+    // The metadata travels in one metadata packet (identity and JSON).
+    let identity_bytes = codec::meta_packet_len(&me, &meta_json);
+    let max_identity_bytes = config.max_packet_bytes;
+    if identity_bytes > max_identity_bytes || meta_json.len() > usize::from(u16::MAX) {
         return Err(GossipError::MetadataTooLarge {
             identity_bytes,
             max_identity_bytes,
@@ -482,6 +510,8 @@ where
         config,
         foca_config,
         me,
+        Arc::new(meta),
+        Arc::from(meta_json),
         Arc::clone(&transport),
         Arc::clone(&shared),
         events.clone(),
@@ -603,6 +633,18 @@ where
         out
     }
 
+    /// How many members (ourselves included) are Alive or Suspect: `members()` counted,
+    /// without copying the view.
+    pub fn live_count(&self) -> usize {
+        let view = self
+            .inner
+            .shared
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        view.values().filter(|m| m.status.is_live()).count()
+    }
+
     /// The address peers dial (the bound port if `bind` had port 0).
     pub fn advertise_addr(&self) -> SocketAddr {
         self.inner.advertise
@@ -626,6 +668,7 @@ where
             inbound_dropped: s.inbound_dropped.load(Relaxed),
             send_errors: s.send_errors.load(Relaxed),
             buddy_notices: s.buddy_notices.load(Relaxed),
+            largest_packet_sent: s.largest_packet_sent.load(Relaxed),
             seed: self.inner.seed,
         }
     }
@@ -649,6 +692,23 @@ where
     /// Test hook: make the engine task sleep, as a stalled process.
     #[cfg(test)]
     pub(crate) async fn stall(&self, d: Duration) {
-        let _ = self.command(Command::Stall(d)).await;
+        self.starve(d).await;
+    }
+
+    /// Fault injection for simulators and benchmarks (feature `sim`): the engine's event loop
+    /// sleeps for `d`, as a process starved of CPU. Datagrams queue meanwhile (and are lost
+    /// beyond the input queue); timers that came due fire late, mixed with that backlog.
+    #[cfg(any(test, feature = "sim"))]
+    pub async fn starve(&self, d: Duration) {
+        let _ = self.command(Command::Stall(d, StallKind::Whole)).await;
+    }
+
+    /// As [`Gossip::starve`], but only the datagram path starves: for `d`, timers fire on
+    /// time (and send) while received datagrams wait in the queue. So the member misses
+    /// acks and refutations that did arrive and accuses healthy peers: the slow member of
+    /// the Lifeguard paper, whose timers ran on threads of their own.
+    #[cfg(any(test, feature = "sim"))]
+    pub async fn starve_packets(&self, d: Duration) {
+        let _ = self.command(Command::Stall(d, StallKind::Packets)).await;
     }
 }

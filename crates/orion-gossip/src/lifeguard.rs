@@ -17,7 +17,11 @@ pub struct LifeguardConfig {
     pub awareness_max: u32,
     /// Suspicion starts at `suspect_to_down_ms * suspicion_max_mult` and shrinks
     /// to `suspect_to_down_ms` as confirmations arrive. memberlist's
-    /// `SuspicionMaxTimeoutMult` is 6; we use 4 to keep small clusters fast.
+    /// `SuspicionMaxTimeoutMult` is 6. We use 2: in the Lifeguard experiment
+    /// (`orion-bench lifeguard`), the accuser's own health score does most of the
+    /// protecting (its timeouts grow with it). In one 60 s run (seed 1), 4 gave
+    /// zero false downs of healthy members but +28% detection time (p50) and 2 the
+    /// same zero at +9%; over three 120 s runs, 2 gives -4% (BENCHMARKS.md).
     pub suspicion_max_mult: u32,
     /// Independent confirmations needed to reach the minimum timeout.
     /// memberlist uses `SuspicionMult - 2` = 2; with fewer than `k + 2` live
@@ -30,7 +34,7 @@ impl Default for LifeguardConfig {
         Self {
             enabled: true,
             awareness_max: 8,
-            suspicion_max_mult: 4,
+            suspicion_max_mult: 2,
             suspicion_confirmations: 2,
         }
     }

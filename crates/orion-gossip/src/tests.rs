@@ -258,13 +258,7 @@ async fn garbage_packets_are_counted_and_dropped() {
         use crate::identity::NodeIdentity;
         use foca::{Codec, Header, Message};
         use std::sync::Arc;
-        let id = |p| NodeIdentity::<Meta> {
-            node_id: "x".into(),
-            generation: 1,
-            addr: addr([127, 0, 15, 9], p),
-            meta: Arc::new(meta("x")),
-            meta_json: Arc::from(serde_json::to_vec(&meta("x")).expect("json").as_slice()),
-        };
+        let id = |p| NodeIdentity::<Meta>::new(Arc::from("x"), 1, addr([127, 0, 15, 9], p));
         let header = Header {
             src: id(1),
             src_incarnation: 0,
@@ -282,6 +276,8 @@ async fn garbage_packets_are_counted_and_dropped() {
         b"OG".to_vec(),
         b"OG\x01\xff\xff".to_vec(),
         b"ORC".to_vec(),
+        b"ORM".to_vec(),
+        b"ORM\x01\x01x".to_vec(),
         vec![0u8; 2000], // over max_packet_bytes
     ];
     for cut in 1..valid.len() {
@@ -426,78 +422,7 @@ async fn gossip_bytes_per_second_per_node() {
     }
 }
 
-/// An in-memory datagram network for the transport seam: one bounded inbox per address.
-mod memory {
-    use std::collections::HashMap;
-    use std::io;
-    use std::net::SocketAddr;
-    use std::sync::{Arc, Mutex};
-
-    use tokio::sync::mpsc;
-
-    use crate::Transport;
-
-    /// Datagrams queued per inbox; beyond it they are lost, as a full socket buffer loses them.
-    const INBOX_MAX: usize = 1024;
-
-    type Datagram = (Vec<u8>, SocketAddr);
-
-    #[derive(Default)]
-    pub(super) struct Net {
-        inboxes: Mutex<HashMap<SocketAddr, mpsc::Sender<Datagram>>>,
-    }
-
-    pub(super) struct Socket {
-        addr: SocketAddr,
-        net: Arc<Net>,
-        rx: tokio::sync::Mutex<mpsc::Receiver<Datagram>>,
-    }
-
-    impl Net {
-        pub(super) fn bind(self: &Arc<Self>, addr: SocketAddr) -> Arc<Socket> {
-            let (tx, rx) = mpsc::channel(INBOX_MAX);
-            self.inboxes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(addr, tx);
-            Arc::new(Socket {
-                addr,
-                net: Arc::clone(self),
-                rx: tokio::sync::Mutex::new(rx),
-            })
-        }
-    }
-
-    impl Transport for Socket {
-        fn local_addr(&self) -> io::Result<SocketAddr> {
-            Ok(self.addr)
-        }
-
-        fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-            let inboxes = self.net.inboxes.lock().unwrap_or_else(|p| p.into_inner());
-            let inbox = inboxes
-                .get(&to)
-                .ok_or_else(|| io::Error::from(io::ErrorKind::ConnectionRefused))?;
-            inbox
-                .try_send((buf.to_vec(), self.addr))
-                .map_err(|_| io::Error::from(io::ErrorKind::WouldBlock))?;
-            Ok(buf.len())
-        }
-
-        async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-            let (data, from) = self
-                .rx
-                .lock()
-                .await
-                .recv()
-                .await
-                .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
-            let n = data.len().min(buf.len());
-            buf[..n].copy_from_slice(&data[..n]);
-            Ok((n, from))
-        }
-    }
-}
+use crate::memnet as memory;
 
 /// The seam a simulator needs: engines over an in-memory network, on one thread, on paused
 /// tokio time, find each other and notice a member that stops, with no socket and no wall
@@ -571,4 +496,44 @@ async fn notes_spread_and_the_newest_wins() {
         nodes[0].set_note(big).await,
         Err(crate::GossipError::NoteTooLarge(_))
     ));
+}
+
+/// Regression (BENCHMARKS.md: 128 members took 18-48 s to converge): with the metadata in
+/// every identity, a packet carried two updates and the news of a few joiners died out before
+/// reaching everyone. 128 engines join one seed at the same instant on the in-memory network;
+/// the bound is absurd on purpose (the benchmark measures ~1.5 s of simulated time).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn convergence_of_128_members_is_not_slow() {
+    let net = std::sync::Arc::new(memory::Net::default());
+    let n = 128u32;
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let a = SocketAddr::from((std::net::Ipv4Addr::from(0x0a01_0001 + i), 7000));
+        let mut c = GossipConfig::lan_fast(format!("m{i}"), a, a, 1);
+        c.seed = u64::from(i);
+        let g = crate::spawn_with_transport(c, meta("sim"), net.bind(a)).expect("spawn");
+        nodes.push(g);
+    }
+    let seed = [nodes[0].advertise_addr()];
+    for g in &nodes[1..] {
+        g.join(&seed).await.expect("join");
+    }
+    let start = tokio::time::Instant::now();
+    let converged = until(Duration::from_secs(30), || {
+        nodes.iter().all(|g| g.live_count() == n as usize)
+    })
+    .await;
+    println!(
+        "128 members converged: {converged} after {:?} (simulated)",
+        start.elapsed()
+    );
+    assert!(
+        converged,
+        "128 members not converged within 30 s of simulated time"
+    );
+    let largest = nodes.iter().map(|g| g.stats().largest_packet_sent).max();
+    assert!(
+        largest <= Some(1400),
+        "a packet over max_packet_bytes: {largest:?}"
+    );
 }
