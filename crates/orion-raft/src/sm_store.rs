@@ -41,7 +41,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use orion_state::{ClusterState, Key};
-use orion_types::Response;
+use orion_types::{Command, Response};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -466,6 +466,8 @@ impl StateMachineStore {
         }
         let mut responses = Vec::with_capacity(entries.len());
         let observer = self.observer();
+        let mut commands_applied: u64 = 0;
+        let entries_applied = entries.len() as u64;
         let index = {
             let mut applied = self.write();
             let mut touched = BTreeSet::new();
@@ -496,12 +498,34 @@ impl StateMachineStore {
                         }
                         responses.push(Response::default())
                     }
+                    // A batch applies command by command, each told to the observer with
+                    // the state right after it, as if each were an entry of its own.
+                    EntryPayload::Normal(Command::Batch { commands }) => {
+                        let mut answers = Vec::with_capacity(commands.len());
+                        for cmd in &commands {
+                            let (resp, keys) = applied.state.apply(cmd);
+                            if let Some(o) = &observer {
+                                o.applied(
+                                    entry.log_id.index,
+                                    Some(cmd),
+                                    None,
+                                    &applied.state,
+                                    &keys,
+                                );
+                            }
+                            touched.extend(keys);
+                            answers.push(resp);
+                        }
+                        commands_applied += commands.len() as u64;
+                        responses.push(Response::Batch(answers));
+                    }
                     EntryPayload::Normal(cmd) => {
                         let (resp, keys) = applied.state.apply(&cmd);
                         if let Some(o) = &observer {
                             o.applied(entry.log_id.index, Some(&cmd), None, &applied.state, &keys);
                         }
                         touched.extend(keys);
+                        commands_applied += 1;
                         responses.push(resp);
                     }
                     EntryPayload::Membership(m) => {
@@ -524,6 +548,10 @@ impl StateMachineStore {
             applied_index(applied.last_applied.as_ref())
         };
         self.shared.applied_tx.send_replace(index);
+        // Commands are counted by kind by the observer (`orion_raft_applied_commands_total`);
+        // entries here, so commands per entry is the ratio of the two.
+        metrics::counter!("orion_raft_applied_entries_total").increment(entries_applied);
+        metrics::histogram!("orion_raft_apply_commands").record(commands_applied as f64);
         Ok(responses)
     }
 

@@ -352,6 +352,16 @@ impl ClusterState {
             } => self.fenced(node, task_id, allocation, &mut touched, |task| {
                 services::set_health(task, *health, output.as_deref(), *at)
             }),
+            Command::Batch { commands } => Response::Batch(
+                commands
+                    .iter()
+                    .map(|c| {
+                        let (r, keys) = self.apply(c);
+                        touched.extend(keys);
+                        r
+                    })
+                    .collect(),
+            ),
         };
         (response, touched)
     }
