@@ -31,6 +31,8 @@
 //!
 //! A snapshot is the whole `ClusterState` with its `last_applied` and membership, as JSON; the
 //! current one is stored in redb too, so it survives a restart and can be sent to a new learner.
+//! It is encoded outside the state lock, from a clone taken under it (`build`), so writes go on
+//! while a large state is encoded.
 
 use crate::error::StoreError;
 use crate::log_store::DbSlot;
@@ -104,6 +106,14 @@ struct SnapshotBlob {
     last_applied: Option<LogId<RaftId>>,
     last_membership: Membership,
     state: ClusterState,
+}
+
+/// `SnapshotBlob` by reference, for encoding without a clone (the same JSON).
+#[derive(Serialize)]
+struct SnapshotBlobRef<'a> {
+    last_applied: &'a Option<LogId<RaftId>>,
+    last_membership: &'a Membership,
+    state: &'a ClusterState,
 }
 
 struct Shared {
@@ -557,7 +567,12 @@ impl StateMachineStore {
 
     async fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let _gate = self.shared.persist.lock().await;
-        let (meta, rx) = {
+        // Under the state lock only a clone and the queueing of the write (so the write lands
+        // behind every apply it covers); the JSON encoding, the costly part at 10,000 tasks,
+        // runs after the lock is released, so applies (and writes) go on meanwhile. The writer
+        // thread waits for the bytes at the barrier; applies queued behind it wait for redb
+        // only, not memory.
+        let (meta, blob, data_tx, rx) = {
             let applied = self.read();
             let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match &applied.last_applied {
@@ -569,14 +584,30 @@ impl StateMachineStore {
                 last_membership: applied.last_membership.clone(),
                 snapshot_id,
             };
-            let data = serde_json::to_vec(&SnapshotBlob {
-                last_applied: applied.last_applied,
-                last_membership: applied.last_membership.clone(),
-                state: applied.state.clone(),
-            })?;
             let meta_bytes = serde_json::to_vec(&meta)?;
+            let (data_tx, data_rx) = mpsc::channel::<Vec<u8>>();
+            let blob = match &self.shared.writer {
+                Writer::Thread(_) => Some(SnapshotBlob {
+                    last_applied: applied.last_applied,
+                    last_membership: applied.last_membership.clone(),
+                    state: applied.state.clone(),
+                }),
+                // The simulator's writer runs the barrier inline, as it is queued: the bytes
+                // must be there before, so they are encoded here (virtual time: no cost).
+                Writer::Inline { .. } => {
+                    let _ = data_tx.send(serde_json::to_vec(&SnapshotBlobRef {
+                        last_applied: &applied.last_applied,
+                        last_membership: &applied.last_membership,
+                        state: &applied.state,
+                    })?);
+                    None
+                }
+            };
             // Queued under the state lock, behind every apply this snapshot covers.
             let rx = self.barrier(move |db| {
+                let data = data_rx
+                    .recv()
+                    .map_err(|_| StoreError::Join("the snapshot was not encoded".to_string()))?;
                 let mut txn = db.begin_write()?;
                 // Immediate: also makes every earlier apply durable, which purging the log
                 // behind this snapshot relies on.
@@ -589,8 +620,14 @@ impl StateMachineStore {
                 txn.commit()?;
                 Ok(data)
             })?;
-            (meta, rx)
+            (meta, blob, data_tx, rx)
         };
+        if let Some(blob) = blob {
+            // If encoding fails the sender is dropped and the barrier fails with it.
+            let data = serde_json::to_vec(&blob)?;
+            drop(blob);
+            let _ = data_tx.send(data);
+        }
         let data = Self::wait(rx).await?;
         tracing::info!(snapshot = %meta, bytes = data.len(), "built snapshot");
         Ok(Snapshot {
