@@ -451,13 +451,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on the API port {}", cfg.api_bind))?;
 
-    let raft_cfg = RaftConfig::new(
+    let mut raft_cfg = RaftConfig::new(
         cfg.id.clone(),
         cfg.data_dir.clone(),
         cfg.raft_bind,
         cfg.raft_addr(),
         cfg.api_addr().to_string(),
     );
+    raft_cfg.snapshot_logs = cfg.snapshot_logs;
     // The engine's ping and opening the stores are independent: do both at once, start-up
     // time is the sum of what is left.
     let (docker, raft) = tokio::join!(DockerRuntime::connect(), RaftNode::start(raft_cfg));
