@@ -177,7 +177,7 @@ impl Node {
         gauge!("orion_gossip_health_score").set(f64::from(self.gossip.local_health()));
 
         let (pending, mine, services) = self.raft.read(|st| {
-            let pending = st.tasks.values().filter(|t| t.needs_placement()).count();
+            let pending = st.pending_tasks().count();
             let mut mine: BTreeMap<&'static str, u64> = BTreeMap::new();
             for t in st.tasks_on(&self.cfg.id) {
                 *mine.entry(t.state.as_str()).or_default() += 1;

@@ -114,7 +114,8 @@ impl Driver {
         // which must not hold applies back: decided on a copy (the same decision).
         let started = std::time::Instant::now();
         let outcome = self.raft.read(|state| {
-            if state.tasks.values().any(|t| t.needs_placement()) {
+            // A follower decides nothing from the state: never copy it there.
+            if raft.is_leader && state.has_pending() {
                 Err(Box::new(state.clone()))
             } else {
                 Ok(decide(state))
