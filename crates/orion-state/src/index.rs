@@ -79,18 +79,26 @@ impl Index {
         index
     }
 
-    /// Brings task `id` up to date with its value in `tasks` (gone if absent).
-    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) {
+    /// Brings task `id` up to date with its value in `tasks` (gone if absent). True if the
+    /// change can let a placement happen that could not before: a task began to wait, or
+    /// what a node holds changed.
+    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) -> bool {
         let now = tasks.get(id).map(Held::of);
-        if self.held.get(id) == now.as_ref() {
-            return;
+        let old = self.held.get(id);
+        if old == now.as_ref() {
+            return false;
         }
+        let was_pending = old.is_some_and(|h| h.pending);
+        let old_holds = old.and_then(|h| h.holds.clone());
+        let relevant = now.as_ref().is_some_and(|h| h.pending && !was_pending)
+            || now.as_ref().and_then(|h| h.holds.clone()) != old_holds;
         if let Some(old) = self.held.remove(id) {
             self.remove(id, &old);
         }
         if let Some(now) = now {
             self.add(id, now);
         }
+        relevant
     }
 
     fn add(&mut self, id: &str, h: Held) {

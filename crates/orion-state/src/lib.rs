@@ -100,6 +100,35 @@ pub struct ClusterState {
     pub services: BTreeMap<String, Service>,
     #[serde(skip)]
     index: index::Index,
+    #[serde(skip)]
+    placement_version: PlacementVersion,
+}
+
+/// Changes whenever the state changes in a way that can let a waiting task be placed (see
+/// `ClusterState::placement_version`). Drawn from one counter per process, so a state that
+/// was replaced (a snapshot installed) never shows a version seen before. Derived, like the
+/// indexes: not part of the state's equality.
+#[derive(Debug, Clone, Copy, Eq)]
+struct PlacementVersion(u64);
+
+static PLACEMENT_VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl PlacementVersion {
+    fn fresh() -> PlacementVersion {
+        PlacementVersion(PLACEMENT_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for PlacementVersion {
+    fn default() -> PlacementVersion {
+        PlacementVersion::fresh()
+    }
+}
+
+impl PartialEq for PlacementVersion {
+    fn eq(&self, _: &PlacementVersion) -> bool {
+        true
+    }
 }
 
 /// `ClusterState` as its JSON holds it, without the indexes.
@@ -122,6 +151,7 @@ impl From<StateFields> for ClusterState {
             config: f.config,
             services: f.services,
             index,
+            placement_version: PlacementVersion::fresh(),
         }
     }
 }
@@ -142,18 +172,35 @@ impl ClusterState {
         (response, touched)
     }
 
-    /// Brings the indexes up to date for the tasks among `touched`.
+    /// Brings the indexes up to date for the tasks among `touched`, and the placement
+    /// version if what changed can let a waiting task be placed.
     fn sync_index(&mut self, touched: &[Key]) {
+        let mut relevant = false;
         for key in touched {
-            if let Key::Task(id) = key {
-                self.index.update(&self.tasks, id);
-            }
+            relevant |= match key {
+                Key::Task(id) => self.index.update(&self.tasks, id),
+                // Nodes (capacity, labels, status, drain), services and settings feed the
+                // scheduler too.
+                Key::Node(_) | Key::Service(_) | Key::Config => true,
+            };
+        }
+        if relevant {
+            self.placement_version = PlacementVersion::fresh();
         }
     }
 
     /// Rebuilds the indexes from the tasks (after changing `tasks` directly).
     pub fn reindex(&mut self) {
         self.index = index::Index::rebuild(&self.tasks);
+        self.placement_version = PlacementVersion::fresh();
+    }
+
+    /// A value that changes whenever a task begins to wait for a node, what a node holds
+    /// changes, or a node, service or setting changes: while it stays the same (and gossip's
+    /// view too), a placement pass that found nothing to place would find nothing again. Not
+    /// replicated and not comparable across processes.
+    pub fn placement_version(&self) -> u64 {
+        self.placement_version.0
     }
 
     fn apply_command(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
