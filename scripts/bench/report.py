@@ -511,8 +511,8 @@ class Report:
             snap = [x for x in sl if x["snapshot"] and x["p99_ms"] is not None]
             calm = [x for x in sl if not x["snapshot"] and x["p99_ms"] is not None]
             self.p(f"Writes over that state: {len(sl)} slices of one-client `POST /tasks` on the leader, one after "
-                   f"the other; a slice is *during a snapshot* if the leader's `snapshotIndex` (`GET /status`) "
-                   f"moved while it ran. With {d['tasks']}+ tasks each snapshot encodes the whole state.")
+                   f"the other; a slice is *during a snapshot* if the leader logged a new `built snapshot` line "
+                   f"while it ran. With {d['tasks']}+ tasks each snapshot encodes the whole state.")
             self.p()
             self.p("| slices | count | p50 (median of slices) | p99 (median of slices) | p99 (worst slice) |")
             self.p("|---|---|---|---|---|")
