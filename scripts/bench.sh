@@ -4,7 +4,8 @@
 #
 #   scripts/bench.sh            full run (about 20 minutes on 2 cores)
 #   scripts/bench.sh --quick    CI-sized run (fewer requests, rounds and kills; about 8 minutes)
-#   scripts/bench.sh --only startup,write,running,memory,gossip,gossip_sim,lifeguard,scale,failover,scheduler
+#   scripts/bench.sh --only startup,write,tasks10k,running,memory,gossip,gossip_sim,lifeguard,scale,failover,scheduler
+#   ORION_BENCH_NET=127.0.130 ORION_BENCH_ETCD_NET=127.0.131 scripts/bench.sh ...   (other loopback nets)
 #
 # Needs: cargo, python3 (stdlib only), a Docker engine, root for apt-get when etcd is missing.
 # Uses loopback nets 127.0.30.x (Orion agents) and 127.0.31.x (etcd, in-process gossip members);

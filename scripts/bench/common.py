@@ -163,6 +163,49 @@ class Docker:
 # ---------------------------------------------------------------- Orion agents
 
 
+# Loopback nets: the defaults, or others (ORION_BENCH_NET, ORION_BENCH_ETCD_NET) when several
+# people benchmark on one machine.
+ORION_NET = os.environ.get("ORION_BENCH_NET", "127.0.30")
+ETCD_NET = os.environ.get("ORION_BENCH_ETCD_NET", "127.0.31")
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process, in clock ticks (/proc/<pid>/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def scrape(url):
+    """A Prometheus text page as {name{labels}: value}, or {} if it cannot be read."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        try:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def metric_sum(m, prefix):
+    """Sum of every series whose name (before labels) is `prefix`."""
+    return sum(v for k, v in m.items() if k == prefix or k.startswith(prefix + "{"))
+
+
 class Agent:
     def __init__(self, bin_path, node_id, ip, data_dir, log_dir, join=None, bootstrap=False, extra=()):
         self.bin = bin_path
@@ -223,8 +266,8 @@ class Cluster:
         self.agents = []
         for i in range(1, n + 1):
             nid = f"b{run_id}-{name}-n{i}"
-            self.agents.append(Agent(bin_path, nid, f"127.0.30.{i}", os.path.join(self.dir, f"data-n{i}"),
-                                     self.dir, join=None if i == 1 else "127.0.30.1:6000",
+            self.agents.append(Agent(bin_path, nid, f"{ORION_NET}.{i}", os.path.join(self.dir, f"data-n{i}"),
+                                     self.dir, join=None if i == 1 else f"{ORION_NET}.1:6000",
                                      bootstrap=(i == 1), extra=extra))
         self.docker = Docker()
 
@@ -285,7 +328,7 @@ class EtcdCluster:
     def __init__(self, workdir, n=3):
         self.dir = os.path.join(workdir, "etcd")
         os.makedirs(self.dir, exist_ok=True)
-        self.members = [(f"e{i}", f"127.0.31.{i}") for i in range(1, n + 1)]
+        self.members = [(f"e{i}", f"{ETCD_NET}.{i}") for i in range(1, n + 1)]
         self.procs = []
 
     def start(self, within=30.0):

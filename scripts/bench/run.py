@@ -2,11 +2,11 @@
 """Runs the whole-cluster figures of BENCHMARKS.md (1 to 6) and writes them as JSON.
 
     python3 scripts/bench/run.py --orion target/release/orion --tool target/release/orion-bench \
-        --mode full|quick --out DIR [--only startup,write,running,failover,memory,gossip,gossip_sim,lifeguard,scale]
+        --mode full|quick --out DIR [--only startup,write,tasks10k,running,failover,memory,gossip,gossip_sim,lifeguard,scale]
 
 Each figure is independent: a figure that fails records its error and the others still run.
 Results go to DIR/results.json after every figure. Loopback nets: 127.0.30.x (Orion) and
-127.0.31.x (etcd, in-process gossip members)."""
+127.0.31.x (etcd, in-process gossip members), or ORION_BENCH_NET and ORION_BENCH_ETCD_NET."""
 
 import argparse
 import json
@@ -20,8 +20,9 @@ import traceback
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (BENCH_LABEL, Agent, Cluster, Docker, EtcdCluster, http_json, log, now,  # noqa: E402
-                    port_answers, rss_kib)
+from common import (BENCH_LABEL, CLOCK_TICKS, ETCD_NET, ORION_NET, Agent, Cluster, Docker,  # noqa: E402
+                    EtcdCluster, cpu_ticks, http_json, log, metric_sum, now, port_answers, rss_kib,
+                    scrape)
 
 BUSYBOX = "orion/busybox:latest"
 ABSENT = "orion/absent-bench:none"
@@ -30,11 +31,11 @@ SIZES = {
     # figure 1: start-ups; figure 2: requests per load run; figure 3: samples per method;
     # figure 4: kills per case; figure 6: measurement window in seconds.
     "full": {"startups": 20, "commit1": 1000, "commit64": 5000, "placed1": 300, "placed64": 2000,
-             "running": 20, "kills": 20, "gossip_window": 10.0, "pending": 1000,
-             "sim_sizes": "8,32,128,1000", "lifeguard_seeds": "1,2,3", "lifeguard_run_s": 120},
+             "running": 20, "kills": 20, "gossip_window": 10.0, "pending": 1000, "tasks10k": 10000,
+             "slices": 20, "slice": 100, "sim_sizes": "8,32,128,1000", "lifeguard_seeds": "1,2,3", "lifeguard_run_s": 120},
     "quick": {"startups": 20, "commit1": 200, "commit64": 1000, "placed1": 100, "placed64": 500,
-              "running": 5, "kills": 5, "gossip_window": 3.0, "pending": 1000,
-              "sim_sizes": "8,32,128", "lifeguard_seeds": "1", "lifeguard_run_s": 60},
+              "running": 5, "kills": 5, "gossip_window": 3.0, "pending": 1000, "tasks10k": 10000,
+              "slices": 10, "slice": 100, "sim_sizes": "8,32,128", "lifeguard_seeds": "1", "lifeguard_run_s": 60},
 }
 
 
@@ -109,7 +110,7 @@ class Bench:
     # ------------------------------------------------------------ figure 1
 
     def fig_startup(self):
-        out = self.tool("startup", "--bin", self.a.orion, "--runs", self.n["startups"], "--ip", "127.0.30.1",
+        out = self.tool("startup", "--bin", self.a.orion, "--runs", self.n["startups"], "--ip", f"{ORION_NET}.1",
                         "--dir", self.work)[0]
         return out
 
@@ -138,9 +139,11 @@ class Bench:
                 if kind == "commit":
                     warm = 20 if clients == 1 else 200
                     log(f"write: orion commit, {clients} clients")
+                    before = self.counters(c, leader)
                     runs.append(self.tool("load", "--target", "orion", "--url", leader.url, "--clients", clients,
                                           "--requests", self.n[key], "--warmup", warm, "--body", path,
                                           "--label", f"orion-commit-{clients}")[0])
+                    res[f"orion_counters_{clients}"] = self.counter_delta(before, self.counters(c, leader))
                 else:
                     log(f"write: orion commit+placed, {clients} clients")
                     runs.append(self.tool("load", "--target", "orion", "--url", leader.url, "--clients", clients,
@@ -164,13 +167,115 @@ class Bench:
             for clients, key in ((1, "commit1"), (64, "commit64")):
                 warm = 20 if clients == 1 else 200
                 log(f"write: etcd put, {clients} clients")
+                cpu0 = {f"e{i + 1}": cpu_ticks(p.pid) for i, p in enumerate(e.procs)}
+                t0 = now()
                 runs.append(self.tool("load", "--target", "etcd", "--url", lead, "--clients", clients,
                                       "--requests", self.n[key], "--warmup", warm,
                                       "--value-bytes", size["command_bytes"], "--label", f"etcd-put-{clients}")[0])
+                wall = now() - t0
+                res[f"etcd_cpu_{clients}"] = {k: cpu_share(v, cpu_ticks(e.procs[i].pid), wall)
+                                              for i, (k, v) in enumerate(cpu0.items())}
             res["etcd_rss_kib_after"] = {f"e{i + 1}": rss_kib(p.pid)[0] for i, p in enumerate(e.procs)}
         finally:
             e.stop()
         res["runs"] = runs
+        return res
+
+    def counters(self, c, leader):
+        """What the 64-client figures are read from: the leader's /metrics and every agent's
+        CPU time, at one instant."""
+        return {"t": now(), "metrics": scrape(leader.url), "cpu": {a.id: cpu_ticks(a.pid) for a in c.agents}}
+
+    @staticmethod
+    def counter_delta(a, b):
+        wall = b["t"] - a["t"]
+        ma, mb = a["metrics"], b["metrics"]
+
+        def d(name):
+            return metric_sum(mb, name) - metric_sum(ma, name)
+
+        def ratio(num, den):
+            return round(num / den, 3) if den else None
+
+        return {
+            "wall_s": round(wall, 2),
+            "fsync_ms_per_append": ratio(1000 * d("orion_raft_append_seconds_sum"), d("orion_raft_append_seconds_count")),
+            "appends": d("orion_raft_append_seconds_count"),
+            "entries_per_append": ratio(d("orion_raft_append_entries_sum"), d("orion_raft_append_entries_count")),
+            "commands_per_proposal": ratio(d("orion_raft_proposal_commands_sum"),
+                                           d("orion_raft_proposal_commands_count")),
+            "commands_per_entry": ratio(d("orion_raft_applied_commands_total"), d("orion_raft_applied_entries_total")),
+            "applied_commands_per_s": ratio(d("orion_raft_applied_commands_total"), wall),
+            "applied_entries_per_s": ratio(d("orion_raft_applied_entries_total"), wall),
+            "executor_passes": d("orion_executor_passes_total"),
+            "executor_pass_ms": ratio(1000 * d("orion_executor_pass_seconds_sum"), d("orion_executor_pass_seconds_count")),
+            "cpu_share": {k: cpu_share(v, b["cpu"].get(k), wall) for k, v in a["cpu"].items()},
+        }
+
+    # ------------------------------------------------------------ figure: 10,000 tasks
+
+    def fig_tasks10k(self):
+        """An agent holding 10,000 tasks beside an etcd member holding 10,000 keys of the same
+        JSON size, and write latency while a snapshot of that state is built."""
+        res = {"tasks": self.n["tasks10k"]}
+        snapshot_logs = 1000
+        res["snapshot_logs"] = snapshot_logs
+        c = Cluster(self.a.orion, self.work, self.run_id, "scale", extra=("--snapshot-logs", str(snapshot_logs)))
+        body = {"image": BUSYBOX, "command": ["sleep", "3600"], "constraints": ["node.labels.none == x"],
+                "labels": {BENCH_LABEL: self.run_id}}
+        path = self.body_file("scale-body.json", body)
+        try:
+            c.start()
+            lid = c.leader()
+            leader = c.by_id(lid)
+            log(f"scale: {self.n['tasks10k']} pending tasks, 64 clients")
+            res["fill"] = self.tool("load", "--target", "orion", "--url", leader.url, "--clients", 64,
+                                    "--requests", self.n["tasks10k"], "--warmup", 0, "--body", path,
+                                    "--label", "scale-fill")[0]
+            # Every agent applied everything (same applied index as the leader's commit).
+            end = now() + 120
+            while now() < end:
+                sts = [http_json("GET", a.url + "/status", timeout=5)[1] for a in c.agents]
+                if all(isinstance(x, dict) for x in sts) and len({x.get("appliedIndex") for x in sts}) == 1:
+                    break
+                time.sleep(0.5)
+            time.sleep(5)
+            st, tasks = http_json("GET", leader.url + "/tasks?state=pending", timeout=60)
+            res["pending_on_leader"] = len(tasks) if st == 200 else None
+            one = tasks[0] if st == 200 and tasks else {}
+            res["task_json_bytes"] = len(json.dumps(one, separators=(",", ":")))
+            res["orion_rss"] = {a.id: dict(zip(("rss_kib", "hwm_kib"), rss_kib(a.pid))) for a in c.agents}
+            res["leader"] = lid
+            # Writes in slices of `slice` requests at one client; a slice during which the
+            # leader logged a new "built snapshot" ran beside a snapshot of the whole state
+            # (`GET /status` does not show the snapshot index).
+            slices = []
+            for i in range(self.n["slices"]):
+                s0 = snapshots_built(leader.log_path)
+                out = self.tool("load", "--target", "orion", "--url", leader.url, "--clients", 1,
+                                "--requests", self.n["slice"], "--warmup", 0, "--body", path,
+                                "--label", f"scale-slice-{i}")[0]
+                s1 = snapshots_built(leader.log_path)
+                slices.append({"snapshot": s0 != s1, "p50_ms": (out.get("commit") or {}).get("p50_ms"),
+                               "p99_ms": (out.get("commit") or {}).get("p99_ms"),
+                               "max_ms": (out.get("commit") or {}).get("max_ms")})
+            res["slices"] = slices
+        finally:
+            c.stop()
+            c.wipe()
+        e = EtcdCluster(self.work)
+        try:
+            lead = e.start()
+            log(f"scale: etcd, {self.n['tasks10k']} keys of {res.get('task_json_bytes')} bytes")
+            res["etcd_fill"] = self.tool("load", "--target", "etcd", "--url", lead, "--clients", 64,
+                                         "--requests", self.n["tasks10k"], "--warmup", 0,
+                                         "--value-bytes", res.get("task_json_bytes") or 1000,
+                                         "--label", "etcd-scale-fill")[0]
+            time.sleep(5)
+            res["etcd_rss"] = {f"e{i + 1}": dict(zip(("rss_kib", "hwm_kib"), rss_kib(p.pid)))
+                               for i, p in enumerate(e.procs)}
+        finally:
+            e.stop()
         return res
 
     # ------------------------------------------------------------ figure 3
@@ -456,7 +561,7 @@ class Bench:
 
     def fig_memory(self):
         res = {}
-        a = Agent(self.a.orion, f"b{self.run_id}-idle", "127.0.30.1", os.path.join(self.work, "idle"),
+        a = Agent(self.a.orion, f"b{self.run_id}-idle", f"{ORION_NET}.1", os.path.join(self.work, "idle"),
                   self.work, bootstrap=True)
         try:
             a.start()
@@ -505,7 +610,7 @@ class Bench:
     # ------------------------------------------------------------ figure 6
 
     def fig_gossip(self):
-        return self.tool("gossip", "--sizes", "8,32,128", "--net", "127.0.31",
+        return self.tool("gossip", "--sizes", "8,32,128", "--net", ETCD_NET,
                          "--window-s", self.n["gossip_window"], "--converge-s", 60, timeout=900)
 
     # ------------------------------------------------------------ figure 6b, 6c (simulated time)
@@ -527,9 +632,10 @@ class Bench:
     # ------------------------------------------------------------
 
     def run(self, only):
-        figures = [("startup", self.fig_startup), ("write", self.fig_write), ("running", self.fig_running),
-                   ("memory", self.fig_memory), ("gossip", self.fig_gossip), ("gossip_sim", self.fig_gossip_sim),
-                   ("lifeguard", self.fig_lifeguard), ("scale", self.fig_scale), ("failover", self.fig_failover)]
+        figures = [("startup", self.fig_startup), ("write", self.fig_write), ("tasks10k", self.fig_tasks10k),
+                   ("running", self.fig_running), ("memory", self.fig_memory), ("gossip", self.fig_gossip),
+                   ("gossip_sim", self.fig_gossip_sim), ("lifeguard", self.fig_lifeguard), ("scale", self.fig_scale),
+                   ("failover", self.fig_failover)]
         for name, f in figures:
             if only and name not in only:
                 continue
@@ -545,6 +651,22 @@ class Bench:
             self.save()
         self.results["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         self.save()
+
+
+def snapshots_built(log_path):
+    """How many snapshots an agent's log says it built."""
+    try:
+        with open(log_path, errors="replace") as f:
+            return sum(1 for line in f if "built snapshot" in line)
+    except OSError:
+        return None
+
+
+def cpu_share(t0, t1, wall):
+    """CPU time a process used over `wall` seconds, as a share of one core."""
+    if t0 is None or t1 is None or wall <= 0:
+        return None
+    return round((t1 - t0) / CLOCK_TICKS / wall, 3)
 
 
 def urllib_quote(s):

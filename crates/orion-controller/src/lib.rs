@@ -118,8 +118,9 @@ pub struct ControllerMemory {
     /// When each member of the view was first seen dead or gone (for the voter grace period).
     /// Holds only members of the view, so it is bounded by it.
     pub gone_since: BTreeMap<NodeId, u64>,
-    /// `(applied index, membership epoch)` of the last turn whose placement found nothing to
-    /// do: while both stay the same, placement is skipped.
+    /// `(ClusterState::placement_version, membership epoch)` of the last turn whose
+    /// placement found nothing to do: while both stay the same, placement is skipped, so an
+    /// entry that cannot make room (a report, a reason recorded) costs no scheduler pass.
     pub placement_idle_at: Option<(u64, u64)>,
     /// When the deadlines were last scanned.
     pub deadlines_checked: Option<u64>,
@@ -221,7 +222,7 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             .into_iter()
             .map(Action::Propose),
     );
-    let key = (input.raft.applied_index, input.membership_epoch);
+    let key = (input.state.placement_version(), input.membership_epoch);
     if memory.placement_idle_at != Some(key) {
         let placed = placement::decide(&state, input.members, input.ids, now);
         // Remember an idle turn only if it looked at the state as it is, not as it will be.

@@ -60,11 +60,8 @@ pub(crate) fn decide(
     ids: &dyn IdSource,
     now: UnixMillis,
 ) -> Vec<Action> {
-    let mut waiting: Vec<&orion_types::Task> = state
-        .tasks
-        .values()
-        .filter(|t| t.needs_placement())
-        .collect();
+    // From the pending index: no scan of every task.
+    let mut waiting: Vec<&orion_types::Task> = state.pending_tasks().collect();
     if waiting.is_empty() {
         return Vec::new();
     }
@@ -118,7 +115,7 @@ pub fn place_at_creation(
     at: UnixMillis,
     ids: &dyn IdSource,
 ) -> Option<Command> {
-    if state.tasks.values().any(|t| t.needs_placement()) {
+    if state.has_pending() {
         return None;
     }
     let snapshot = scheduler_snapshot(state, members);

@@ -510,7 +510,7 @@ fn placement_is_skipped_while_nothing_changed() {
     assert_eq!(lines(&idle), Vec::<String>::new());
     assert_eq!(
         idle.memory.placement_idle_at,
-        Some((w.raft.applied_index, w.epoch))
+        Some((w.state.placement_version(), w.epoch))
     );
     // A membership event makes placement look again (and here still find nothing new).
     let w = World {
@@ -522,7 +522,42 @@ fn placement_is_skipped_while_nothing_changed() {
     assert_eq!(lines(&again), Vec::<String>::new());
     assert_eq!(
         again.memory.placement_idle_at,
-        Some((w.raft.applied_index, w.epoch))
+        Some((w.state.placement_version(), w.epoch))
+    );
+}
+
+/// The idle mark follows what can let a task be placed, not every applied entry: a recorded
+/// reason (or any entry that frees nothing and adds no waiting task) keeps placement idle; a
+/// new waiting task makes it look again and place that task.
+#[test]
+fn placement_stays_idle_across_entries_that_cannot_place_anything() {
+    let w = world().task("t1", HUGE);
+    let first = w.turn();
+    let mut w = w.apply(match &first.actions[0] {
+        Action::Propose(c) => c.clone(),
+        other => panic!("{other:?}"),
+    });
+    w.memory = first.memory;
+    let idle = w.turn();
+    assert_eq!(lines(&idle), Vec::<String>::new());
+    // An entry that changes no node, no holding and no waiting set: still idle.
+    let mut w = w.apply(Command::DeleteTask {
+        task_id: "missing".into(),
+        at: 99,
+    });
+    w.memory = idle.memory.clone();
+    assert_eq!(
+        w.turn().memory.placement_idle_at,
+        idle.memory.placement_idle_at
+    );
+    // A new task that fits: placement looks again and places it.
+    let mut w = w.task("t2", SMALL);
+    w.memory = idle.memory;
+    let placed = w.turn();
+    assert!(
+        lines(&placed).iter().any(|l| l.contains("t2")),
+        "{:?}",
+        lines(&placed)
     );
 }
 

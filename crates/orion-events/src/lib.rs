@@ -119,6 +119,10 @@ pub struct Deriver {
     tasks: HashMap<String, TaskSeen>,
     nodes: HashMap<String, NodeSeen>,
     services: HashMap<String, ServiceSeen>,
+    /// The log entry last derived from and how many event indexes of it are used: the
+    /// commands of one batched entry (`Command::Batch`) come one by one with the same index,
+    /// and their events continue its numbering.
+    entry: (u64, u64),
 }
 
 fn task_seen(t: &orion_types::Task) -> TaskSeen {
@@ -144,6 +148,7 @@ impl Deriver {
     /// A deriver that has seen `state` (at open, or after a snapshot was installed).
     pub fn from_state(state: &ClusterState) -> Deriver {
         Deriver {
+            entry: (0, 0),
             tasks: state
                 .tasks
                 .iter()
@@ -199,10 +204,30 @@ impl Deriver {
             }
         }
         let base = raft_index.saturating_mul(EVENTS_PER_ENTRY_MAX);
+        // Where this command's events start within its entry (after an earlier command of
+        // the same batched entry); a full entry takes no more.
+        let used = if self.entry.0 == raft_index {
+            self.entry.1
+        } else {
+            0
+        };
+        if used >= EVENTS_PER_ENTRY_MAX {
+            return Vec::new();
+        }
+        let room = EVENTS_PER_ENTRY_MAX - 1 - used;
         let total = out.len() as u64;
+        self.entry = (
+            raft_index,
+            if total > room {
+                EVENTS_PER_ENTRY_MAX
+            } else {
+                used + total
+            },
+        );
+        let base = base + used;
         let mut events: Vec<Event> = out
             .into_iter()
-            .take((EVENTS_PER_ENTRY_MAX - 1) as usize)
+            .take(room as usize)
             .enumerate()
             .map(|(k, (topic, kind, key, payload))| Event {
                 index: base + k as u64,
@@ -213,14 +238,14 @@ impl Deriver {
                 payload,
             })
             .collect();
-        if total >= EVENTS_PER_ENTRY_MAX {
+        if total > room {
             events.push(Event {
-                index: base + EVENTS_PER_ENTRY_MAX - 1,
+                index: raft_index.saturating_mul(EVENTS_PER_ENTRY_MAX) + EVENTS_PER_ENTRY_MAX - 1,
                 at,
                 topic: Topic::Task,
                 kind: "truncated".to_string(),
                 key: String::new(),
-                payload: json!({"dropped": total - (EVENTS_PER_ENTRY_MAX - 1)}),
+                payload: json!({"dropped": total - room}),
             });
         }
         events

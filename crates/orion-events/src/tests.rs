@@ -366,3 +366,32 @@ fn a_services_life_and_its_deployment() {
         ],
     );
 }
+
+/// The commands of one batched entry come one by one with the entry's index (as the state
+/// machine unrolls `Command::Batch`); their events continue one numbering, in order, with
+/// no index given twice, and the next entry starts at its own base.
+#[test]
+fn commands_of_one_batched_entry_number_their_events_in_sequence() {
+    let mut state = ClusterState::default();
+    let log = EventLog::new(&state, 0);
+    let entry_5 = [
+        up("n1", 1),
+        create("t1"),
+        create("t2"),
+        place("t1", "n1", "a1"),
+    ];
+    for cmd in &entry_5 {
+        let (_, touched) = state.apply(cmd);
+        log.applied(5, Some(cmd), None, 0, &state, &touched);
+    }
+    let (_, touched) = state.apply(&create("t3"));
+    log.applied(6, Some(&create("t3")), None, 0, &state, &touched);
+    let events = log.since(0, &[], usize::MAX).expect("all kept");
+    let indexes: Vec<u64> = events.iter().map(|e| e.index).collect();
+    let base = 5 * EVENTS_PER_ENTRY_MAX;
+    let in_entry_5: Vec<u64> = (0..indexes.len() as u64 - 1).map(|k| base + k).collect();
+    assert_eq!(indexes[..indexes.len() - 1], in_entry_5[..], "{events:#?}");
+    assert_eq!(indexes.last(), Some(&(6 * EVENTS_PER_ENTRY_MAX)));
+    let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys[..3], ["n1", "t1", "t2"]);
+}

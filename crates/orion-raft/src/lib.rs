@@ -11,6 +11,7 @@
 //! - `types`: the openraft type configuration; `Peer`; `raft_id` (FNV-1a of the string id).
 //! - `log_store`: the Raft log on redb, fsync'd before acknowledging.
 //! - `sm_store`: the state machine (memory + redb rows) and snapshots.
+//! - `proposer`: the batching proposer; concurrent writes on the leader share one entry.
 //! - `network`: the RPC client (reqwest, sourced from the advertise IP) and wire types.
 //! - `server`: the RPC server (axum) on the raft port.
 //! - `node`: `RaftNode`, write forwarding, ReadIndex, membership changes, the watchdog;
@@ -57,6 +58,7 @@ mod error;
 mod log_store;
 mod network;
 mod node;
+mod proposer;
 mod server;
 mod sim_disk;
 mod sm_store;

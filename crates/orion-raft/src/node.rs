@@ -16,6 +16,7 @@ use crate::network::RpcTransport;
 use crate::network::{
     ForwardError, NetworkFactory, ReadIndexRequest, RpcClient, RpcFailure, paths,
 };
+use crate::proposer::Proposer;
 use crate::server::{self, LeaderContact, RpcHandler, ServerState};
 use crate::sim_disk::SimDisk;
 use crate::sm_store::StateMachineStore;
@@ -205,6 +206,7 @@ struct Inner {
     sm: StateMachineStore,
     rpc: RpcClient,
     contact: Arc<LeaderContact>,
+    proposer: Proposer,
     started: Instant,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -332,6 +334,11 @@ impl RaftNode {
         .await
         .map_err(|e| RaftError::Raft(e.to_string()))?;
         let (shutdown_tx, _) = watch::channel(false);
+        let (proposer, proposer_task) = Proposer::start(
+            raft.clone(),
+            Duration::from_millis(cfg.rpc_timeout_ms),
+            shutdown_tx.subscribe(),
+        );
         let node = RaftNode {
             inner: Arc::new(Inner {
                 cfg,
@@ -341,6 +348,7 @@ impl RaftNode {
                 sm,
                 rpc,
                 contact: Arc::new(LeaderContact::default()),
+                proposer,
                 started: Instant::now(),
                 shutdown_tx,
                 tasks: Mutex::new(Vec::new()),
@@ -357,6 +365,7 @@ impl RaftNode {
             node.inner.shutdown_tx.subscribe(),
         ));
         node.tasks().push(watchdog);
+        node.tasks().push(proposer_task);
         tracing::info!(
             node = %node.inner.cfg.node_id,
             raft_id = id,
@@ -373,6 +382,7 @@ impl RaftNode {
             raft: self.inner.raft.clone(),
             contact: self.inner.contact.clone(),
             rpc_timeout: Duration::from_millis(self.inner.cfg.rpc_timeout_ms),
+            proposer: self.inner.proposer.clone(),
         }
     }
 
@@ -488,12 +498,11 @@ impl RaftNode {
             }
             let step = match self.target() {
                 None => None,
-                Some(Target::Local) => forward_outcome(Ok(server::local_write(
-                    &self.inner.raft,
-                    cmd.clone(),
-                    rpc_timeout,
-                )
-                .await)),
+                Some(Target::Local) => forward_outcome(Ok(self
+                    .inner
+                    .proposer
+                    .write(cmd.clone(), rpc_timeout)
+                    .await)),
                 Some(Target::Remote(addr)) => forward_outcome(
                     self.inner
                         .rpc

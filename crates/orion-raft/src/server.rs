@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use axum::{Json, Router};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
 };
@@ -60,6 +60,8 @@ pub(crate) struct ServerState {
     pub contact: Arc<LeaderContact>,
     /// Bound on a forwarded write's commit and on a read-index call.
     pub rpc_timeout: Duration,
+    /// Where forwarded writes are queued to be batched.
+    pub proposer: crate::proposer::Proposer,
 }
 
 pub(crate) fn router(state: ServerState) -> Router {
@@ -198,7 +200,7 @@ pub(crate) async fn on_forward(s: &ServerState, cmd: Command) -> Handled {
         });
         return reply(&refused);
     }
-    reply(&local_write(&s.raft, cmd, s.rpc_timeout).await)
+    reply(&s.proposer.write(cmd, s.rpc_timeout).await)
 }
 
 pub(crate) async fn on_read_index(s: &ServerState, _req: ReadIndexRequest) -> Handled {
@@ -291,29 +293,6 @@ impl RpcHandler {
             status: 400,
             body: serde_json::json!({ "error": msg }).to_string(),
         })
-    }
-}
-
-/// Proposes `cmd` on this node, which must lead, and waits up to `timeout` for its commit.
-pub(crate) async fn local_write(
-    raft: &Raft<TypeConfig>,
-    cmd: Command,
-    timeout: Duration,
-) -> Result<Response, ForwardError> {
-    match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
-        Err(_) => Err(ForwardError::Timeout {
-            ms: timeout.as_millis() as u64,
-        }),
-        Ok(Ok(resp)) => Ok(resp.data),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(ForwardError::NotLeader {
-                leader: f.leader_id,
-            })
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(ForwardError::Other(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(_))) => Err(ForwardError::Shutdown),
     }
 }
 

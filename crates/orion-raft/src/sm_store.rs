@@ -31,6 +31,8 @@
 //!
 //! A snapshot is the whole `ClusterState` with its `last_applied` and membership, as JSON; the
 //! current one is stored in redb too, so it survives a restart and can be sent to a new learner.
+//! It is encoded outside the state lock, from a clone taken under it (`build`), so writes go on
+//! while a large state is encoded.
 
 use crate::error::StoreError;
 use crate::log_store::DbSlot;
@@ -41,7 +43,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 use orion_state::{ClusterState, Key};
-use orion_types::Response;
+use orion_types::{Command, Response};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,6 +106,14 @@ struct SnapshotBlob {
     last_applied: Option<LogId<RaftId>>,
     last_membership: Membership,
     state: ClusterState,
+}
+
+/// `SnapshotBlob` by reference, for encoding without a clone (the same JSON).
+#[derive(Serialize)]
+struct SnapshotBlobRef<'a> {
+    last_applied: &'a Option<LogId<RaftId>>,
+    last_membership: &'a Membership,
+    state: &'a ClusterState,
 }
 
 struct Shared {
@@ -466,6 +476,8 @@ impl StateMachineStore {
         }
         let mut responses = Vec::with_capacity(entries.len());
         let observer = self.observer();
+        let mut commands_applied: u64 = 0;
+        let entries_applied = entries.len() as u64;
         let index = {
             let mut applied = self.write();
             let mut touched = BTreeSet::new();
@@ -496,12 +508,34 @@ impl StateMachineStore {
                         }
                         responses.push(Response::default())
                     }
+                    // A batch applies command by command, each told to the observer with
+                    // the state right after it, as if each were an entry of its own.
+                    EntryPayload::Normal(Command::Batch { commands }) => {
+                        let mut answers = Vec::with_capacity(commands.len());
+                        for cmd in &commands {
+                            let (resp, keys) = applied.state.apply(cmd);
+                            if let Some(o) = &observer {
+                                o.applied(
+                                    entry.log_id.index,
+                                    Some(cmd),
+                                    None,
+                                    &applied.state,
+                                    &keys,
+                                );
+                            }
+                            touched.extend(keys);
+                            answers.push(resp);
+                        }
+                        commands_applied += commands.len() as u64;
+                        responses.push(Response::Batch(answers));
+                    }
                     EntryPayload::Normal(cmd) => {
                         let (resp, keys) = applied.state.apply(&cmd);
                         if let Some(o) = &observer {
                             o.applied(entry.log_id.index, Some(&cmd), None, &applied.state, &keys);
                         }
                         touched.extend(keys);
+                        commands_applied += 1;
                         responses.push(resp);
                     }
                     EntryPayload::Membership(m) => {
@@ -524,12 +558,21 @@ impl StateMachineStore {
             applied_index(applied.last_applied.as_ref())
         };
         self.shared.applied_tx.send_replace(index);
+        // Commands are counted by kind by the observer (`orion_raft_applied_commands_total`);
+        // entries here, so commands per entry is the ratio of the two.
+        metrics::counter!("orion_raft_applied_entries_total").increment(entries_applied);
+        metrics::histogram!("orion_raft_apply_commands").record(commands_applied as f64);
         Ok(responses)
     }
 
     async fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let _gate = self.shared.persist.lock().await;
-        let (meta, rx) = {
+        // Under the state lock only a clone and the queueing of the write (so the write lands
+        // behind every apply it covers); the JSON encoding, the costly part at 10,000 tasks,
+        // runs after the lock is released, so applies (and writes) go on meanwhile. The writer
+        // thread waits for the bytes at the barrier; applies queued behind it wait for redb
+        // only, not memory.
+        let (meta, blob, data_tx, rx) = {
             let applied = self.read();
             let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match &applied.last_applied {
@@ -541,14 +584,30 @@ impl StateMachineStore {
                 last_membership: applied.last_membership.clone(),
                 snapshot_id,
             };
-            let data = serde_json::to_vec(&SnapshotBlob {
-                last_applied: applied.last_applied,
-                last_membership: applied.last_membership.clone(),
-                state: applied.state.clone(),
-            })?;
             let meta_bytes = serde_json::to_vec(&meta)?;
+            let (data_tx, data_rx) = mpsc::channel::<Vec<u8>>();
+            let blob = match &self.shared.writer {
+                Writer::Thread(_) => Some(SnapshotBlob {
+                    last_applied: applied.last_applied,
+                    last_membership: applied.last_membership.clone(),
+                    state: applied.state.clone(),
+                }),
+                // The simulator's writer runs the barrier inline, as it is queued: the bytes
+                // must be there before, so they are encoded here (virtual time: no cost).
+                Writer::Inline { .. } => {
+                    let _ = data_tx.send(serde_json::to_vec(&SnapshotBlobRef {
+                        last_applied: &applied.last_applied,
+                        last_membership: &applied.last_membership,
+                        state: &applied.state,
+                    })?);
+                    None
+                }
+            };
             // Queued under the state lock, behind every apply this snapshot covers.
             let rx = self.barrier(move |db| {
+                let data = data_rx
+                    .recv()
+                    .map_err(|_| StoreError::Join("the snapshot was not encoded".to_string()))?;
                 let mut txn = db.begin_write()?;
                 // Immediate: also makes every earlier apply durable, which purging the log
                 // behind this snapshot relies on.
@@ -561,8 +620,14 @@ impl StateMachineStore {
                 txn.commit()?;
                 Ok(data)
             })?;
-            (meta, rx)
+            (meta, blob, data_tx, rx)
         };
+        if let Some(blob) = blob {
+            // If encoding fails the sender is dropped and the barrier fails with it.
+            let data = serde_json::to_vec(&blob)?;
+            drop(blob);
+            let _ = data_tx.send(data);
+        }
         let data = Self::wait(rx).await?;
         tracing::info!(snapshot = %meta, bytes = data.len(), "built snapshot");
         Ok(Snapshot {

@@ -13,6 +13,8 @@ use orion_types::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+mod index;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
@@ -80,7 +82,12 @@ pub enum StateError {
     UnknownKey(String),
 }
 
+/// The replicated state. Its JSON (snapshots) is its four fields; the task indexes are
+/// rebuilt when it is decoded (`StateFields`) or loaded from rows, and kept up to date by
+/// `apply`. Code that changes `tasks` directly (tests building a state by hand) calls
+/// `reindex` after.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StateFields")]
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub tasks: BTreeMap<TaskId, Task>,
@@ -91,6 +98,62 @@ pub struct ClusterState {
     /// Services by id (`web`, `db.shop`).
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+    #[serde(skip)]
+    index: index::Index,
+    #[serde(skip)]
+    placement_version: PlacementVersion,
+}
+
+/// Changes whenever the state changes in a way that can let a waiting task be placed (see
+/// `ClusterState::placement_version`). Drawn from one counter per process, so a state that
+/// was replaced (a snapshot installed) never shows a version seen before. Derived, like the
+/// indexes: not part of the state's equality.
+#[derive(Debug, Clone, Copy, Eq)]
+struct PlacementVersion(u64);
+
+static PLACEMENT_VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl PlacementVersion {
+    fn fresh() -> PlacementVersion {
+        PlacementVersion(PLACEMENT_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for PlacementVersion {
+    fn default() -> PlacementVersion {
+        PlacementVersion::fresh()
+    }
+}
+
+impl PartialEq for PlacementVersion {
+    fn eq(&self, _: &PlacementVersion) -> bool {
+        true
+    }
+}
+
+/// `ClusterState` as its JSON holds it, without the indexes.
+#[derive(Deserialize)]
+struct StateFields {
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    tasks: BTreeMap<TaskId, Task>,
+    #[serde(default)]
+    config: Option<ClusterConfig>,
+    #[serde(default)]
+    services: BTreeMap<String, Service>,
+}
+
+impl From<StateFields> for ClusterState {
+    fn from(f: StateFields) -> ClusterState {
+        let index = index::Index::rebuild(&f.tasks);
+        ClusterState {
+            nodes: f.nodes,
+            tasks: f.tasks,
+            config: f.config,
+            services: f.services,
+            index,
+            placement_version: PlacementVersion::fresh(),
+        }
+    }
 }
 
 impl ClusterState {
@@ -101,6 +164,46 @@ impl ClusterState {
 
     /// Applies one command. Returns what to answer the proposer and the rows it touched.
     pub fn apply(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
+        let (response, touched) = self.apply_command(cmd);
+        // A batch's commands updated the indexes one by one already.
+        if !matches!(cmd, Command::Batch { .. }) {
+            self.sync_index(&touched);
+        }
+        (response, touched)
+    }
+
+    /// Brings the indexes up to date for the tasks among `touched`, and the placement
+    /// version if what changed can let a waiting task be placed.
+    fn sync_index(&mut self, touched: &[Key]) {
+        let mut relevant = false;
+        for key in touched {
+            relevant |= match key {
+                Key::Task(id) => self.index.update(&self.tasks, id),
+                // Nodes (capacity, labels, status, drain), services and settings feed the
+                // scheduler too.
+                Key::Node(_) | Key::Service(_) | Key::Config => true,
+            };
+        }
+        if relevant {
+            self.placement_version = PlacementVersion::fresh();
+        }
+    }
+
+    /// Rebuilds the indexes from the tasks (after changing `tasks` directly).
+    pub fn reindex(&mut self) {
+        self.index = index::Index::rebuild(&self.tasks);
+        self.placement_version = PlacementVersion::fresh();
+    }
+
+    /// A value that changes whenever a task begins to wait for a node, what a node holds
+    /// changes, or a node, service or setting changes: while it stays the same (and gossip's
+    /// view too), a placement pass that found nothing to place would find nothing again. Not
+    /// replicated and not comparable across processes.
+    pub fn placement_version(&self) -> u64 {
+        self.placement_version.0
+    }
+
+    fn apply_command(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
         let mut touched = Vec::new();
         // Restart back-off comes from the replicated config, so every node restarts alike.
         let backoff_now = self.config().backoff;
@@ -352,6 +455,16 @@ impl ClusterState {
             } => self.fenced(node, task_id, allocation, &mut touched, |task| {
                 services::set_health(task, *health, output.as_deref(), *at)
             }),
+            Command::Batch { commands } => Response::Batch(
+                commands
+                    .iter()
+                    .map(|c| {
+                        let (r, keys) = self.apply(c);
+                        touched.extend(keys);
+                        r
+                    })
+                    .collect(),
+            ),
         };
         (response, touched)
     }
@@ -427,8 +540,15 @@ impl ClusterState {
         if !task.needs_placement() || p.host_ports.len() != task.spec.ports.len() {
             return false;
         }
-        if check_fit && !self.fits(&p.node, capacity, task, &p.host_ports) {
-            return false;
+        if check_fit {
+            // What this command changed so far counts (an earlier placement of the same batch).
+            self.sync_index(touched);
+            let Some(task) = self.tasks.get(&p.task_id) else {
+                return false;
+            };
+            if !self.fits(&p.node, capacity, task, &p.host_ports) {
+                return false;
+            }
         }
         let Some(task) = self.tasks.get_mut(&p.task_id) else {
             return false;
@@ -458,16 +578,7 @@ impl ClusterState {
     /// Whether `task` with these host ports still fits on `node` beside what holds resources
     /// there now.
     fn fits(&self, node: &str, capacity: Resources, task: &Task, host_ports: &[u16]) -> bool {
-        let mut used = Resources::default();
-        let mut ports = BTreeSet::new();
-        for t in self.tasks.values() {
-            if t.id != task.id && t.node.as_deref() == Some(node) && t.holds_resources() {
-                used = used.saturating_add(t.spec.resources());
-                for (spec, host) in t.spec.ports.iter().zip(&t.host_ports) {
-                    ports.insert((spec.protocol, *host));
-                }
-            }
-        }
+        let (used, ports) = self.index.used_by_others(node, &task.id);
         let need = task.spec.resources();
         let mem_ok = need.memory_bytes == 0
             || used.memory_bytes.saturating_add(need.memory_bytes) <= capacity.memory_bytes;
@@ -590,18 +701,39 @@ impl ClusterState {
                 None => return Err(StateError::UnknownKey(key)),
             }
         }
+        state.reindex();
         Ok(state)
     }
 
-    /// Tasks placed on `node` (current allocation there).
+    /// Tasks placed on `node` (current allocation there), in id order; from the index, so it
+    /// costs the node's share, not a scan.
     pub fn tasks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks
-            .values()
-            .filter(move |t| t.allocation.is_some() && t.node.as_deref() == Some(node))
+        self.index
+            .on_node(node)
+            .filter_map(move |id| self.tasks.get(id))
     }
 
-    /// What the tasks holding resources on each node reserve, and the host ports they use.
+    /// Tasks waiting for a node (`Task::needs_placement`), in id order; from the index.
+    pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> + '_ {
+        self.index
+            .pending()
+            .iter()
+            .filter_map(move |id| self.tasks.get(id))
+    }
+
+    /// Whether any task waits for a node.
+    pub fn has_pending(&self) -> bool {
+        !self.index.pending().is_empty()
+    }
+
+    /// What the tasks holding resources on each node reserve, and the host ports they use;
+    /// from the index (`usage_scan` is the same by a scan of every task).
     pub fn usage(&self) -> BTreeMap<NodeId, NodeUsage> {
+        self.index.usage()
+    }
+
+    /// `usage` computed by scanning every task: what the index is checked against.
+    pub fn usage_scan(&self) -> BTreeMap<NodeId, NodeUsage> {
         let mut out: BTreeMap<NodeId, NodeUsage> = BTreeMap::new();
         for task in self.tasks.values() {
             let Some(node) = task.node.as_ref() else {
@@ -756,3 +888,6 @@ pub use services::ReplicaCounts;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod index_tests;

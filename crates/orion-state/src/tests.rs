@@ -606,6 +606,7 @@ mod services {
             Response::NotFound(_) => "not-found",
             Response::Ignored(_) => "ignored",
             Response::Task(_) => "task",
+            Response::Batch(_) => "batch",
         };
         assert_eq!(kind, last, "{resp:?}");
         let got = state.services.get("web").map_or("-".to_string(), |s| {

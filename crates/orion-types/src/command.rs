@@ -209,6 +209,13 @@ pub enum Command {
         output: Option<String>,
         at: UnixMillis,
     },
+    /// Several commands that one leader's batching proposer put into a single Raft entry:
+    /// applied in order exactly as if each were an entry of its own, each with its own answer
+    /// (`Response::Batch`, in the same order). Built only by the leader's proposer from
+    /// commands that were validated one by one, so never empty and never nested; `validate`
+    /// refuses one from outside. Entries written before batching hold one command each and
+    /// still decode: this variant is only added.
+    Batch { commands: Vec<Command> },
 }
 
 /// One task the services reconciler asks for.
@@ -247,6 +254,7 @@ impl Command {
             | Command::ForgetTasks { at, .. }
             | Command::DeploymentProgress { at, .. }
             | Command::ReportHealth { at, .. } => *at,
+            Command::Batch { commands } => commands.last().map_or(0, Command::at),
         }
     }
 
@@ -439,6 +447,10 @@ impl Command {
                     .as_deref()
                     .map_or(Ok(()), |o| check_text("output", o))
             }
+            Command::Batch { .. } => Err(invalid(
+                "commands",
+                "a batch is built by the leader's proposer and is never proposed from outside",
+            )),
         }
     }
 
@@ -466,6 +478,7 @@ impl Command {
             Command::ForgetTasks { .. } => "forget-tasks",
             Command::DeploymentProgress { .. } => "deployment-progress",
             Command::ReportHealth { .. } => "report-health",
+            Command::Batch { .. } => "batch",
         }
     }
 }
@@ -488,6 +501,9 @@ pub enum Response {
     /// It cannot apply to this object as it is (scale of a global service, rollback without a
     /// previous spec): `400` with the sentence.
     Invalid(String),
+    /// The answers to a `Command::Batch`, one per command, in order. The proposer hands each
+    /// to the writer of its command; no client ever sees this variant.
+    Batch(Vec<Response>),
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ValidationError {
@@ -790,5 +806,28 @@ mod tests {
         for (name, cmd, field) in &cases {
             check(name, cmd, *field);
         }
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_refused_from_outside_and_entries_of_one_command_still_decode() {
+        let one = Command::DeleteTask {
+            task_id: "t1".into(),
+            at: 5,
+        };
+        let batch = Command::Batch {
+            commands: vec![one.clone()],
+        };
+        assert_eq!(batch.validate().unwrap_err().field, "commands");
+        assert_eq!(batch.at(), 5);
+        // The JSON of a single command, as logs before batching hold it, is unchanged.
+        let old = r#"{"DeleteTask":{"task_id":"t1","at":5}}"#;
+        assert_eq!(serde_json::from_str::<Command>(old).unwrap(), one);
+        let json = serde_json::to_string(&batch).unwrap();
+        assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), batch);
     }
 }

@@ -181,7 +181,7 @@ impl Node {
         gauge!("orion_gossip_health_score").set(f64::from(self.gossip.local_health()));
 
         let (pending, mine, services) = self.raft.read(|st| {
-            let pending = st.tasks.values().filter(|t| t.needs_placement()).count();
+            let pending = st.pending_tasks().count();
             let mut mine: BTreeMap<&'static str, u64> = BTreeMap::new();
             for t in st.tasks_on(&self.cfg.id) {
                 *mine.entry(t.state.as_str()).or_default() += 1;
@@ -462,13 +462,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on the API port {}", cfg.api_bind))?;
 
-    let raft_cfg = RaftConfig::new(
+    let mut raft_cfg = RaftConfig::new(
         cfg.id.clone(),
         cfg.data_dir.clone(),
         cfg.raft_bind,
         cfg.raft_addr(),
         cfg.api_addr().to_string(),
     );
+    raft_cfg.snapshot_logs = cfg.snapshot_logs;
     // The engine's ping and opening the stores are independent: do both at once, start-up
     // time is the sum of what is left.
     let (docker, raft) = tokio::join!(DockerRuntime::connect(), RaftNode::start(raft_cfg));

@@ -94,6 +94,10 @@ pub struct AgentArgs {
     /// How long gossip must have declared a voter dead before it is replaced, in ms
     #[arg(long, default_value_t = 3_000)]
     pub voter_grace_ms: u64,
+    /// Build a Raft snapshot after this many new log entries (benchmarks and tests set it low
+    /// to measure writes during a snapshot)
+    #[arg(long, default_value_t = 5_000, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_logs: u64,
     /// Log line format: text (human) or json (one JSON object per line, for log shippers)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -128,6 +132,7 @@ pub struct AgentConfig {
     pub lifeguard: bool,
     pub backoff: BackoffConfig,
     pub voter_grace_ms: u64,
+    pub snapshot_logs: u64,
 }
 
 impl AgentConfig {
@@ -248,6 +253,7 @@ impl AgentArgs {
                 reset_after_ms: self.restart_reset_ms,
             },
             voter_grace_ms: self.voter_grace_ms,
+            snapshot_logs: self.snapshot_logs,
             id,
         };
         // The cluster-wide flags are checked as the cluster config they seed.

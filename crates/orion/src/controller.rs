@@ -114,7 +114,11 @@ impl Driver {
         // which must not hold applies back: decided on a copy (the same decision).
         let started = std::time::Instant::now();
         let outcome = self.raft.read(|state| {
-            if state.tasks.values().any(|t| t.needs_placement()) {
+            // A follower decides nothing from the state: never copy it there.
+            // An idle placement pass (nothing changed that could let a task be placed) reads
+            // no more than the other deciders: then decide on the state itself, too.
+            let idle = memory.placement_idle_at == Some((state.placement_version(), epoch));
+            if raft.is_leader && state.has_pending() && !idle {
                 Err(Box::new(state.clone()))
             } else {
                 Ok(decide(state))

@@ -28,7 +28,16 @@ use std::time::{Duration, Instant};
 use workload::{History, OpKind, Outcome, Shared};
 
 /// This suite's loopback net (127.0.20.x) and node ids; no other test uses them.
-const NET: u8 = 20;
+/// `ORION_FAULT_NET` moves it (and the regression test's, to the net after it), so that people
+/// sharing one machine can run the suite at once.
+const NET_DEFAULT: u8 = 20;
+
+fn net() -> u8 {
+    std::env::var("ORION_FAULT_NET")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(NET_DEFAULT)
+}
 const NODES: usize = 5;
 const PREFIX: &str = "fault-n";
 /// Concurrent workload clients.
@@ -94,11 +103,12 @@ async fn faults_under_load_lose_nothing_and_run_nothing_twice() {
         }
     );
     let run_started = Instant::now();
-    let mut fw = Firewall::new(NET);
+    let net = net();
+    let mut fw = Firewall::new(net);
     for i in 1..=NODES {
         nemesis::remove_containers_of(&format!("{PREFIX}{i}"));
     }
-    let mut c = Cluster::start(PREFIX, NET, NODES, &["--voters", "3"]);
+    let mut c = Cluster::start(PREFIX, net, NODES, &["--voters", "3"]);
     for a in &c.agents {
         wait_healthy(a).await;
     }
@@ -386,9 +396,9 @@ async fn delete_through_a_lagging_follower_never_answers_404_for_an_existing_tas
     if !nemesis::iptables_available() {
         return;
     }
-    const NET_REGRESSION: u8 = 21;
-    let mut fw = Firewall::new(NET_REGRESSION);
-    let c = Cluster::start("fault-r", NET_REGRESSION, 3, &[]);
+    let net_regression: u8 = net().wrapping_add(1);
+    let mut fw = Firewall::new(net_regression);
+    let c = Cluster::start("fault-r", net_regression, 3, &[]);
     for a in &c.agents {
         wait_healthy(a).await;
     }

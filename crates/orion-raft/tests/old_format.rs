@@ -1,0 +1,104 @@
+//! Logs written before commands were batched still load: `fixtures/data-dir-unbatched.tar.gz`
+//! is the data dir of a one-node cluster written by the binary of commit 478316c (one command
+//! per Raft entry): three tasks created through `POST /tasks`, a service `oldsvc`, the
+//! executor's reports, then `kill -9` (so the log, not only the state rows, must be replayed
+//! up to the commit index). This node opens it, replays it, answers a linearizable read, takes
+//! new writes (batched entries) beside the old ones and reopens the mix.
+
+use orion_raft::{RaftConfig, RaftNode};
+use orion_types::Command;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/data-dir-unbatched.tar.gz"
+);
+
+fn unpack(into: &Path) -> std::path::PathBuf {
+    let status = std::process::Command::new("tar")
+        .args(["xzf", FIXTURE, "-C"])
+        .arg(into)
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "tar xzf {FIXTURE}");
+    into.join("orion-old-fixture")
+}
+
+fn config(dir: &Path) -> RaftConfig {
+    // The node id recorded in the fixture's membership; this net is the write path's own.
+    let a = SocketAddr::from(([127, 0, 130, 9], 0));
+    RaftConfig::new("fixture1", dir, a, a, "127.0.130.9:8000")
+}
+
+async fn wait_leader(node: &RaftNode) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.is_leader() {
+        assert!(Instant::now() < deadline, "the fixture's node never led");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn names(node: &RaftNode) -> Vec<String> {
+    node.read(|s| {
+        let mut v: Vec<String> = s
+            .tasks
+            .values()
+            .filter_map(|t| t.spec.name.clone())
+            .collect();
+        v.sort();
+        v
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_single_command_entries_still_loads() {
+    let tmp = TempDir::new().unwrap();
+    let dir = unpack(tmp.path());
+    let node = RaftNode::start(config(&dir)).await.unwrap();
+    wait_leader(&node).await;
+    node.consistent_read().await.unwrap();
+    let before = names(&node);
+    for n in ["old1", "old2", "old3"] {
+        assert!(before.iter().any(|x| x == n), "{n} missing: {before:?}");
+    }
+    assert!(node.read(|s| s.services.contains_key("oldsvc")));
+    let status = node.status();
+    assert!(
+        status.applied_index >= 17,
+        "replayed up to {}",
+        status.applied_index
+    );
+
+    // New entries (several concurrent writes share one) after the old ones.
+    let writes = (0..8u64).map(|n| {
+        let node = node.clone();
+        async move {
+            let spec = orion_types::api::parse_task_request(
+                format!(r#"{{"image":"busybox","name":"new{n}"}}"#).as_bytes(),
+            )
+            .expect("spec");
+            node.write(Command::CreateTask {
+                task_id: format!("{:032x}", 0xbeef_0000 + n),
+                spec: Box::new(spec),
+                at: 1_800_000_000_000 + n,
+            })
+            .await
+        }
+    });
+    for r in futures_util::future::join_all(writes).await {
+        r.expect("write after the old entries");
+    }
+    let with_new = names(&node);
+    node.shutdown().await;
+    drop(node);
+
+    let node = RaftNode::start(config(&dir)).await.unwrap();
+    wait_leader(&node).await;
+    node.consistent_read().await.unwrap();
+    assert_eq!(names(&node), with_new);
+    assert_eq!(with_new.len(), before.len() + 8);
+    node.shutdown().await;
+}

@@ -1,0 +1,212 @@
+//! Indexes over the tasks, kept up to date as commands apply, so the questions asked after
+//! every applied entry cost what changed instead of a scan of every task: which tasks are
+//! placed on a node (the executor's share), which wait for a node (the scheduler's work), and
+//! what the tasks holding resources on each node use (the scheduler's and `apply`'s fit).
+//!
+//! Each task's contribution is recorded (`Held`), so a change is undone and redone from the
+//! task's new value: `ClusterState::apply` calls `update` for every task key it touched, the
+//! same keys the store persists. A state that was loaded (rows, snapshot JSON) is indexed in
+//! full (`rebuild`). Architecture invariant: the index is derived data only; it is never
+//! serialized, and equals a rebuild from the tasks after every apply (the property tests in
+//! `tests.rs` check it against full scans).
+
+use crate::NodeUsage;
+use orion_types::{NodeId, Protocol, Resources, Task, TaskId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A node, what a task holds there, and its host ports.
+type Holds = (NodeId, Resources, Vec<(Protocol, u16)>);
+
+/// What one task counts for in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    /// The node its current allocation is on.
+    placed_on: Option<NodeId>,
+    pending: bool,
+    /// The node it holds resources on, what it holds there, and its host ports.
+    holds: Option<Holds>,
+}
+
+impl Held {
+    fn of(t: &Task) -> Held {
+        Held {
+            placed_on: match (&t.allocation, &t.node) {
+                (Some(_), Some(n)) => Some(n.clone()),
+                _ => None,
+            },
+            pending: t.needs_placement(),
+            holds: match (&t.node, t.holds_resources()) {
+                (Some(n), true) => Some((
+                    n.clone(),
+                    t.spec.resources(),
+                    t.spec
+                        .ports
+                        .iter()
+                        .zip(&t.host_ports)
+                        .map(|(spec, host)| (spec.protocol, *host))
+                        .collect(),
+                )),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Resources held on one node, with host ports counted (two tasks may briefly name the same
+/// port in a state built by hand; the count keeps removal exact).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Use {
+    allocated: Resources,
+    tasks: u32,
+    ports: BTreeMap<(Protocol, u16), u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Index {
+    held: HashMap<TaskId, Held>,
+    by_node: HashMap<NodeId, BTreeSet<TaskId>>,
+    pending: BTreeSet<TaskId>,
+    usage: BTreeMap<NodeId, Use>,
+}
+
+impl Index {
+    /// The index of `tasks`, from scratch.
+    pub(crate) fn rebuild(tasks: &BTreeMap<TaskId, Task>) -> Index {
+        let mut index = Index::default();
+        for (id, t) in tasks {
+            index.add(id, Held::of(t));
+        }
+        index
+    }
+
+    /// Brings task `id` up to date with its value in `tasks` (gone if absent). True if the
+    /// change can let a placement happen that could not before: a task began to wait, or
+    /// what a node holds changed.
+    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) -> bool {
+        let now = tasks.get(id).map(Held::of);
+        let old = self.held.get(id);
+        if old == now.as_ref() {
+            return false;
+        }
+        let was_pending = old.is_some_and(|h| h.pending);
+        let old_holds = old.and_then(|h| h.holds.clone());
+        let relevant = now.as_ref().is_some_and(|h| h.pending && !was_pending)
+            || now.as_ref().and_then(|h| h.holds.clone()) != old_holds;
+        if let Some(old) = self.held.remove(id) {
+            self.remove(id, &old);
+        }
+        if let Some(now) = now {
+            self.add(id, now);
+        }
+        relevant
+    }
+
+    fn add(&mut self, id: &str, h: Held) {
+        if let Some(n) = &h.placed_on {
+            self.by_node
+                .entry(n.clone())
+                .or_default()
+                .insert(id.to_string());
+        }
+        if h.pending {
+            self.pending.insert(id.to_string());
+        }
+        if let Some((n, res, ports)) = &h.holds {
+            let u = self.usage.entry(n.clone()).or_default();
+            u.allocated = u.allocated.saturating_add(*res);
+            u.tasks += 1;
+            for p in ports {
+                *u.ports.entry(*p).or_default() += 1;
+            }
+        }
+        self.held.insert(id.to_string(), h);
+    }
+
+    fn remove(&mut self, id: &str, h: &Held) {
+        if let Some(n) = &h.placed_on
+            && let Some(set) = self.by_node.get_mut(n)
+        {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_node.remove(n);
+            }
+        }
+        if h.pending {
+            self.pending.remove(id);
+        }
+        if let Some((n, res, ports)) = &h.holds
+            && let Some(u) = self.usage.get_mut(n)
+        {
+            u.allocated = u.allocated.saturating_sub(*res);
+            u.tasks = u.tasks.saturating_sub(1);
+            for p in ports {
+                if let Some(c) = u.ports.get_mut(p) {
+                    *c -= 1;
+                    if *c == 0 {
+                        u.ports.remove(p);
+                    }
+                }
+            }
+            if u.tasks == 0 {
+                self.usage.remove(n);
+            }
+        }
+    }
+
+    /// Ids of the tasks placed on `node`, in id order.
+    pub(crate) fn on_node(&self, node: &str) -> impl Iterator<Item = &TaskId> + '_ {
+        self.by_node.get(node).into_iter().flatten()
+    }
+
+    /// Ids of the tasks waiting for a node, in id order.
+    pub(crate) fn pending(&self) -> &BTreeSet<TaskId> {
+        &self.pending
+    }
+
+    /// What holds resources on each node.
+    pub(crate) fn usage(&self) -> BTreeMap<NodeId, NodeUsage> {
+        self.usage
+            .iter()
+            .map(|(n, u)| {
+                (
+                    n.clone(),
+                    NodeUsage {
+                        allocated: u.allocated,
+                        ports: u.ports.keys().copied().collect(),
+                        tasks: u.tasks,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// What others than `task` hold on `node`: resources and host ports.
+    pub(crate) fn used_by_others(
+        &self,
+        node: &str,
+        task: &str,
+    ) -> (Resources, BTreeSet<(Protocol, u16)>) {
+        let Some(u) = self.usage.get(node) else {
+            return (Resources::default(), BTreeSet::new());
+        };
+        let mut used = u.allocated;
+        let mut ports = u.ports.clone();
+        if let Some(Held {
+            holds: Some((n, res, own)),
+            ..
+        }) = self.held.get(task)
+            && n == node
+        {
+            used = used.saturating_sub(*res);
+            for p in own {
+                if let Some(c) = ports.get_mut(p) {
+                    *c -= 1;
+                    if *c == 0 {
+                        ports.remove(p);
+                    }
+                }
+            }
+        }
+        (used, ports.into_keys().collect())
+    }
+}

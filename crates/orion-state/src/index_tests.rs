@@ -1,0 +1,158 @@
+//! Property tests of the task indexes: after every command of a random sequence (nodes coming
+//! and going, tasks created, placed, reported, deleted, requeued, some in batches), the
+//! indexed answers equal full scans; and a state decoded from its JSON (a snapshot) or loaded
+//! from its rows indexes the same.
+
+use super::*;
+use orion_types::api::parse_task_request;
+use proptest::prelude::*;
+
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+fn task_id(i: u8) -> String {
+    format!("t{i}")
+}
+
+fn spec(mem_mib: u64, port: Option<u16>) -> Box<orion_types::TaskSpec> {
+    let ports = port.map_or(String::new(), |p| {
+        format!(r#","portBindings":{{"80":"{p}"}}"#)
+    });
+    let json = format!(r#"{{"image":"x","memory":"{}m"{ports}}}"#, mem_mib.max(6));
+    Box::new(parse_task_request(json.as_bytes()).expect("spec"))
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    let node = (0..NODES.len()).prop_map(|i| NODES[i].to_string());
+    let id = (0u8..12).prop_map(task_id);
+    let port = prop::option::of(prop_oneof![Just(8080u16), Just(8081u16)]);
+    prop_oneof![
+        (node.clone(), 1u64..4).prop_map(|(n, g)| Command::UpsertNode {
+            meta: Box::new(NodeMeta::fixture(&n, g)),
+            at: 1,
+        }),
+        (id.clone(), 0u64..700, port.clone()).prop_map(|(id, m, p)| Command::CreateTask {
+            task_id: id,
+            spec: spec(m, p),
+            at: 2,
+        }),
+        (id.clone(), node.clone(), 0u8..3, port.clone()).prop_map(|(id, n, a, p)| {
+            Command::Place {
+                placements: vec![Placement {
+                    task_id: id,
+                    node: n,
+                    allocation: format!("a{a}"),
+                    host_ports: p.into_iter().collect(),
+                }],
+                unplaced: vec![],
+                at: 3,
+            }
+        }),
+        (id.clone(), node.clone(), 0u8..3, 0u8..4).prop_map(|(id, n, a, s)| {
+            let status = match s {
+                0 => AllocStatus::Starting,
+                1 => AllocStatus::Running {
+                    container_id: "c".into(),
+                    ports: vec![],
+                },
+                2 => AllocStatus::Exited {
+                    container_id: "c".into(),
+                    exit_code: 1,
+                    oom_killed: false,
+                },
+                _ => AllocStatus::Failed {
+                    reason: "no image".into(),
+                },
+            };
+            Command::Report {
+                node: n,
+                task_id: id,
+                allocation: format!("a{a}"),
+                status,
+                backoff: BackoffConfig::default(),
+                at: 4,
+            }
+        }),
+        id.clone()
+            .prop_map(|id| Command::DeleteTask { task_id: id, at: 5 }),
+        (node.clone(), 1u64..4).prop_map(|(n, g)| Command::NodeDown {
+            node: n,
+            generation: g,
+            reason: "gone".into(),
+            at: 6,
+        }),
+        id.clone().prop_map(|id| Command::Requeue {
+            task_ids: vec![id],
+            reason: "late".into(),
+            at: 7,
+        }),
+        prop::collection::vec(id.clone(), 1..4).prop_map(|ids| Command::ForgetTasks {
+            task_ids: ids,
+            at: 8,
+        }),
+    ]
+}
+
+fn commands() -> impl Strategy<Value = Vec<Command>> {
+    // Some commands grouped into batches, as the proposer groups them.
+    prop::collection::vec((command(), prop::collection::vec(command(), 0..3)), 1..60).prop_map(
+        |v| {
+            v.into_iter()
+                .map(|(first, more)| {
+                    if more.is_empty() {
+                        first
+                    } else {
+                        let mut commands = vec![first];
+                        commands.extend(more);
+                        Command::Batch { commands }
+                    }
+                })
+                .collect()
+        },
+    )
+}
+
+/// The indexed answers against full scans of the tasks.
+fn check_index(s: &ClusterState) {
+    for n in NODES {
+        let indexed: Vec<&str> = s.tasks_on(n).map(|t| t.id.as_str()).collect();
+        let scanned: Vec<&str> = s
+            .tasks
+            .values()
+            .filter(|t| t.allocation.is_some() && t.node.as_deref() == Some(n))
+            .map(|t| t.id.as_str())
+            .collect();
+        assert_eq!(indexed, scanned, "tasks on {n}");
+    }
+    let pending: Vec<&str> = s.pending_tasks().map(|t| t.id.as_str()).collect();
+    let scanned: Vec<&str> = s
+        .tasks
+        .values()
+        .filter(|t| t.needs_placement())
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(pending, scanned, "pending");
+    assert_eq!(s.has_pending(), !scanned.is_empty());
+    assert_eq!(s.usage(), s.usage_scan(), "usage");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn indexes_equal_full_scans_after_every_command(cmds in commands()) {
+        let mut s = ClusterState::default();
+        for c in &cmds {
+            s.apply(c);
+            check_index(&s);
+        }
+        // A snapshot's JSON and the store's rows decode to the same indexes.
+        let decoded: ClusterState =
+            serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        check_index(&decoded);
+        prop_assert_eq!(&decoded, &s);
+        let rows = s.keys().filter_map(|k| s.row(&k).map(|r| (k.encode(), r)));
+        let loaded = ClusterState::from_rows(rows).unwrap();
+        check_index(&loaded);
+        prop_assert_eq!(&loaded, &s);
+    }
+}
