@@ -6,7 +6,8 @@
 //! replicated state alone.
 //!
 //! It takes its parts as handles (Raft, gossip, a `Clock`, an `IdSource`): it knows nothing of
-//! the agent that wires it.
+//! the agent that wires it. It is a crate of its own so that the simulator (`orion-sim`) runs
+//! this very loop over its simulated Raft and gossip.
 
 use orion_controller::{Action, ControllerMemory, Input, Member, MemberStatus, RaftView, Settings};
 use orion_gossip::Gossip;
