@@ -137,6 +137,8 @@ pub struct Report {
     pub datagrams: (u64, u64),
     /// Containers running across every engine when the run ended.
     pub containers: usize,
+    /// Times a node's gossip declared another node dead.
+    pub downs: u64,
     pub lines: Vec<String>,
 }
 
@@ -144,7 +146,7 @@ impl Report {
     /// What the run exercised, beside the summary line.
     pub fn details(&self) -> String {
         format!(
-            "seed={} ops={} faults={} events={} rpc delivered/lost/duplicated={:?} snapshot_chunks={} gossip delivered/lost={:?} containers={}",
+            "seed={} ops={} faults={} events={} rpc delivered/lost/duplicated={:?} snapshot_chunks={} gossip delivered/lost={:?} containers={} downs={}",
             self.seed,
             self.ops,
             self.faults,
@@ -152,7 +154,8 @@ impl Report {
             self.messages,
             self.snapshots,
             self.datagrams,
-            self.containers
+            self.containers,
+            self.downs
         )
     }
 
@@ -245,6 +248,7 @@ fn failed(cfg: &Config, why: String) -> Report {
         snapshots: 0,
         datagrams: (0, 0),
         containers: 0,
+        downs: 0,
         lines: Vec::new(),
     }
 }
@@ -423,6 +427,8 @@ struct Cluster {
     clock: Arc<TokioClock>,
     violations: Mutex<Vec<String>>,
     rng: Mutex<Rng>,
+    /// Times a node's gossip declared another node dead.
+    downs: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -650,7 +656,10 @@ async fn watch_node(
                         let (what, m) = match &ev {
                             MemberEvent::Up(m) => ("up", m),
                             MemberEvent::Suspect(m) => ("suspect", m),
-                            MemberEvent::Down(m) => ("down", m),
+                            MemberEvent::Down(m) => {
+                                c.downs.fetch_add(1, Ordering::Relaxed);
+                                ("down", m)
+                            }
                             MemberEvent::Left(m) => ("left", m),
                         };
                         c.trace.record(format_args!(
@@ -704,6 +713,7 @@ async fn simulate(cfg: &Config, trace: Arc<Trace>) -> Report {
         trace: trace.clone(),
         ids: Arc::new(SeededIds::new(master.next_u64())),
         clock: clock.clone(),
+        downs: Default::default(),
         violations: Mutex::new(Vec::new()),
         rng: Mutex::new(Rng::new(master.next_u64())),
     });
@@ -775,6 +785,7 @@ async fn simulate(cfg: &Config, trace: Arc<Trace>) -> Report {
     report.messages = c.net.counts();
     report.snapshots = c.net.delivered_to("/raft/snapshot");
     report.datagrams = c.net.datagrams();
+    report.downs = c.downs.load(Ordering::Relaxed);
     report.violations = c
         .violations
         .lock()

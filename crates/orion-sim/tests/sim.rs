@@ -19,9 +19,10 @@ fn seeds_from_env() -> Option<std::ops::Range<u64>> {
     Some(a.trim().parse().ok()?..b.trim().parse().ok()?)
 }
 
-fn check(cfg: &Config) {
+fn check(cfg: &Config) -> orion_sim::Report {
     let report = run(cfg);
     println!("{}", report.line());
+    println!("{}", report.details());
     assert!(
         report.violations.is_empty(),
         "seed {} found violations (rerun: cargo run -p orion-sim --release -- --seed {} --nodes {} --fault-secs {} --clients {}):\n{}",
@@ -37,6 +38,12 @@ fn check(cfg: &Config) {
         "seed {}: no write was acknowledged",
         cfg.seed
     );
+    assert!(
+        report.containers > 0,
+        "seed {}: no container ran at the end: the executors did nothing",
+        cfg.seed
+    );
+    report
 }
 
 #[test]
@@ -60,13 +67,20 @@ fn one_seed_twice_gives_the_same_trace() {
 #[test]
 fn seeds_find_no_violation() {
     let seeds = seeds_from_env().unwrap_or(CI_SEEDS);
+    let (mut snapshots, mut downs) = (0, 0);
     for seed in seeds {
         let mut cfg = Config::new(seed, 5);
         if seeds_from_env().is_none() {
             cfg.fault_s = CI_FAULT_SECS;
         }
-        check(&cfg);
+        let report = check(&cfg);
+        snapshots += report.snapshots;
+        downs += report.downs;
     }
+    // The checks must have covered a node catching up by snapshot install, and gossip
+    // declaring nodes dead (which the controller turns into `NodeDown` and re-placement).
+    assert!(snapshots > 0, "no seed installed a snapshot");
+    assert!(downs > 0, "no seed saw gossip declare a node dead");
 }
 
 /// The bug: `RaftNode::pause` waited on a clone of openraft's metrics receiver that never
