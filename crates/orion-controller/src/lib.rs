@@ -7,7 +7,8 @@
 //! `IdSource` passed in), no IO, and no hash-map iteration order in any output: the same input
 //! gives the same actions, so a test or the simulator can replay a run exactly. The little the
 //! controller remembers between turns (`ControllerMemory`) goes in with the input and comes
-//! back updated in the `Outcome`; the driver (in the binary) keeps it and executes the actions.
+//! back updated in the `Outcome`; the driver (`orion-controller-driver`) keeps it and executes
+//! the actions.
 //!
 //! A turn is a sequence of small sub-deciders, each returning actions: `config` (seed the
 //! cluster config), `nodes` (record members as up or down), `membership` (Raft voters and

@@ -13,7 +13,7 @@
 //! our suspicions, PingReq receipts).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
@@ -1015,7 +1015,9 @@ where
     /// for one node id (an old address that is down, a new one), the live one,
     /// then the highest generation, is shown.
     fn sync_view(&mut self) {
-        let mut best: HashMap<&str, &FocaMember<NodeIdentity<M>>> = HashMap::new();
+        // Ordered by node id, so the events go out in an order that does not depend on
+        // hashing (the simulator's trace, one seed one trace, relies on it).
+        let mut best: BTreeMap<&str, &FocaMember<NodeIdentity<M>>> = BTreeMap::new();
         let mut missing = Vec::new();
         for m in self.foca.iter_membership_state() {
             let id = m.id();

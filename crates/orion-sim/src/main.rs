@@ -84,6 +84,9 @@ fn main() -> ExitCode {
             );
             failing.push(seed);
         }
+        if !sweep {
+            eprintln!("{}", report.details());
+        }
         sim_s += report.sim_s;
         wall_s += report.wall_s;
         runs += 1;

@@ -12,18 +12,33 @@
 //! whether the request arrived); a request to a node that is down, or over a link cut when it
 //! is sent, fails after a short connect delay with `RpcFailure::Connect` (nothing was
 //! delivered, as with a refused or unroutable connection).
+//!
+//! Gossip goes through the same network: `SimSocket` is the gossip engine's `Transport`, a
+//! datagram socket whose sends draw their delay, loss and duplication from the same generator
+//! and meet the same cuts and dead nodes. A datagram is delivered into the target's bounded
+//! inbox (a full one loses it, as a full socket buffer) if, after its delay, the sender's life
+//! is still current, the target is up and the link is not cut.
 
 use crate::rng::Rng;
 use crate::trace::{Trace, fnv};
 use orion_raft::{BoxFuture, RpcFailure, RpcHandler, RpcTransport};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// A connect to a dead or unreachable node fails after this: a refused connection is quick, an
 /// unroutable one waits for the client's connect timeout (500 ms in production); the
 /// simulator takes a value between, the same for every such call.
 const CONNECT_FAIL_MS: u64 = 50;
+
+/// Datagrams queued for one node's gossip engine: its socket's receive buffer. The engine's
+/// own input queue holds 1,024; a few seconds of a 5-node cluster's gossip fit in far fewer.
+const GOSSIP_INBOX_MAX: usize = 1024;
+
+/// One datagram and its sender's address.
+type Datagram = (Vec<u8>, SocketAddr);
 
 /// Degradation of every link, changed by the nemesis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,11 +70,17 @@ struct State {
     /// The current life of each node that is up; calls from an older life (tasks of a
     /// crashed node not yet wound down) go nowhere.
     lives: BTreeMap<usize, u64>,
+    /// Gossip address -> (node index, inbox) of every node whose gossip is up.
+    gossip: BTreeMap<SocketAddr, (usize, mpsc::Sender<Datagram>)>,
     /// Directed links that drop everything: (from, to).
     cut: BTreeSet<(usize, usize)>,
     delivered: u64,
     lost: u64,
     duplicated: u64,
+    /// Deliveries per RPC path (e.g. how many snapshot chunks were installed).
+    paths: BTreeMap<&'static str, u64>,
+    /// Gossip datagrams delivered and lost.
+    datagrams: (u64, u64),
 }
 
 /// The network all nodes of a run share. Cheap to clone.
@@ -86,10 +107,13 @@ impl SimNet {
                 weather: Weather::CALM,
                 up: BTreeMap::new(),
                 lives: BTreeMap::new(),
+                gossip: BTreeMap::new(),
                 cut: BTreeSet::new(),
                 delivered: 0,
                 lost: 0,
                 duplicated: 0,
+                paths: BTreeMap::new(),
+                datagrams: (0, 0),
             })),
             trace,
         }
@@ -115,11 +139,94 @@ impl SimNet {
         s.lives.insert(index, life);
     }
 
-    /// Node `index` at `addr` neither answers nor sends from now on.
+    /// Node `index` at `addr` neither answers nor sends from now on, RPC or gossip.
     pub fn down(&self, index: usize, addr: &str) {
         let mut s = self.lock();
         s.up.remove(addr);
         s.lives.remove(&index);
+        s.gossip.retain(|_, (i, _)| *i != index);
+    }
+
+    /// The gossip socket of node `index` in its life `life`, receiving at `addr` from now on.
+    pub fn gossip_socket(&self, index: usize, life: u64, addr: SocketAddr) -> Arc<SimSocket> {
+        let (tx, rx) = mpsc::channel(GOSSIP_INBOX_MAX);
+        self.lock().gossip.insert(addr, (index, tx));
+        Arc::new(SimSocket {
+            from: index,
+            life,
+            addr,
+            net: self.clone(),
+            inbox: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    /// RPC deliveries to `path` so far.
+    pub fn delivered_to(&self, path: &str) -> u64 {
+        self.lock().paths.get(path).copied().unwrap_or(0)
+    }
+
+    /// (delivered, lost) gossip datagrams so far.
+    pub fn datagrams(&self) -> (u64, u64) {
+        self.lock().datagrams
+    }
+
+    /// Sends one datagram: its fate is drawn now, its delivery happens after its delay.
+    fn send_datagram(&self, sender: (usize, u64), from: SocketAddr, to: SocketAddr, buf: &[u8]) {
+        let plan = self.plan();
+        let bytes = Arc::new(buf.to_vec());
+        self.deliver_later(
+            sender,
+            from,
+            to,
+            bytes.clone(),
+            plan.request_ms,
+            plan.lose_request,
+        );
+        if let Some(after) = plan.duplicate_after_ms {
+            self.deliver_later(sender, from, to, bytes, plan.request_ms + after, false);
+        }
+    }
+
+    fn deliver_later(
+        &self,
+        sender: (usize, u64),
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: Arc<Vec<u8>>,
+        after_ms: u64,
+        lose: bool,
+    ) {
+        let net = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            let n = sender.0;
+            let target = {
+                let s = net.lock();
+                let alive = s.lives.get(&n) == Some(&sender.1);
+                s.gossip
+                    .get(&to)
+                    .filter(|(t, _)| alive && !lose && !s.cut.contains(&(n, *t)))
+                    .map(|(t, tx)| (*t, tx.clone()))
+            };
+            let hash = fnv(&bytes);
+            let delivered = target.is_some_and(|(t, tx)| {
+                let ok = tx.try_send((bytes.to_vec(), from)).is_ok();
+                if ok {
+                    net.trace
+                        .record(format_args!("gossip n{n}->n{t} {hash:016x}"));
+                }
+                ok
+            });
+            let mut s = net.lock();
+            if delivered {
+                s.datagrams.0 += 1;
+            } else {
+                s.datagrams.1 += 1;
+                drop(s);
+                net.trace
+                    .record(format_args!("gossip lost n{n}->{to} {hash:016x}"));
+            }
+        });
     }
 
     pub fn set_weather(&self, w: Weather) {
@@ -214,7 +321,10 @@ impl SimNet {
                     .record(format_args!("lost n{from}->n{to} {path} {body_hash:016x}"));
                 return;
             };
-            net.count(|s| s.delivered += 1);
+            net.count(|s| {
+                s.delivered += 1;
+                *s.paths.entry(path).or_default() += 1;
+            });
             net.trace.record(format_args!(
                 "deliver n{from}->n{to} {path} {body_hash:016x}"
             ));
@@ -302,5 +412,40 @@ impl RpcTransport for SimTransport {
             body,
             timeout,
         ))
+    }
+}
+
+/// One node's gossip socket in one life: sends go through the simulated network, receives
+/// come from its inbox.
+pub struct SimSocket {
+    from: usize,
+    life: u64,
+    addr: SocketAddr,
+    net: SimNet,
+    inbox: tokio::sync::Mutex<mpsc::Receiver<Datagram>>,
+}
+
+impl orion_gossip::Transport for SimSocket {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+
+    fn send_to(&self, buf: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        self.net
+            .send_datagram((self.from, self.life), self.addr, to, buf);
+        Ok(buf.len())
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        let mut inbox = self.inbox.lock().await;
+        match inbox.recv().await {
+            Some((bytes, from)) => {
+                let n = bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                Ok((n, from))
+            }
+            // The node went down: its socket receives nothing more.
+            None => std::future::pending().await,
+        }
     }
 }

@@ -1,17 +1,27 @@
-//! One simulated run: N real `RaftNode`s with the real state machine and the real API router
-//! on one current-thread tokio runtime with paused (virtual) time, the simulated network and
-//! disks, a seeded workload of clients, a seeded nemesis, and the checks at the end.
+//! One simulated run: N simulated nodes, each the agent's parts as the agent wires them (a
+//! real `RaftNode` with the real state machine, the real API router, the real gossip engine
+//! over a simulated socket, the controller's real driver and `decide`, the executor's real
+//! driver and `plan` over a `FakeRuntime` engine), on one current-thread tokio runtime with
+//! paused (virtual) time, the simulated network and disks, a seeded workload of clients, a
+//! seeded nemesis, and the checks at the end.
 //!
-//! Phases: bootstrap (node 0 alone, then every other node added and made a voter, no faults);
-//! faults (clients and nemesis run together for `fault_s` simulated seconds); heal (every link
-//! up, every crashed node restarted, clients finish their last call); converge (every node
-//! applies up to the leader's commit, bounded); check (a final consistent list through the
-//! leader, then the history checker, the applied-index watchers and the panic count).
+//! Phases: bootstrap (node 0 bootstraps Raft alone; every node joins gossip, and node 0's
+//! controller adds the others as learners and makes voters of them up to the cluster config's
+//! count, as in a real cluster; no faults); faults (clients and nemesis run together for
+//! `fault_s` simulated seconds); heal (every link up, every crashed node restarted, clients
+//! finish their last call); converge (every node applies up to the leader's commit, bounded);
+//! check (a final consistent list through the leader, then the history checker, the
+//! applied-index watchers and the panic count); settle (every live task runs exactly once,
+//! in the engine of the node the state names, and no other container runs anywhere).
+//!
+//! A crash is a kill of the agent: its disk loses unsynced writes and its tasks stop at once;
+//! its engine keeps the containers running (as dockerd does), unless the nemesis draws a power
+//! cut of the whole machine, which empties the engine too.
 //!
 //! Every random choice comes from the run's seed: one generator for the nemesis, one per
 //! client, one for the network, one per node life (watchdog jitter, snapshot ids, its election
-//! timeout). openraft draws its election timeout from a thread-local RNG; each node's range is
-//! one value wide (`max = min + 1`), the value drawn here.
+//! timeout, its gossip RNG). openraft draws its election timeout from a thread-local RNG; each
+//! node's range is one value wide (`max = min + 1`), the value drawn here.
 
 use crate::checker::{self, TaskRow};
 use crate::history::{Op, OpKind, Outcome};
@@ -21,16 +31,21 @@ use crate::trace::Trace;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use orion_api::{ApiError, Backend, NodeView, StatusView};
+use orion_docker::ContainerState;
+use orion_executor::{FakeRuntime, TokioClock};
+use orion_gossip::{Gossip, GossipConfig, MemberEvent};
 use orion_raft::{RaftConfig, RaftNode, SimDisk, SimParts, WriteError};
 use orion_state::ClusterState;
-use orion_types::env::{IdSource, SeededIds};
-use orion_types::{Command, Response, Task};
+use orion_types::env::{Clock, IdSource, SeededIds};
+use orion_types::{ClusterConfig, Command, NodeMeta, Resources, Response, Task};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 use tower::ServiceExt;
 
@@ -55,6 +70,27 @@ const LIVE_PER_CLIENT_MAX: usize = 8;
 
 /// Wall-clock epoch of simulated time, for the timestamps commands carry (2026-01-01).
 const EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// After converging, every live task must run exactly once (and nothing else run) within
+/// this: a returning node fences within a second of catching up, a task placed on a node
+/// that never starts it is placed again after the controller's 30 s scheduled deadline.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// A snapshot (and a purge of the log behind it, keeping a fifth) every this many entries,
+/// instead of the agent's 5,000: the workload commits tens of entries a second, so a node
+/// crashed or cut off for a few seconds falls behind the purged log and must catch up by
+/// snapshot install (`/raft/snapshot`), which the run counts.
+const SNAPSHOT_LOGS: u64 = 100;
+
+/// The image every simulated task runs; present in every node's engine.
+const IMAGE: &str = "orion/busybox";
+
+/// What each node announces it can hold: ample for the workload (at most 8 live tasks of
+/// 16 MiB per client), so placement never runs out of room.
+const NODE_CAPACITY: Resources = Resources {
+    memory_bytes: 64 << 30,
+    cpu_millis: 64_000,
+};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -95,10 +131,34 @@ pub struct Report {
     pub trace: u64,
     pub events: u64,
     pub messages: (u64, u64, u64),
+    /// Snapshot chunks delivered (`/raft/snapshot`): how often a node caught up by snapshot.
+    pub snapshots: u64,
+    /// Gossip datagrams (delivered, lost).
+    pub datagrams: (u64, u64),
+    /// Containers running across every engine when the run ended.
+    pub containers: usize,
+    /// Times a node's gossip declared another node dead.
+    pub downs: u64,
     pub lines: Vec<String>,
 }
 
 impl Report {
+    /// What the run exercised, beside the summary line.
+    pub fn details(&self) -> String {
+        format!(
+            "seed={} ops={} faults={} events={} rpc delivered/lost/duplicated={:?} snapshot_chunks={} gossip delivered/lost={:?} containers={} downs={}",
+            self.seed,
+            self.ops,
+            self.faults,
+            self.events,
+            self.messages,
+            self.snapshots,
+            self.datagrams,
+            self.containers,
+            self.downs
+        )
+    }
+
     /// The one-line summary the command line prints last.
     pub fn line(&self) -> String {
         format!(
@@ -185,6 +245,10 @@ fn failed(cfg: &Config, why: String) -> Report {
         trace: 0,
         events: 0,
         messages: (0, 0, 0),
+        snapshots: 0,
+        datagrams: (0, 0),
+        containers: 0,
+        downs: 0,
         lines: Vec::new(),
     }
 }
@@ -192,7 +256,19 @@ fn failed(cfg: &Config, why: String) -> Report {
 /// The API's backend on a simulated node: the real router runs over it.
 struct SimApi {
     raft: RaftNode,
+    gossip: Gossip<NodeMeta>,
     ids: Arc<SeededIds>,
+    /// Creates this node is proposing right now (as the agent's `Node::create`).
+    creates_in_flight: AtomicUsize,
+}
+
+/// Lowers the count of creates in flight when the create ends or is dropped.
+struct CreateInFlight<'a>(&'a AtomicUsize);
+
+impl Drop for CreateInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// As the agent answers (`WriteError::http_status` holds the rule).
@@ -203,6 +279,32 @@ fn write_error(e: WriteError) -> ApiError {
 
 impl Backend for SimApi {
     async fn write(&self, cmd: Command) -> Result<Response, ApiError> {
+        // As the agent: on the leader, with no other create in flight, a new task is placed
+        // in the entry that creates it, by the controller's placement code.
+        let _in_flight;
+        let cmd = match cmd {
+            Command::CreateTask { task_id, spec, at } => {
+                _in_flight = CreateInFlight(&self.creates_in_flight);
+                let alone = self.creates_in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+                let placed = (alone && self.raft.is_leader())
+                    .then(|| {
+                        let members = orion_controller_driver::members_view(&self.gossip);
+                        self.raft.read(|s| {
+                            orion_controller::place_at_creation(
+                                s,
+                                &members,
+                                &task_id,
+                                &spec,
+                                at,
+                                self.ids.as_ref(),
+                            )
+                        })
+                    })
+                    .flatten();
+                placed.unwrap_or(Command::CreateTask { task_id, spec, at })
+            }
+            other => other,
+        };
         self.raft.write(cmd).await.map_err(write_error)
     }
 
@@ -235,8 +337,7 @@ impl Backend for SimApi {
             learners: s.learners,
             membership_changing: s.membership_changing,
             version: "sim".to_string(),
-            // The simulator runs no gossip yet.
-            gossip_seed: 0,
+            gossip_seed: self.gossip.stats().seed,
         }
     }
 
@@ -269,16 +370,52 @@ fn virtual_ms() -> u64 {
         .map_or(0, |t0| t0.elapsed().as_millis() as u64)
 }
 
-/// One node slot: its disk survives crashes, its Raft and router do not.
+/// One node slot: its disk and its container engine survive crashes (the engine not a power
+/// cut); its Raft, gossip, router, executor and controller do not.
 struct Slot {
     id: String,
     addr: String,
+    gossip_addr: SocketAddr,
     disk: SimDisk,
+    engine: FakeRuntime,
     raft: Option<RaftNode>,
     router: Option<axum::Router>,
-    /// Stops the applied-index watcher of the current life.
+    /// Stops the watcher of the current life.
     stop: Option<watch::Sender<bool>>,
+    /// The executor and the controller of the current life, aborted by a crash.
+    tasks: Vec<JoinHandle<()>>,
     life: u64,
+}
+
+/// The executor's view of its node, as the agent's `Node` gives it.
+struct SimNode {
+    raft: RaftNode,
+}
+
+impl orion_executor::Cluster for SimNode {
+    fn tasks_on(&self, node: &str) -> Vec<Task> {
+        self.raft.read(|s| s.tasks_on(node).cloned().collect())
+    }
+    fn tasks_digest(&self, node: &str) -> u64 {
+        self.raft
+            .read(|s| orion_executor::digest_tasks(s.tasks_on(node)))
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.raft.subscribe()
+    }
+    async fn report(&self, cmd: Command) -> Result<(), String> {
+        self.raft
+            .write(cmd)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    async fn ready(&self) -> Result<(), String> {
+        self.raft.consistent_read().await.map_err(|e| e.to_string())
+    }
+    fn leader_contact_age_ms(&self) -> Option<u64> {
+        self.raft.status().last_leader_contact_ms
+    }
 }
 
 struct Cluster {
@@ -286,8 +423,12 @@ struct Cluster {
     net: SimNet,
     trace: Arc<Trace>,
     ids: Arc<SeededIds>,
+    /// Every node's clock: virtual time from the epoch (the clocks agree).
+    clock: Arc<TokioClock>,
     violations: Mutex<Vec<String>>,
     rng: Mutex<Rng>,
+    /// Times a node's gossip declared another node dead.
+    downs: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -324,11 +465,18 @@ impl Cluster {
 
     /// Starts node `i` on its disk (a fresh one, or what survived its last crash).
     async fn start(self: &Arc<Self>, i: usize) -> Result<(), String> {
-        let (id, addr, disk, life) = {
+        let (id, addr, gossip_addr, disk, engine, life) = {
             let mut slots = self.lock();
             let s = &mut slots[i];
             s.life += 1;
-            (s.id.clone(), s.addr.clone(), s.disk.clone(), s.life)
+            (
+                s.id.clone(),
+                s.addr.clone(),
+                s.gossip_addr,
+                s.disk.clone(),
+                s.engine.clone(),
+                s.life,
+            )
         };
         let sock: SocketAddr = addr
             .parse()
@@ -338,6 +486,7 @@ impl Cluster {
         let timeout = 300 + self.draw() % 300;
         cfg.election_timeout_min_ms = timeout;
         cfg.election_timeout_max_ms = timeout + 1;
+        cfg.snapshot_logs = SNAPSHOT_LOGS;
         let parts = SimParts {
             transport: self.net.transport(i, life),
             disk,
@@ -347,16 +496,88 @@ impl Cluster {
             .await
             .map_err(|e| format!("n{i} did not start: {e}"))?;
         self.net.up(i, life, &addr, raft.rpc_handler());
+
+        // Gossip as the agent starts it: a generation that grows on every start, the node's
+        // addresses and capacity as metadata, and every other node as a seed to join.
+        let generation = self.clock.now_ms();
+        let meta = NodeMeta {
+            id: id.clone(),
+            generation,
+            api_addr: format!("{}:8080", sock.ip()),
+            raft_addr: addr.clone(),
+            gossip_addr: gossip_addr.to_string(),
+            publish_ip: sock.ip().to_string(),
+            capacity: NODE_CAPACITY,
+            labels: BTreeMap::new(),
+            version: "sim".to_string(),
+        };
+        let mut gcfg = GossipConfig::lan_fast(id.clone(), gossip_addr, gossip_addr, generation);
+        gcfg.seed = self.draw();
+        let socket = self.net.gossip_socket(i, life, gossip_addr);
+        let gossip = orion_gossip::spawn_with_transport(gcfg, meta, socket)
+            .map_err(|e| format!("n{i} gossip did not start: {e}"))?;
+        let seeds: Vec<SocketAddr> = {
+            let slots = self.lock();
+            slots
+                .iter()
+                .filter(|s| s.gossip_addr != gossip_addr)
+                .map(|s| s.gossip_addr)
+                .collect()
+        };
+        if !seeds.is_empty() {
+            gossip
+                .join(&seeds)
+                .await
+                .map_err(|e| format!("n{i} cannot join gossip: {e}"))?;
+        }
+
         let router = orion_api::router(Arc::new(SimApi {
             raft: raft.clone(),
+            gossip: gossip.clone(),
             ids: self.ids.clone(),
+            creates_in_flight: AtomicUsize::new(0),
         }));
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(watch_applied(self.clone(), i, life, raft.clone(), stop_rx));
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        let executor = orion_executor::spawn(
+            orion_executor::ExecutorConfig {
+                node_id: id.clone(),
+                publish_ip: sock.ip().to_string(),
+                backoff: orion_types::BackoffConfig::default(),
+                network: None,
+            },
+            engine,
+            Arc::new(SimNode { raft: raft.clone() }),
+            clock.clone(),
+            stop_rx.clone(),
+        );
+        let driver = orion_controller_driver::Driver {
+            raft: raft.clone(),
+            gossip: gossip.clone(),
+            clock,
+            ids: self.ids.clone(),
+            settings: orion_controller::Settings {
+                node_id: id.clone(),
+                // The agent's default (`--voter-grace-ms`).
+                voter_grace_ms: 3_000,
+                // Only the bootstrapping node's flags seed the cluster config.
+                seed_config: (i == 0).then(ClusterConfig::default),
+            },
+        };
+        let controller = tokio::spawn(orion_controller_driver::run(driver, stop_rx.clone()));
+        tokio::spawn(watch_node(
+            self.clone(),
+            i,
+            life,
+            raft.clone(),
+            gossip,
+            stop_rx,
+        ));
         let mut slots = self.lock();
         slots[i].raft = Some(raft);
         slots[i].router = Some(router);
         slots[i].stop = Some(stop_tx);
+        slots[i].tasks = vec![executor, controller];
         drop(slots);
         self.trace.record(format_args!(
             "start n{i} life {life} election_timeout {timeout}"
@@ -364,42 +585,96 @@ impl Cluster {
         Ok(())
     }
 
-    /// A power cut on node `i`: unsynced writes are lost, nothing it does afterwards counts.
-    async fn crash(&self, i: usize) {
-        let (raft, addr, disk, stop) = {
+    /// A crash of node `i`'s agent: unsynced writes are lost, nothing it does afterwards
+    /// counts. With `power_cut` the machine goes down too: its engine's containers are gone.
+    async fn crash(&self, i: usize, power_cut: bool) {
+        let (raft, addr, disk, stop, tasks) = {
             let mut slots = self.lock();
             let s = &mut slots[i];
-            (s.raft.take(), s.addr.clone(), s.disk.clone(), s.stop.take())
+            (
+                s.raft.take(),
+                s.addr.clone(),
+                s.disk.clone(),
+                s.stop.take(),
+                std::mem::take(&mut s.tasks),
+            )
         };
         self.net.down(i, &addr);
         disk.crash();
+        for t in tasks {
+            t.abort();
+        }
         if let Some(stop) = stop {
             let _ = stop.send(true);
         }
-        self.lock()[i].router = None;
+        {
+            let mut slots = self.lock();
+            slots[i].router = None;
+            if power_cut {
+                slots[i].engine = new_engine(&self.clock);
+            }
+        }
         if let Some(raft) = raft {
             // Stops the old life's tasks; its stores now fail every write (the disk crashed).
             raft.shutdown().await;
         }
-        self.trace.record(format_args!("crash n{i}"));
+        self.trace
+            .record(format_args!("crash n{i} power_cut {power_cut}"));
     }
 }
 
-/// Checks that node `i`'s applied index never goes backwards within one life.
-async fn watch_applied(
+/// A node's container engine: the task image present, containers that exit on their stop
+/// signal after the fake's default.
+fn new_engine(clock: &Arc<TokioClock>) -> FakeRuntime {
+    let clock: Arc<dyn Clock> = clock.clone();
+    let engine = FakeRuntime::new(clock);
+    engine.add_image(IMAGE);
+    engine
+}
+
+/// Checks that node `i`'s applied index never goes backwards within one life, and writes its
+/// applied indexes and its gossip view's changes into the trace.
+async fn watch_node(
     c: Arc<Cluster>,
     i: usize,
     life: u64,
     raft: RaftNode,
+    gossip: Gossip<NodeMeta>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut rx = raft.subscribe();
     drop(raft);
+    let mut events = gossip.subscribe();
+    drop(gossip);
     let mut last = *rx.borrow_and_update();
     loop {
         tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return,
+            ev = events.recv() => {
+                match ev {
+                    Ok(ev) => {
+                        let (what, m) = match &ev {
+                            MemberEvent::Up(m) => ("up", m),
+                            MemberEvent::Suspect(m) => ("suspect", m),
+                            MemberEvent::Down(m) => {
+                                c.downs.fetch_add(1, Ordering::Relaxed);
+                                ("down", m)
+                            }
+                            MemberEvent::Left(m) => ("left", m),
+                        };
+                        c.trace.record(format_args!(
+                            "member n{i} sees {} {what} generation {}",
+                            m.node_id, m.generation
+                        ));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        c.trace.record(format_args!("member n{i} lagged {n}"));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                continue;
+            }
             changed = rx.changed() => if changed.is_err() { return },
         }
         let now = *rx.borrow_and_update();
@@ -417,16 +692,20 @@ async fn simulate(cfg: &Config, trace: Arc<Trace>) -> Report {
     RUN_START.with(|s| s.set(Some(Instant::now())));
     let mut master = Rng::new(cfg.seed);
     let nodes = cfg.nodes.max(1);
+    let clock = Arc::new(TokioClock::new(EPOCH_MS));
     let c = Arc::new(Cluster {
         slots: Mutex::new(
             (0..nodes)
                 .map(|i| Slot {
                     id: format!("n{i}"),
                     addr: format!("10.0.0.{}:7000", i + 1),
+                    gossip_addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7946)),
                     disk: SimDisk::new(),
+                    engine: new_engine(&clock),
                     raft: None,
                     router: None,
                     stop: None,
+                    tasks: Vec::new(),
                     life: 0,
                 })
                 .collect(),
@@ -434,6 +713,8 @@ async fn simulate(cfg: &Config, trace: Arc<Trace>) -> Report {
         net: SimNet::new(master.next_u64(), trace.clone()),
         trace: trace.clone(),
         ids: Arc::new(SeededIds::new(master.next_u64())),
+        clock: clock.clone(),
+        downs: Default::default(),
         violations: Mutex::new(Vec::new()),
         rng: Mutex::new(Rng::new(master.next_u64())),
     });
@@ -498,7 +779,14 @@ async fn simulate(cfg: &Config, trace: Arc<Trace>) -> Report {
             report.ops = ops.len();
         }
     }
+    match settle(&c).await {
+        Ok(n) => report.containers = n,
+        Err(e) => c.violation(e),
+    }
     report.messages = c.net.counts();
+    report.snapshots = c.net.delivered_to("/raft/snapshot");
+    report.datagrams = c.net.datagrams();
+    report.downs = c.downs.load(Ordering::Relaxed);
     report.violations = c
         .violations
         .lock()
@@ -507,7 +795,9 @@ async fn simulate(cfg: &Config, trace: Arc<Trace>) -> Report {
     report
 }
 
-/// Node 0 bootstraps alone; every other node joins as a learner and all become voters.
+/// Node 0 bootstraps Raft alone; every node joins gossip; node 0's controller then adds the
+/// others as learners, makes voters up to the cluster config's count and records every node
+/// as up, exactly as in a real cluster. Done when all of that has happened.
 async fn bootstrap(c: &Arc<Cluster>) -> Result<(), String> {
     for i in 0..c.len() {
         c.start(i).await?;
@@ -517,30 +807,35 @@ async fn bootstrap(c: &Arc<Cluster>) -> Result<(), String> {
         .await
         .map_err(|e| format!("bootstrap: {e}"))?;
     let deadline = Instant::now() + BOOTSTRAP_TIMEOUT;
-    while !n0.is_leader() {
-        if Instant::now() > deadline {
-            return Err("n0 never became leader of its one-voter cluster".to_string());
-        }
-        sleep(Duration::from_millis(10)).await;
-    }
-    let mut voters = std::collections::BTreeSet::new();
-    for i in 0..c.len() {
-        let peer = c.raft(i).ok_or("a node is not running")?.peer();
-        voters.insert(peer.node_id.clone());
-        if i > 0 {
-            n0.add_learner(peer)
-                .await
-                .map_err(|e| format!("adding n{i}: {e}"))?;
-        }
-    }
+    // The controller keeps an odd count of voters up to the config's.
+    let capped = ClusterConfig::default().voters.min(c.len()).max(1);
+    let want_voters = capped - (1 - capped % 2);
     loop {
-        match n0.change_voters(voters.clone()).await {
-            Ok(()) => break,
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!("the voter change never went through: {e}"));
-            }
-            Err(_) => sleep(Duration::from_millis(100)).await,
+        let st = n0.status();
+        let up = n0.read(|s| {
+            s.nodes
+                .values()
+                .filter(|r| r.status == orion_state::NodeStatus::Up)
+                .count()
+        });
+        let members = st.voters.len() + st.learners.len();
+        if st.leader.as_deref() == Some("n0")
+            && !st.membership_changing
+            && members == c.len()
+            && st.voters.len() == want_voters
+            && up == c.len()
+        {
+            break;
         }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the controller did not form the cluster within {} s: {} voters, {} learners, {up} nodes up",
+                BOOTSTRAP_TIMEOUT.as_secs(),
+                st.voters.len(),
+                st.learners.len()
+            ));
+        }
+        sleep(Duration::from_millis(50)).await;
     }
     c.trace.record("bootstrapped");
     Ok(())
@@ -572,7 +867,7 @@ async fn nemesis(c: &Arc<Cluster>, mut rng: Rng, phase: Duration) -> usize {
         match rng.below(4) {
             0 => {
                 let i = rng.below(n) as usize;
-                c.crash(i).await;
+                c.crash(i, rng.chance(300)).await;
                 sleep(hold).await;
                 if let Err(e) = c.start(i).await {
                     c.violation(e);
@@ -649,6 +944,119 @@ async fn converge(c: &Arc<Cluster>) -> Result<(), String> {
             ));
         }
         sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// After converging: every live task (placed, not stopped) runs exactly once, in the engine
+/// of the node the state names, under its current allocation, and is recorded as running;
+/// no other container runs in any engine (a stopped, deleted or re-placed task's container
+/// left behind would be a task running twice). Waits up to `SETTLE_TIMEOUT` for it, since the
+/// executors fence and start, and the controller places, after healing. Returns how many
+/// containers run.
+async fn settle(c: &Arc<Cluster>) -> Result<usize, String> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let problems = container_problems(c);
+        match problems {
+            Ok(running) => {
+                c.trace
+                    .record(format_args!("settled {running} containers running"));
+                return Ok(running);
+            }
+            Err(p) if Instant::now() > deadline => {
+                return Err(format!(
+                    "{} s after converging, containers do not match the state: {}",
+                    SETTLE_TIMEOUT.as_secs(),
+                    p.join("; ")
+                ));
+            }
+            Err(_) => sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// What is wrong with the containers now, against the leader's state; or how many run.
+fn container_problems(c: &Arc<Cluster>) -> Result<usize, Vec<String>> {
+    let leader = (0..c.len())
+        .filter_map(|i| c.raft(i))
+        .find(|r| r.is_leader());
+    let Some(leader) = leader else {
+        return Err(vec!["no leader".to_string()]);
+    };
+    // task id -> (node, allocation, running in the state) of every live task.
+    let (live, waiting) = leader.read(|s| {
+        let live: BTreeMap<String, (String, String, bool)> = s
+            .tasks
+            .values()
+            .filter(|t| t.wants_container())
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    (
+                        t.node.clone().unwrap_or_default(),
+                        t.allocation.clone().unwrap_or_default(),
+                        t.state == orion_types::TaskState::Running,
+                    ),
+                )
+            })
+            .collect();
+        let waiting: Vec<String> = s
+            .tasks
+            .values()
+            .filter(|t| t.needs_placement())
+            .map(|t| t.id.clone())
+            .collect();
+        (live, waiting)
+    });
+    let mut problems = Vec::new();
+    for id in waiting {
+        problems.push(format!("task {id} is live but not placed"));
+    }
+    // task id -> where its running containers are: (node, allocation).
+    let mut running: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut count = 0;
+    let engines: Vec<(String, FakeRuntime)> = c
+        .lock()
+        .iter()
+        .map(|s| (s.id.clone(), s.engine.clone()))
+        .collect();
+    for (node, engine) in &engines {
+        for ct in engine.containers() {
+            if ct.state != ContainerState::Running {
+                continue;
+            }
+            count += 1;
+            let label = |k: &str| ct.labels.get(k).cloned().unwrap_or_default();
+            running
+                .entry(label(orion_executor::LABEL_TASK))
+                .or_default()
+                .push((node.clone(), label(orion_executor::LABEL_ALLOC)));
+        }
+    }
+    for (task, (node, alloc, recorded)) in &live {
+        match running.get(task).map(Vec::as_slice) {
+            None | Some([]) => problems.push(format!("task {task} on {node} runs nowhere")),
+            Some([(n, a)]) if n == node && a == alloc => {
+                if !recorded {
+                    problems.push(format!(
+                        "task {task} runs on {node} but the state does not say so"
+                    ));
+                }
+            }
+            Some(places) => problems.push(format!(
+                "task {task} (allocation {alloc} on {node}) runs as {places:?}"
+            )),
+        }
+    }
+    for (task, places) in &running {
+        if !live.contains_key(task) {
+            problems.push(format!("task {task}, not live, still runs as {places:?}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(count)
+    } else {
+        Err(problems)
     }
 }
 

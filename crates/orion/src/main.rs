@@ -8,10 +8,12 @@ mod agent;
 mod capacity;
 mod client;
 mod config;
-mod controller;
 mod discovery;
 mod metrics;
 mod ui;
+
+// The controller's driver lives in its own crate, shared with the simulator.
+use orion_controller_driver as controller;
 
 use clap::Parser;
 

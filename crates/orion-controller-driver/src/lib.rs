@@ -6,7 +6,8 @@
 //! replicated state alone.
 //!
 //! It takes its parts as handles (Raft, gossip, a `Clock`, an `IdSource`): it knows nothing of
-//! the agent that wires it.
+//! the agent that wires it. It is a crate of its own so that the simulator (`orion-sim`) runs
+//! this very loop over its simulated Raft and gossip.
 
 use orion_controller::{Action, ControllerMemory, Input, Member, MemberStatus, RaftView, Settings};
 use orion_gossip::Gossip;
@@ -110,8 +111,10 @@ impl Driver {
             })
         };
         // Without waiting tasks a turn is a few scans: decided under the replica's read lock,
-        // on the state itself. With waiting tasks it runs the scheduler over all of them,
-        // which must not hold applies back: decided on a copy (the same decision).
+        // on the state itself. With waiting tasks the leader runs the scheduler over all of
+        // them, which must not hold applies back: decided on a copy (the same decision). A
+        // follower's turn only books gone times, so it never needs the copy (a copy of the
+        // whole state on every node for every applied entry was the simulator's top cost).
         let started = std::time::Instant::now();
         let outcome = self.raft.read(|state| {
             // A follower decides nothing from the state: never copy it there.
