@@ -59,6 +59,8 @@ pub const FENCE_GRACE_MS: u64 = 1_000;
 pub const STOP_GRACE_MS: u64 = 2_000;
 
 /// What the executor needs from the node it runs in.
+use orion_types::AllocId;
+
 pub trait Cluster: Send + Sync + 'static {
     /// Tasks that the local replica places on `node` (allocation set).
     fn tasks_on(&self, node: &str) -> Vec<Task>;
@@ -74,6 +76,10 @@ pub trait Cluster: Send + Sync + 'static {
     /// Milliseconds since this node last heard from a leader it accepted (on the leader:
     /// since a quorum last acknowledged it); `None` if unknown.
     fn leader_contact_age_ms(&self) -> Option<u64>;
+    /// The allocations on this node whose health check this executor finds failing now
+    /// (sorted), told whenever the set changes: the agent announces it by gossip, so an
+    /// endpoint leaves every node's view without waiting for the log.
+    fn local_unhealthy(&self, _allocs: Vec<AllocId>) {}
 }
 
 #[derive(Debug, Clone)]
