@@ -539,6 +539,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         endpoints: endpoints.clone(),
         local_unhealthy,
     });
+    // The routing mesh: ingress ports and VIPs, forwarding by the endpoint view.
+    let mesh = crate::mesh::spawn(&cfg, endpoints.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let executor = orion_executor::spawn(
@@ -641,6 +643,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         // Our tasks will be placed elsewhere: do not leave them running here as duplicates.
         remove_own_containers(&docker, &cfg.id).await;
     }
+    mesh.shutdown().await;
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     info!("stopped");
