@@ -275,3 +275,88 @@ async fn rolling_updates_through_the_mesh_drop_no_request_start_first() {
     assert_eq!(failed1, 0, "start-first, 1 replica: {errors1:?}");
     assert_eq!(failed3, 0, "start-first, 3 replicas: {errors3:?}");
 }
+
+/// Drain before stop: a request in flight through the mesh when its task is scaled away
+/// still gets its answer (the container is held while the connection is open, up to its
+/// grace), and only then does the container stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_survives_a_scale_down() {
+    let Some(docker) = docker_or_skip().await else {
+        return;
+    };
+    let agent = Agent::start(
+        "drain1",
+        "127.0.109.1".parse().expect("ip"),
+        &["--bootstrap", "--vip-range", "10.209.1.0/24"],
+    );
+    wait_healthy(&agent).await;
+    wait_leader(&agent).await;
+    // A CGI script that answers after 3 s; the container ends at once on SIGTERM (its shell
+    // traps it), so a stop signal sent too early loses the answer.
+    let script = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\ntouch /tmp/started\\nsleep 3\\necho Content-Type: text/plain\\necho\\necho done\\n' > /www/cgi-bin/slow && chmod +x /www/cgi-bin/slow && busybox httpd -f -p 80 -h /www & trap 'exit 0' TERM; wait";
+    let body = json!({
+        "name": "slow", "image": IMAGE, "command": ["sh", "-c", script], "memory": "16m",
+        "stopGracePeriod": "8s",
+        "ports": [{"target": 80, "published": 18083, "protocol": "http"}],
+    })
+    .to_string();
+    let (status, created) = post(&agent.api, "/services", &body).await.expect("create");
+    assert_eq!(status, 201, "{created}");
+    wait_settled(&agent.api, "slow", 1, 1).await;
+    wait_for(CONVERGE, "the ingress port to serve", || {
+        curl("127.0.109.77", "http://127.0.109.1:18083/")
+    })
+    .await;
+    let slow = tokio::spawn(async {
+        let started = std::time::Instant::now();
+        let page = curl_slow("127.0.109.78", "http://127.0.109.1:18083/cgi-bin/slow").await;
+        (page, started.elapsed())
+    });
+    // Scale down once the request is in the script (it left its mark).
+    let cid = containers_of(&docker, "drain1").await[0].id.clone();
+    wait_for(CONVERGE, "the slow request to reach the task", || {
+        let cid = cid.clone();
+        async move {
+            let out = tokio::process::Command::new("docker")
+                .args(["exec", &cid, "test", "-f", "/tmp/started"])
+                .output()
+                .await
+                .ok()?;
+            out.status.success().then_some(())
+        }
+    })
+    .await;
+    let (status, s) = post(&agent.api, "/services/slow/scale", r#"{"replicas": 0}"#)
+        .await
+        .expect("scale");
+    assert_eq!(status, 200, "{s}");
+    let (page, took) = slow.await.expect("join");
+    assert_eq!(
+        page.as_deref().map(str::trim),
+        Some("done"),
+        "took {took:?}"
+    );
+    // Then the container goes: its stop signal comes once the connection closed.
+    wait_for(CONVERGE, "the drained container to be removed", || {
+        let docker = docker.clone();
+        async move {
+            containers_of(&docker, "drain1")
+                .await
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+/// `curl` with a longer limit, for a slow answer.
+async fn curl_slow(from: &str, url: &str) -> Option<String> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sf", "--max-time", "15", "--interface", from, url])
+        .output()
+        .await
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
