@@ -46,7 +46,7 @@ def api(method, path, body=None):
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
-        return e.code, None
+        return e.code, e.read().decode(errors="replace")
     except Exception as e:  # noqa: BLE001 - any network error means "not yet"
         return None, str(e)
 
@@ -153,12 +153,13 @@ def main():
     try:
         wait("the agent", lambda: api("GET", "/health")[0] == 200)
         wait("a leader", lambda: (api("GET", "/status")[1] or {}).get("leader"))
-        st, body = api("POST", "/services", {
-            "name": "bench", "image": IMAGE, "command": HTTPD, "memory": "512m",
-            "ports": [{"target": 80, "published": MESH_TCP, "protocol": "tcp"},
-                      {"target": 80, "published": MESH_HTTP, "protocol": "http"}]})
-        if st != 201:
-            raise RuntimeError(f"service create: {st} {body}")
+        # One service per protocol: a target port takes one protocol.
+        for name, port, proto in (("bench", MESH_TCP, "tcp"), ("benchh", MESH_HTTP, "http")):
+            st, body = api("POST", "/services", {
+                "name": name, "image": IMAGE, "command": HTTPD, "memory": "512m",
+                "ports": [{"target": 80, "published": port, "protocol": proto}]})
+            if st != 201:
+                raise RuntimeError(f"service {name} create: {st} {body}")
 
         def host_port():
             st, tasks = api("GET", "/services/bench/tasks")
@@ -190,6 +191,7 @@ def main():
         for s in socks:
             s.close()
         api("DELETE", "/services/bench")
+        api("DELETE", "/services/benchh")
         time.sleep(3)
     finally:
         agent.send_signal(signal.SIGTERM)
