@@ -5,6 +5,8 @@
 //! The view is a pure function of the replicated state, the announcements and the nodes'
 //! addresses; the agent owns the IO (gossip, the watch channel that publishes the view).
 
+pub mod dns;
+pub mod dns_server;
 pub mod health;
 pub mod view;
 

@@ -69,6 +69,15 @@ pub fn build(
         // what an operator looks for when it is in trouble).
         view.nodes.insert(id.clone(), addrs.advertise);
     }
+    // One pass over the tasks (not one per service): a rebuild runs on every applied entry.
+    let mut running: BTreeMap<&str, Vec<&orion_types::Task>> = BTreeMap::new();
+    for task in state.tasks.values() {
+        if task.state == TaskState::Running
+            && let Some(svc) = task.service.as_deref()
+        {
+            running.entry(svc).or_default().push(task);
+        }
+    }
     for svc in state.services.values() {
         let mut out = ServiceEndpoints {
             id: svc.id.clone(),
@@ -76,10 +85,7 @@ pub fn build(
             ports: svc.spec.ports.clone(),
             endpoints: Vec::new(),
         };
-        for task in state.tasks_of_service(&svc.id) {
-            if task.state != TaskState::Running {
-                continue;
-            }
+        for task in running.get(svc.id.as_str()).into_iter().flatten() {
             let (Some(node), Some(alloc)) = (&task.node, &task.allocation) else {
                 continue;
             };

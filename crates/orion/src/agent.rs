@@ -543,17 +543,43 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mesh = crate::mesh::spawn(&cfg, endpoints.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let executor = orion_executor::spawn(
-        orion_executor::ExecutorConfig {
-            node_id: cfg.id.clone(),
-            publish_ip: cfg.publish_ip.to_string(),
-            backoff: cfg.backoff,
-        },
-        docker.clone(),
-        node.clone(),
-        Arc::new(orion_types::env::SystemClock),
+    let dns = crate::discovery::spawn_dns(
+        vec![std::net::SocketAddr::new(cfg.api_bind.ip(), cfg.dns_port)],
+        cfg.advertise,
+        endpoints.clone(),
         stop_rx.clone(),
     );
+    // The node's container network is made (or found) in the background, so the API never
+    // waits for the engine; the executor and DNS on the network's gateway start once it is.
+    let executor = {
+        let (docker, node, cfg) = (docker.clone(), node.clone(), cfg.clone());
+        let (endpoints, stop) = (endpoints.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let network = crate::discovery::container_network(&docker, &cfg.id).await;
+            let gateway_dns = crate::discovery::spawn_gateway_dns(
+                network.as_ref(),
+                cfg.advertise,
+                endpoints,
+                stop.clone(),
+            );
+            let executor = orion_executor::spawn(
+                orion_executor::ExecutorConfig {
+                    node_id: cfg.id.clone(),
+                    publish_ip: cfg.publish_ip.to_string(),
+                    backoff: cfg.backoff,
+                    network,
+                },
+                docker,
+                node,
+                Arc::new(orion_types::env::SystemClock),
+                stop,
+            );
+            let _ = executor.await;
+            for d in gateway_dns {
+                let _ = d.await;
+            }
+        })
+    };
     let driver = controller::Driver {
         raft: node.raft.clone(),
         gossip: node.gossip.clone(),
@@ -623,6 +649,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let _ = executor.await;
     let _ = view_task.await;
     let _ = announcer.await;
+    for d in dns {
+        let _ = d.await;
+    }
     membership_log.abort();
     if others_alive {
         // Say so in the log first: the leader then re-places our tasks at once and takes our
@@ -642,6 +671,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if others_alive {
         // Our tasks will be placed elsewhere: do not leave them running here as duplicates.
         remove_own_containers(&docker, &cfg.id).await;
+        let network = crate::discovery::network_name(&cfg.id);
+        if let Err(e) = docker.remove_network(&network).await {
+            warn!(%network, error = %e, "could not remove this node's network on leave");
+        }
     }
     mesh.shutdown().await;
     node.raft.shutdown().await;

@@ -70,6 +70,10 @@ pub struct AgentArgs {
     /// config at bootstrap (later: `orion cluster config --dynamic-ports`)
     #[arg(long, default_value = "20000-32767")]
     pub dynamic_ports: String,
+    /// DNS port (UDP and TCP) at --bind; containers reach the same server at their network's
+    /// gateway, port 53
+    #[arg(long, default_value_t = 53)]
+    pub dns_port: u16,
     /// Block that service VIPs are allocated from, A.B.C.D/N. Cluster-wide: seeds the cluster
     /// config at bootstrap (later: `orion cluster config --vip-range`)
     #[arg(long, default_value = "10.200.0.0/16")]
@@ -120,6 +124,7 @@ pub struct AgentConfig {
     pub capacity: Resources,
     pub dynamic_ports: RangeInclusive<u16>,
     pub vip_range: VipRange,
+    pub dns_port: u16,
     pub lifeguard: bool,
     pub backoff: BackoffConfig,
     pub voter_grace_ms: u64,
@@ -235,6 +240,7 @@ impl AgentArgs {
             capacity: total.saturating_sub(reserve),
             dynamic_ports,
             vip_range,
+            dns_port: self.dns_port,
             lifeguard: !self.no_lifeguard,
             backoff: BackoffConfig {
                 base_ms: self.restart_base_ms,

@@ -108,3 +108,93 @@ pub async fn run_announcer(
         }
     }
 }
+
+/// Containers of this node attach to a bridge network of its own, named after it.
+pub fn network_name(node: &str) -> String {
+    format!("orion-{node}")
+}
+
+/// Candidate subnets of the node's network: /24s of 10.201.0.0/16, starting at one that
+/// depends on the node id, so the agents of several test clusters on one engine rarely try
+/// the same one first (the engine refuses an overlapping subnet and the next is tried). Not
+/// Docker's own pools (172.17.0.0/12, 192.168.0.0/16): those are small (about 30 networks)
+/// and other tools on the host need them.
+pub fn container_subnets(node: &str) -> Vec<(String, String)> {
+    let start = orion_discovery::health::alloc_hash(node) % 256;
+    (0..CONTAINER_SUBNET_TRIES)
+        .map(|i| (start + i) % 256)
+        .map(|k| (format!("10.201.{k}.0/24"), format!("10.201.{k}.1")))
+        .collect()
+}
+
+/// Subnets tried before giving up (and running containers on the default bridge).
+const CONTAINER_SUBNET_TRIES: u64 = 32;
+
+/// Creates (or finds) this node's container network; `None` with a warning if the engine
+/// refuses, in which case containers use the default bridge and the host's DNS.
+pub async fn container_network(
+    docker: &orion_docker::DockerRuntime,
+    node: &str,
+) -> Option<orion_executor::ContainerNetwork> {
+    let name = network_name(node);
+    match docker
+        .ensure_network(
+            &name,
+            &[(orion_executor::LABEL_NODE, node)],
+            &container_subnets(node),
+        )
+        .await
+    {
+        Ok(gateway) => {
+            tracing::info!(network = %name, %gateway, "containers attach to this node's network; its gateway serves DNS");
+            Some(orion_executor::ContainerNetwork {
+                name,
+                dns: gateway.to_string(),
+            })
+        }
+        Err(e) => {
+            warn!(network = %name, error = %e, "cannot create this node's container network: containers use the default bridge and cannot resolve service names");
+            None
+        }
+    }
+}
+
+/// Starts DNS on `listen` (`--bind`:`--dns-port`). A listener that cannot bind logs and
+/// ends; the agent runs on.
+pub fn spawn_dns(
+    listen: Vec<std::net::SocketAddr>,
+    advertise: std::net::IpAddr,
+    endpoints: watch::Receiver<Arc<EndpointView>>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use orion_discovery::dns_server;
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstreams = dns_server::upstreams_from_resolv_conf(&resolv, &listen);
+    if upstreams.is_empty() {
+        warn!("no nameserver in /etc/resolv.conf: names outside orion. get SERVFAIL");
+    }
+    let shared = dns_server::Shared::new(endpoints, upstreams, Some(advertise));
+    listen
+        .into_iter()
+        .map(|addr| tokio::spawn(dns_server::serve(addr, shared.clone(), stop.clone())))
+        .collect()
+}
+
+/// Starts DNS on the container network's gateway, port 53 (Docker's `dns` option takes no
+/// port), if there is a network.
+pub fn spawn_gateway_dns(
+    network: Option<&orion_executor::ContainerNetwork>,
+    advertise: std::net::IpAddr,
+    endpoints: watch::Receiver<Arc<EndpointView>>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    match network.and_then(|n| n.dns.parse::<std::net::IpAddr>().ok()) {
+        Some(gw) => spawn_dns(
+            vec![std::net::SocketAddr::new(gw, 53)],
+            advertise,
+            endpoints,
+            stop,
+        ),
+        None => Vec::new(),
+    }
+}
