@@ -540,6 +540,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         endpoints: endpoints.clone(),
         local_unhealthy,
     });
+    // The routing mesh: ingress ports and VIPs, forwarding by the endpoint view.
+    let mesh = crate::mesh::spawn(&cfg, endpoints.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let dns = crate::discovery::spawn_dns(
@@ -675,6 +677,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             warn!(%network, error = %e, "could not remove this node's network on leave");
         }
     }
+    mesh.shutdown().await;
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     info!("stopped");

@@ -9,6 +9,7 @@ mod capacity;
 mod client;
 mod config;
 mod discovery;
+mod mesh;
 mod metrics;
 mod ui;
 
