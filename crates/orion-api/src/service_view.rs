@@ -118,6 +118,30 @@ pub fn spec_json(spec: &ServiceSpec) -> Map<String, Value> {
         "stopGracePeriod".into(),
         json!(format_duration(spec.stop_grace_period_ms)),
     );
+    let c = &t.container;
+    if !c.is_empty() {
+        o.insert("entrypoint".into(), json!(c.entrypoint));
+        o.insert("user".into(), json!(c.user));
+        o.insert("workingDir".into(), json!(c.working_dir));
+        o.insert("hostname".into(), json!(c.hostname));
+        o.insert("stopSignal".into(), json!(c.stop_signal));
+        let mounts: Vec<Value> = c
+            .mounts
+            .iter()
+            .map(|m| {
+                json!({"type": m.kind.as_str(), "source": m.source, "target": m.target,
+                       "readOnly": m.read_only})
+            })
+            .collect();
+        o.insert("mounts".into(), json!(mounts));
+        // A file's content (a secret) is never shown back: its size says it is there.
+        let files: Vec<Value> = c
+            .files
+            .iter()
+            .map(|f| json!({"target": f.target, "mode": f.mode, "bytes": f.content.len()}))
+            .collect();
+        o.insert("files".into(), json!(files));
+    }
     o
 }
 
@@ -228,6 +252,23 @@ pub struct ServiceView {
     pub healthcheck: Option<HealthcheckView>,
     pub update: UpdateView,
     pub stop_grace_period: String,
+    /// Container settings (`entrypoint`, `user`, `workingDir`, `hostname`, `stopSignal`,
+    /// `mounts`, `files`): present only when one of them is set.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    #[serde(default)]
+    pub mounts: Option<Vec<MountView>>,
+    /// Secrets and configs: their target, mode and size; the content is never shown.
+    #[serde(default)]
+    pub files: Option<Vec<FileView>>,
     /// Grows on every spec change.
     pub version: u64,
     pub created_at: String,
@@ -239,6 +280,26 @@ pub struct ServiceView {
     pub deployment: Option<DeploymentView>,
     /// Where the running tasks answer.
     pub endpoints: Vec<EndpointView>,
+}
+
+/// A mount of a service (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MountView {
+    #[serde(rename = "type")]
+    pub kind: orion_types::MountKind,
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A file (secret or config) of a service, without its content (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileView {
+    pub target: String,
+    pub mode: u32,
+    pub bytes: u64,
 }
 
 /// A port of a service (documentation only).

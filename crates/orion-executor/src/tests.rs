@@ -881,6 +881,7 @@ fn leftover(rt: &FakeRuntime, name: &str, alloc: &str, host_port: u16) -> String
             host_ip: "127.0.0.1".into(),
             host_port,
         }],
+        setup: Default::default(),
     }))
     .expect("fake create is immediate")
     .expect("create");
