@@ -171,6 +171,9 @@ pub fn service_json(svc: &Service, state: &ClusterState) -> Value {
     let mut o = Map::new();
     o.insert("id".into(), json!(svc.id));
     o.extend(spec_json(&svc.spec));
+    if svc.spec.pins_to_volume_node() {
+        o.insert("volumeNode".into(), json!(svc.volume_node));
+    }
     let counts = state.replica_counts(svc);
     let mut endpoints = Vec::new();
     for t in state.tasks_of_service(&svc.id) {
@@ -269,6 +272,10 @@ pub struct ServiceView {
     /// Secrets and configs: their target, mode and size; the content is never shown.
     #[serde(default)]
     pub files: Option<Vec<FileView>>,
+    /// A replicated service with named volumes: the node that holds them, chosen at its
+    /// first placement (null before); every task of the service runs there.
+    #[serde(default)]
+    pub volume_node: Option<String>,
     /// Grows on every spec change.
     pub version: u64,
     pub created_at: String,

@@ -68,6 +68,7 @@ impl ClusterState {
             created_at: at,
             updated_at: at,
             deployment: None,
+            volume_node: None,
         };
         self.services.insert(id.clone(), service.clone());
         touched.push(Key::Service(id));

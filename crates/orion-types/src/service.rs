@@ -344,6 +344,18 @@ impl ServiceSpec {
             && self.stop_grace_period_ms == other.stop_grace_period_ms
     }
 
+    /// Whether the service's tasks must stay on the node that holds its named volumes: a
+    /// replicated service with a named volume (a global one has one volume per node).
+    pub fn pins_to_volume_node(&self) -> bool {
+        self.mode == ServiceMode::Replicated
+            && self
+                .task
+                .container
+                .mounts
+                .iter()
+                .any(|m| m.kind == crate::MountKind::Volume)
+    }
+
     /// The health a fresh task of this service starts with.
     pub fn initial_health(&self) -> Health {
         if self.healthcheck.is_some() {
@@ -460,6 +472,11 @@ pub struct Service {
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub deployment: Option<Deployment>,
+    /// The node that holds the service's named volumes (replicated mode): set when its first
+    /// task is placed, kept for the service's life; every task of the service is pinned to
+    /// it. Storage that moves between nodes is a later step.
+    #[serde(default)]
+    pub volume_node: Option<String>,
 }
 
 /// The fields of `POST /services` and `PUT /services/{id}` besides those a task has too.

@@ -373,3 +373,82 @@ async fn unsupported_keys_fail_the_deploy_naming_key_service_and_line() {
         text(&out)
     );
 }
+
+/// A named volume pins its service: both replicas run on the node chosen at the first
+/// placement, `inspect` shows it, and when that node dies the tasks wait (`lost`, not placed
+/// again) with the scheduler's reason instead of starting elsewhere without their data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_volume_pins_its_service_and_its_tasks_wait_when_the_node_dies() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let mut c = Cluster::start("cmpv", 111, 3, &[]);
+    for a in &c.agents {
+        wait_healthy(a).await;
+    }
+    c.wait_membership(&c.agents[0], 3, 0, CONVERGE).await;
+    let api = c.agents[0].api.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  store:\n    image: orion/busybox:latest\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    volumes: [\"data:/data\"]\n    deploy: {replicas: 2}\nvolumes:\n  data:\n",
+    )
+    .expect("write");
+    let out = orion_in(dir.path(), &api, &["deploy", "-p", "pinned"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let nodes = wait_for(CONVERGE, "both replicas running", || {
+        let api = api.clone();
+        async move {
+            let (_, t) = get(&api, "/services/store.pinned/tasks").await.ok()?;
+            let nodes: Vec<String> = t
+                .as_array()?
+                .iter()
+                .filter(|t| t["state"] == "running")
+                .filter_map(|t| t["node"].as_str().map(String::from))
+                .collect();
+            (nodes.len() == 2).then_some(nodes)
+        }
+    })
+    .await;
+    assert_eq!(nodes[0], nodes[1], "both on the volume's node");
+    let (_, svc) = get(&api, "/services/store.pinned").await.expect("inspect");
+    assert_eq!(svc["volumeNode"], nodes[0].as_str());
+    // The holder dies (not the first agent, whose API the test reads).
+    let holder = nodes[0].clone();
+    let reader = c
+        .agents
+        .iter()
+        .find(|a| a.id != holder)
+        .map(|a| a.api.clone())
+        .expect("another node");
+    c.by_id_mut(&holder).kill();
+    let reason = wait_for(CONVERGE, "the tasks pending with a reason", || {
+        let reader = reader.clone();
+        async move {
+            let (_, t) = get(&reader, "/services/store.pinned/tasks").await.ok()?;
+            let live: Vec<&Value> = t
+                .as_array()?
+                .iter()
+                .filter(|t| t["state"] != "stopped")
+                .collect();
+            let waiting = live.len() == 2
+                && live.iter().all(|t| {
+                    // `lost`: its node died and it waits to be placed again.
+                    (t["state"] == "pending" || t["state"] == "lost")
+                        && t["reason"]
+                            .as_str()
+                            .is_some_and(|r| r.contains("no node can place"))
+                });
+            waiting.then(|| live[0]["reason"].as_str().unwrap_or("").to_string())
+        }
+    })
+    .await;
+    assert!(
+        reason.contains(&holder),
+        "the reason names the node: {reason}"
+    );
+    drop(c);
+    let _ = std::process::Command::new("docker")
+        .args(["volume", "rm", "pinned_data"])
+        .output();
+}
