@@ -812,6 +812,7 @@ fn rig(prepare: impl FnOnce(&FakeCluster, &FakeRuntime)) -> Rig {
             node_id: NODE.into(),
             publish_ip: "127.0.0.1".into(),
             backoff: BackoffConfig::default(),
+            network: None,
         },
         runtime.clone(),
         cluster.clone(),
@@ -881,6 +882,9 @@ fn leftover(rt: &FakeRuntime, name: &str, alloc: &str, host_port: u16) -> String
             host_ip: "127.0.0.1".into(),
             host_port,
         }],
+        network: None,
+        dns: Vec::new(),
+        dns_search: Vec::new(),
         setup: Default::default(),
     }))
     .expect("fake create is immediate")

@@ -17,7 +17,7 @@ pub mod spec;
 pub mod task;
 
 pub use command::{AllocStatus, BackoffConfig, Command, NewServiceTask, Placement, Response};
-pub use config::{ClusterConfig, PortRange};
+pub use config::{ClusterConfig, PortRange, VIP_RANGE_DEFAULT, VipRange};
 pub use constraint::{Constraint, ConstraintOp, NodeAttr};
 pub use service::{
     Deployment, DeploymentState, Health, HealthCheck, Service, ServiceMode, ServiceSpec,

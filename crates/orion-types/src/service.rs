@@ -472,6 +472,10 @@ pub struct Service {
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub deployment: Option<Deployment>,
+    /// Its virtual IP, allocated from the cluster's `vipRange` when it was created (`None`
+    /// when the range was full, or for a service stored before VIPs existed).
+    #[serde(default)]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// The node that holds the service's named volumes (replicated mode): set when its first
     /// task is placed, kept for the service's life; every task of the service is pinned to
     /// it. Storage that moves between nodes is a later step.

@@ -76,6 +76,10 @@ pub struct Node {
     ids: Arc<dyn IdSource>,
     /// Creates this node is proposing right now (see `Node::create`).
     creates_in_flight: AtomicUsize,
+    /// This node's endpoint view (DNS, the mesh and the service object read it).
+    pub endpoints: watch::Receiver<Arc<orion_types::endpoint::EndpointView>>,
+    /// The failing allocations the executor's probes see, for the health announcer.
+    local_unhealthy: watch::Sender<Vec<orion_types::AllocId>>,
 }
 
 /// The three write outcomes as HTTP: surely not proposed is 503 (retry), unknown is 504
@@ -340,6 +344,10 @@ impl Backend for Node {
         Some(crate::metrics::render())
     }
 
+    fn endpoints(&self) -> Arc<orion_types::endpoint::EndpointView> {
+        self.endpoints.borrow().clone()
+    }
+
     fn new_id(&self) -> String {
         uuid::Uuid::new_v4().simple().to_string()
     }
@@ -432,6 +440,9 @@ impl orion_executor::Cluster for Node {
     fn leader_contact_age_ms(&self) -> Option<u64> {
         self.raft.status().last_leader_contact_ms
     }
+    fn local_unhealthy(&self, allocs: Vec<orion_types::AllocId>) {
+        self.local_unhealthy.send_replace(allocs);
+    }
 }
 
 /// Runs an agent until SIGTERM/SIGINT.
@@ -512,6 +523,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .build()
         .context("cannot build the HTTP client")?;
     let ids: Arc<dyn IdSource> = Arc::new(RandomIds::default());
+    // endpoint view: read by DNS and the mesh
+    let (endpoints_tx, endpoints) =
+        watch::channel(Arc::new(crate::discovery::build_view(&raft, &gossip)));
+    let (local_unhealthy, unhealthy_rx) = watch::channel(Vec::new());
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         events,
@@ -521,14 +536,26 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         http,
         ids: ids.clone(),
         creates_in_flight: AtomicUsize::new(0),
+        endpoints: endpoints.clone(),
+        local_unhealthy,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let network = crate::discovery::container_network(&docker, &cfg.id).await;
+    let dns = crate::discovery::spawn_dns(
+        cfg.api_bind.ip(),
+        cfg.advertise,
+        cfg.dns_port,
+        network.as_ref(),
+        endpoints.clone(),
+        stop_rx.clone(),
+    );
     let executor = orion_executor::spawn(
         orion_executor::ExecutorConfig {
             node_id: cfg.id.clone(),
             publish_ip: cfg.publish_ip.to_string(),
             backoff: cfg.backoff,
+            network: network.clone(),
         },
         docker.clone(),
         node.clone(),
@@ -548,6 +575,17 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         },
     };
     let controller = tokio::spawn(controller::run(driver, stop_rx.clone()));
+    let view_task = tokio::spawn(crate::discovery::run_view(
+        node.raft.clone(),
+        node.gossip.clone(),
+        endpoints_tx,
+        stop_rx.clone(),
+    ));
+    let announcer = tokio::spawn(crate::discovery::run_announcer(
+        node.gossip.clone(),
+        unhealthy_rx,
+        stop_rx.clone(),
+    ));
     let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
 
     let app = orion_api::router(node.clone())
@@ -591,6 +629,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .any(|m| m.node_id != cfg.id && m.status == MemberStatus::Alive);
     let _ = controller.await;
     let _ = executor.await;
+    let _ = view_task.await;
+    let _ = announcer.await;
+    for d in dns {
+        let _ = d.await;
+    }
     membership_log.abort();
     if others_alive {
         // Say so in the log first: the leader then re-places our tasks at once and takes our
@@ -610,6 +653,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if others_alive {
         // Our tasks will be placed elsewhere: do not leave them running here as duplicates.
         remove_own_containers(&docker, &cfg.id).await;
+        if let Some(n) = &network
+            && let Err(e) = docker.remove_network(&n.name).await
+        {
+            warn!(network = %n.name, error = %e, "could not remove this node's network on leave");
+        }
     }
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
