@@ -608,6 +608,26 @@ fn service(cx: &mut Ctx, e: &Entry) -> Result<(Planned, Vec<String>), Error> {
         };
         put!(&mut body, "restartPolicy", json!(p), "restart", at);
     }
+    // `expose` (or a port without `published`) next to a published entry of the same port
+    // says nothing more: compose accepts both, so the unpublished one is dropped.
+    let published: Vec<(Json, Json)> = ports
+        .iter()
+        .filter(|p| p.get("published").is_some())
+        .map(|p| (p["target"].clone(), p["protocol"].clone()))
+        .collect();
+    ports.retain(|p| {
+        p.get("published").is_some()
+            || !published.contains(&(p["target"].clone(), p["protocol"].clone()))
+    });
+    let mut seen: Vec<Json> = Vec::new();
+    ports.retain(|p| {
+        if p.get("published").is_some() || !seen.contains(p) {
+            seen.push(p.clone());
+            true
+        } else {
+            false
+        }
+    });
     if !ports.is_empty() {
         body.insert("ports".into(), Json::Array(ports));
         if let Some(p) = ports_at {

@@ -547,3 +547,39 @@ fn billion_laughs_is_refused() {
     let e = load(&input(&[&text]), &files()).unwrap_err();
     assert!(e.to_string().contains("YAML"), "{e}");
 }
+
+#[test]
+fn expose_beside_a_published_port_is_not_a_duplicate() {
+    let p = plan(&[r#"
+services:
+  a:
+    image: x
+    expose: ["80", "81", "81"]
+    ports: ["8080:80"]
+"#]);
+    assert_eq!(
+        body(&p, "a")["ports"],
+        serde_json::json!([
+            {"target": 81, "protocol": "tcp"},
+            {"target": 80, "published": 8080, "protocol": "tcp"}
+        ])
+    );
+}
+
+#[test]
+fn an_optional_dependency_missing_from_the_files_is_not_waited_for() {
+    let p = plan(&[r#"
+services:
+  a:
+    image: x
+    depends_on:
+      b: {condition: service_started, required: false}
+"#]);
+    assert!(p.services[0].depends_on.is_empty());
+    let e = load(
+        &input(&["services:\n  a:\n    image: x\n    depends_on: [b]\n"]),
+        &files(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not a service"), "{e}");
+}

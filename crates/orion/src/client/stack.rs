@@ -218,44 +218,59 @@ pub async fn deploy(a: DeployArgs) -> Result<()> {
     Ok(())
 }
 
-/// Waits until service `id` meets `cond`, or fails after `limit` saying where it stands.
+/// Waits until service `id` meets `cond`, or fails after `limit` saying where it stands. A
+/// failed read (a leader change under way, a busy node) is retried until the limit.
 async fn wait_for(api: &Api, id: &str, cond: Condition, limit: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
-        let s = api.get(&format!("/services/{id}")).await?;
-        let r = &s["replicas"];
-        let (desired, running, healthy) = (
-            r["desired"].as_u64().unwrap_or(0),
-            r["running"].as_u64().unwrap_or(0),
-            r["healthy"].as_u64().unwrap_or(0),
-        );
-        let met = match cond {
-            Condition::Started => running >= desired,
-            Condition::Healthy => {
-                if s["healthcheck"].is_null() {
-                    bail!("{id} has no healthcheck, so service_healthy can never hold: add one");
-                }
-                healthy >= desired
-            }
-            Condition::CompletedSuccessfully => {
-                let tasks = api.get(&format!("/services/{id}/tasks")).await?;
-                tasks.as_array().into_iter().flatten().any(|t| {
-                    t["state"].as_str() == Some("completed") && t["exitCode"].as_i64() == Some(0)
-                })
-            }
+        let last = match met(api, id, cond).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(state)) => state,
+            Err(e) if e.to_string().contains("can never hold") => return Err(e),
+            Err(e) => format!("cannot read it: {e:#}"),
         };
-        if met {
-            return Ok(());
-        }
         if start.elapsed() > limit {
             bail!(
-                "{id} did not reach {} within {} (desired {desired}, running {running}, healthy {healthy})",
+                "{id} did not reach {} within {} ({last})",
                 cond.as_str(),
                 humantime::format_duration(limit)
             );
         }
         tokio::time::sleep(CONDITION_POLL).await;
     }
+}
+
+/// Whether service `id` meets `cond` now: `Ok(Err(where it stands))` when not yet.
+async fn met(api: &Api, id: &str, cond: Condition) -> Result<Result<(), String>> {
+    let s = api.get(&format!("/services/{id}")).await?;
+    let r = &s["replicas"];
+    let (desired, running, healthy) = (
+        r["desired"].as_u64().unwrap_or(0),
+        r["running"].as_u64().unwrap_or(0),
+        r["healthy"].as_u64().unwrap_or(0),
+    );
+    let ok = match cond {
+        Condition::Started => running >= desired,
+        Condition::Healthy => {
+            if s["healthcheck"].is_null() {
+                bail!("{id} has no healthcheck, so service_healthy can never hold: add one");
+            }
+            healthy >= desired
+        }
+        Condition::CompletedSuccessfully => {
+            let tasks = api.get(&format!("/services/{id}/tasks")).await?;
+            tasks.as_array().into_iter().flatten().any(|t| {
+                t["state"].as_str() == Some("completed") && t["exitCode"].as_i64() == Some(0)
+            })
+        }
+    };
+    Ok(if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "desired {desired}, running {running}, healthy {healthy}"
+        ))
+    })
 }
 
 pub async fn run(cmd: StackCmd) -> Result<()> {
