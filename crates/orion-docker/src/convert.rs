@@ -196,6 +196,12 @@ pub(crate) fn container_info(
         .map(|l| l.into_iter().collect())
         .unwrap_or_default();
 
+    let pid = resp
+        .state
+        .as_ref()
+        .and_then(|s| s.pid)
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0);
     let (state, started_at, finished_at, health) = match resp.state {
         Some(s) => {
             let state = match s.status {
@@ -236,6 +242,7 @@ pub(crate) fn container_info(
         finished_at,
         ip_address,
         health,
+        pid,
     })
 }
 

@@ -142,6 +142,10 @@ pub struct ContainerInfo {
     /// defines none (or the container never ran).
     #[serde(default)]
     pub health: Option<EngineHealth>,
+    /// The host process id of its main process while it runs: the executor reads the
+    /// container's TCP connections from `/proc/<pid>/net/tcp` to drain it before a stop.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// What the engine says of a container's own health check (`State.Health`).

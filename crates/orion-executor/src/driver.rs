@@ -134,6 +134,7 @@ pub async fn run<R: ContainerRuntime, C: Cluster>(
         ready_checks: 0,
         stall_watch: Arc::new(StallWatch::default()),
         watched: BTreeMap::new(),
+        draining: BTreeMap::new(),
         probers: BTreeMap::new(),
         probes_in_flight: 0,
         runs: 0,
@@ -166,6 +167,8 @@ struct Executor<R: ContainerRuntime, C: Cluster> {
     stall_watch: Arc<StallWatch>,
     /// Allocations seen current while fresh, with their stop grace (`Plan::watched`).
     watched: BTreeMap<AllocId, u64>,
+    /// Containers held to drain before their stop, since when (`Plan::draining`).
+    draining: BTreeMap<String, u64>,
     /// Health checks of running containers, by allocation.
     probers: BTreeMap<AllocId, Prober>,
     probes_in_flight: usize,
@@ -391,6 +394,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                 (alloc.clone(), view)
             })
             .collect();
+        let connections = count_connections(&actual, &self.draining);
         let decided = plan(&PlanInput {
             desired: &desired,
             actual: &actual,
@@ -400,8 +404,11 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             in_flight: &self.in_flight,
             watched: &self.watched,
             probes: &views,
+            draining: &self.draining,
+            connections: &connections,
         });
         self.watched = decided.watched;
+        self.draining = decided.draining;
         let current: std::collections::BTreeSet<&str> = desired
             .iter()
             .filter_map(|t| t.allocation.as_deref())
@@ -852,4 +859,29 @@ async fn watch_events<R: ContainerRuntime>(runtime: R, node: String, wake: Arc<N
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(EVENTS_RETRY_MAX);
     }
+}
+
+/// Established connections on the container ports of each draining container, read from its
+/// network namespace (`/proc/<pid>/net/tcp` and `tcp6`: a small file read, only for the few
+/// containers being drained). A container without a pid, or whose files cannot be read (an
+/// agent outside the host's pid namespace), counts none: it drains for the settle time only.
+fn count_connections(
+    actual: &[orion_docker::ContainerInfo],
+    draining: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for c in actual.iter().filter(|c| draining.contains_key(&c.id)) {
+        let Some(pid) = c.pid else { continue };
+        let ports: Vec<u16> = c.ports.iter().map(|p| p.container_port).collect();
+        let mut n = 0u32;
+        for file in ["tcp", "tcp6"] {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
+                n = n.saturating_add(crate::plan::established_on(&text, &ports));
+            }
+        }
+        if n > 0 {
+            out.insert(c.id.clone(), n);
+        }
+    }
+    out
 }

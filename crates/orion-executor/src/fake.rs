@@ -416,6 +416,7 @@ impl ContainerRuntime for FakeRuntime {
                         finished_at: None,
                         ip_address: None,
                         health: None,
+                        pid: None,
                     },
                     spec: spec.clone(),
                     exits_after,

@@ -14,6 +14,13 @@
 //!   since a replica never moves backwards. While starts are pending, a fenced container is
 //!   only stopped (a stopped container is no duplicate and holds no port) and its removal,
 //!   heavy work for the engine, waits until the starts are done.
+//! - Drain before stop: a running container of a task stopped while this node watched that
+//!   publishes ports is held before its stop signal. The stop is applied on every node at
+//!   about the same time, and the task, no longer `running` in the state, leaves every
+//!   node's endpoint view and so DNS and every proxy. The hold lasts at least
+//!   `DRAIN_SETTLE_MS` (every node has dropped it), then while the driver still sees
+//!   established connections on its ports, up to the task's stop grace; only then does the
+//!   stop signal go out (with the full grace again).
 //! - Adopt: a container of a current allocation is kept; the task is reported `Running` with
 //!   the ports the runtime really bound, or `Exited` with its exit code and OOM flag.
 //! - Start only on a fresh replica: a task placed here without a container is created and
@@ -128,7 +135,22 @@ pub struct PlanInput<'a> {
     pub watched: &'a BTreeMap<AllocId, u64>,
     /// The health checks of running containers, by allocation.
     pub probes: &'a BTreeMap<AllocId, ProbeView>,
+    /// Containers held for draining, with when the hold began (`Plan::draining` of the
+    /// previous pass).
+    pub draining: &'a BTreeMap<String, u64>,
+    /// Established connections on the ports of draining containers, as the driver last
+    /// counted them; absent: none seen (or not observable).
+    pub connections: &'a BTreeMap<String, u32>,
 }
+
+/// How long a container stays out of every node's endpoint view before its stop signal, at
+/// least: the stop is one Raft entry, applied on every node within a heartbeat or two, and
+/// each node rebuilds its view and its proxies read it at once; a second covers a follower
+/// that trails (the same bound as a failing endpoint leaving every view). Capped by the
+/// task's stop grace.
+pub const DRAIN_SETTLE_MS: u64 = 1_000;
+/// While connections remain, the driver counts them again this often.
+pub const DRAIN_POLL_MS: u64 = 200;
 
 /// The actions, sorted (stops and removes by container, then per allocation its start or
 /// reports), and
@@ -141,6 +163,9 @@ pub struct Plan {
     /// seen current so far that still have a task here or a container; otherwise nothing
     /// (a stale replica proves nothing, so what leaves next is fenced).
     pub watched: BTreeMap<AllocId, u64>,
+    /// Containers held for draining, with when the hold began: the next pass's
+    /// `PlanInput::draining`.
+    pub draining: BTreeMap<String, u64>,
 }
 
 /// The grace of a deliberate stop of the task's container: its `stopGracePeriod`; a plain
@@ -282,10 +307,18 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         || per_alloc
             .iter()
             .any(|a| matches!(a, ExecAction::Start { .. }));
+    let mut draining = BTreeMap::new();
     let mut actions: Vec<ExecAction> = out
         .fenced
         .into_iter()
         .filter(|(c, ..)| !input.in_flight.removing.contains(&c.id))
+        .filter(|(c, grace_ms, why)| {
+            let Some(wake) = drain_hold(c, *grace_ms, *why, input, &mut draining) else {
+                return true;
+            };
+            wake_at_ms = Some(wake_at_ms.map_or(wake, |w| w.min(wake)));
+            false
+        })
         .filter_map(|(c, grace_ms, why)| {
             let container_id = c.id.clone();
             let alloc = alloc_of(c).to_string();
@@ -336,7 +369,63 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         actions,
         wake_at_ms,
         watched,
+        draining,
     }
+}
+
+/// Whether a container leaving for `why` is held to drain first; if so, when to look again.
+/// Only a deliberate stop (`Stopped`) of a running container with published ports drains: a
+/// fenced one may run elsewhere too, and one without ports has no traffic to finish.
+fn drain_hold(
+    c: &ContainerInfo,
+    grace_ms: u64,
+    why: RemoveReason,
+    input: &PlanInput<'_>,
+    draining: &mut BTreeMap<String, u64>,
+) -> Option<u64> {
+    if why != RemoveReason::Stopped || c.state != ContainerState::Running || c.ports.is_empty() {
+        return None;
+    }
+    let now = input.now_ms;
+    let since = input.draining.get(&c.id).copied().unwrap_or(now).min(now);
+    let settled = since.saturating_add(DRAIN_SETTLE_MS.min(grace_ms));
+    let deadline = since.saturating_add(grace_ms);
+    let open = input.connections.get(&c.id).copied().unwrap_or(0);
+    let wake = if now < settled {
+        settled
+    } else if open > 0 && now < deadline {
+        now.saturating_add(DRAIN_POLL_MS).min(deadline)
+    } else {
+        return None;
+    };
+    draining.insert(c.id.clone(), since);
+    Some(wake)
+}
+
+/// Established TCP connections whose local port is one of `ports`, from the text of a
+/// `/proc/<pid>/net/tcp` or `tcp6` file (a container's own network namespace). Lines that do
+/// not parse are skipped.
+pub fn established_on(proc_net_tcp: &str, ports: &[u16]) -> u32 {
+    let mut n = 0u32;
+    for line in proc_net_tcp.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(_slot), Some(local), Some(_remote), Some(state)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        // "01" is TCP_ESTABLISHED.
+        if state != "01" {
+            continue;
+        }
+        let port = local
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if port.is_some_and(|p| ports.contains(&p)) {
+            n = n.saturating_add(1);
+        }
+    }
+    n
 }
 
 /// A kept running container's health: report where the probe and the replica differ; stop

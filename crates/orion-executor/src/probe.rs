@@ -229,6 +229,7 @@ mod tests {
             finished_at: None,
             ip_address: ip.map(str::to_string),
             health: None,
+            pid: None,
         }
     }
 

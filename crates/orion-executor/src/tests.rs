@@ -3,7 +3,7 @@
 //! paused tokio time so that slow stops and back-off cost no wall time and replay exactly.
 
 use super::*;
-use crate::plan::mappings;
+use crate::plan::{DRAIN_POLL_MS, DRAIN_SETTLE_MS, mappings};
 use orion_docker::{BoundPort, ContainerInfo, ContainerState};
 use orion_state::ClusterState;
 use orion_types::api::parse_task_request;
@@ -57,6 +57,7 @@ fn container(
         finished_at: None,
         ip_address: None,
         health: None,
+        pid: None,
     }
 }
 
@@ -132,8 +133,12 @@ struct Case {
     in_flight: InFlight,
     watched: BTreeMap<AllocId, u64>,
     probes: BTreeMap<AllocId, ProbeView>,
+    draining: BTreeMap<String, u64>,
+    connections: BTreeMap<String, u32>,
     want: &'static [&'static str],
     want_wake: Option<u64>,
+    /// Containers held to drain after this pass, with since when.
+    want_draining: &'static [(&'static str, u64)],
 }
 
 impl Default for Case {
@@ -148,8 +153,11 @@ impl Default for Case {
             in_flight: InFlight::default(),
             watched: BTreeMap::new(),
             probes: BTreeMap::new(),
+            draining: BTreeMap::new(),
+            connections: BTreeMap::new(),
             want: &[],
             want_wake: None,
+            want_draining: &[],
         }
     }
 }
@@ -164,11 +172,19 @@ fn check(case: Case) {
         in_flight: &case.in_flight,
         watched: &case.watched,
         probes: &case.probes,
+        draining: &case.draining,
+        connections: &case.connections,
     };
     let got = plan(&input);
     let lines: Vec<String> = got.actions.iter().map(describe).collect();
     assert_eq!(lines, case.want, "case {:?}", case.name);
     assert_eq!(got.wake_at_ms, case.want_wake, "case {:?}: wake", case.name);
+    let draining: Vec<(&str, u64)> = got.draining.iter().map(|(c, s)| (c.as_str(), *s)).collect();
+    assert_eq!(
+        draining, case.want_draining,
+        "case {:?}: draining",
+        case.name
+    );
     // Same input, same plan: the decision is a function.
     assert_eq!(plan(&input), got, "case {:?}: not deterministic", case.name);
 }
@@ -638,6 +654,121 @@ fn plan_stops_a_task_stopped_while_watched_with_its_grace() {
 }
 
 #[test]
+fn plan_drains_a_stopped_task_before_its_stop_signal() {
+    // A task stopped while watched (grace 5 s) whose container publishes port 8080; now is
+    // 10_000 in every row.
+    let watched = |grace: u64| BTreeMap::from([("a-gone".to_string(), grace)]);
+    let leaving = || {
+        vec![container(
+            "c9",
+            "a-gone",
+            ContainerState::Running,
+            Some(8080),
+        )]
+    };
+    let since = |ms: u64| BTreeMap::from([("c9".to_string(), ms)]);
+    check(Case {
+        name: "first seen stopped: held, out of every view for the settle time",
+        actual: leaving(),
+        watched: watched(5_000),
+        want_wake: Some(10_000 + DRAIN_SETTLE_MS),
+        want_draining: &[("c9", 10_000)],
+        ..Case::default()
+    });
+    check(Case {
+        name: "still settling: held until the settle time",
+        actual: leaving(),
+        watched: watched(5_000),
+        draining: since(9_500),
+        want_wake: Some(9_500 + DRAIN_SETTLE_MS),
+        want_draining: &[("c9", 9_500)],
+        ..Case::default()
+    });
+    check(Case {
+        name: "settled with no connection left: the stop signal, with the full grace",
+        actual: leaving(),
+        watched: watched(5_000),
+        draining: since(8_000),
+        want: &["remove c9 Stopped 5000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "settled but connections in flight: held, counted again soon",
+        actual: leaving(),
+        watched: watched(5_000),
+        draining: since(8_000),
+        connections: BTreeMap::from([("c9".to_string(), 2)]),
+        want_wake: Some(10_000 + DRAIN_POLL_MS),
+        want_draining: &[("c9", 8_000)],
+        ..Case::default()
+    });
+    check(Case {
+        name: "connections still open at the end of the grace: stopped anyway",
+        actual: leaving(),
+        watched: watched(5_000),
+        draining: since(5_000),
+        connections: BTreeMap::from([("c9".to_string(), 2)]),
+        want: &["remove c9 Stopped 5000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "a grace shorter than the settle time caps it",
+        actual: leaving(),
+        watched: watched(300),
+        draining: since(9_800),
+        want_wake: Some(10_100),
+        want_draining: &[("c9", 9_800)],
+        ..Case::default()
+    });
+    check(Case {
+        name: "while starts are pending the held container is still held",
+        desired: vec![task("t1", TaskState::Scheduled, "")],
+        actual: leaving(),
+        watched: watched(5_000),
+        want: &["start t1"],
+        want_wake: Some(10_000 + DRAIN_SETTLE_MS),
+        want_draining: &[("c9", 10_000)],
+        ..Case::default()
+    });
+    check(Case {
+        name: "fenced (never seen current): no drain, it may run elsewhere",
+        actual: vec![container(
+            "c9",
+            "a-other",
+            ContainerState::Running,
+            Some(8080),
+        )],
+        watched: watched(5_000),
+        want: &["remove c9 NotCurrent 1000ms"],
+        ..Case::default()
+    });
+    check(Case {
+        name: "already exited: nothing to drain",
+        actual: vec![container("c9", "a-gone", exited(0, false), Some(8080))],
+        watched: watched(5_000),
+        want: &["remove c9 Stopped at once"],
+        ..Case::default()
+    });
+}
+
+#[test]
+fn established_connections_are_counted_on_the_given_ports() {
+    let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 020011AC:0050 010011AC:A1B2 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 020011AC:0050 010011AC:A1B3 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+   3: 020011AC:0050 010011AC:A1B4 06 00000000:00000000 00:00000000 00000000     0        0 0 3 0 0 0 0 0 0
+   4: 020011AC:C350 0A0000AC:0050 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1
+   garbage line
+";
+    // Port 80 (0x0050): two established (a listener and a TIME_WAIT do not count); the
+    // container's own outgoing connection to a remote port 80 does not either.
+    assert_eq!(crate::plan::established_on(text, &[80]), 2);
+    assert_eq!(crate::plan::established_on(text, &[443]), 0);
+    assert_eq!(crate::plan::established_on("", &[80]), 0);
+}
+
+#[test]
 fn plan_watches_current_allocations_only_while_fresh() {
     let check = |fresh: bool, want: &[(&str, u64)]| {
         let mut checked = checked_task("t1", "c1", Health::Healthy);
@@ -655,6 +786,8 @@ fn plan_watches_current_allocations_only_while_fresh() {
             in_flight: &InFlight::default(),
             watched: &watched,
             probes: &BTreeMap::new(),
+            draining: &BTreeMap::new(),
+            connections: &BTreeMap::new(),
         });
         let want: BTreeMap<String, u64> = want.iter().map(|(a, g)| (a.to_string(), *g)).collect();
         assert_eq!(got.watched, want, "fresh {fresh}");

@@ -70,8 +70,8 @@ impl ServiceProtocol {
 #[serde(rename_all = "lowercase")]
 #[derive(utoipa::ToSchema)]
 pub enum PortMode {
-    /// Published on every node through the mesh (the discovery issue); until the mesh
-    /// exists, published on the task's node.
+    /// Published on every node's `--publish-ip` by the mesh, which forwards to the tasks'
+    /// dynamic host ports.
     #[default]
     Ingress,
     /// Published on the task's node only.
@@ -288,9 +288,13 @@ impl ServiceSpec {
             .map(|p| PortSpec {
                 container_port: p.target,
                 protocol: p.protocol.transport(),
-                // Until the mesh exists an unpublished port gets a dynamic host port, so
-                // that the service's endpoints can be reached at all.
-                host_port: p.published,
+                // Host mode binds the published port on the task's node. Ingress mode and
+                // unpublished ports get a dynamic host port: the mesh listens on the published
+                // port of every node and forwards to it (the endpoint view names it).
+                host_port: match p.mode {
+                    PortMode::Host => p.published,
+                    PortMode::Ingress => None,
+                },
             })
             .collect();
         ports.sort();

@@ -539,6 +539,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         endpoints: endpoints.clone(),
         local_unhealthy,
     });
+    // The routing mesh: ingress ports and VIPs, forwarding by the endpoint view.
+    let mesh = crate::mesh::spawn(&cfg, endpoints.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let network = crate::discovery::container_network(&docker, &cfg.id).await;
@@ -659,6 +661,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             warn!(network = %n.name, error = %e, "could not remove this node's network on leave");
         }
     }
+    mesh.shutdown().await;
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     info!("stopped");

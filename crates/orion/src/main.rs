@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod controller;
 mod discovery;
+mod mesh;
 mod metrics;
 mod ui;
 

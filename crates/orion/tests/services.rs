@@ -292,8 +292,8 @@ async fn a_dead_node_s_replicas_come_back_and_answer() {
     assert!(took < CONVERGE, "recovery took {took:?}");
 }
 
-/// One node and a fixed published port: start-first cannot run the new task beside the old
-/// one, so the old one makes room (a short gap, until the mesh publishes ports), the update
+/// One node and a published (ingress) port: the mesh holds the published port and the tasks
+/// get dynamic host ports, so start-first runs the new task beside the old one, the update
 /// completes, and the port answers. Loopback network 127.0.44.0/24.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_on_one_node_with_a_published_port_completes() {

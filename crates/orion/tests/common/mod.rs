@@ -224,6 +224,16 @@ pub async fn post(api: &str, path: &str, body: &str) -> Result<(u16, Value), Str
     .await
 }
 
+pub async fn put_json(api: &str, path: &str, body: &str) -> Result<(u16, Value), String> {
+    call(
+        client()
+            .put(format!("{api}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
+}
+
 pub async fn delete(api: &str, path: &str) -> Result<(u16, Value), String> {
     call(client().delete(format!("{api}{path}"))).await
 }
