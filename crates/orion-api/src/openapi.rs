@@ -129,7 +129,7 @@ pub(crate) enum BodyErrors {
     components(schemas(
         ErrorBody, GoneBody, HealthBody, ScaleRequest, TaskView, EventView, NodeView,
         ResourcesView, StatusView, ServiceView, ServicePortView, HealthcheckView,
-        HealthProbeView, UpdateView, ReplicasView, DeploymentView, EndpointView, EventDoc,
+        HealthProbeView, UpdateView, crate::service_view::MountView, crate::service_view::FileView, ReplicasView, DeploymentView, EndpointView, EventDoc,
         orion_types::api::TaskRequest, orion_types::service::ServiceRequest,
         orion_types::config::ClusterConfigJson,
     )),

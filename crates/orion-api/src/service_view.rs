@@ -119,6 +119,30 @@ pub fn spec_json(spec: &ServiceSpec) -> Map<String, Value> {
         "stopGracePeriod".into(),
         json!(format_duration(spec.stop_grace_period_ms)),
     );
+    let c = &t.container;
+    if !c.is_empty() {
+        o.insert("entrypoint".into(), json!(c.entrypoint));
+        o.insert("user".into(), json!(c.user));
+        o.insert("workingDir".into(), json!(c.working_dir));
+        o.insert("hostname".into(), json!(c.hostname));
+        o.insert("stopSignal".into(), json!(c.stop_signal));
+        let mounts: Vec<Value> = c
+            .mounts
+            .iter()
+            .map(|m| {
+                json!({"type": m.kind.as_str(), "source": m.source, "target": m.target,
+                       "readOnly": m.read_only})
+            })
+            .collect();
+        o.insert("mounts".into(), json!(mounts));
+        // A file's content (a secret) is never shown back: its size says it is there.
+        let files: Vec<Value> = c
+            .files
+            .iter()
+            .map(|f| json!({"target": f.target, "mode": f.mode, "bytes": f.content.len()}))
+            .collect();
+        o.insert("files".into(), json!(files));
+    }
     o
 }
 
@@ -149,6 +173,9 @@ pub fn service_json(svc: &Service, state: &ClusterState, eps: Option<&ServiceEnd
     let mut o = Map::new();
     o.insert("id".into(), json!(svc.id));
     o.extend(spec_json(&svc.spec));
+    if svc.spec.pins_to_volume_node() {
+        o.insert("volumeNode".into(), json!(svc.volume_node));
+    }
     let counts = state.replica_counts(svc);
     let endpoints: Vec<Value> = eps
         .map(|e| e.endpoints.as_slice())
@@ -223,6 +250,27 @@ pub struct ServiceView {
     pub healthcheck: Option<HealthcheckView>,
     pub update: UpdateView,
     pub stop_grace_period: String,
+    /// Container settings (`entrypoint`, `user`, `workingDir`, `hostname`, `stopSignal`,
+    /// `mounts`, `files`): present only when one of them is set.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    #[serde(default)]
+    pub mounts: Option<Vec<MountView>>,
+    /// Secrets and configs: their target, mode and size; the content is never shown.
+    #[serde(default)]
+    pub files: Option<Vec<FileView>>,
+    /// A replicated service with named volumes: the node that holds them, chosen at its
+    /// first placement (null before); every task of the service runs there.
+    #[serde(default)]
+    pub volume_node: Option<String>,
     /// Grows on every spec change.
     pub version: u64,
     pub created_at: String,
@@ -235,6 +283,26 @@ pub struct ServiceView {
     pub deployment: Option<DeploymentView>,
     /// Where the running tasks answer, as this node's endpoint view has them.
     pub endpoints: Vec<EndpointView>,
+}
+
+/// A mount of a service (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MountView {
+    #[serde(rename = "type")]
+    pub kind: orion_types::MountKind,
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A file (secret or config) of a service, without its content (documentation only).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileView {
+    pub target: String,
+    pub mode: u32,
+    pub bytes: u64,
 }
 
 /// A port of a service (documentation only).

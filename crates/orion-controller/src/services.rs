@@ -448,8 +448,20 @@ fn create(svc: &Service, key: &SlotKey, ids: &dyn IdSource, state: &ClusterState
         SlotKey::Slot(s) => (format!("{}.{s}", svc.id), None, Some(*s)),
         SlotKey::Node(n) => (format!("{}.{n}", svc.id), Some(n.as_str()), None),
     };
+    if spec.pins_to_volume_node() && svc.volume_node.is_none() {
+        // The first task chooses the node of the service's volumes: the others wait for it,
+        // so they are not spread over nodes without the volumes.
+        let waiting = state
+            .tasks_of_service(&svc.id)
+            .any(|t| t.state != TaskState::Stopped)
+            || plan.creates.iter().any(|c| c.service == svc.id);
+        if waiting {
+            return;
+        }
+    }
+    let node = node.or(svc.volume_node.as_deref());
     let mut task_spec = spec.task_spec(name, node);
-    if spec.max_per_node > 0 {
+    if spec.max_per_node > 0 && svc.volume_node.is_none() {
         let live: Vec<&Task> = state
             .tasks_of_service(&svc.id)
             .filter(|t| t.state != TaskState::Stopped)

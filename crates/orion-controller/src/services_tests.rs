@@ -654,3 +654,30 @@ fn start_first_without_room_makes_room_instead_of_failing() {
     check(&w, &["s1 v2 running n1"]);
     check_deployment(&w, "completed 1/1");
 }
+
+/// A replicated service with a named volume: the first task chooses the node, the others
+/// follow it there (not spread); when that node dies they wait rather than move away from
+/// the volume.
+#[test]
+fn a_named_volume_keeps_every_replica_on_its_node_and_waits_when_it_dies() {
+    let mut w = World::new(&["n1", "n2", "n3"]);
+    w.service(
+        r#"{"name":"web","image":"v1","replicas":3,
+            "mounts":[{"source":"data","target":"/data"}]}"#,
+    );
+    w.run(8);
+    check(
+        &w,
+        &["s1 v1 running n1", "s2 v1 running n1", "s3 v1 running n1"],
+    );
+    assert_eq!(w.state.services["web"].volume_node.as_deref(), Some("n1"));
+    w.apply(Command::NodeDown {
+        node: "n1".into(),
+        generation: 1,
+        reason: "dead".into(),
+        at: w.now,
+    });
+    w.run(4);
+    assert_eq!(count(&w, "running"), 0, "{:?}", w.summary());
+    assert_eq!(w.state.services["web"].volume_node.as_deref(), Some("n1"));
+}

@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    EventMessageTypeEnum, Health, HealthStatusEnum, HostConfig, NetworkSettings, PortBinding,
-    PortMap,
+    EventMessageTypeEnum, Health, HealthStatusEnum, HostConfig, Mount, MountType, NetworkSettings,
+    PortBinding, PortMap,
 };
 
 use crate::error::RuntimeError;
 use crate::types::{
     BoundPort, ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, EngineHealth,
-    EngineHealthStatus,
+    EngineHealthStatus, FileRequest,
 };
 
 /// Event attribute keys the engine adds next to the container's labels; they
@@ -59,7 +59,28 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, R
         .transpose()?;
     let nano_cpus = spec.nano_cpus.map(|n| to_i64("nano_cpus", n)).transpose()?;
 
+    let setup = &spec.setup;
+    let mounts: Vec<Mount> = setup
+        .mounts
+        .iter()
+        .map(|m| Mount {
+            target: Some(m.target.clone()),
+            source: Some(m.source.clone()),
+            typ: Some(if m.bind {
+                MountType::BIND
+            } else {
+                MountType::VOLUME
+            }),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
+        .collect();
     let host_config = HostConfig {
+        mounts: if mounts.is_empty() {
+            None
+        } else {
+            Some(mounts)
+        },
         memory,
         // Equal to memory: swap may not extend the limit, so it is a real cap.
         memory_swap: memory,
@@ -91,8 +112,66 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, R
             Some(exposed)
         },
         host_config: Some(host_config),
+        entrypoint: setup.entrypoint.clone(),
+        user: setup.user.clone(),
+        working_dir: setup.working_dir.clone(),
+        hostname: setup.hostname.clone(),
+        stop_signal: setup.stop_signal.clone(),
         ..Default::default()
     })
+}
+
+/// The tar archive that puts `files` into a container at `/`: each file with its parent
+/// directories (mode 0755), readable as its mode says. Files are owned by the container's
+/// user when it is numeric (`1000` or `1000:1000`), so a mode like 0400 still lets the
+/// service read its own secret; else by root.
+pub(crate) fn files_archive(
+    files: &[FileRequest],
+    user: Option<&str>,
+) -> Result<Vec<u8>, RuntimeError> {
+    let (uid, gid) = match user.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        Some((u, g)) => {
+            let uid = u.parse::<u64>().unwrap_or(0);
+            (
+                uid,
+                g.parse::<u64>()
+                    .unwrap_or(if g.is_empty() { uid } else { 0 }),
+            )
+        }
+        None => (0, 0),
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dirs: Vec<String> = Vec::new();
+    for f in files {
+        let rel = f.target.trim_start_matches('/');
+        let mut dir = String::new();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            if !dir.is_empty() {
+                dir.push('/');
+            }
+            dir.push_str(part);
+            if !dirs.contains(&dir) {
+                dirs.push(dir.clone());
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                tar.append_data(&mut h, format!("{dir}/"), std::io::empty())
+                    .map_err(|e| RuntimeError::Engine(format!("cannot archive {dir}: {e}")))?;
+            }
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(f.mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_size(f.content.len() as u64);
+        tar.append_data(&mut h, rel, f.content.as_slice())
+            .map_err(|e| RuntimeError::Engine(format!("cannot archive {}: {e}", f.target)))?;
+    }
+    tar.into_inner()
+        .map_err(|e| RuntimeError::Engine(format!("cannot archive the files: {e}")))
 }
 
 fn to_i64(what: &str, value: u64) -> Result<i64, RuntimeError> {
@@ -300,6 +379,7 @@ mod tests {
             network: None,
             dns: Vec::new(),
             dns_search: Vec::new(),
+            setup: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ mod types;
 pub use error::RuntimeError;
 pub use runtime::DockerRuntime;
 pub use types::{
-    BoundPort, ContainerEvent, ContainerInfo, ContainerSpec, ContainerState, EXEC_OUTPUT_MAX,
-    EngineHealth, EngineHealthStatus, ExecOutput, PortRequest,
+    BoundPort, ContainerEvent, ContainerInfo, ContainerSetup, ContainerSpec, ContainerState,
+    EXEC_OUTPUT_MAX, EngineHealth, EngineHealthStatus, ExecOutput, FileRequest, MountRequest,
+    PortRequest,
 };

@@ -347,6 +347,28 @@ impl DockerRuntime {
         for warning in &created.warnings {
             tracing::warn!(name = %spec.name, %warning, "docker create warning");
         }
+        if !spec.setup.files.is_empty() {
+            // Secrets and configs are written into the container's own file system before
+            // it starts: nothing of them lands on the host's disk.
+            let archive = convert::files_archive(&spec.setup.files, spec.setup.user.as_deref())?;
+            let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+                .path("/")
+                .build();
+            let upload = bounded(
+                "upload files",
+                CREATE_TIMEOUT,
+                self.docker.upload_to_container(
+                    &created.id,
+                    Some(options),
+                    bollard::body_full(archive.into()),
+                ),
+            )
+            .await;
+            if let Err(e) = upload {
+                let _ = self.remove(&created.id).await;
+                return Err(e);
+            }
+        }
         Ok(created.id)
     }
 

@@ -33,6 +33,44 @@ pub struct ContainerSpec {
     /// DNS search domains of the container.
     #[serde(default)]
     pub dns_search: Vec<String>,
+    /// Entrypoint, user, mounts, files...: all empty for a plain task.
+    #[serde(default)]
+    pub setup: ContainerSetup,
+}
+
+/// The rest of a container's settings (a compose service's): `None`/empty means the image's.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ContainerSetup {
+    /// Overrides the image's ENTRYPOINT; `Some([])` clears it.
+    pub entrypoint: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    pub hostname: Option<String>,
+    /// e.g. `SIGINT`.
+    pub stop_signal: Option<String>,
+    pub mounts: Vec<MountRequest>,
+    /// Written into the container between create and start.
+    pub files: Vec<FileRequest>,
+}
+
+/// A named volume (created by the engine on first use, local to the node) or a bind mount.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MountRequest {
+    /// `true`: `source` is an absolute host path; `false`: a volume name.
+    pub bind: bool,
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A file to write into the container before it starts (a secret or a config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRequest {
+    /// Absolute path in the container.
+    pub target: String,
+    pub content: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
 }
 
 /// One port to publish.

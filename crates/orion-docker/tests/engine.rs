@@ -128,6 +128,7 @@ fn spec(label: &str, name: &str, command: &[&str]) -> ContainerSpec {
         network: None,
         dns: Vec::new(),
         dns_search: Vec::new(),
+        setup: Default::default(),
     }
 }
 
@@ -578,4 +579,99 @@ async fn exec_gives_exit_code_bounded_output_and_times_out() {
         matches!(slow, Err(RuntimeError::Timeout { op: "exec", .. })),
         "{slow:?}"
     );
+}
+
+/// A compose service's container settings reach the real container: entrypoint, user,
+/// working directory, hostname, stop signal, a named volume, a read-only bind mount and
+/// files (secrets) written before the start.
+#[tokio::test]
+async fn container_setup_is_applied_by_the_engine() {
+    let Some(docker) = engine("setup").await else {
+        return;
+    };
+    let label = unique("setup");
+    let _cleanup = Cleanup {
+        label: label.clone(),
+    };
+    let volume = format!("orion-test-{}", label.replace(['.'], "-"));
+    let host_dir = std::env::temp_dir().join(format!("orion-bind-{label}"));
+    std::fs::create_dir_all(&host_dir).expect("host dir");
+    std::fs::write(host_dir.join("hello.txt"), "from the host").expect("host file");
+    let mut s = spec(&label, "box", &["3600"]);
+    s.setup = orion_docker::ContainerSetup {
+        entrypoint: Some(vec!["sleep".into()]),
+        user: Some("1234:1234".into()),
+        working_dir: Some("/srv/app".into()),
+        hostname: Some("db-one".into()),
+        stop_signal: Some("SIGINT".into()),
+        mounts: vec![
+            orion_docker::MountRequest {
+                bind: false,
+                source: volume.clone(),
+                target: "/data".into(),
+                read_only: false,
+            },
+            orion_docker::MountRequest {
+                bind: true,
+                source: host_dir.display().to_string(),
+                target: "/host".into(),
+                read_only: true,
+            },
+        ],
+        files: vec![orion_docker::FileRequest {
+            target: "/run/secrets/db_password".into(),
+            content: b"s3cret\n".to_vec(),
+            mode: 0o440,
+        }],
+    };
+    let id = docker.create(&s).await.expect("create");
+    docker.start(&id).await.expect("start");
+    let run = |cmd: &str| {
+        let docker = docker.clone();
+        let id = id.clone();
+        let cmd = vec!["sh".to_string(), "-c".to_string(), cmd.to_string()];
+        async move {
+            let out = docker.exec(&id, &cmd, WAIT).await.expect("exec");
+            (
+                out.exit_code,
+                String::from_utf8_lossy(&out.output).trim().to_string(),
+            )
+        }
+    };
+    assert_eq!(run("id -u").await, (0, "1234".into()), "user");
+    assert_eq!(run("pwd").await, (0, "/srv/app".into()), "working_dir");
+    assert_eq!(run("hostname").await, (0, "db-one".into()), "hostname");
+    assert_eq!(
+        run("cat /proc/1/cmdline | tr '\\0' ' '").await,
+        (0, "sleep 3600".into())
+    );
+    assert_eq!(
+        run("cat /run/secrets/db_password; stat -c %a /run/secrets/db_password").await,
+        (0, "s3cret\n440".into()),
+        "the secret file and its mode"
+    );
+    assert_eq!(
+        run("cat /host/hello.txt").await,
+        (0, "from the host".into())
+    );
+    assert_ne!(
+        run("touch /host/x").await.0,
+        0,
+        "the bind mount is read-only"
+    );
+    let vol = std::process::Command::new("docker")
+        .args(["volume", "inspect", "-f", "{{.Name}}", &volume])
+        .output()
+        .expect("docker volume inspect");
+    assert!(vol.status.success(), "the named volume exists");
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.Config.StopSignal}}", &id])
+        .output()
+        .expect("docker inspect");
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), "SIGINT");
+    docker.remove(&id).await.expect("remove");
+    let _ = std::process::Command::new("docker")
+        .args(["volume", "rm", &volume])
+        .output();
+    let _ = std::fs::remove_dir_all(&host_dir);
 }

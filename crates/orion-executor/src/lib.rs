@@ -185,6 +185,37 @@ pub fn container_spec(cfg: &ExecutorConfig, task: &Task) -> ContainerSpec {
         } else {
             Vec::new()
         },
+        setup: container_setup(&task.spec.container),
+    }
+}
+
+/// The container settings of a service's task, as the runtime takes them.
+fn container_setup(c: &orion_types::ContainerOptions) -> orion_docker::ContainerSetup {
+    orion_docker::ContainerSetup {
+        entrypoint: c.entrypoint.clone(),
+        user: c.user.clone(),
+        working_dir: c.working_dir.clone(),
+        hostname: c.hostname.clone(),
+        stop_signal: c.stop_signal.clone(),
+        mounts: c
+            .mounts
+            .iter()
+            .map(|m| orion_docker::MountRequest {
+                bind: m.kind == orion_types::MountKind::Bind,
+                source: m.source.clone(),
+                target: m.target.clone(),
+                read_only: m.read_only,
+            })
+            .collect(),
+        files: c
+            .files
+            .iter()
+            .map(|f| orion_docker::FileRequest {
+                target: f.target.clone(),
+                content: f.content.clone().into_bytes(),
+                mode: f.mode,
+            })
+            .collect(),
     }
 }
 

@@ -1027,6 +1027,7 @@ fn leftover(rt: &FakeRuntime, name: &str, alloc: &str, host_port: u16) -> String
         network: None,
         dns: Vec::new(),
         dns_search: Vec::new(),
+        setup: Default::default(),
     }))
     .expect("fake create is immediate")
     .expect("create");

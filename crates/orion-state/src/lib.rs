@@ -550,9 +550,42 @@ impl ClusterState {
                 return false;
             }
         }
+        let Some(task) = self.tasks.get(&p.task_id) else {
+            return false;
+        };
+        // A service with named volumes runs where its volumes are: the first placement
+        // chooses that node, later ones must keep to it.
+        let pin = task
+            .service
+            .as_ref()
+            .and_then(|id| self.services.get(id))
+            .filter(|s| s.spec.pins_to_volume_node())
+            .map(|s| (s.id.clone(), s.volume_node.clone()));
+        if let Some((_, Some(held))) = &pin
+            && *held != p.node
+        {
+            return false;
+        }
+        if let Some((id, None)) = &pin
+            && let Some(svc) = self.services.get_mut(id)
+        {
+            svc.volume_node = Some(p.node.clone());
+            touched.push(Key::Service(id.clone()));
+        }
         let Some(task) = self.tasks.get_mut(&p.task_id) else {
             return false;
         };
+        if let Some((_, None)) = &pin
+            && orion_types::service::pinned_node(&task.spec).is_none()
+        {
+            // Pinned like the tasks created from now on, so that a re-placement keeps it
+            // with its volume (or pending, with the scheduler's reason, if that node is gone).
+            task.spec.constraints.push(orion_types::Constraint {
+                attr: orion_types::NodeAttr::Id,
+                op: orion_types::ConstraintOp::Eq,
+                values: vec![p.node.clone()],
+            });
+        }
         let replaced = task.node.is_some();
         if replaced {
             task.restarts = task.restarts.saturating_add(1);

@@ -80,6 +80,7 @@ impl ClusterState {
             updated_at: at,
             deployment: None,
             vip,
+            volume_node: None,
         };
         self.services.insert(id.clone(), service.clone());
         touched.push(Key::Service(id));

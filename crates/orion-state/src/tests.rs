@@ -950,4 +950,47 @@ mod services {
         let old: orion_types::Service = serde_json::from_value(v).unwrap();
         assert_eq!(old.vip, None);
     }
+
+    /// A replicated service with a named volume: its first placement chooses the node that
+    /// holds the volume, kept in the service; the task is pinned there, and a placement of
+    /// another task on another node is refused.
+    #[test]
+    fn named_volume_pins_the_service_to_its_first_node() {
+        const VOL: &str = r#"{"name":"web","image":"x","replicas":2,
+            "mounts":[{"source":"data","target":"/data"}]}"#;
+        let mut state = ClusterState::default();
+        for c in [
+            node("n1", 1),
+            node("n2", 1),
+            create_svc(VOL),
+            new_task("t1", 1, 1, VOL),
+            new_task("t2", 1, 2, VOL),
+            place("t1", "n2", "a1"),
+            place("t2", "n1", "a2"),
+        ] {
+            state.apply(&c);
+        }
+        let svc = &state.services["web"];
+        assert_eq!(svc.volume_node.as_deref(), Some("n2"));
+        let t1 = &state.tasks["t1"];
+        assert_eq!(
+            orion_types::service::pinned_node(&t1.spec).as_deref(),
+            Some("n2")
+        );
+        assert!(svc.spec.runs_same(&t1.spec), "the pin is no change of spec");
+        assert!(state.tasks["t2"].node.is_none(), "another node is refused");
+        state.apply(&place("t2", "n2", "a2"));
+        assert_eq!(state.tasks["t2"].node.as_deref(), Some("n2"));
+        // Without a volume nothing is pinned.
+        let mut plain = ClusterState::default();
+        for c in [
+            node("n1", 1),
+            create_svc(WEB),
+            new_task("t1", 1, 1, WEB),
+            place("t1", "n1", "a1"),
+        ] {
+            plain.apply(&c);
+        }
+        assert_eq!(plain.services["web"].volume_node, None);
+    }
 }

@@ -270,6 +270,7 @@ pub(crate) fn task_fields(obj: &Map<String, Value>) -> Result<TaskSpec, Validati
         healthcheck: None,
         stop_grace_period_ms: None,
         stop_after_disconnect_ms,
+        container: Default::default(),
     };
     // The value rules live in one function that every entry point calls: this parser and
     // the inter-node forward endpoint (through `Command::validate`).
@@ -324,7 +325,113 @@ impl TaskSpec {
                 ),
             ));
         }
+        check_container(&self.container)
+    }
+}
+
+/// Bounds and rules of a service's container settings (`entrypoint`, `user`, `workingDir`,
+/// `hostname`, `stopSignal`, `mounts`, `files`).
+fn check_container(c: &crate::ContainerOptions) -> Result<(), ValidationError> {
+    if let Some(args) = &c.entrypoint
+        && (args.len() > COMMAND_ARGS_MAX || args.iter().any(|a| a.len() > ARG_BYTES_MAX))
+    {
+        return Err(err(
+            "entrypoint",
+            format!("at most {COMMAND_ARGS_MAX} arguments of {ARG_BYTES_MAX} bytes"),
+        ));
+    }
+    let text = |field: &str, v: &Option<String>, ok: &dyn Fn(char) -> bool| match v {
+        Some(s) if s.is_empty() || s.len() > PATH_BYTES_MAX || !s.chars().all(ok) => Err(err(
+            field,
+            format!("{s:?} must be 1 to {PATH_BYTES_MAX} bytes of allowed characters"),
+        )),
+        _ => Ok(()),
+    };
+    text("user", &c.user, &|ch| {
+        ch.is_ascii_alphanumeric() || "_.-:".contains(ch)
+    })?;
+    text("hostname", &c.hostname, &|ch| {
+        ch.is_ascii_alphanumeric() || ".-".contains(ch)
+    })?;
+    text("stopSignal", &c.stop_signal, &|ch| {
+        ch.is_ascii_alphanumeric() || ch == '+'
+    })?;
+    if let Some(dir) = &c.working_dir {
+        check_abs_path("workingDir", dir)?;
+    }
+    if c.mounts.len() > MOUNTS_MAX {
+        return Err(err("mounts", format!("has more than {MOUNTS_MAX} entries")));
+    }
+    for m in &c.mounts {
+        check_abs_path("mounts.target", &m.target)?;
+        match m.kind {
+            crate::MountKind::Bind => check_abs_path("mounts.source", &m.source)?,
+            crate::MountKind::Volume => {
+                let ok = !m.source.is_empty()
+                    && m.source.len() <= NAME_BYTES_MAX
+                    && m.source.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+                    && m.source
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+                if !ok {
+                    return Err(err(
+                        "mounts.source",
+                        format!(
+                            "{:?} is not a volume name: 1 to {NAME_BYTES_MAX} of letters, digits, '_', '.', '-'",
+                            m.source
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if c.files.len() > FILES_MAX {
+        return Err(err("files", format!("has more than {FILES_MAX} entries")));
+    }
+    for f in &c.files {
+        check_abs_path("files.target", &f.target)?;
+        if f.content.len() > FILE_BYTES_MAX {
+            return Err(err(
+                "files.content",
+                format!("{} is larger than {FILE_BYTES_MAX} bytes", f.target),
+            ));
+        }
+        if f.mode > 0o777 {
+            return Err(err(
+                "files.mode",
+                format!("{:o} is not a permission mode", f.mode),
+            ));
+        }
+    }
+    let mut targets: Vec<&str> = c
+        .mounts
+        .iter()
+        .map(|m| m.target.as_str())
+        .chain(c.files.iter().map(|f| f.target.as_str()))
+        .collect();
+    targets.sort_unstable();
+    if let Some(w) = targets.windows(2).find(|w| w[0] == w[1]) {
+        return Err(err("mounts.target", format!("{} is mounted twice", w[0])));
+    }
+    Ok(())
+}
+
+/// An absolute, normalized path: starts with '/', no `..` nor empty parts, no NUL.
+pub fn check_abs_path(field: &str, p: &str) -> Result<(), ValidationError> {
+    let ok = p.starts_with('/')
+        && p.len() <= PATH_BYTES_MAX
+        && !p.contains('\0')
+        && (p == "/"
+            || p[1..]
+                .split('/')
+                .all(|part| !part.is_empty() && part != ".." && part != "."));
+    if ok {
         Ok(())
+    } else {
+        Err(err(
+            field,
+            format!("{p:?} must be an absolute path without '..' (at most {PATH_BYTES_MAX} bytes)"),
+        ))
     }
 }
 

@@ -22,7 +22,10 @@ pub use constraint::{Constraint, ConstraintOp, NodeAttr};
 pub use service::{
     Deployment, DeploymentState, Health, HealthCheck, Service, ServiceMode, ServiceSpec,
 };
-pub use spec::{PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
+pub use spec::{
+    ContainerOptions, FileMount, Mount, MountKind, PortSpec, Protocol, RestartPolicy, Strategy,
+    TaskSpec,
+};
 pub use task::Task;
 
 use serde::{Deserialize, Serialize};
@@ -231,4 +234,15 @@ pub mod limits {
     /// Request bodies above this are refused before parsing: a full spec at the limits above
     /// stays well under it.
     pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+    /// Mounts of one task: more than Docker users put on one container in practice.
+    pub const MOUNTS_MAX: usize = 32;
+    /// Files (secrets, configs) of one task. Their content is replicated to every node's
+    /// state, so a task holds at most `FILES_MAX * FILE_BYTES_MAX` = 512 KiB of them, under
+    /// `BODY_BYTES_MAX`.
+    pub const FILES_MAX: usize = 16;
+    /// One secret or config: Docker's own limit is 500 KB; 32 KiB holds any key, certificate
+    /// chain or small config file, and keeps the replicated state small.
+    pub const FILE_BYTES_MAX: usize = 32 * 1024;
+    /// Paths in the container or on the host, users, hostnames, signals.
+    pub const PATH_BYTES_MAX: usize = 1024;
 }

@@ -348,6 +348,18 @@ impl ServiceSpec {
             && self.stop_grace_period_ms == other.stop_grace_period_ms
     }
 
+    /// Whether the service's tasks must stay on the node that holds its named volumes: a
+    /// replicated service with a named volume (a global one has one volume per node).
+    pub fn pins_to_volume_node(&self) -> bool {
+        self.mode == ServiceMode::Replicated
+            && self
+                .task
+                .container
+                .mounts
+                .iter()
+                .any(|m| m.kind == crate::MountKind::Volume)
+    }
+
     /// The health a fresh task of this service starts with.
     pub fn initial_health(&self) -> Health {
         if self.healthcheck.is_some() {
@@ -468,6 +480,11 @@ pub struct Service {
     /// when the range was full, or for a service stored before VIPs existed).
     #[serde(default)]
     pub vip: Option<std::net::Ipv4Addr>,
+    /// The node that holds the service's named volumes (replicated mode): set when its first
+    /// task is placed, kept for the service's life; every task of the service is pinned to
+    /// it. Storage that moves between nodes is a later step.
+    #[serde(default)]
+    pub volume_node: Option<String>,
 }
 
 /// The fields of `POST /services` and `PUT /services/{id}` besides those a task has too.
@@ -481,7 +498,19 @@ const SERVICE_ONLY_FIELDS: &[&str] = &[
     "healthcheck",
     "update",
     "stopGracePeriod",
+    "entrypoint",
+    "user",
+    "workingDir",
+    "hostname",
+    "stopSignal",
+    "mounts",
+    "files",
 ];
+
+/// The fields of an entry of `mounts`.
+const MOUNT_FIELDS: &[&str] = &["type", "source", "target", "readOnly"];
+/// The fields of an entry of `files`.
+const FILE_FIELDS: &[&str] = &["target", "content", "mode"];
 
 /// The task fields a service does not take: a service names its tasks, and publishes `ports`.
 const TASK_ONLY_FIELDS: &[&str] = &["name", "portBindings"];
@@ -556,6 +585,48 @@ pub struct ServiceRequest {
     pub update: Option<UpdateRequest>,
     /// Time between the stop signal and the kill, e.g. `"10s"` (the default).
     pub stop_grace_period: Option<OrText<u64>>,
+    /// Overrides the image's ENTRYPOINT; `[]` clears it.
+    pub entrypoint: Option<Vec<String>>,
+    /// `user`, `user:group`, `uid` or `uid:gid`.
+    pub user: Option<String>,
+    /// Absolute path the command runs in.
+    pub working_dir: Option<String>,
+    pub hostname: Option<String>,
+    /// e.g. `"SIGINT"`; absent: the image's (else SIGTERM).
+    pub stop_signal: Option<String>,
+    /// Named volumes (local to the node) and bind mounts of absolute host paths.
+    pub mounts: Option<Vec<MountRequest>>,
+    /// Files written into the container before it starts: secrets and configs. Their content
+    /// is kept in the replicated state (at most 16 files of 32 KiB) and never shown back.
+    pub files: Option<Vec<FileRequest>>,
+}
+
+/// An entry of a service's `mounts` (documentation only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub struct MountRequest {
+    /// `volume` (default) or `bind`.
+    #[serde(rename = "type")]
+    pub kind: Option<crate::MountKind>,
+    /// A volume name, or an absolute host path for `bind`.
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub read_only: Option<bool>,
+}
+
+/// An entry of a service's `files` (documentation only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub struct FileRequest {
+    /// Absolute path in the container, e.g. `/run/secrets/db_password`.
+    pub target: String,
+    /// UTF-8 text, at most 32 KiB.
+    pub content: String,
+    /// Permission bits; default 0o444 (292).
+    pub mode: Option<u32>,
 }
 
 /// An entry of a service's `ports` (documentation only).
@@ -697,6 +768,9 @@ pub fn validate_service(obj: &Map<String, Value>) -> Result<ServiceSpec, Validat
     let update = parse_update(obj.get("update"))?;
     let stop_grace_period_ms =
         duration_field(obj.get("stopGracePeriod"), "stopGracePeriod")?.unwrap_or(10_000);
+    let mut task = task;
+    task.container = parse_container(obj)?;
+    task.validate()?;
     Ok(ServiceSpec {
         name,
         stack,
@@ -708,6 +782,107 @@ pub fn validate_service(obj: &Map<String, Value>) -> Result<ServiceSpec, Validat
         healthcheck,
         update,
         stop_grace_period_ms,
+    })
+}
+
+/// The container settings of a service body (`entrypoint` ... `files`); their bounds are
+/// checked by `TaskSpec::validate`.
+fn parse_container(obj: &Map<String, Value>) -> Result<crate::ContainerOptions, ValidationError> {
+    let string = |field: &str| -> Result<Option<String>, ValidationError> {
+        match obj.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(err(field, "must be a string")),
+        }
+    };
+    let entrypoint = match obj.get("entrypoint") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| err("entrypoint", "must be an array of strings"))?,
+        ),
+        Some(_) => return Err(err("entrypoint", "must be an array of strings")),
+    };
+    let entries =
+        |field: &str, known: &[&str]| -> Result<Vec<Map<String, Value>>, ValidationError> {
+            match obj.get(field) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|i| match i {
+                        Value::Object(o) => {
+                            refuse_unknown(o, known)
+                                .map_err(|e| err(&format!("{field}.{}", e.field), e.message))?;
+                            Ok(o.clone())
+                        }
+                        _ => Err(err(field, "entries must be objects")),
+                    })
+                    .collect(),
+                Some(_) => Err(err(field, "must be an array of objects")),
+            }
+        };
+    let text = |o: &Map<String, Value>, field: &str| -> Result<String, ValidationError> {
+        match o.get(field.rsplit('.').next().unwrap_or(field)) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            None | Some(Value::Null) => Err(err(field, "is required")),
+            Some(_) => Err(err(field, "must be a string")),
+        }
+    };
+    let mut mounts = Vec::new();
+    for m in entries("mounts", MOUNT_FIELDS)? {
+        let kind = match m.get("type") {
+            None | Some(Value::Null) => crate::MountKind::Volume,
+            Some(Value::String(s)) if s == "volume" => crate::MountKind::Volume,
+            Some(Value::String(s)) if s == "bind" => crate::MountKind::Bind,
+            Some(v) => {
+                return Err(err(
+                    "mounts.type",
+                    format!("{v} is not one of \"volume\", \"bind\""),
+                ));
+            }
+        };
+        let read_only = match m.get("readOnly") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(err("mounts.readOnly", "must be true or false")),
+        };
+        mounts.push(crate::Mount {
+            kind,
+            source: text(&m, "mounts.source")?,
+            target: text(&m, "mounts.target")?,
+            read_only,
+        });
+    }
+    mounts.sort();
+    let mut files = Vec::new();
+    for f in entries("files", FILE_FIELDS)? {
+        let mode = match f.get("mode") {
+            None | Some(Value::Null) => 0o444,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .filter(|m| *m <= 0o777)
+                .map(|m| m as u32)
+                .ok_or_else(|| err("files.mode", format!("{n} is not a permission mode")))?,
+            Some(_) => return Err(err("files.mode", "must be a number like 292 (0o444)")),
+        };
+        files.push(crate::FileMount {
+            target: text(&f, "files.target")?,
+            content: text(&f, "files.content")?,
+            mode,
+        });
+    }
+    files.sort();
+    Ok(crate::ContainerOptions {
+        entrypoint,
+        user: string("user")?,
+        working_dir: string("workingDir")?,
+        hostname: string("hostname")?,
+        stop_signal: string("stopSignal")?,
+        mounts,
+        files,
     })
 }
 
@@ -1116,6 +1291,8 @@ mod tests {
             sorted(HEALTHCHECK_FIELDS)
         );
         assert_eq!(schema_fields::<UpdateRequest>(), sorted(UPDATE_FIELDS));
+        assert_eq!(schema_fields::<MountRequest>(), sorted(MOUNT_FIELDS));
+        assert_eq!(schema_fields::<FileRequest>(), sorted(FILE_FIELDS));
     }
 
     /// The bounds the schema states are the parser's: the literal in `#[schema(maximum)]`
@@ -1357,10 +1534,87 @@ mod tests {
                 "portBindings",
             ),
             (r#"{"name":"web","image":"x","replica":3}"#, "replica"),
+            (
+                r#"{"name":"web","image":"x","entrypoint":"sh"}"#,
+                "entrypoint",
+            ),
+            (r#"{"name":"web","image":"x","user":"a b"}"#, "user"),
+            (
+                r#"{"name":"web","image":"x","workingDir":"app"}"#,
+                "workingDir",
+            ),
+            (
+                r#"{"name":"web","image":"x","workingDir":"/a/../b"}"#,
+                "workingDir",
+            ),
+            (r#"{"name":"web","image":"x","hostname":"a_b"}"#, "hostname"),
+            (
+                r#"{"name":"web","image":"x","stopSignal":"SIG INT"}"#,
+                "stopSignal",
+            ),
+            (
+                r#"{"name":"web","image":"x","mounts":[{"source":"./data","target":"/d"}]}"#,
+                "mounts.source",
+            ),
+            (
+                r#"{"name":"web","image":"x","mounts":[{"type":"bind","source":"data","target":"/d"}]}"#,
+                "mounts.source",
+            ),
+            (
+                r#"{"name":"web","image":"x","mounts":[{"type":"tmpfs","source":"d","target":"/d"}]}"#,
+                "mounts.type",
+            ),
+            (
+                r#"{"name":"web","image":"x","mounts":[{"source":"d","target":"d"}]}"#,
+                "mounts.target",
+            ),
+            (
+                r#"{"name":"web","image":"x","mounts":[{"source":"d","target":"/d","ro":true}]}"#,
+                "mounts.ro",
+            ),
+            (
+                r#"{"name":"web","image":"x","mounts":[{"source":"d","target":"/d"}],"files":[{"target":"/d","content":""}]}"#,
+                "mounts.target",
+            ),
+            (
+                r#"{"name":"web","image":"x","files":[{"target":"/run/secrets/a"}]}"#,
+                "files.content",
+            ),
+            (
+                r#"{"name":"web","image":"x","files":[{"target":"/a","content":"","mode":1024}]}"#,
+                "files.mode",
+            ),
+            (
+                &format!(
+                    r#"{{"name":"web","image":"x","files":[{{"target":"/a","content":"{}"}}]}}"#,
+                    "x".repeat(crate::limits::FILE_BYTES_MAX + 1)
+                ),
+                "files.content",
+            ),
         ];
         for (body, field) in cases {
             check(body, Some(field));
         }
+    }
+
+    #[test]
+    fn container_settings_are_parsed_sorted() {
+        let s = check(
+            r#"{"name":"db","image":"x","entrypoint":[],"user":"1000:1000","workingDir":"/srv",
+                "hostname":"db-1","stopSignal":"SIGINT",
+                "mounts":[{"source":"pgdata","target":"/var/lib/pg"},
+                          {"type":"bind","source":"/etc/hosts","target":"/h","readOnly":true}],
+                "files":[{"target":"/run/secrets/pw","content":"s3cret"}]}"#,
+            None,
+        )
+        .expect("valid");
+        let c = &s.task.container;
+        assert_eq!(c.entrypoint, Some(vec![]));
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_eq!(c.mounts[0].kind, crate::MountKind::Volume);
+        assert_eq!(c.mounts[1].target, "/h");
+        assert_eq!(c.files[0].mode, 0o444);
+        assert!(s.runs_same(&s.task_spec("db.1".into(), None)));
     }
 
     #[test]

@@ -127,6 +127,79 @@ pub struct TaskSpec {
     /// `stop_after_client_disconnect`). `None`: the container keeps running while cut off.
     #[serde(default)]
     pub stop_after_disconnect_ms: Option<u64>,
+    /// How the container is set up besides the fields above (entrypoint, user, mounts, files):
+    /// what a compose file asks for. All empty for a plain task.
+    #[serde(default)]
+    pub container: ContainerOptions,
+}
+
+/// Container settings a service can give (API.md "Services": `entrypoint`, `user`,
+/// `workingDir`, `hostname`, `stopSignal`, `mounts`, `files`). Validated by
+/// `TaskSpec::validate` with the rest of the spec.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ContainerOptions {
+    /// Overrides the image's ENTRYPOINT; `Some([])` clears it.
+    pub entrypoint: Option<Vec<String>>,
+    /// `user`, `user:group`, `uid` or `uid:gid`.
+    pub user: Option<String>,
+    /// An absolute path in the container.
+    pub working_dir: Option<String>,
+    /// The container's hostname (a DNS name).
+    pub hostname: Option<String>,
+    /// The signal that asks the container to stop, e.g. `SIGINT`; `None`: the image's.
+    pub stop_signal: Option<String>,
+    /// Volumes and bind mounts, sorted by target; no two share a target.
+    pub mounts: Vec<Mount>,
+    /// Files written into the container before it starts (secrets and configs), sorted by
+    /// target; no two share a target. Their content lives in the replicated state, so it is
+    /// bounded (`limits::FILE_BYTES_MAX`, `limits::FILES_MAX`).
+    pub files: Vec<FileMount>,
+}
+
+impl ContainerOptions {
+    pub fn is_empty(&self) -> bool {
+        *self == ContainerOptions::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
+pub enum MountKind {
+    /// A named Docker volume, local to the node (created on first use).
+    Volume,
+    /// An absolute path of the node's file system.
+    Bind,
+}
+
+impl MountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountKind::Volume => "volume",
+            MountKind::Bind => "bind",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// The volume's name, or the host's absolute path.
+    pub source: String,
+    /// An absolute path in the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A file written into the container (a secret or a config).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FileMount {
+    /// An absolute path in the container, e.g. `/run/secrets/db_password`.
+    pub target: String,
+    /// UTF-8 text.
+    pub content: String,
+    /// Permission bits, e.g. 0o444.
+    pub mode: u32,
 }
 
 impl TaskSpec {

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 mod progress;
 mod service;
+mod stack;
 
 /// How long `run --wait` waits for a task to run or fail.
 const WAIT_LIMIT: Duration = Duration::from_secs(300);
@@ -113,6 +114,11 @@ pub enum ClientCmd {
     /// Manage services: create, ls, ps, inspect, update, scale, rollback, rm
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Deploy a compose file as a stack: orion deploy [-f FILE]... [-p NAME] [--dry-run]
+    Deploy(Box<stack::DeployArgs>),
+    /// Manage stacks (the services of a compose file): ls, ps, rm
+    #[command(subcommand)]
+    Stack(stack::StackCmd),
     /// Print a task's container logs, from whichever node runs it
     Logs {
         #[command(flatten)]
@@ -303,6 +309,8 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
         ClientCmd::Ui(args) => crate::ui::run(args).await,
         ClientCmd::Run(args) => run_task(*args).await,
         ClientCmd::Service(cmd) => service::run(cmd).await,
+        ClientCmd::Deploy(args) => stack::deploy(*args).await,
+        ClientCmd::Stack(cmd) => stack::run(cmd).await,
         ClientCmd::Ps { c, all, node } => {
             let api = Api::new(&c)?;
             let mut path = "/tasks".to_string();
