@@ -48,10 +48,34 @@ def summary(xs):
     return {"n": len(xs), "median": median(xs), "p90": pct(xs, 0.9), "max": max(xs), "min": min(xs)}
 
 
+def credentials_path():
+    """The per-user credentials file the bootstrap node writes (see orion-security)."""
+    if os.environ.get("ORION_CREDENTIALS"):
+        return os.environ["ORION_CREDENTIALS"]
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.environ.get("HOME", "/"), ".config")
+    return os.path.join(base, "orion", "credentials.json")
+
+
+def token_for(url):
+    """The admin token of the cluster serving `url` (http://ip:port/...), or None (insecure)."""
+    hostport = url.split("//", 1)[-1].split("/", 1)[0].replace("localhost:", "127.0.0.1:")
+    try:
+        with open(credentials_path()) as f:
+            for e in json.load(f).get("clusters", []):
+                if hostport in e.get("addrs", []):
+                    return e.get("adminToken")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def http_json(method, url, body=None, timeout=5.0):
     """(status, parsed JSON or None). Network errors give (None, str)."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
+    token = token_for(url)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
     if data is not None:
         req.add_header("content-type", "application/json")
     try:

@@ -42,6 +42,8 @@ pub enum Key {
     /// The cluster-wide settings (one row).
     Config,
     Service(String),
+    /// An API token (`token/<id>`): its hash, name and role.
+    Token(String),
 }
 
 /// The row key of `Key::Config`.
@@ -54,6 +56,7 @@ impl Key {
             Key::Task(id) => format!("task/{id}"),
             Key::Config => CONFIG_KEY.to_string(),
             Key::Service(id) => format!("service/{id}"),
+            Key::Token(id) => format!("token/{id}"),
         }
     }
     pub fn decode(s: &str) -> Option<Key> {
@@ -63,6 +66,8 @@ impl Key {
             Some(Key::Node(id.to_string()))
         } else if let Some(id) = s.strip_prefix("service/") {
             Some(Key::Service(id.to_string()))
+        } else if let Some(id) = s.strip_prefix("token/") {
+            Some(Key::Token(id.to_string()))
         } else {
             s.strip_prefix("task/").map(|id| Key::Task(id.to_string()))
         }
@@ -91,6 +96,9 @@ pub struct ClusterState {
     /// Services by id (`web`, `db.shop`).
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+    /// API tokens by id, hashed (`orion_types::ApiToken`).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, orion_types::ApiToken>,
 }
 
 impl ClusterState {
@@ -352,6 +360,28 @@ impl ClusterState {
             } => self.fenced(node, task_id, allocation, &mut touched, |task| {
                 services::set_health(task, *health, output.as_deref(), *at)
             }),
+            Command::CreateToken { token, at: _ } => {
+                if self.tokens.contains_key(&token.id) {
+                    Response::Conflict(format!("token {} exists", token.id))
+                } else if self.tokens.len() >= orion_types::token::TOKENS_MAX {
+                    Response::Invalid(format!(
+                        "the cluster keeps at most {} tokens; revoke one first",
+                        orion_types::token::TOKENS_MAX
+                    ))
+                } else {
+                    self.tokens.insert(token.id.clone(), token.clone());
+                    touched.push(Key::Token(token.id.clone()));
+                    Response::Ok
+                }
+            }
+            Command::RevokeToken { id, at: _ } => {
+                if self.tokens.remove(id).is_some() {
+                    touched.push(Key::Token(id.clone()));
+                    Response::Ok
+                } else {
+                    Response::NotFound(format!("token {id} not found"))
+                }
+            }
         };
         (response, touched)
     }
@@ -544,6 +574,7 @@ impl ClusterState {
             Key::Task(id) => serde_json::to_vec(self.tasks.get(id)?),
             Key::Config => serde_json::to_vec(self.config.as_ref()?),
             Key::Service(id) => serde_json::to_vec(self.services.get(id)?),
+            Key::Token(id) => serde_json::to_vec(self.tokens.get(id)?),
         };
         // Serializing plain structs of strings and integers cannot fail.
         Some(bytes.expect("state rows serialize"))
@@ -557,6 +588,7 @@ impl ClusterState {
             .chain(self.tasks.keys().map(|k| Key::Task(k.clone())))
             .chain(self.config.map(|_| Key::Config))
             .chain(self.services.keys().map(|k| Key::Service(k.clone())))
+            .chain(self.tokens.keys().map(|k| Key::Token(k.clone())))
     }
 
     pub fn from_rows(
@@ -585,6 +617,11 @@ impl ClusterState {
                 Some(Key::Service(id)) => {
                     state
                         .services
+                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Token(id)) => {
+                    state
+                        .tokens
                         .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
                 }
                 None => return Err(StateError::UnknownKey(key)),

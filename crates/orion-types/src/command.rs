@@ -209,6 +209,14 @@ pub enum Command {
         output: Option<String>,
         at: UnixMillis,
     },
+    /// An admin created an API token (`POST /tokens`); the record holds its hash only.
+    /// Refused (`Response::Conflict`) if the id exists.
+    CreateToken {
+        token: crate::ApiToken,
+        at: UnixMillis,
+    },
+    /// An admin revoked a token (`DELETE /tokens/{id}`): every node refuses it once applied.
+    RevokeToken { id: String, at: UnixMillis },
 }
 
 /// One task the services reconciler asks for.
@@ -246,7 +254,9 @@ impl Command {
             | Command::StopTasks { at, .. }
             | Command::ForgetTasks { at, .. }
             | Command::DeploymentProgress { at, .. }
-            | Command::ReportHealth { at, .. } => *at,
+            | Command::ReportHealth { at, .. }
+            | Command::CreateToken { at, .. }
+            | Command::RevokeToken { at, .. } => *at,
         }
     }
 
@@ -439,6 +449,25 @@ impl Command {
                     .as_deref()
                     .map_or(Ok(()), |o| check_text("output", o))
             }
+            Command::CreateToken { token, .. } => {
+                check_id("id", &token.id)?;
+                if token.name.len() > crate::token::TOKEN_NAME_BYTES_MAX
+                    || token.name.chars().any(char::is_control)
+                {
+                    return Err(invalid(
+                        "name",
+                        format!(
+                            "must be at most {} bytes without control characters",
+                            crate::token::TOKEN_NAME_BYTES_MAX
+                        ),
+                    ));
+                }
+                if token.hash.len() != 64 || !token.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid("hash", "must be 64 hex digits (SHA-256)"));
+                }
+                Ok(())
+            }
+            Command::RevokeToken { id, .. } => check_id("id", id),
         }
     }
 
@@ -466,6 +495,8 @@ impl Command {
             Command::ForgetTasks { .. } => "forget-tasks",
             Command::DeploymentProgress { .. } => "deployment-progress",
             Command::ReportHealth { .. } => "report-health",
+            Command::CreateToken { .. } => "create-token",
+            Command::RevokeToken { .. } => "revoke-token",
         }
     }
 }

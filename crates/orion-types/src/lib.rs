@@ -15,6 +15,7 @@ pub mod env;
 pub mod service;
 pub mod spec;
 pub mod task;
+pub mod token;
 
 pub use command::{AllocStatus, BackoffConfig, Command, NewServiceTask, Placement, Response};
 pub use config::{ClusterConfig, PortRange};
@@ -24,6 +25,7 @@ pub use service::{
 };
 pub use spec::{PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
 pub use task::Task;
+pub use token::{ApiToken, Role};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

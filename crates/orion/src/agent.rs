@@ -76,6 +76,10 @@ pub struct Node {
     ids: Arc<dyn IdSource>,
     /// Creates this node is proposing right now (see `Node::create`).
     creates_in_flight: AtomicUsize,
+    /// The sealed gossip transport (its drop counters), unless `--insecure`.
+    sealed: Option<Arc<crate::sealed::SealedUdp>>,
+    /// The cluster's join token, unless `--insecure`.
+    join_token: Option<String>,
 }
 
 /// The three write outcomes as HTTP: surely not proposed is 503 (retry), unknown is 504
@@ -175,6 +179,12 @@ impl Node {
         metrics::counter!("orion_gossip_bad_packets_total")
             .absolute(g.bad_packets_dropped + g.impostor_packets);
         gauge!("orion_gossip_health_score").set(f64::from(self.gossip.local_health()));
+        if let Some(sealed) = &self.sealed {
+            for (reason, n) in sealed.dropped() {
+                metrics::counter!("orion_gossip_packets_dropped_total", "reason" => reason)
+                    .absolute(n);
+            }
+        }
 
         let (pending, mine, services) = self.raft.read(|st| {
             let pending = st.tasks.values().filter(|t| t.needs_placement()).count();
@@ -340,6 +350,10 @@ impl Backend for Node {
         Some(crate::metrics::render())
     }
 
+    fn join_token(&self) -> Option<String> {
+        self.join_token.clone()
+    }
+
     fn new_id(&self) -> String {
         uuid::Uuid::new_v4().simple().to_string()
     }
@@ -446,6 +460,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         warn!(advertise = %cfg.advertise, "advertising a loopback address: nodes on other hosts cannot reach this one; pass --advertise for a multi-host cluster");
     }
     info!(id = %cfg.id, api = %cfg.api_addr(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
+    let security = crate::security::prepare(&cfg).await?;
 
     let api_listener = tokio::net::TcpListener::bind(cfg.api_bind)
         .await
@@ -496,17 +511,59 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     // Drawn here and logged, so a run's gossip decisions can be told apart and replayed.
     gcfg.seed = orion_types::env::os_seed();
     info!(gossip_seed = gcfg.seed, "gossip RNG seeded");
-    let gossip = orion_gossip::spawn(gcfg, meta)
-        .await
-        .context("cannot start gossip")?;
+    let (gossip, sealed) = match &security {
+        None => (
+            orion_gossip::spawn(gcfg, meta)
+                .await
+                .context("cannot start gossip")?,
+            None,
+        ),
+        Some(sec) => {
+            let socket = tokio::net::UdpSocket::bind(cfg.gossip_bind)
+                .await
+                .with_context(|| format!("cannot listen on the gossip port {}", cfg.gossip_bind))?;
+            let sealed = Arc::new(crate::sealed::SealedUdp::new(
+                socket,
+                crate::security::keyring(&sec.secrets),
+            ));
+            let gossip = orion_gossip::spawn_with_transport(gcfg, meta, sealed.clone())
+                .context("cannot start gossip")?;
+            (gossip, Some(sealed))
+        }
+    };
     if !cfg.join.is_empty() {
         gossip
             .join(&cfg.join)
             .await
             .context("cannot join the cluster")?;
     }
+    // A first join keeps its token only once a member answered under its key; until then it
+    // serves (`/health`; the rest waits for the state), and it gives up after a while.
+    let (join_failed_tx, join_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    match security.clone() {
+        Some(sec) if sec.unsaved_join => {
+            tokio::spawn(crate::security::first_join(
+                cfg.clone(),
+                sec,
+                gossip.clone(),
+                sealed.clone(),
+                join_failed_tx,
+            ));
+        }
+        Some(sec) => crate::security::register(&cfg, &sec.secrets),
+        None => {}
+    }
 
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(sec) = &security {
+        // The nodes' own read-only token: the logs proxy reads another node's API.
+        let token = orion_security::keys::node_api_token(&sec.secrets.secret_bytes());
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+    }
     let http = reqwest::Client::builder()
+        .default_headers(headers)
         .local_address(cfg.advertise)
         .connect_timeout(Duration::from_secs(2))
         .build()
@@ -521,6 +578,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         http,
         ids: ids.clone(),
         creates_in_flight: AtomicUsize::new(0),
+        sealed,
+        join_token: security.as_ref().map(|s| s.secrets.join_token().encode()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -550,8 +609,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let controller = tokio::spawn(controller::run(driver, stop_rx.clone()));
     let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
 
-    let app = orion_api::router(node.clone())
+    let mut app = orion_api::router(node.clone())
         .route_layer(axum::middleware::from_fn(crate::metrics::track));
+    if let Some(sec) = &security {
+        let token = orion_security::keys::node_api_token(&sec.secrets.secret_bytes());
+        app = orion_api::authenticate(
+            app,
+            node.clone(),
+            orion_api::AuthConfig {
+                node_token_hash: orion_security::tokens::hash(&token),
+            },
+        );
+        if sec.secrets.admin_token.is_some() {
+            tokio::spawn(crate::security::ensure_admin_token(
+                node.raft.clone(),
+                sec.secrets.clone(),
+            ));
+        }
+    }
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(async move {
         let shutdown = async move {
@@ -581,7 +656,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     info!(id = %cfg.id, "orion agent ready");
 
-    shutdown_signal().await;
+    let mut failed = None;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Ok(e) = join_failed_rx => failed = Some(e),
+    }
     info!("shutting down: leaving gossip and Raft");
     let _ = stop_tx.send(true);
     let others_alive = node
@@ -614,7 +693,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     info!("stopped");
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// One log line per membership change, as this node's gossip sees it.

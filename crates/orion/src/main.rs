@@ -10,6 +10,8 @@ mod client;
 mod config;
 mod controller;
 mod metrics;
+mod sealed;
+mod security;
 mod ui;
 
 use clap::Parser;
