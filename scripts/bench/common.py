@@ -237,9 +237,9 @@ class Agent:
 
 
 class Cluster:
-    """n agents on 127.0.30.1..n, node 1 bootstraps, the others join it."""
+    """n agents on 127.0.<net>.1..n (default 30), node 1 bootstraps, the others join it."""
 
-    def __init__(self, bin_path, workdir, run_id, name, n=3, extra=()):
+    def __init__(self, bin_path, workdir, run_id, name, n=3, extra=(), net=30):
         self.bin = bin_path
         self.run_id = run_id
         self.dir = os.path.join(workdir, name)
@@ -247,8 +247,8 @@ class Cluster:
         self.agents = []
         for i in range(1, n + 1):
             nid = f"b{run_id}-{name}-n{i}"
-            self.agents.append(Agent(bin_path, nid, f"127.0.30.{i}", os.path.join(self.dir, f"data-n{i}"),
-                                     self.dir, join=None if i == 1 else "127.0.30.1:6000",
+            self.agents.append(Agent(bin_path, nid, f"127.0.{net}.{i}", os.path.join(self.dir, f"data-n{i}"),
+                                     self.dir, join=None if i == 1 else f"127.0.{net}.1:6000",
                                      bootstrap=(i == 1), extra=extra))
         self.docker = Docker()
 
