@@ -105,15 +105,24 @@ fn update<T>(path: &Path, change: impl FnOnce(&mut File) -> T) -> std::io::Resul
     Ok(out)
 }
 
-/// A bootstrap: the new entry takes its addresses from any older one.
+/// A bootstrap node started: the new entry takes its addresses from any older one. A restart
+/// of the same cluster keeps the addresses its joined nodes added.
 pub fn record_bootstrap(path: &Path, mut entry: Entry) -> std::io::Result<()> {
     entry.addrs = entry.addrs.iter().map(|a| normalize(a)).collect();
     update(path, |f| {
         for e in &mut f.clusters {
-            e.addrs.retain(|a| !entry.addrs.contains(a));
+            if e.join_token == entry.join_token {
+                for a in &e.addrs {
+                    if !entry.addrs.contains(a) {
+                        entry.addrs.push(a.clone());
+                    }
+                }
+                e.addrs.clear();
+            } else {
+                e.addrs.retain(|a| !entry.addrs.contains(a));
+            }
         }
-        f.clusters
-            .retain(|e| !e.addrs.is_empty() && e.join_token != entry.join_token);
+        f.clusters.retain(|e| !e.addrs.is_empty());
         f.clusters.push(entry);
     })
 }
@@ -183,6 +192,9 @@ mod tests {
         );
         assert_eq!(find_token("127.0.9.1:6000").as_deref(), Some("admin2"));
         assert_eq!(find_token("127.0.0.1:8002"), None);
+        // A restart of the bootstrap node keeps the joined node's address.
+        record_bootstrap(&path, entry(&["127.0.0.1:8000", "127.0.0.1:6000"], 1)).unwrap();
+        assert_eq!(find_token("127.0.0.1:8001").as_deref(), Some("admin1"));
         // A new cluster on the old addresses takes them over.
         record_bootstrap(&path, entry(&["127.0.0.1:8000", "127.0.0.1:6000"], 3)).unwrap();
         assert_eq!(find_token("127.0.0.1:8000").as_deref(), Some("admin3"));

@@ -76,9 +76,10 @@ pub async fn prepare(cfg: &AgentConfig) -> Result<Option<Prepared>> {
         s.save(&cfg.data_dir)?;
         let token = s.join_token();
         info!(ca = %token.fingerprint_text(), "made the cluster CA and secret");
-        // Printed for people (stdout), not the log: this is the one time it is shown unasked.
-        println!(
-            "Cluster created. Join other nodes with:\n  orion --join {} --token {}\nThe admin token and the join token are in {}.",
+        // Shown once, unasked, through the log (so `--log-format json` stays one JSON object
+        // per line); `orion join-token` prints it again.
+        info!(
+            "cluster created; join other nodes with: orion --join {} --token {} (the admin token and the join token are in {})",
             cfg.gossip_addr(),
             token.encode(),
             credentials::default_path()

@@ -356,3 +356,28 @@ async fn gossip_on_the_wire_names_no_node_and_a_replay_changes_nothing() {
         "{nodes}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_turns_it_off_and_warns_at_every_start() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let mut a = Agent::start("sec-i", ip("127.0.121.9"), &["--insecure"]);
+    wait_healthy(&a).await;
+    let plain = |api: String| async move {
+        client()
+            .get(format!("{api}/status"))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(plain(a.api.clone()).await, Some(200));
+    let warning = "running with --insecure";
+    assert_eq!(a.log_text().matches(warning).count(), 1, "{}", a.log_text());
+    a.restart();
+    wait_healthy(&a).await;
+    assert_eq!(plain(a.api.clone()).await, Some(200));
+    assert_eq!(a.log_text().matches(warning).count(), 2, "{}", a.log_text());
+    assert!(!a.data_dir.join("security.json").exists());
+}
