@@ -196,7 +196,7 @@ impl Deriver {
                 Key::Service(id) => self.service_events(id, state, &mut out),
                 // Cluster-wide settings are not one of the API's topics; tokens are secrets'
                 // records, not events a read-only client should see.
-                Key::Config | Key::Token(_) => {}
+                Key::Config | Key::Token(_) | Key::Ca => {}
             }
         }
         let base = raft_index.saturating_mul(EVENTS_PER_ENTRY_MAX);

@@ -6,6 +6,8 @@ use sha2::Sha256;
 
 /// The gossip AEAD key (`seal`).
 pub const GOSSIP_KEY_LABEL: &str = "orion gossip key v1";
+/// The key that seals the CA's private key in the replicated state (`material::seal_ca_key`).
+pub const CA_KEY_SEAL_LABEL: &str = "orion ca key seal v1";
 /// The bearer token nodes present to each other's API (the logs proxy): read-only.
 pub const NODE_API_TOKEN_LABEL: &str = "orion node api token v1";
 

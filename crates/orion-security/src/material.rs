@@ -125,6 +125,45 @@ impl NodeSecrets {
     }
 }
 
+/// The CA's private key (PEM) sealed with ChaCha20-Poly1305 under a key derived from the
+/// cluster secret: hex of `nonce (12) || ciphertext+tag`. What the replicated state keeps, so
+/// every node with the secret can open it, and a copy of the state alone does not give it away.
+pub fn seal_ca_key(secret: &[u8; 32], key_pem: &str) -> String {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    let key = crate::keys::derive(secret, crate::keys::CA_KEY_SEAL_LABEL);
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new((&key).into());
+    let r = crate::random_32();
+    let nonce = &r[..12];
+    let sealed = cipher
+        .encrypt(
+            chacha20poly1305::Nonce::from_slice(nonce),
+            key_pem.as_bytes(),
+        )
+        .expect("a PEM key is far below ChaCha20-Poly1305's length limit");
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    hex::encode(out)
+}
+
+/// Opens what `seal_ca_key` sealed; `None` if the secret is not the one it was sealed under or
+/// the text was altered.
+pub fn open_ca_key(secret: &[u8; 32], sealed_hex: &str) -> Option<String> {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    let bytes = hex::decode(sealed_hex).ok()?;
+    if bytes.len() < 12 {
+        return None;
+    }
+    let key = crate::keys::derive(secret, crate::keys::CA_KEY_SEAL_LABEL);
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new((&key).into());
+    let plain = cipher
+        .decrypt(
+            chacha20poly1305::Nonce::from_slice(&bytes[..12]),
+            &bytes[12..],
+        )
+        .ok()?;
+    String::from_utf8(plain).ok()
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder (mode 0600 from the
 /// start, fsynced, renamed over): a reader sees the old file or the new one, never a part.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -165,5 +204,25 @@ mod tests {
         let joiner = NodeSecrets::from_join_token(&s.join_token());
         assert_eq!(joiner.secret_bytes(), s.secret_bytes());
         assert!(joiner.ca_key_pem.is_none());
+    }
+
+    #[test]
+    fn the_ca_key_opens_only_under_the_cluster_secret() {
+        let s = NodeSecrets::create().unwrap();
+        let pem = s.ca_key_pem.clone().unwrap();
+        let sealed = seal_ca_key(&s.secret_bytes(), &pem);
+        assert!(!sealed.contains("PRIVATE"));
+        assert_eq!(
+            open_ca_key(&s.secret_bytes(), &sealed).as_deref(),
+            Some(pem.as_str())
+        );
+        assert_eq!(open_ca_key(&[9; 32], &sealed), None);
+        let mut altered = sealed.clone().into_bytes();
+        altered[40] = if altered[40] == b'0' { b'1' } else { b'0' };
+        assert_eq!(
+            open_ca_key(&s.secret_bytes(), &String::from_utf8(altered).unwrap()),
+            None
+        );
+        assert_eq!(open_ca_key(&s.secret_bytes(), "zz"), None);
     }
 }

@@ -44,10 +44,14 @@ pub enum Key {
     Service(String),
     /// An API token (`token/<id>`): its hash, name and role.
     Token(String),
+    /// The cluster CA, its key sealed (one row).
+    Ca,
 }
 
 /// The row key of `Key::Config`.
 const CONFIG_KEY: &str = "cluster/config";
+/// The row key of `Key::Ca`.
+const CA_KEY: &str = "cluster/ca";
 
 impl Key {
     pub fn encode(&self) -> String {
@@ -57,11 +61,14 @@ impl Key {
             Key::Config => CONFIG_KEY.to_string(),
             Key::Service(id) => format!("service/{id}"),
             Key::Token(id) => format!("token/{id}"),
+            Key::Ca => CA_KEY.to_string(),
         }
     }
     pub fn decode(s: &str) -> Option<Key> {
         if s == CONFIG_KEY {
             Some(Key::Config)
+        } else if s == CA_KEY {
+            Some(Key::Ca)
         } else if let Some(id) = s.strip_prefix("node/") {
             Some(Key::Node(id.to_string()))
         } else if let Some(id) = s.strip_prefix("service/") {
@@ -99,6 +106,9 @@ pub struct ClusterState {
     /// API tokens by id, hashed (`orion_types::ApiToken`).
     #[serde(default)]
     pub tokens: BTreeMap<String, orion_types::ApiToken>,
+    /// The cluster CA (key sealed under the cluster secret); `None` on an insecure cluster.
+    #[serde(default)]
+    pub ca: Option<orion_types::ClusterCa>,
 }
 
 impl ClusterState {
@@ -374,6 +384,15 @@ impl ClusterState {
                     Response::Ok
                 }
             }
+            Command::SetClusterCa { ca, at: _ } => {
+                if self.ca.is_some() {
+                    Response::Ignored("the cluster already has a CA".to_string())
+                } else {
+                    self.ca = Some(ca.clone());
+                    touched.push(Key::Ca);
+                    Response::Ok
+                }
+            }
             Command::RevokeToken { id, at: _ } => {
                 if self.tokens.remove(id).is_some() {
                     touched.push(Key::Token(id.clone()));
@@ -575,6 +594,7 @@ impl ClusterState {
             Key::Config => serde_json::to_vec(self.config.as_ref()?),
             Key::Service(id) => serde_json::to_vec(self.services.get(id)?),
             Key::Token(id) => serde_json::to_vec(self.tokens.get(id)?),
+            Key::Ca => serde_json::to_vec(self.ca.as_ref()?),
         };
         // Serializing plain structs of strings and integers cannot fail.
         Some(bytes.expect("state rows serialize"))
@@ -589,6 +609,7 @@ impl ClusterState {
             .chain(self.config.map(|_| Key::Config))
             .chain(self.services.keys().map(|k| Key::Service(k.clone())))
             .chain(self.tokens.keys().map(|k| Key::Token(k.clone())))
+            .chain(self.ca.as_ref().map(|_| Key::Ca))
     }
 
     pub fn from_rows(
@@ -623,6 +644,9 @@ impl ClusterState {
                     state
                         .tokens
                         .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Ca) => {
+                    state.ca = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
                 }
                 None => return Err(StateError::UnknownKey(key)),
             }

@@ -930,3 +930,29 @@ fn tokens_are_created_once_revoked_and_kept_as_rows() {
     assert!(s.tokens.is_empty());
     assert!(matches!(s.apply(&revoke).0, Response::NotFound(_)));
 }
+
+#[test]
+fn the_cluster_ca_is_recorded_once_and_kept_as_a_row() {
+    let ca = |fp: &str| orion_types::ClusterCa {
+        cert_pem: "-----BEGIN CERTIFICATE-----".to_string(),
+        sealed_key: "00".repeat(40),
+        fingerprint: fp.to_string(),
+    };
+    let mut s = ClusterState::default();
+    let first = Command::SetClusterCa {
+        ca: ca("sha256:aa"),
+        at: 1,
+    };
+    assert_eq!(s.apply(&first), (Response::Ok, vec![Key::Ca]));
+    let second = Command::SetClusterCa {
+        ca: ca("sha256:bb"),
+        at: 2,
+    };
+    assert!(matches!(s.apply(&second).0, Response::Ignored(_)));
+    assert_eq!(
+        s.ca.as_ref().map(|c| c.fingerprint.as_str()),
+        Some("sha256:aa")
+    );
+    let rows: Vec<(String, Vec<u8>)> = s.keys().map(|k| (k.encode(), s.row(&k).unwrap())).collect();
+    assert_eq!(ClusterState::from_rows(rows).unwrap(), s);
+}

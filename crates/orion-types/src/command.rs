@@ -217,6 +217,12 @@ pub enum Command {
     },
     /// An admin revoked a token (`DELETE /tokens/{id}`): every node refuses it once applied.
     RevokeToken { id: String, at: UnixMillis },
+    /// The bootstrap node records the cluster CA (key sealed). Kept only if the state holds
+    /// none: a CA is replaced by a rotation, never by a second bootstrap's record.
+    SetClusterCa {
+        ca: crate::ClusterCa,
+        at: UnixMillis,
+    },
 }
 
 /// One task the services reconciler asks for.
@@ -256,7 +262,8 @@ impl Command {
             | Command::DeploymentProgress { at, .. }
             | Command::ReportHealth { at, .. }
             | Command::CreateToken { at, .. }
-            | Command::RevokeToken { at, .. } => *at,
+            | Command::RevokeToken { at, .. }
+            | Command::SetClusterCa { at, .. } => *at,
         }
     }
 
@@ -468,6 +475,16 @@ impl Command {
                 Ok(())
             }
             Command::RevokeToken { id, .. } => check_id("id", id),
+            Command::SetClusterCa { ca, .. } => {
+                let size = ca.cert_pem.len() + ca.sealed_key.len() + ca.fingerprint.len();
+                if size > crate::token::CLUSTER_CA_BYTES_MAX {
+                    return Err(invalid(
+                        "ca",
+                        format!("is over {} bytes", crate::token::CLUSTER_CA_BYTES_MAX),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -497,6 +514,7 @@ impl Command {
             Command::ReportHealth { .. } => "report-health",
             Command::CreateToken { .. } => "create-token",
             Command::RevokeToken { .. } => "revoke-token",
+            Command::SetClusterCa { .. } => "set-cluster-ca",
         }
     }
 }

@@ -25,7 +25,7 @@ pub use service::{
 };
 pub use spec::{PortSpec, Protocol, RestartPolicy, Strategy, TaskSpec};
 pub use task::Task;
-pub use token::{ApiToken, Role};
+pub use token::{ApiToken, ClusterCa, Role};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -48,3 +48,18 @@ pub const TOKEN_NAME_BYTES_MAX: usize = 128;
 
 /// Most tokens a cluster keeps: every request scans them (by hash), and a person manages them.
 pub const TOKENS_MAX: usize = 1024;
+
+/// The cluster CA as the replicated state keeps it: the certificate (PEM) and its private key
+/// sealed (ChaCha20-Poly1305, hex) under a key derived from the cluster secret, so every node
+/// that holds the secret can issue node certificates, and the state at rest (disk, snapshots)
+/// does not give the key away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    pub sealed_key: String,
+    /// `sha256:<hex>` of the certificate (DER).
+    pub fingerprint: String,
+}
+
+/// Largest CA record: a PEM certificate and a sealed key are a few KiB.
+pub const CLUSTER_CA_BYTES_MAX: usize = 16 * 1024;

@@ -152,7 +152,8 @@ pub fn register(cfg: &AgentConfig, s: &NodeSecrets) {
     }
 }
 
-/// Puts the bootstrap's admin token into the replicated state unless it is there. Retried
+/// Puts the bootstrap's CA (key sealed) and admin token into the replicated state unless they
+/// are there. Retried
 /// while there is no leader yet; bounded, since a node may start without quorum.
 pub async fn ensure_admin_token(raft: orion_raft::RaftNode, s: NodeSecrets) {
     let (Some(secret), Some(id)) = (s.admin_token.clone(), s.admin_token_id.clone()) else {
@@ -160,6 +161,28 @@ pub async fn ensure_admin_token(raft: orion_raft::RaftNode, s: NodeSecrets) {
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
+        if let (Some(cert), Some(key)) = (&s.ca_cert_pem, &s.ca_key_pem)
+            && raft.read(|st| st.ca.is_none())
+        {
+            // The CA, its key sealed, for every node that holds the secret (the first write:
+            // a CA must be in the state before any node is admitted under it).
+            let cmd = Command::SetClusterCa {
+                ca: orion_types::ClusterCa {
+                    cert_pem: cert.clone(),
+                    sealed_key: orion_security::material::seal_ca_key(&s.secret_bytes(), key),
+                    fingerprint: s.join_token().fingerprint_text(),
+                },
+                at: crate::agent::now_ms(),
+            };
+            if let Err(e) = raft.write(cmd).await {
+                if tokio::time::Instant::now() >= deadline {
+                    warn!(error = %e, "could not write the cluster CA into the cluster state");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
         if raft.read(|st| !st.tokens.is_empty()) {
             // Present, or revoked/replaced by an admin: either way not ours to add again.
             return;
