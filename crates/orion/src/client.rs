@@ -170,6 +170,9 @@ pub enum TokenCmd {
         role: String,
         /// A name for people
         name: Option<String>,
+        /// The same, as a flag
+        #[arg(long = "name", conflicts_with = "name")]
+        name_flag: Option<String>,
     },
     /// Print the token this CLI sends to --addr (from --token, ORION_TOKEN or the
     /// credentials file), for scripts: curl -H "Authorization: Bearer $(orion token show)"
@@ -795,7 +798,13 @@ fn print_json(v: &Value) -> Result<()> {
 
 async fn token_cmd(cmd: TokenCmd) -> Result<()> {
     match cmd {
-        TokenCmd::Create { c, role, name } => {
+        TokenCmd::Create {
+            c,
+            role,
+            name,
+            name_flag,
+        } => {
+            let name = name.or(name_flag);
             let api = Api::new(&c)?;
             let v = api
                 .call(
