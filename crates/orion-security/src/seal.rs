@@ -137,15 +137,23 @@ pub struct Opener {
     order: VecDeque<(u64, [u8; 12])>,
     /// Packets sent at or before this are refused: their nonces may have been forgotten.
     floor_ms: u64,
+    /// Nonces remembered at most (`SEEN_NONCES_MAX`; smaller in tests).
+    memory_max: usize,
 }
 
 impl Opener {
     pub fn new(keys: Keyring) -> Opener {
+        Opener::with_memory(keys, SEEN_NONCES_MAX)
+    }
+
+    /// An opener that remembers at most `memory_max` nonces.
+    pub fn with_memory(keys: Keyring, memory_max: usize) -> Opener {
         Opener {
             keys,
             seen: HashSet::new(),
             order: VecDeque::new(),
             floor_ms: 0,
+            memory_max: memory_max.max(1),
         }
     }
 
@@ -179,7 +187,7 @@ impl Opener {
             return Err(Dropped::Replayed);
         }
         self.order.push_back((sent_ms, nonce));
-        if self.order.len() > SEEN_NONCES_MAX
+        if self.order.len() > self.memory_max
             && let Some((t, n)) = self.order.pop_front()
         {
             self.seen.remove(&n);
@@ -266,10 +274,10 @@ mod tests {
     #[test]
     fn a_full_replay_memory_refuses_what_it_forgot_instead_of_accepting_it_twice() {
         let keys = ring(1, 9);
-        let mut o = Opener::new(keys.clone());
+        let mut o = Opener::with_memory(keys.clone(), 100);
         let first = keys.seal(b"x", 1_000_000, nonce(0));
         assert!(o.open(&first, 1_000_000).is_ok());
-        for i in 1..=SEEN_NONCES_MAX as u32 {
+        for i in 1..=100 {
             let p = keys.seal(b"x", 1_000_001, nonce(i));
             assert!(o.open(&p, 1_000_001).is_ok());
         }
