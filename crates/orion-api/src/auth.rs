@@ -23,10 +23,11 @@ use orion_types::{ApiToken, Command, Response as CmdResponse, Role};
 use serde::Serialize;
 use std::sync::Arc;
 
-/// What the layer needs besides the state: the hash of the nodes' own token.
+/// What the layer needs besides the state: the hash of the nodes' own token (shared, since a
+/// first join may switch to a newer join token while the API already serves).
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    pub node_token_hash: String,
+    pub node_token_hash: Arc<std::sync::RwLock<String>>,
 }
 
 /// A token as `GET /tokens` shows it: never its secret.
@@ -130,7 +131,12 @@ fn check<B: Backend>(b: &B, cfg: &AuthConfig, req: &Request) -> Result<(), ApiEr
         ));
     };
     let hash = orion_security::tokens::hash(token);
-    let role = if hash == cfg.node_token_hash {
+    let node_hash = cfg
+        .node_token_hash
+        .read()
+        .map(|h| h.clone())
+        .unwrap_or_default();
+    let role = if hash == node_hash {
         Some(Role::ReadOnly)
     } else {
         b.read(|s| {

@@ -78,8 +78,8 @@ pub struct Node {
     creates_in_flight: AtomicUsize,
     /// The sealed gossip transport (its drop counters), unless `--insecure`.
     sealed: Option<Arc<crate::sealed::SealedUdp>>,
-    /// The cluster's join token, unless `--insecure`.
-    join_token: Option<String>,
+    /// This node's secrets, unless `--insecure` (a first join may still replace them).
+    secrets: Option<crate::security::LiveSecrets>,
 }
 
 /// The three write outcomes as HTTP: surely not proposed is 503 (retry), unknown is 504
@@ -351,7 +351,7 @@ impl Backend for Node {
     }
 
     fn join_token(&self) -> Option<String> {
-        self.join_token.clone()
+        self.secrets.as_ref().map(|s| s.get().join_token().encode())
     }
 
     fn new_id(&self) -> String {
@@ -397,6 +397,12 @@ impl Backend for Node {
             url.push_str(&format!("&tail={t}"));
         }
         let mut req = self.http.get(url);
+        if let Some(s) = &self.secrets {
+            // The nodes' own read-only token: this proxy reads another node's API.
+            req = req.bearer_auth(orion_security::keys::node_api_token(
+                &s.get().secret_bytes(),
+            ));
+        }
         if !follow {
             req = req.timeout(LOGS_PROXY_TIMEOUT);
         }
@@ -540,30 +546,25 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     // A first join keeps its token only once a member answered under its key; until then it
     // serves (`/health`; the rest waits for the state), and it gives up after a while.
     let (join_failed_tx, join_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
-    match security.clone() {
-        Some(sec) if sec.unsaved_join => {
+    let live = security
+        .as_ref()
+        .map(|s| crate::security::LiveSecrets::new(s.secrets.clone()));
+    match (security.clone(), live.clone()) {
+        (Some(sec), Some(live)) if sec.unsaved_join => {
             tokio::spawn(crate::security::first_join(
                 cfg.clone(),
                 sec,
+                live,
                 gossip.clone(),
                 sealed.clone(),
                 join_failed_tx,
             ));
         }
-        Some(sec) => crate::security::register(&cfg, &sec.secrets),
-        None => {}
+        (Some(sec), _) => crate::security::register(&cfg, &sec.secrets),
+        _ => {}
     }
 
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(sec) = &security {
-        // The nodes' own read-only token: the logs proxy reads another node's API.
-        let token = orion_security::keys::node_api_token(&sec.secrets.secret_bytes());
-        if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
-            headers.insert(reqwest::header::AUTHORIZATION, v);
-        }
-    }
     let http = reqwest::Client::builder()
-        .default_headers(headers)
         .local_address(cfg.advertise)
         .connect_timeout(Duration::from_secs(2))
         .build()
@@ -579,7 +580,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         ids: ids.clone(),
         creates_in_flight: AtomicUsize::new(0),
         sealed,
-        join_token: security.as_ref().map(|s| s.secrets.join_token().encode()),
+        secrets: live.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -611,13 +612,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
     let mut app = orion_api::router(node.clone())
         .route_layer(axum::middleware::from_fn(crate::metrics::track));
-    if let Some(sec) = &security {
-        let token = orion_security::keys::node_api_token(&sec.secrets.secret_bytes());
+    if let (Some(sec), Some(live)) = (&security, &live) {
         app = orion_api::authenticate(
             app,
             node.clone(),
             orion_api::AuthConfig {
-                node_token_hash: orion_security::tokens::hash(&token),
+                node_token_hash: live.node_token_hash.clone(),
             },
         );
         if sec.secrets.admin_token.is_some() {

@@ -29,6 +29,44 @@ pub struct Prepared {
     pub from_file: bool,
 }
 
+/// This node's secrets as the running parts see them: a first join may switch to a newer join
+/// token (a fresh entry in the credentials file) while the API already serves.
+#[derive(Clone)]
+pub struct LiveSecrets {
+    secrets: std::sync::Arc<std::sync::RwLock<NodeSecrets>>,
+    /// The hash of the nodes' own API token, which the API's auth layer reads.
+    pub node_token_hash: std::sync::Arc<std::sync::RwLock<String>>,
+}
+
+impl LiveSecrets {
+    pub fn new(s: NodeSecrets) -> LiveSecrets {
+        let hash = node_token_hash(&s);
+        LiveSecrets {
+            secrets: std::sync::Arc::new(std::sync::RwLock::new(s)),
+            node_token_hash: std::sync::Arc::new(std::sync::RwLock::new(hash)),
+        }
+    }
+
+    pub fn get(&self) -> NodeSecrets {
+        self.secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, s: NodeSecrets) {
+        *self
+            .node_token_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = node_token_hash(&s);
+        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+fn node_token_hash(s: &NodeSecrets) -> String {
+    orion_security::tokens::hash(&orion_security::keys::node_api_token(&s.secret_bytes()))
+}
+
 /// The join token the credentials file holds for any of the `--join` addresses.
 pub fn token_from_file(cfg: &AgentConfig) -> Option<(String, String)> {
     let path = credentials::default_path()?;
@@ -216,6 +254,7 @@ pub async fn ensure_admin_token(raft: orion_raft::RaftNode, s: NodeSecrets) {
 pub async fn first_join(
     cfg: AgentConfig,
     mut sec: Prepared,
+    live: LiveSecrets,
     gossip: orion_gossip::Gossip<orion_types::NodeMeta>,
     sealed: Option<std::sync::Arc<crate::sealed::SealedUdp>>,
     failed: tokio::sync::oneshot::Sender<anyhow::Error>,
@@ -247,6 +286,7 @@ pub async fn first_join(
             info!("the credentials file has a new entry for the --join address; using it");
             sec.secrets = NodeSecrets::from_join_token(&t);
             sealed.set_keys(keyring(&sec.secrets));
+            live.set(sec.secrets.clone());
         }
     }
     if let Err(e) = sec.secrets.save(&cfg.data_dir) {

@@ -20,16 +20,20 @@ fn credentials_entry(api: &str) -> orion_security::credentials::Entry {
         .expect("an entry for the bootstrap node")
 }
 
-/// The ids in a node's `/nodes` and in its Raft membership.
+/// The ids in a node's `/nodes` and in its Raft membership (empty while it cannot answer).
 async fn known_ids(api: &str) -> (Vec<String>, Vec<String>) {
-    let (_, nodes) = get(api, "/nodes").await.expect("nodes");
+    let nodes = get(api, "/nodes").await.map(|(_, v)| v).unwrap_or_default();
     let ids = nodes
         .as_array()
-        .expect("nodes")
+        .cloned()
+        .unwrap_or_default()
         .iter()
         .filter_map(|n| n["id"].as_str().map(String::from))
         .collect();
-    let (_, s) = get(api, "/status").await.expect("status");
+    let s = get(api, "/status")
+        .await
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     let raft = ["voters", "learners"]
         .iter()
         .flat_map(|k| s[*k].as_array().cloned().unwrap_or_default())
@@ -380,4 +384,59 @@ async fn insecure_turns_it_off_and_warns_at_every_start() {
     assert_eq!(plain(a.api.clone()).await, Some(200));
     assert_eq!(a.log_text().matches(warning).count(), 2, "{}", a.log_text());
     assert!(!a.data_dir.join("security.json").exists());
+}
+
+/// Regression: a node that joined through a stale credentials-file entry (an older cluster on
+/// the same address) switched its gossip key to the new entry's, but kept the old join token
+/// and node token for its API (`GET /join-token`, the logs proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_through_a_stale_credentials_entry_follows_the_new_cluster() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let path = orion_security::credentials::default_path().expect("credentials path");
+    let stale = format!("ORNTKN-1-{}-{}", "33".repeat(32), "44".repeat(32));
+    orion_security::credentials::record_bootstrap(
+        &path,
+        orion_security::credentials::Entry {
+            addrs: vec!["127.0.124.1:8000".into(), "127.0.124.1:6000".into()],
+            admin_token: "stale".into(),
+            join_token: stale.clone(),
+            ca_fingerprint: "sha256:33".into(),
+            created_at: 1,
+        },
+    )
+    .expect("stale entry");
+    // The joiner starts first and reads the stale entry; the bootstrap node replaces it.
+    let n2 = Agent::start("sec-s2", ip("127.0.124.2"), &["--join", "127.0.124.1:6000"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n1 = Agent::start("sec-s1", ip("127.0.124.1"), &["--bootstrap"]);
+    wait_healthy(&n1).await;
+    let a = n1.api.clone();
+    wait_for(Duration::from_secs(30), "sec-s2 to join", || {
+        let a = a.clone();
+        async move {
+            let (ids, raft) = known_ids(&a).await;
+            (ids.contains(&"sec-s2".to_string()) && raft.contains(&"sec-s2".to_string()))
+                .then_some(())
+        }
+    })
+    .await;
+    let (_, t1) = get(&n1.api, "/join-token").await.expect("n1");
+    assert_ne!(t1["token"], stale.as_str());
+    // The joiner's own view, once its replica holds the tokens.
+    let a2 = n2.api.clone();
+    let t2 = wait_for(
+        Duration::from_secs(10),
+        "sec-s2 to answer /join-token",
+        || {
+            let a2 = a2.clone();
+            async move {
+                let (s, v) = get(&a2, "/join-token").await.ok()?;
+                (s == 200).then_some(v)
+            }
+        },
+    )
+    .await;
+    assert_eq!(t1["token"], t2["token"]);
 }
