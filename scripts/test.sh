@@ -2,7 +2,7 @@
 # Runs the whole test suite: what the README's second set-up command and .ci/run call.
 # Installs what the tests need from Debian (busybox-static for the local test image, iptables
 # for partitions, tmux for the terminal UI test, prometheus for promtool, tcpdump for the gossip
-# capture of the security test), builds the test
+# capture of the security test, dnsutils for dig), builds the test
 # image, runs every test of the workspace, then schemathesis (PyPI) against the API. Under
 # CI=true the Docker and cluster tests fail rather than skip when the engine is missing.
 set -euo pipefail
@@ -14,6 +14,7 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v tcpdump >/dev/null 2>&1 || need_pkgs+=(tcpdump)
+command -v dig >/dev/null 2>&1 || need_pkgs+=(dnsutils)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -106,6 +106,17 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
     /// This node's event history (`GET /events`), if it keeps one.
+    /// This node's endpoint view (the `endpoints` of a service object). The default builds
+    /// it from the replicated state alone, with no health announced by gossip.
+    fn endpoints(&self) -> Arc<orion_types::endpoint::EndpointView> {
+        Arc::new(self.read(|s| {
+            orion_discovery::build(
+                s,
+                &std::collections::BTreeMap::new(),
+                &orion_discovery::node_addrs(s),
+            )
+        }))
+    }
     fn events(&self) -> Option<Arc<orion_events::EventLog>> {
         None
     }

@@ -5,8 +5,9 @@
 
 use crate::view::rfc3339;
 use orion_state::ClusterState;
+use orion_types::endpoint::ServiceEndpoints;
 use orion_types::service::{HealthTest, ServiceMode};
-use orion_types::{Deployment, Health, Service, ServiceSpec, TaskState};
+use orion_types::{Deployment, Service, ServiceSpec};
 use serde_json::{Map, Value, json};
 
 /// The fields of the service object that are not part of the spec: a client removes these
@@ -142,45 +143,39 @@ fn deployment_json(d: &Deployment) -> Value {
     })
 }
 
-/// The service object of API.md.
-pub fn service_json(svc: &Service, state: &ClusterState) -> Value {
+/// The service object of API.md. `eps` is the service's entry in this node's endpoint view
+/// (its endpoints with their health as this node routes to them).
+pub fn service_json(svc: &Service, state: &ClusterState, eps: Option<&ServiceEndpoints>) -> Value {
     let mut o = Map::new();
     o.insert("id".into(), json!(svc.id));
     o.extend(spec_json(&svc.spec));
     let counts = state.replica_counts(svc);
-    let mut endpoints = Vec::new();
-    for t in state.tasks_of_service(&svc.id) {
-        if t.state != TaskState::Running {
-            continue;
-        }
-        let ok = matches!(t.health, Health::None | Health::Healthy);
-        let node_ip = t
-            .node
-            .as_ref()
-            .and_then(|n| state.nodes.get(n))
-            .map(|n| n.meta.publish_ip.clone());
-        for p in &t.ports {
-            let address = if p.host_ip.is_empty() || p.host_ip == "0.0.0.0" {
-                node_ip.clone().unwrap_or_else(|| p.host_ip.clone())
-            } else {
-                p.host_ip.clone()
-            };
-            endpoints.push(json!({
-                "task": t.id,
-                "node": t.node,
-                "address": address,
-                "port": p.host_port,
-                "targetPort": p.container_port,
-                "protocol": p.protocol.as_str(),
-                "healthy": ok,
-            }));
-        }
-    }
+    let endpoints: Vec<Value> = eps
+        .map(|e| e.endpoints.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let protocol = svc
+                .spec
+                .ports
+                .iter()
+                .find(|p| p.target == e.target_port)
+                .map_or("tcp", |p| p.protocol.transport().as_str());
+            json!({
+                "task": e.task,
+                "node": e.node,
+                "address": e.address.to_string(),
+                "port": e.port,
+                "targetPort": e.target_port,
+                "protocol": protocol,
+                "healthy": e.healthy && !e.draining,
+            })
+        })
+        .collect();
     o.insert("version".into(), json!(svc.version));
     o.insert("createdAt".into(), json!(rfc3339(svc.created_at)));
     o.insert("updatedAt".into(), json!(rfc3339(svc.updated_at)));
-    // The virtual IP comes with the discovery issue.
-    o.insert("vip".into(), Value::Null);
+    o.insert("vip".into(), json!(svc.vip.map(|v| v.to_string())));
     o.insert(
         "replicas".into(),
         json!({"desired": counts.desired, "running": counts.running, "healthy": counts.healthy}),
@@ -232,12 +227,13 @@ pub struct ServiceView {
     pub version: u64,
     pub created_at: String,
     pub updated_at: String,
-    /// The virtual IP; `null` until service discovery exists.
+    /// The virtual IP, from the cluster's `vipRange`; `null` only for a service created
+    /// before VIPs existed.
     pub vip: Option<String>,
     pub replicas: ReplicasView,
     /// The latest rollout, if any.
     pub deployment: Option<DeploymentView>,
-    /// Where the running tasks answer.
+    /// Where the running tasks answer, as this node's endpoint view has them.
     pub endpoints: Vec<EndpointView>,
 }
 

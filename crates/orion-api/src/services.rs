@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orion_state::ClusterState;
 use orion_types::api::parse_object;
+use orion_types::endpoint::EndpointView as Endpoints;
 use orion_types::limits::SERVICE_REPLICAS_MAX;
 use orion_types::service::{parse_service_request, validate_service};
 use orion_types::{Command, Response as CmdResponse, TaskState};
@@ -53,10 +54,10 @@ async fn maybe_consistent<B: Backend>(b: &B, consistent: Option<bool>) -> Result
     Ok(())
 }
 
-fn found(s: &ClusterState, id: &str) -> Result<Value, ApiError> {
+fn found(s: &ClusterState, view: &Endpoints, id: &str) -> Result<Value, ApiError> {
     s.services
         .get(id)
-        .map(|svc| service_json(svc, s))
+        .map(|svc| service_json(svc, s, view.services.get(id)))
         .ok_or_else(|| ApiError::not_found(format!("service {id} not found")))
 }
 
@@ -65,7 +66,8 @@ fn found(s: &ClusterState, id: &str) -> Result<Value, ApiError> {
 fn answer<B: Backend>(b: &B, resp: CmdResponse, ok: StatusCode) -> Result<Response, ApiError> {
     match resp {
         CmdResponse::Service(svc) => {
-            let body = b.read(|s| service_json(&svc, s));
+            let view = b.endpoints();
+            let body = b.read(|s| service_json(&svc, s, view.services.get(&svc.id)));
             Ok((ok, Json(body)).into_response())
         }
         CmdResponse::NotFound(m) => Err(ApiError::not_found(m)),
@@ -107,11 +109,12 @@ pub(crate) async fn list<B: Backend>(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     maybe_consistent(&*b, q.consistent).await?;
+    let view = b.endpoints();
     let list: Vec<Value> = b.read(|s| {
         s.services
             .values()
             .filter(|svc| q.stack.is_none() || svc.spec.stack == q.stack)
-            .map(|svc| service_json(svc, s))
+            .map(|svc| service_json(svc, s, view.services.get(&svc.id)))
             .collect()
     });
     Ok(Json(list).into_response())
@@ -131,7 +134,8 @@ pub(crate) async fn get_one<B: Backend>(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     maybe_consistent(&*b, q.consistent).await?;
-    Ok(Json(b.read(|s| found(s, &id))?).into_response())
+    let view = b.endpoints();
+    Ok(Json(b.read(|s| found(s, &view, &id))?).into_response())
 }
 
 /// The tasks of a service, by slot.

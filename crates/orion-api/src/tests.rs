@@ -238,7 +238,10 @@ mod services {
             svc["replicas"],
             serde_json::json!({"desired": 3, "running": 0, "healthy": 0})
         );
-        assert_eq!(svc["vip"], Value::Null);
+        assert_eq!(
+            svc["vip"], "10.200.0.1",
+            "the lowest address of the default vipRange"
+        );
         assert_eq!(svc["deployment"], Value::Null);
         assert_eq!(svc["endpoints"], serde_json::json!([]));
         assert_eq!(svc["healthcheck"]["interval"], "5s");

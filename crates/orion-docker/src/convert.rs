@@ -69,6 +69,9 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, R
         } else {
             Some(port_bindings)
         },
+        network_mode: spec.network.clone(),
+        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+        dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
         ..Default::default()
     };
 
@@ -287,6 +290,9 @@ mod tests {
                     host_port: 8080,
                 },
             ],
+            network: None,
+            dns: Vec::new(),
+            dns_search: Vec::new(),
         }
     }
 

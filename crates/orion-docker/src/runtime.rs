@@ -237,6 +237,92 @@ impl DockerRuntime {
         }
     }
 
+    /// The gateway address of bridge network `name`, creating the network (labelled with
+    /// `labels`) if it does not exist, on the first of `subnets` (`(subnet, gateway)`) that
+    /// overlaps no other network. The gateway is the host's address on that bridge: what
+    /// containers attached to it reach the host at.
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        subnets: &[(String, String)],
+    ) -> Result<std::net::IpAddr, RuntimeError> {
+        use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+        let inspect = || {
+            bounded(
+                "inspect network",
+                INSPECT_TIMEOUT,
+                self.docker.inspect_network(name, None),
+            )
+        };
+        let net = match inspect().await {
+            Ok(n) => n,
+            Err(RuntimeError::NotFound(_)) => {
+                let mut last = RuntimeError::Engine("no subnet to try".into());
+                for (subnet, gateway) in subnets {
+                    let req = NetworkCreateRequest {
+                        name: name.to_string(),
+                        driver: Some("bridge".into()),
+                        labels: Some(
+                            labels
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                                .collect(),
+                        ),
+                        ipam: Some(Ipam {
+                            config: Some(vec![IpamConfig {
+                                subnet: Some(subnet.clone()),
+                                gateway: Some(gateway.clone()),
+                                ..Default::default()
+                            }]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    };
+                    match bounded(
+                        "create network",
+                        CREATE_TIMEOUT,
+                        self.docker.create_network(req),
+                    )
+                    .await
+                    {
+                        // Another agent of the same node id raced us: use theirs.
+                        Ok(_) | Err(RuntimeError::Conflict(_)) => break,
+                        // Most likely the subnet overlaps another network: try the next.
+                        Err(e) => last = e,
+                    }
+                }
+                match inspect().await {
+                    Ok(n) => n,
+                    Err(RuntimeError::NotFound(_)) => return Err(last),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        net.ipam
+            .and_then(|i| i.config)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| c.gateway.as_deref()?.parse().ok())
+            .next()
+            .ok_or_else(|| RuntimeError::Engine(format!("network {name} has no gateway")))
+    }
+
+    /// Removes network `name`; an absent one is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match bounded(
+            "remove network",
+            CREATE_TIMEOUT,
+            self.docker.remove_network(name),
+        )
+        .await
+        {
+            Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates (does not start) a container and returns its id. A name in use
     /// is `Conflict`; an image not present locally is `ImageUnavailable`.
     pub async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {

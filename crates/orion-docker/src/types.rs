@@ -24,6 +24,15 @@ pub struct ContainerSpec {
     pub nano_cpus: Option<u64>,
     /// Ports to publish.
     pub ports: Vec<PortRequest>,
+    /// Network to attach to (the engine's default bridge when `None`).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// DNS servers of the container (the engine's when empty).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// DNS search domains of the container.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
 }
 
 /// One port to publish.

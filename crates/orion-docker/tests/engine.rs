@@ -125,6 +125,9 @@ fn spec(label: &str, name: &str, command: &[&str]) -> ContainerSpec {
         memory_bytes: None,
         nano_cpus: None,
         ports: Vec::new(),
+        network: None,
+        dns: Vec::new(),
+        dns_search: Vec::new(),
     }
 }
 

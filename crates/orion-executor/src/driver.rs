@@ -126,6 +126,7 @@ pub async fn run<R: ContainerRuntime, C: Cluster>(
         jobs: JoinSet::new(),
         reported: BTreeMap::new(),
         reported_health: BTreeMap::new(),
+        told_unhealthy: Vec::new(),
         fresh: false,
         ever_fresh: false,
         epoch: 0,
@@ -168,6 +169,8 @@ struct Executor<R: ContainerRuntime, C: Cluster> {
     /// Health checks of running containers, by allocation.
     probers: BTreeMap<AllocId, Prober>,
     probes_in_flight: usize,
+    /// The failing allocations last told to `Cluster::local_unhealthy`.
+    told_unhealthy: Vec<AllocId>,
     /// Container runs probed so far (the next `Prober::run`).
     runs: u64,
 }
@@ -270,6 +273,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                         let turned = p.probe.record(outcome, &output, now);
                         if let Some(h) = turned {
                             info!(alloc = %alloc, container = %short(&p.container_id), health = h.as_str(), output = %p.probe.output, "health changed");
+                            self.tell_unhealthy();
                         }
                         turned.is_some()
                     }
@@ -374,6 +378,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         };
         let now = self.clock.now_ms();
         self.sync_probers(&desired, &actual, now);
+        self.tell_unhealthy();
         let views: BTreeMap<AllocId, ProbeView> = self
             .probers
             .iter()
@@ -519,6 +524,20 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             }
             Done::Reported
         });
+    }
+
+    /// Tells the cluster the allocations whose probe finds them unhealthy, when that changed.
+    fn tell_unhealthy(&mut self) {
+        let now: Vec<AllocId> = self
+            .probers
+            .iter()
+            .filter(|(_, p)| p.probe.health == Health::Unhealthy)
+            .map(|(a, _)| a.clone())
+            .collect();
+        if now != self.told_unhealthy {
+            self.cluster.local_unhealthy(now.clone());
+            self.told_unhealthy = now;
+        }
     }
 
     /// Keeps one prober per running container of a task with a health check: a new

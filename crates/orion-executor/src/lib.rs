@@ -59,6 +59,8 @@ pub const FENCE_GRACE_MS: u64 = 1_000;
 pub const STOP_GRACE_MS: u64 = 2_000;
 
 /// What the executor needs from the node it runs in.
+use orion_types::AllocId;
+
 pub trait Cluster: Send + Sync + 'static {
     /// Tasks that the local replica places on `node` (allocation set).
     fn tasks_on(&self, node: &str) -> Vec<Task>;
@@ -74,6 +76,10 @@ pub trait Cluster: Send + Sync + 'static {
     /// Milliseconds since this node last heard from a leader it accepted (on the leader:
     /// since a quorum last acknowledged it); `None` if unknown.
     fn leader_contact_age_ms(&self) -> Option<u64>;
+    /// The allocations on this node whose health check this executor finds failing now
+    /// (sorted), told whenever the set changes: the agent announces it by gossip, so an
+    /// endpoint leaves every node's view without waiting for the log.
+    fn local_unhealthy(&self, _allocs: Vec<AllocId>) {}
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +89,29 @@ pub struct ExecutorConfig {
     pub publish_ip: String,
     /// Carried in reports while the back-off still travels with them (see `Command::Report`).
     pub backoff: BackoffConfig,
+    /// The node's own container network and the DNS server on it; `None`: the engine's
+    /// default bridge and DNS.
+    pub network: Option<ContainerNetwork>,
+}
+
+/// Where this node's containers are attached, and the DNS they use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerNetwork {
+    /// Docker network name.
+    pub name: String,
+    /// The node's DNS server address on that network (its gateway).
+    pub dns: String,
+}
+
+/// The DNS search domains of a task's container: `<stack>.orion` for a service in a stack,
+/// then `orion`, so `web` and `db` resolve by short name (API.md).
+pub fn dns_search(task: &Task) -> Vec<String> {
+    let stack = task
+        .service
+        .as_deref()
+        .and_then(|id| id.split_once('.'))
+        .map(|(_, stack)| format!("{stack}.orion"));
+    stack.into_iter().chain(["orion".to_string()]).collect()
 }
 
 /// Starts the executor loop on the tokio runtime; it ends when `shutdown` turns true.
@@ -149,6 +178,13 @@ pub fn container_spec(cfg: &ExecutorConfig, task: &Task) -> ContainerSpec {
         memory_bytes: (task.spec.memory_bytes > 0).then_some(task.spec.memory_bytes),
         nano_cpus: (task.spec.cpu_millis > 0).then_some(task.spec.cpu_millis * 1_000_000),
         ports,
+        network: cfg.network.as_ref().map(|n| n.name.clone()),
+        dns: cfg.network.iter().map(|n| n.dns.clone()).collect(),
+        dns_search: if cfg.network.is_some() {
+            dns_search(task)
+        } else {
+            Vec::new()
+        },
     }
 }
 

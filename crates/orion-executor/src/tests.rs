@@ -680,6 +680,8 @@ struct FakeCluster {
     /// `u64::MAX`: unknown.
     contact_age_ms: AtomicU64,
     reports: Mutex<Vec<Command>>,
+    /// Every set of failing allocations told to `local_unhealthy`, in order.
+    told_unhealthy: Mutex<Vec<Vec<AllocId>>>,
 }
 
 impl FakeCluster {
@@ -691,6 +693,7 @@ impl FakeCluster {
             ready_calls: AtomicU64::new(0),
             contact_age_ms: AtomicU64::new(0),
             reports: Mutex::new(Vec::new()),
+            told_unhealthy: Mutex::new(Vec::new()),
         });
         c.apply(&Command::UpsertNode {
             meta: Box::new(NodeMeta {
@@ -788,6 +791,12 @@ impl Cluster for FakeCluster {
             age => Some(age),
         }
     }
+    fn local_unhealthy(&self, allocs: Vec<AllocId>) {
+        self.told_unhealthy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(allocs);
+    }
 }
 
 struct Rig {
@@ -812,6 +821,7 @@ fn rig(prepare: impl FnOnce(&FakeCluster, &FakeRuntime)) -> Rig {
             node_id: NODE.into(),
             publish_ip: "127.0.0.1".into(),
             backoff: BackoffConfig::default(),
+            network: None,
         },
         runtime.clone(),
         cluster.clone(),
@@ -881,6 +891,9 @@ fn leftover(rt: &FakeRuntime, name: &str, alloc: &str, host_port: u16) -> String
             host_ip: "127.0.0.1".into(),
             host_port,
         }],
+        network: None,
+        dns: Vec::new(),
+        dns_search: Vec::new(),
     }))
     .expect("fake create is immediate")
     .expect("create");
@@ -973,6 +986,15 @@ async fn unprobed_health_a_task_turns_healthy_then_unhealthy_after_retries_and_r
     .await;
     let (_, output, unhealthy_at) = r.health_reports().pop().expect("a report");
     assert_eq!(output, "exit code 1: boom");
+    // The failure was told for the gossip announcement too (once, when it turned).
+    assert_eq!(
+        r.cluster
+            .told_unhealthy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        vec![vec!["a-t1".to_string()]]
+    );
     let failed_probes = r
         .runtime
         .calls()
@@ -992,6 +1014,16 @@ async fn unprobed_health_a_task_turns_healthy_then_unhealthy_after_retries_and_r
         t.restarts >= 1 && t.state == TaskState::Running && t.health == Health::Healthy
     })
     .await;
+    // The new run is no longer failing: the announcement is cleared.
+    assert_eq!(
+        r.cluster
+            .told_unhealthy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .cloned(),
+        Some(vec![])
+    );
     assert!(
         r.runtime
             .calls()
@@ -1369,4 +1401,32 @@ async fn driver_survives_failing_calls_and_repairs_on_the_next_pass() {
     r.runtime.clear_fault(Op::List);
     r.until_running("t1", Duration::from_secs(10)).await;
     r.shutdown().await;
+}
+
+/// With the node's own network, a container joins it and resolves through the node's DNS
+/// with the search domains of API.md: its stack's, then `orion`.
+#[test]
+fn containers_join_the_node_network_with_its_dns_and_search_domains() {
+    let mut cfg = ExecutorConfig {
+        node_id: NODE.into(),
+        publish_ip: "127.0.0.1".into(),
+        backoff: BackoffConfig::default(),
+        network: Some(ContainerNetwork {
+            name: "orion-n1".into(),
+            dns: "10.201.7.1".into(),
+        }),
+    };
+    let mut t = task("t1", TaskState::Scheduled, "");
+    t.service = Some("db.shop".into());
+    let spec = container_spec(&cfg, &t);
+    assert_eq!(spec.network.as_deref(), Some("orion-n1"));
+    assert_eq!(spec.dns, ["10.201.7.1"]);
+    assert_eq!(spec.dns_search, ["shop.orion", "orion"]);
+    t.service = Some("web".into());
+    assert_eq!(container_spec(&cfg, &t).dns_search, ["orion"]);
+    t.service = None;
+    assert_eq!(container_spec(&cfg, &t).dns_search, ["orion"]);
+    cfg.network = None;
+    let spec = container_spec(&cfg, &t);
+    assert!(spec.network.is_none() && spec.dns.is_empty() && spec.dns_search.is_empty());
 }

@@ -30,6 +30,70 @@ const MAGIC: [u8; 2] = *b"OG";
 const VERSION: u8 = 1;
 /// Custom broadcast tag for "node left on purpose".
 const BROADCAST_LEAVE: u8 = 1;
+/// Custom broadcast tag for a node's note (opaque bytes it announces about itself).
+const BROADCAST_NOTE: u8 = 2;
+
+/// The tag of a custom broadcast, to pick its decoder.
+pub(crate) fn broadcast_tag(data: &[u8]) -> Option<u8> {
+    data.first().copied()
+}
+
+pub(crate) fn is_note(data: &[u8]) -> bool {
+    broadcast_tag(data) == Some(BROADCAST_NOTE)
+}
+
+/// A node's note as it travels: who, which life, which version of the note, the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NoteWire {
+    pub(crate) node_id: String,
+    pub(crate) generation: u64,
+    pub(crate) version: u64,
+    pub(crate) data: Vec<u8>,
+}
+
+/// Encode a note broadcast; the caller bounds `data` (`NOTE_BYTES_MAX`).
+pub(crate) fn encode_note(node_id: &str, generation: u64, version: u64, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + node_id.len() + 18 + data.len());
+    out.put_u8(BROADCAST_NOTE);
+    out.put_u8(node_id.len() as u8);
+    out.put_slice(node_id.as_bytes());
+    out.put_u64(generation);
+    out.put_u64(version);
+    out.put_u16(data.len() as u16);
+    out.put_slice(data);
+    out
+}
+
+/// Decode a note broadcast; a note over `max_data` bytes is refused.
+pub(crate) fn decode_note(mut data: &[u8], max_data: usize) -> Result<NoteWire, CodecError> {
+    need(&data, 2)?;
+    if data.get_u8() != BROADCAST_NOTE {
+        return Err(CodecError::Invalid("broadcast tag"));
+    }
+    let len = usize::from(data.get_u8());
+    need(&data, len + 18)?;
+    let mut id = vec![0u8; len];
+    data.copy_to_slice(&mut id);
+    let generation = data.get_u64();
+    let version = data.get_u64();
+    let n = usize::from(data.get_u16());
+    if n > max_data {
+        return Err(CodecError::Invalid("note too large"));
+    }
+    need(&data, n)?;
+    let note = data[..n].to_vec();
+    data.advance(n);
+    if data.has_remaining() {
+        return Err(CodecError::Invalid("trailing bytes in broadcast"));
+    }
+    let node_id = String::from_utf8(id).map_err(|_| CodecError::Invalid("node id utf8"))?;
+    Ok(NoteWire {
+        node_id,
+        generation,
+        version,
+        data: note,
+    })
+}
 
 /// Why a packet could not be decoded or a value could not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -455,6 +519,26 @@ mod tests {
         for cut in 0..buf.len() {
             assert!(codec.decode_header(&buf[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn note_roundtrip_and_every_truncation_is_an_error() {
+        let data = encode_note("node-a", 42, 7, b"hello");
+        let want = NoteWire {
+            node_id: "node-a".into(),
+            generation: 42,
+            version: 7,
+            data: b"hello".to_vec(),
+        };
+        assert_eq!(decode_note(&data, 64).expect("valid"), want);
+        for cut in 0..data.len() {
+            assert!(decode_note(&data[..cut], 64).is_err(), "cut at {cut}");
+        }
+        assert!(decode_note(&data, 4).is_err(), "over the bound");
+        let mut long = data.clone();
+        long.push(0);
+        assert!(decode_note(&long, 64).is_err());
+        assert!(is_note(&data) && !is_note(&encode_leave("a", 1)));
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub(crate) enum GossipInput<M> {
 
 pub(crate) enum Command {
     Join(Vec<SocketAddr>),
+    /// Announce this node's note (bytes within `NOTE_BYTES_MAX`).
+    Note(Vec<u8>),
     Leave(oneshot::Sender<()>),
     /// Test hook: block the engine task for this long, as a stalled process.
     #[cfg(test)]
@@ -139,30 +141,50 @@ impl LeftLog {
     }
 }
 
-/// Key under which foca keeps one "left" broadcast in its queue.
-pub(crate) struct LeaveKey(Arc<str>, u64);
-impl Invalidates for LeaveKey {
+/// Key under which foca keeps a custom broadcast in its queue: one "left" note per node life,
+/// and one note per node (a newer version replaces the older in the queue).
+pub(crate) enum BroadcastKey {
+    Leave(Arc<str>, u64),
+    Note(Arc<str>, u64, u64),
+}
+impl Invalidates for BroadcastKey {
     fn invalidates(&self, other: &Self) -> bool {
-        self.0 == other.0 && self.1 >= other.1
+        match (self, other) {
+            (BroadcastKey::Leave(a, g), BroadcastKey::Leave(b, h)) => a == b && g >= h,
+            (BroadcastKey::Note(a, g, v), BroadcastKey::Note(b, h, w)) => {
+                a == b && (g, v) >= (h, w)
+            }
+            _ => false,
+        }
     }
 }
 
-/// foca custom broadcast handler for "node left" notes.
-pub(crate) struct LeaveHandler(pub(crate) Arc<Mutex<LeftLog>>);
+/// foca custom broadcast handler for "node left" notes and nodes' notes.
+pub(crate) struct LeaveHandler(pub(crate) Arc<Mutex<LeftLog>>, pub(crate) Arc<Notes>);
 impl<M> BroadcastHandler<NodeIdentity<M>> for LeaveHandler {
-    type Key = LeaveKey;
+    type Key = BroadcastKey;
     type Error = CodecError;
 
     fn receive_item(
         &mut self,
         data: &[u8],
         _sender: Option<&NodeIdentity<M>>,
-    ) -> Result<Option<LeaveKey>, CodecError> {
+    ) -> Result<Option<BroadcastKey>, CodecError> {
+        if codec::is_note(data) {
+            let note = codec::decode_note(data, crate::NOTE_BYTES_MAX)?;
+            let node_id: Arc<str> = note.node_id.as_str().into();
+            let (generation, version) = (note.generation, note.version);
+            // Only news is passed on, or the note would circulate forever.
+            return Ok(self
+                .1
+                .insert(note)
+                .then_some(BroadcastKey::Note(node_id, generation, version)));
+        }
         let (node_id, generation) = codec::decode_leave(data)?;
         let node_id: Arc<str> = node_id.into();
         let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if log.insert(Arc::clone(&node_id), generation) {
-            Ok(Some(LeaveKey(node_id, generation)))
+            Ok(Some(BroadcastKey::Leave(node_id, generation)))
         } else {
             // Already known: do not re-queue, or the note would circulate forever.
             Ok(None)
@@ -200,6 +222,49 @@ struct ProbeTrack {
     helpers: Vec<(SocketAddr, bool)>,
 }
 
+/// The latest note of every node (ourselves included), shared with the handles.
+pub(crate) struct Notes {
+    map: Mutex<HashMap<Arc<str>, codec::NoteWire>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Notes {
+    pub(crate) fn new() -> Notes {
+        Notes {
+            map: Mutex::new(HashMap::new()),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Keeps `note` if it is newer than what we hold of its node; true if so.
+    fn insert(&self, note: codec::NoteWire) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = map.get(note.node_id.as_str()) {
+            if (old.generation, old.version) >= (note.generation, note.version) {
+                return false;
+            }
+        } else if map.len() >= crate::NOTES_MAX {
+            // A flood of made-up node ids must not grow memory.
+            return false;
+        }
+        map.insert(note.node_id.as_str().into(), note);
+        drop(map);
+        self.changed.send_modify(|n| *n += 1);
+        true
+    }
+
+    pub(crate) fn snapshot(&self) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(k, v)| (k.to_string(), v.data.clone()))
+            .collect()
+    }
+
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
 pub(crate) struct Shared<M> {
     pub(crate) view: RwLock<HashMap<Arc<str>, Member<M>>>,
     pub(crate) stats: StatsCounters,
@@ -228,6 +293,8 @@ pub(crate) struct Engine<M, T> {
     scratch: Vec<u8>,
     leave_reply: Option<oneshot::Sender<()>>,
     stopped: bool,
+    /// Version of this node's latest note (grows within a generation).
+    note_version: u64,
 }
 
 impl<M, T> Engine<M, T>
@@ -244,6 +311,7 @@ where
         shared: Arc<Shared<M>>,
         events: broadcast::Sender<MemberEvent<M>>,
         seed: u64,
+        notes: Arc<Notes>,
     ) -> Self {
         use foca_rand::SeedableRng;
         let left = Arc::new(Mutex::new(LeftLog::default()));
@@ -252,7 +320,7 @@ where
             foca_config,
             foca_rand::rngs::SmallRng::seed_from_u64(seed),
             WireCodec::new(),
-            LeaveHandler(Arc::clone(&left)),
+            LeaveHandler(Arc::clone(&left), notes),
         );
         let awareness = Awareness::new(cfg.lifeguard.awareness_max);
         let mut engine = Self {
@@ -279,6 +347,7 @@ where
             scratch: Vec::new(),
             leave_reply: None,
             stopped: false,
+            note_version: 0,
         };
         engine.sync_view();
         engine
@@ -547,6 +616,22 @@ where
                     .and_then(|v| v.get_mut(&*self.me.node_id))
                 {
                     me.status = MemberStatus::Left;
+                }
+            }
+            Command::Note(data) => {
+                self.note_version += 1;
+                let wire = codec::encode_note(
+                    &self.me.node_id,
+                    self.me.generation,
+                    self.note_version,
+                    &data,
+                );
+                if let Err(e) = self.foca.add_broadcast(&wire) {
+                    tracing::debug!(error = %e, "note not queued");
+                }
+                // Out at once to a few members; periodic gossip carries it further.
+                if let Err(e) = self.foca.broadcast(&mut self.rt) {
+                    tracing::debug!(error = %e, "note broadcast");
                 }
             }
             #[cfg(test)]

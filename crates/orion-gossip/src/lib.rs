@@ -274,6 +274,8 @@ pub enum GossipError {
         identity_bytes: usize,
         max_identity_bytes: usize,
     },
+    #[error("note of {0} bytes is over the {NOTE_BYTES_MAX}-byte bound")]
+    NoteTooLarge(usize),
     #[error("no seed address given")]
     NoSeeds,
     #[error("gossip engine has stopped")]
@@ -363,7 +365,15 @@ pub(crate) struct StatsCounters {
     pub(crate) buddy_notices: AtomicU64,
 }
 
+/// Largest note a node may announce about itself ([`Gossip::set_note`]): it rides in a gossip
+/// packet (1,400 bytes by default) beside the header's two identities.
+pub const NOTE_BYTES_MAX: usize = 512;
+/// Most nodes whose notes are kept: far above any cluster Orion is meant for, and a bound on
+/// what made-up node ids can cost.
+pub const NOTES_MAX: usize = 4096;
+
 struct Inner<M> {
+    notes: Arc<engine::Notes>,
     advertise: SocketAddr,
     seed: u64,
     input: mpsc::Sender<GossipInput<M>>,
@@ -467,6 +477,7 @@ where
     let max_packet = config.max_packet_bytes;
     let advertise = config.advertise;
     let seed = config.seed;
+    let notes = Arc::new(engine::Notes::new());
     let engine = Engine::new(
         config,
         foca_config,
@@ -475,6 +486,7 @@ where
         Arc::clone(&shared),
         events.clone(),
         seed,
+        Arc::clone(&notes),
     );
     let engine_task = tokio::spawn(engine.run(rx));
     let recv_task = tokio::spawn(receive_loop(
@@ -485,6 +497,7 @@ where
     ));
     Ok(Gossip {
         inner: Arc::new(Inner {
+            notes,
             advertise,
             seed,
             input: tx,
@@ -548,6 +561,28 @@ where
             return Err(GossipError::NoSeeds);
         }
         self.command(Command::Join(seeds.to_vec())).await
+    }
+
+    /// Announce `data` as this node's note: it replaces our previous note on every member,
+    /// spreads by gossip like membership news (piggybacked, and pushed at once to a few
+    /// members), and is what [`Gossip::notes`] shows for us everywhere. A note is kept per
+    /// node id and the newest (generation, version) wins. Announcing the same bytes again is
+    /// how a caller makes sure late joiners and lossy links catch up.
+    pub async fn set_note(&self, data: Vec<u8>) -> Result<(), GossipError> {
+        if data.len() > NOTE_BYTES_MAX {
+            return Err(GossipError::NoteTooLarge(data.len()));
+        }
+        self.command(Command::Note(data)).await
+    }
+
+    /// The latest note of every node heard of (ourselves included), by node id.
+    pub fn notes(&self) -> std::collections::BTreeMap<String, Vec<u8>> {
+        self.inner.notes.snapshot()
+    }
+
+    /// Bumped whenever a newer note arrives.
+    pub fn notes_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.notes.subscribe()
     }
 
     /// Membership events. Bounded: a slow subscriber lags, never blocks gossip.

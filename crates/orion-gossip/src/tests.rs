@@ -543,3 +543,32 @@ async fn engines_converge_over_an_in_memory_transport_on_paused_time() {
         "the stopped member was never declared down"
     );
 }
+
+/// A node's note reaches every member, a newer one replaces it, and an oversized one is
+/// refused before it reaches the engine.
+#[tokio::test]
+async fn notes_spread_and_the_newest_wins() {
+    let nodes = cluster([127, 0, 104], true).await;
+    let started = Instant::now();
+    nodes[2].set_note(b"v1".to_vec()).await.expect("note");
+    let everywhere = |want: &'static [u8]| {
+        let nodes = nodes.clone();
+        move || {
+            nodes
+                .iter()
+                .all(|n| n.notes().get("c").map(Vec::as_slice) == Some(want))
+        }
+    };
+    assert!(until(Duration::from_secs(5), everywhere(b"v1")).await);
+    println!("a note reached every member in {:?}", started.elapsed());
+    let mut changed = nodes[0].notes_changed();
+    changed.borrow_and_update();
+    nodes[2].set_note(b"v2".to_vec()).await.expect("note");
+    assert!(until(Duration::from_secs(5), everywhere(b"v2")).await);
+    assert!(changed.has_changed().expect("open"));
+    let big = vec![0u8; crate::NOTE_BYTES_MAX + 1];
+    assert!(matches!(
+        nodes[0].set_note(big).await,
+        Err(crate::GossipError::NoteTooLarge(_))
+    ));
+}

@@ -60,6 +60,17 @@ impl ClusterState {
         if self.services.contains_key(&id) {
             return Response::Conflict(format!("service {id} already exists"));
         }
+        // The lowest free address of the range: the same on every node, since `apply` runs in
+        // log order; a deleted service's address is free again.
+        let taken: std::collections::BTreeSet<std::net::Ipv4Addr> =
+            self.services.values().filter_map(|s| s.vip).collect();
+        let range = self.config().vip_range;
+        let Some(vip) = range.lowest_free(&taken) else {
+            return Response::Conflict(format!(
+                "no free virtual IP for service {id}: every address of vipRange {range} is taken; widen it (orion cluster config --vip-range)"
+            ));
+        };
+        let vip = Some(vip);
         let service = Service {
             id: id.clone(),
             spec: spec.clone(),
@@ -68,6 +79,7 @@ impl ClusterState {
             created_at: at,
             updated_at: at,
             deployment: None,
+            vip,
         };
         self.services.insert(id.clone(), service.clone());
         touched.push(Key::Service(id));

@@ -899,6 +899,56 @@ mod services {
             &["t2 stopped v1 s2 none"],
         );
     }
+
+    /// VIPs: the lowest free address of the cluster's range at create, the same on every
+    /// replica, freed on delete, kept through a snapshot; a full range refuses the create.
+    #[test]
+    fn vips_are_allocated_lowest_free_and_freed_on_delete() {
+        use orion_types::VipRange;
+        let named = |n: &str| create_svc(&format!(r#"{{"name":"{n}","image":"x"}}"#));
+        let vip = |s: &ClusterState, id: &str| s.services[id].vip.map(|v| v.to_string());
+        let mut state = ClusterState::default();
+        for n in ["a", "b", "c"] {
+            state.apply(&named(n));
+        }
+        assert_eq!(vip(&state, "a").as_deref(), Some("10.200.0.1"));
+        assert_eq!(vip(&state, "c").as_deref(), Some("10.200.0.3"));
+        state.apply(&Command::DeleteService {
+            id: "b".into(),
+            at: 9,
+        });
+        state.apply(&named("d"));
+        assert_eq!(
+            vip(&state, "d").as_deref(),
+            Some("10.200.0.2"),
+            "b's address is free again"
+        );
+        // A snapshot (the state's JSON) keeps them, and a replica applying the same log agrees.
+        let back: ClusterState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert_eq!(vip(&back, "d").as_deref(), Some("10.200.0.2"));
+        // A range of two usable addresses: the third create is refused and creates nothing.
+        let mut small = ClusterState::default();
+        let config = ClusterConfig {
+            vip_range: VipRange::parse("10.9.0.0/30").unwrap(),
+            ..ClusterConfig::default()
+        };
+        small.apply(&set_config(config, false));
+        small.apply(&named("a"));
+        small.apply(&named("b"));
+        let (resp, touched) = small.apply(&named("c"));
+        assert!(
+            matches!(resp, Response::Conflict(ref m) if m.contains("vipRange")),
+            "{resp:?}"
+        );
+        assert!(touched.is_empty());
+        assert!(!small.services.contains_key("c"));
+        // A service stored before VIPs existed decodes without one.
+        let mut v = serde_json::to_value(&state.services["a"]).unwrap();
+        v.as_object_mut().unwrap().remove("vip");
+        let old: orion_types::Service = serde_json::from_value(v).unwrap();
+        assert_eq!(old.vip, None);
+    }
 }
 
 #[test]

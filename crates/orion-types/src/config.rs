@@ -12,6 +12,7 @@ use crate::{BackoffConfig, Strategy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
 /// Most Raft voters a cluster may ask for. Every write waits for a majority of voters, so
@@ -68,6 +69,110 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// The default `vipRange`: 65,534 service VIPs. Chosen away from the ranges a host is likely
+/// to route already: Docker's local pools (172.17.0.0/12 and 192.168.0.0/16), Kubernetes'
+/// service range (10.96.0.0/12), k3s' (10.42.0.0/16, 10.43.0.0/16) and the low end of 10/8
+/// where Swarm's overlay pools and most office networks start.
+pub const VIP_RANGE_DEFAULT: VipRange = VipRange {
+    network: Ipv4Addr::new(10, 200, 0, 0),
+    prefix_len: 16,
+};
+/// Shortest and longest prefix of a VIP range: a /8 is the largest private block, a /30 the
+/// smallest that holds a usable address (network and broadcast addresses are never given).
+pub const VIP_PREFIX_MIN: u8 = 8;
+pub const VIP_PREFIX_MAX: u8 = 30;
+
+/// An IPv4 block that service VIPs are allocated from, `A.B.C.D/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipRange {
+    /// The block's first address (host bits zero).
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl VipRange {
+    /// Parses `A.B.C.D/N`, e.g. `10.200.0.0/16`; host bits must be zero.
+    pub fn parse(s: &str) -> Result<VipRange, String> {
+        let (a, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected A.B.C.D/N, e.g. 10.200.0.0/16"))?;
+        let network: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: {n:?} is not a prefix length"))?;
+        let r = VipRange {
+            network,
+            prefix_len,
+        };
+        r.check()?;
+        Ok(r)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(VIP_PREFIX_MIN..=VIP_PREFIX_MAX).contains(&self.prefix_len) {
+            return Err(format!(
+                "{self}: the prefix length must be between {VIP_PREFIX_MIN} and {VIP_PREFIX_MAX}"
+            ));
+        }
+        if u32::from(self.network) & !self.mask() != 0 {
+            return Err(format!(
+                "{self}: host bits are set (the block starts at {})",
+                Ipv4Addr::from(u32::from(self.network) & self.mask())
+            ));
+        }
+        Ok(())
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
+    /// Whether `ip` is a usable address of the block (not its network or broadcast address).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let (first, last) = self.usable();
+        (first..=last).contains(&u32::from(ip))
+    }
+
+    /// First and last usable address, as numbers.
+    fn usable(&self) -> (u32, u32) {
+        let net = u32::from(self.network) & self.mask();
+        (net + 1, (net | !self.mask()) - 1)
+    }
+
+    /// The lowest usable address of the block not in `taken`, or `None` when all are.
+    pub fn lowest_free(&self, taken: &std::collections::BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let (first, last) = self.usable();
+        // `taken` is sorted: walk it alongside the candidates, so the cost is its length.
+        let mut next = first;
+        for ip in taken.iter().map(|ip| u32::from(*ip)) {
+            if ip < next {
+                continue;
+            }
+            if ip > next {
+                break;
+            }
+            next = next.checked_add(1)?;
+        }
+        (next <= last).then(|| Ipv4Addr::from(next))
+    }
+}
+
+impl fmt::Display for VipRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+fn default_vip_range() -> VipRange {
+    VIP_RANGE_DEFAULT
+}
+
 /// The cluster-wide settings, as the replicated state holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
@@ -80,6 +185,10 @@ pub struct ClusterConfig {
     /// Most Raft voters; the controller keeps an odd count up to this, further nodes are
     /// learners.
     pub voters: usize,
+    /// Where service VIPs are allocated. A change applies to services created afterwards;
+    /// existing ones keep their VIP. Absent in configs stored before VIPs existed.
+    #[serde(default = "default_vip_range")]
+    pub vip_range: VipRange,
 }
 
 impl Default for ClusterConfig {
@@ -93,6 +202,7 @@ impl Default for ClusterConfig {
             },
             backoff: BackoffConfig::default(),
             voters: 3,
+            vip_range: VIP_RANGE_DEFAULT,
         }
     }
 }
@@ -110,6 +220,7 @@ impl ClusterConfig {
         self.dynamic_ports
             .check()
             .map_err(|m| err("dynamicPorts", m))?;
+        self.vip_range.check().map_err(|m| err("vipRange", m))?;
         if self.voters == 0 || self.voters > VOTERS_MAX {
             return Err(err(
                 "voters",
@@ -150,6 +261,7 @@ impl ClusterConfig {
             "restartBaseMs": self.backoff.base_ms,
             "restartMaxMs": self.backoff.max_ms,
             "restartResetAfterMs": self.backoff.reset_after_ms,
+            "vipRange": self.vip_range.to_string(),
         })
     }
 }
@@ -161,6 +273,7 @@ const FIELDS: &[&str] = &[
     "restartBaseMs",
     "restartMaxMs",
     "restartResetAfterMs",
+    "vipRange",
 ];
 
 /// The JSON of `GET /cluster/config` (every field) and of `PUT /cluster/config` (any of them),
@@ -182,6 +295,9 @@ pub struct ClusterConfigJson {
     pub restart_max_ms: u64,
     /// A container that ran this long has its back-off reset, in milliseconds.
     pub restart_reset_after_ms: u64,
+    /// Block that service VIPs are allocated from, `A.B.C.D/N`, e.g. `10.200.0.0/16`; a change
+    /// applies to services created afterwards.
+    pub vip_range: String,
 }
 
 impl Default for ClusterConfigJson {
@@ -194,6 +310,7 @@ impl Default for ClusterConfigJson {
             restart_base_ms: c.backoff.base_ms,
             restart_max_ms: c.backoff.max_ms,
             restart_reset_after_ms: c.backoff.reset_after_ms,
+            vip_range: c.vip_range.to_string(),
         }
     }
 }
@@ -238,6 +355,12 @@ fn apply_patch(
             .as_str()
             .ok_or_else(|| err("dynamicPorts", "must be a string FIRST-LAST"))?;
         c.dynamic_ports = PortRange::parse(s).map_err(|m| err("dynamicPorts", m))?;
+    }
+    if let Some(v) = obj.get("vipRange") {
+        let s = v
+            .as_str()
+            .ok_or_else(|| err("vipRange", "must be a string A.B.C.D/N"))?;
+        c.vip_range = VipRange::parse(s).map_err(|m| err("vipRange", m))?;
     }
     let number = |field: &str| -> Result<Option<u64>, ValidationError> {
         match obj.get(field) {
@@ -344,8 +467,60 @@ mod tests {
             Err("restartResetAfterMs"),
         );
         check(r#"{"color": "red"}"#, Err("color"));
+        check(
+            r#"{"vipRange": "10.9.0.0/24"}"#,
+            Ok(ClusterConfig {
+                vip_range: VipRange {
+                    network: Ipv4Addr::new(10, 9, 0, 0),
+                    prefix_len: 24,
+                },
+                ..d
+            }),
+        );
+        check(r#"{"vipRange": "10.9.0.1/24"}"#, Err("vipRange"));
+        check(r#"{"vipRange": "10.9.0.0/31"}"#, Err("vipRange"));
+        check(r#"{"vipRange": "10.9.0.0/7"}"#, Err("vipRange"));
+        check(r#"{"vipRange": "10.9.0.0"}"#, Err("vipRange"));
+        check(r#"{"vipRange": "10.9.0.0/x"}"#, Err("vipRange"));
+        check(r#"{"vipRange": "::1/64"}"#, Err("vipRange"));
+        check(r#"{"vipRange": 5}"#, Err("vipRange"));
         check("[1]", Err(""));
         check("{", Err(""));
+    }
+
+    #[test]
+    fn vips_are_the_lowest_free_usable_addresses() {
+        use std::collections::BTreeSet;
+        let r = VipRange::parse("10.9.0.0/30").unwrap();
+        let ip = |d| Ipv4Addr::new(10, 9, 0, d);
+        let mut taken = BTreeSet::new();
+        assert_eq!(r.lowest_free(&taken), Some(ip(1)));
+        taken.insert(ip(1));
+        assert_eq!(r.lowest_free(&taken), Some(ip(2)));
+        taken.insert(ip(2));
+        // .3 is the broadcast address: the /30 is full.
+        assert_eq!(r.lowest_free(&taken), None);
+        taken.remove(&ip(1));
+        assert_eq!(r.lowest_free(&taken), Some(ip(1)));
+        // Addresses outside the block (from an older range) do not count.
+        let outside: BTreeSet<_> = [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(11, 0, 0, 1)].into();
+        assert_eq!(r.lowest_free(&outside), Some(ip(1)));
+        assert!(r.contains(ip(2)) && !r.contains(ip(0)) && !r.contains(ip(3)));
+        let wide = VipRange::parse("10.0.0.0/8").unwrap();
+        assert_eq!(
+            wide.lowest_free(&BTreeSet::new()),
+            Some(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        assert_eq!(VIP_RANGE_DEFAULT.to_string(), "10.200.0.0/16");
+    }
+
+    /// A config stored before VIPs existed decodes with the default range.
+    #[test]
+    fn a_config_without_a_vip_range_decodes_with_the_default() {
+        let mut v = serde_json::to_value(ClusterConfig::default()).unwrap();
+        v.as_object_mut().unwrap().remove("vip_range");
+        let c: ClusterConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c.vip_range, VIP_RANGE_DEFAULT);
     }
 
     #[test]

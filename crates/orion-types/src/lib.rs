@@ -18,7 +18,7 @@ pub mod task;
 pub mod token;
 
 pub use command::{AllocStatus, BackoffConfig, Command, NewServiceTask, Placement, Response};
-pub use config::{ClusterConfig, PortRange};
+pub use config::{ClusterConfig, PortRange, VIP_RANGE_DEFAULT, VipRange};
 pub use constraint::{Constraint, ConstraintOp, NodeAttr};
 pub use service::{
     Deployment, DeploymentState, Health, HealthCheck, Service, ServiceMode, ServiceSpec,

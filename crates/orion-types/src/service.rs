@@ -460,6 +460,10 @@ pub struct Service {
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub deployment: Option<Deployment>,
+    /// Its virtual IP, allocated from the cluster's `vipRange` when it was created (`None`
+    /// when the range was full, or for a service stored before VIPs existed).
+    #[serde(default)]
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 /// The fields of `POST /services` and `PUT /services/{id}` besides those a task has too.

@@ -80,6 +80,10 @@ pub struct Node {
     sealed: Option<Arc<crate::sealed::SealedUdp>>,
     /// This node's secrets, unless `--insecure` (a first join may still replace them).
     secrets: Option<crate::security::LiveSecrets>,
+    /// This node's endpoint view (DNS, the mesh and the service object read it).
+    pub endpoints: watch::Receiver<Arc<orion_types::endpoint::EndpointView>>,
+    /// The failing allocations the executor's probes see, for the health announcer.
+    local_unhealthy: watch::Sender<Vec<orion_types::AllocId>>,
 }
 
 /// The three write outcomes as HTTP: surely not proposed is 503 (retry), unknown is 504
@@ -354,6 +358,10 @@ impl Backend for Node {
         self.secrets.as_ref().map(|s| s.get().join_token().encode())
     }
 
+    fn endpoints(&self) -> Arc<orion_types::endpoint::EndpointView> {
+        self.endpoints.borrow().clone()
+    }
+
     fn new_id(&self) -> String {
         uuid::Uuid::new_v4().simple().to_string()
     }
@@ -451,6 +459,9 @@ impl orion_executor::Cluster for Node {
     }
     fn leader_contact_age_ms(&self) -> Option<u64> {
         self.raft.status().last_leader_contact_ms
+    }
+    fn local_unhealthy(&self, allocs: Vec<orion_types::AllocId>) {
+        self.local_unhealthy.send_replace(allocs);
     }
 }
 
@@ -570,6 +581,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .build()
         .context("cannot build the HTTP client")?;
     let ids: Arc<dyn IdSource> = Arc::new(RandomIds::default());
+    // endpoint view: read by DNS and the mesh
+    let (endpoints_tx, endpoints) =
+        watch::channel(Arc::new(crate::discovery::build_view(&raft, &gossip)));
+    let (local_unhealthy, unhealthy_rx) = watch::channel(Vec::new());
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         events,
@@ -581,20 +596,48 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         creates_in_flight: AtomicUsize::new(0),
         sealed,
         secrets: live.clone(),
+        endpoints: endpoints.clone(),
+        local_unhealthy,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let executor = orion_executor::spawn(
-        orion_executor::ExecutorConfig {
-            node_id: cfg.id.clone(),
-            publish_ip: cfg.publish_ip.to_string(),
-            backoff: cfg.backoff,
-        },
-        docker.clone(),
-        node.clone(),
-        Arc::new(orion_types::env::SystemClock),
+    let dns = crate::discovery::spawn_dns(
+        vec![std::net::SocketAddr::new(cfg.api_bind.ip(), cfg.dns_port)],
+        cfg.advertise,
+        endpoints.clone(),
         stop_rx.clone(),
     );
+    // The node's container network is made (or found) in the background, so the API never
+    // waits for the engine; the executor and DNS on the network's gateway start once it is.
+    let executor = {
+        let (docker, node, cfg) = (docker.clone(), node.clone(), cfg.clone());
+        let (endpoints, stop) = (endpoints.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let network = crate::discovery::container_network(&docker, &cfg.id).await;
+            let gateway_dns = crate::discovery::spawn_gateway_dns(
+                network.as_ref(),
+                cfg.advertise,
+                endpoints,
+                stop.clone(),
+            );
+            let executor = orion_executor::spawn(
+                orion_executor::ExecutorConfig {
+                    node_id: cfg.id.clone(),
+                    publish_ip: cfg.publish_ip.to_string(),
+                    backoff: cfg.backoff,
+                    network,
+                },
+                docker,
+                node,
+                Arc::new(orion_types::env::SystemClock),
+                stop,
+            );
+            let _ = executor.await;
+            for d in gateway_dns {
+                let _ = d.await;
+            }
+        })
+    };
     let driver = controller::Driver {
         raft: node.raft.clone(),
         gossip: node.gossip.clone(),
@@ -608,6 +651,17 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         },
     };
     let controller = tokio::spawn(controller::run(driver, stop_rx.clone()));
+    let view_task = tokio::spawn(crate::discovery::run_view(
+        node.raft.clone(),
+        node.gossip.clone(),
+        endpoints_tx,
+        stop_rx.clone(),
+    ));
+    let announcer = tokio::spawn(crate::discovery::run_announcer(
+        node.gossip.clone(),
+        unhealthy_rx,
+        stop_rx.clone(),
+    ));
     let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
 
     let mut app = orion_api::router(node.clone())
@@ -670,6 +724,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .any(|m| m.node_id != cfg.id && m.status == MemberStatus::Alive);
     let _ = controller.await;
     let _ = executor.await;
+    let _ = view_task.await;
+    let _ = announcer.await;
+    for d in dns {
+        let _ = d.await;
+    }
     membership_log.abort();
     if others_alive {
         // Say so in the log first: the leader then re-places our tasks at once and takes our
@@ -689,6 +748,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if others_alive {
         // Our tasks will be placed elsewhere: do not leave them running here as duplicates.
         remove_own_containers(&docker, &cfg.id).await;
+        let network = crate::discovery::network_name(&cfg.id);
+        if let Err(e) = docker.remove_network(&network).await {
+            warn!(%network, error = %e, "could not remove this node's network on leave");
+        }
     }
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;

@@ -222,6 +222,9 @@ pub struct ConfigArgs {
     /// A container that ran this long resets its restart back-off, in ms
     #[arg(long)]
     restart_reset_ms: Option<u64>,
+    /// Block service VIPs are allocated from, A.B.C.D/N (for services created afterwards)
+    #[arg(long)]
+    vip_range: Option<String>,
 }
 
 impl ConfigArgs {
@@ -233,6 +236,9 @@ impl ConfigArgs {
         }
         if let Some(p) = &self.dynamic_ports {
             body.insert("dynamicPorts".into(), json!(p));
+        }
+        if let Some(r) = &self.vip_range {
+            body.insert("vipRange".into(), json!(r));
         }
         let numbers = [
             ("voters", self.voters),

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use orion_types::{BackoffConfig, ClusterConfig, PortRange, Resources, Strategy};
+use orion_types::{BackoffConfig, ClusterConfig, PortRange, Resources, Strategy, VipRange};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
@@ -70,6 +70,14 @@ pub struct AgentArgs {
     /// config at bootstrap (later: `orion cluster config --dynamic-ports`)
     #[arg(long, default_value = "20000-32767")]
     pub dynamic_ports: String,
+    /// DNS port (UDP and TCP) at --bind; containers reach the same server at their network's
+    /// gateway, port 53
+    #[arg(long, default_value_t = 53)]
+    pub dns_port: u16,
+    /// Block that service VIPs are allocated from, A.B.C.D/N. Cluster-wide: seeds the cluster
+    /// config at bootstrap (later: `orion cluster config --vip-range`)
+    #[arg(long, default_value = "10.200.0.0/16")]
+    pub vip_range: String,
     /// Turn off the Lifeguard extensions to SWIM (for comparison)
     #[arg(long)]
     pub no_lifeguard: bool,
@@ -122,6 +130,8 @@ pub struct AgentConfig {
     pub strategy: Strategy,
     pub capacity: Resources,
     pub dynamic_ports: RangeInclusive<u16>,
+    pub vip_range: VipRange,
+    pub dns_port: u16,
     pub lifeguard: bool,
     pub backoff: BackoffConfig,
     pub voter_grace_ms: u64,
@@ -141,6 +151,7 @@ impl AgentConfig {
             },
             backoff: self.backoff,
             voters: self.voters,
+            vip_range: self.vip_range,
         }
     }
     pub fn api_addr(&self) -> SocketAddr {
@@ -219,6 +230,8 @@ impl AgentArgs {
         let dynamic_ports = PortRange::parse(&self.dynamic_ports)
             .map_err(|e| anyhow::anyhow!("--dynamic-ports: {e}"))?
             .range();
+        let vip_range =
+            VipRange::parse(&self.vip_range).map_err(|e| anyhow::anyhow!("--vip-range: {e}"))?;
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("./data-{id}")));
@@ -243,6 +256,8 @@ impl AgentArgs {
             strategy,
             capacity: total.saturating_sub(reserve),
             dynamic_ports,
+            vip_range,
+            dns_port: self.dns_port,
             lifeguard: !self.no_lifeguard,
             backoff: BackoffConfig {
                 base_ms: self.restart_base_ms,
@@ -261,6 +276,7 @@ impl AgentArgs {
                 "restartBaseMs" => "--restart-base-ms",
                 "restartMaxMs" => "--restart-max-ms",
                 "restartResetAfterMs" => "--restart-reset-ms",
+                "vipRange" => "--vip-range",
                 _ => "a cluster-wide flag",
             };
             anyhow::anyhow!("{flag}: {}", e.message)

@@ -9,6 +9,7 @@ mod capacity;
 mod client;
 mod config;
 mod controller;
+mod discovery;
 mod metrics;
 mod sealed;
 mod security;

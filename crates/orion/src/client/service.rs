@@ -41,10 +41,13 @@ pub enum ServiceCmd {
         #[arg(short, long)]
         all: bool,
     },
-    /// Show a service in full (JSON)
+    /// Show a service in full (JSON), or with --pretty its VIP, ports and endpoints
     Inspect {
         #[command(flatten)]
         c: ClientArgs,
+        /// A human summary: the VIP, published ports and every endpoint with its health
+        #[arg(long)]
+        pretty: bool,
         service: String,
     },
     /// Change a service and follow the rolling update
@@ -226,12 +229,22 @@ pub async fn run(cmd: ServiceCmd) -> Result<()> {
                         s["image"].as_str().unwrap_or("").to_string(),
                         s["version"].to_string(),
                         s["deployment"]["state"].as_str().unwrap_or("-").to_string(),
+                        s["vip"].as_str().unwrap_or("-").to_string(),
                         service_ports_text(&s["ports"]),
+                        endpoints_count(&s["endpoints"]),
                     ]
                 });
             print_table(
                 &[
-                    "ID", "MODE", "REPLICAS", "IMAGE", "VERSION", "UPDATE", "PORTS",
+                    "ID",
+                    "MODE",
+                    "REPLICAS",
+                    "IMAGE",
+                    "VERSION",
+                    "UPDATE",
+                    "VIP",
+                    "PORTS",
+                    "ENDPOINTS",
                 ],
                 rows,
             );
@@ -268,9 +281,14 @@ pub async fn run(cmd: ServiceCmd) -> Result<()> {
             );
             Ok(())
         }
-        ServiceCmd::Inspect { c, service } => {
+        ServiceCmd::Inspect { c, pretty, service } => {
             let api = Api::new(&c)?;
-            print_json(&api.get(&format!("/services/{service}")).await?)
+            let s = api.get(&format!("/services/{service}")).await?;
+            if !pretty || c.json {
+                return print_json(&s);
+            }
+            print!("{}", pretty_service(&s));
+            Ok(())
         }
         ServiceCmd::Update(a) => update(*a).await,
         ServiceCmd::Scale { c, targets } => {
@@ -633,6 +651,52 @@ fn parse_publish(p: &str) -> Result<Value> {
     Ok(port)
 }
 
+/// `healthy/total` of a service's endpoints.
+fn endpoints_count(eps: &Value) -> String {
+    let list = eps.as_array().map(Vec::as_slice).unwrap_or_default();
+    let healthy = list.iter().filter(|e| e["healthy"] == true).count();
+    format!("{healthy}/{}", list.len())
+}
+
+/// `orion service inspect --pretty`: the service's name, VIP, ports and endpoints.
+fn pretty_service(s: &Value) -> String {
+    let mut out = String::new();
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    out.push_str(&format!("ID:        {}\n", text(&s["id"])));
+    out.push_str(&format!("Image:     {}\n", text(&s["image"])));
+    out.push_str(&format!(
+        "Replicas:  {} running, {} healthy, {} desired\n",
+        s["replicas"]["running"], s["replicas"]["healthy"], s["replicas"]["desired"]
+    ));
+    out.push_str(&format!("VIP:       {}\n", text(&s["vip"])));
+    out.push_str(&format!("Ports:     {}\n", service_ports_text(&s["ports"])));
+    out.push_str("Endpoints:\n");
+    let eps = s["endpoints"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if eps.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for e in eps {
+        out.push_str(&format!(
+            "  {}  {}  {}:{} -> {}/{}  {}\n",
+            short(e["task"].as_str().unwrap_or("")),
+            text(&e["node"]),
+            text(&e["address"]),
+            e["port"],
+            e["targetPort"],
+            e["protocol"].as_str().unwrap_or("tcp"),
+            if e["healthy"] == true {
+                "healthy"
+            } else {
+                "unhealthy"
+            }
+        ));
+    }
+    out
+}
+
 fn service_ports_text(ports: &Value) -> String {
     ports
         .as_array()
@@ -879,5 +943,36 @@ mod tests {
         ] {
             assert!(parse_publish(p).is_err(), "{p}");
         }
+    }
+
+    #[test]
+    fn inspect_pretty_shows_the_vip_ports_and_endpoints_with_health() {
+        let s = json!({
+            "id": "web", "image": "img", "vip": "10.200.0.1",
+            "replicas": {"running": 2, "healthy": 1, "desired": 2},
+            "ports": [{"target": 80, "published": 8080, "protocol": "tcp"}],
+            "endpoints": [
+                {"task": "0123456789abcdef", "node": "n1", "address": "10.0.0.1", "port": 8080,
+                 "targetPort": 80, "protocol": "tcp", "healthy": true},
+                {"task": "fedcba9876543210", "node": "n2", "address": "10.0.0.2", "port": 8080,
+                 "targetPort": 80, "protocol": "tcp", "healthy": false}
+            ]
+        });
+        let text = pretty_service(&s);
+        assert!(text.contains("VIP:       10.200.0.1"), "{text}");
+        assert!(text.contains("*:8080->80/tcp"), "{text}");
+        assert!(
+            text.contains("n1  10.0.0.1:8080 -> 80/tcp  healthy"),
+            "{text}"
+        );
+        assert!(
+            text.contains("n2  10.0.0.2:8080 -> 80/tcp  unhealthy"),
+            "{text}"
+        );
+        assert_eq!(endpoints_count(&s["endpoints"]), "1/2");
+        assert!(matches!(
+            parse(&["inspect", "--pretty", "web"]),
+            ServiceCmd::Inspect { pretty: true, .. }
+        ));
     }
 }

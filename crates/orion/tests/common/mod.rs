@@ -180,6 +180,10 @@ impl Drop for Agent {
         self.kill();
         // Remove this node's containers: the engine is shared by every test.
         remove_containers_of(&self.id);
+        // And its container network (each agent makes `orion-<id>`).
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("orion-{}", self.id)])
+            .output();
         if std::thread::panicking() {
             eprintln!(
                 "---- log of {} ----\n{}",
