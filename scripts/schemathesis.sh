@@ -22,9 +22,16 @@ agent=$!
 # The agent is stopped by its pid; its data dir goes, the log is printed on a failure.
 trap 'kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null; [ "${status:-1}" = 0 ] || tail -n 50 "$dir/agent.log"; rm -rf "$dir"' EXIT
 
+# The admin token the bootstrap wrote to the credentials file (every route but /health needs one).
+for _ in $(seq 1 100); do
+  token="$(./target/debug/orion token show --addr "http://$ip:8000" 2>/dev/null)" && break
+  sleep 0.1
+done
+auth="Authorization: Bearer ${token:-none}"
+
 # Wait (at most 30 s) for a leader: writes answer 503 before that.
 for _ in $(seq 1 300); do
-  curl -sf "http://$ip:8000/status" 2>/dev/null | grep -q '"role":"leader"' && break
+  curl -sf -H "$auth" "http://$ip:8000/status" 2>/dev/null | grep -q '"role":"leader"' && break
   kill -0 "$agent" 2>/dev/null || { cat "$dir/agent.log"; exit 1; }
   sleep 0.1
 done
@@ -33,12 +40,12 @@ done
 # schemathesis cannot parse NDJSON), so it is left out of the run and checked here with
 # `follow=false`: a 200 whose every line is a JSON object with the event fields.
 status=0
-schemathesis run "http://$ip:8000/openapi.json" \
+schemathesis run "http://$ip:8000/openapi.json" -H "$auth" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --exclude-path /events \
   --max-examples "$examples" --max-time "$budget" --request-timeout 5 --seed 1 || status=$?
 
-events="$(curl -sf "http://$ip:8000/events?follow=false&limit=100")" || { echo "GET /events failed" >&2; status=1; }
+events="$(curl -sf -H "$auth" "http://$ip:8000/events?follow=false&limit=100")" || { echo "GET /events failed" >&2; status=1; }
 if ! python3 -c '
 import json, sys
 lines = [l for l in sys.stdin.read().splitlines() if l]

@@ -48,10 +48,34 @@ def summary(xs):
     return {"n": len(xs), "median": median(xs), "p90": pct(xs, 0.9), "max": max(xs), "min": min(xs)}
 
 
+def credentials_path():
+    """The per-user credentials file the bootstrap node writes (see orion-security)."""
+    if os.environ.get("ORION_CREDENTIALS"):
+        return os.environ["ORION_CREDENTIALS"]
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.environ.get("HOME", "/"), ".config")
+    return os.path.join(base, "orion", "credentials.json")
+
+
+def token_for(url):
+    """The admin token of the cluster serving `url` (http://ip:port/...), or None (insecure)."""
+    hostport = url.split("//", 1)[-1].split("/", 1)[0].replace("localhost:", "127.0.0.1:")
+    try:
+        with open(credentials_path()) as f:
+            for e in json.load(f).get("clusters", []):
+                if hostport in e.get("addrs", []):
+                    return e.get("adminToken")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def http_json(method, url, body=None, timeout=5.0):
     """(status, parsed JSON or None). Network errors give (None, str)."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
+    token = token_for(url)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
     if data is not None:
         req.add_header("content-type", "application/json")
     try:
@@ -184,8 +208,12 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def scrape(url):
     """A Prometheus text page as {name{labels}: value}, or {} if it cannot be read."""
+    req = urllib.request.Request(url + "/metrics")
+    token = token_for(url)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
     try:
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return {}
@@ -256,9 +284,10 @@ class Agent:
 
 
 class Cluster:
-    """n agents on 127.0.30.1..n, node 1 bootstraps, the others join it."""
+    """n agents on 127.0.<net>.1..n (default: ORION_NET), node 1 bootstraps, the others join it."""
 
-    def __init__(self, bin_path, workdir, run_id, name, n=3, extra=()):
+    def __init__(self, bin_path, workdir, run_id, name, n=3, extra=(), net=None):
+        prefix = f"127.0.{net}" if net is not None else ORION_NET
         self.bin = bin_path
         self.run_id = run_id
         self.dir = os.path.join(workdir, name)
@@ -266,8 +295,8 @@ class Cluster:
         self.agents = []
         for i in range(1, n + 1):
             nid = f"b{run_id}-{name}-n{i}"
-            self.agents.append(Agent(bin_path, nid, f"{ORION_NET}.{i}", os.path.join(self.dir, f"data-n{i}"),
-                                     self.dir, join=None if i == 1 else f"{ORION_NET}.1:6000",
+            self.agents.append(Agent(bin_path, nid, f"{prefix}.{i}", os.path.join(self.dir, f"data-n{i}"),
+                                     self.dir, join=None if i == 1 else f"{prefix}.1:6000",
                                      bootstrap=(i == 1), extra=extra))
         self.docker = Docker()
 

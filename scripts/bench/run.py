@@ -21,7 +21,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (BENCH_LABEL, CLOCK_TICKS, ETCD_NET, ORION_NET, Agent, Cluster, Docker,  # noqa: E402
-                    EtcdCluster, cpu_ticks, http_json, log, metric_sum, now, port_answers, rss_kib,
+                    EtcdCluster, cpu_ticks, http_json, log, metric_sum, now, token_for, port_answers, rss_kib,
                     scrape)
 
 BUSYBOX = "orion/busybox:latest"
@@ -96,7 +96,12 @@ class Bench:
 
     def tool(self, *args, timeout=600):
         cmd = [self.a.tool] + [str(x) for x in args]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        env = dict(os.environ)
+        if "--url" in cmd and args[:1] == ("load",) and "orion" in cmd:
+            token = token_for(cmd[cmd.index("--url") + 1])
+            if token:
+                env["ORION_TOKEN"] = token
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()[-2000:]}")
         return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]

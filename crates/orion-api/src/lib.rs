@@ -4,12 +4,16 @@
 //! `Backend`; they never touch Docker, Raft internals or gossip. Every answer, errors
 //! included, is JSON. The agent implements `Backend` on top of Raft, gossip and the executor.
 
+mod auth;
 mod events;
 mod openapi;
 mod service_view;
 mod services;
 mod view;
 
+pub use auth::{
+    AuthConfig, CreatedToken, JoinTokenView, TokenRequest, TokenView, allowed, authenticate,
+};
 pub use events::EventDoc;
 pub use openapi::{ErrorBody, GoneBody, HealthBody, ScaleRequest, openapi, openapi_json};
 pub use service_view::{
@@ -116,6 +120,10 @@ pub trait Backend: Send + Sync + 'static {
     fn events(&self) -> Option<Arc<orion_events::EventLog>> {
         None
     }
+    /// The cluster's join token (`GET /join-token`), if this node runs secured.
+    fn join_token(&self) -> Option<String> {
+        None
+    }
     /// Container logs of a task that runs on this node, or an error saying where it runs.
     fn logs(
         &self,
@@ -155,6 +163,9 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/services/{id}/tasks", get(services::tasks::<B>))
         .route("/services/{id}/scale", post(services::scale::<B>))
         .route("/services/{id}/rollback", post(services::rollback::<B>))
+        .route("/tokens", get(auth::list::<B>).post(auth::create::<B>))
+        .route("/tokens/{id}", axum::routing::delete(auth::delete::<B>))
+        .route("/join-token", get(auth::join_token::<B>))
         .route("/openapi.json", get(openapi::serve))
         .fallback(|| async { ApiError::not_found("no such route; see API.md") })
         .method_not_allowed_fallback(|| async {

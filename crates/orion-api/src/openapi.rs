@@ -98,7 +98,7 @@ pub(crate) enum BodyErrors {
 #[openapi(
     info(
         title = "Orion",
-        description = "The HTTP/JSON API of an Orion node (docs/API.md). Every node answers every route; writes go through the Raft leader. Every answer is JSON, errors included: `{\"error\": \"...\"}`. A path that is not a route answers 404, and a method a route does not take answers 405, both with that error body.",
+        description = "The HTTP/JSON API of an Orion node (docs/API.md). Every node answers every route; writes go through the Raft leader. Every answer is JSON, errors included: `{\"error\": \"...\"}`. Every route but `GET /health` needs `Authorization: Bearer <token>` unless the node runs with `--insecure`: 401 without a valid token, 403 when its role does not allow the call. A path that is not a route answers 404, and a method a route does not take answers 405, both with that error body.",
         license(name = "MIT", identifier = "MIT"),
     ),
     paths(
@@ -124,6 +124,10 @@ pub(crate) enum BodyErrors {
         crate::services::tasks,
         crate::services::scale,
         crate::services::rollback,
+        crate::auth::create,
+        crate::auth::list,
+        crate::auth::delete,
+        crate::auth::join_token,
         serve,
     ),
     components(schemas(
@@ -131,7 +135,8 @@ pub(crate) enum BodyErrors {
         ResourcesView, StatusView, ServiceView, ServicePortView, HealthcheckView,
         HealthProbeView, UpdateView, crate::service_view::MountView, crate::service_view::FileView, ReplicasView, DeploymentView, EndpointView, EventDoc,
         orion_types::api::TaskRequest, orion_types::service::ServiceRequest,
-        orion_types::config::ClusterConfigJson,
+        orion_types::config::ClusterConfigJson, crate::auth::TokenView,
+        crate::auth::CreatedToken, crate::auth::TokenRequest, crate::auth::JoinTokenView,
     )),
     tags(
         (name = "node", description = "The answering node"),
@@ -140,6 +145,7 @@ pub(crate) enum BodyErrors {
         (name = "services", description = "Replicated and global services"),
         (name = "events", description = "The event history"),
         (name = "cluster", description = "Cluster-wide settings"),
+        (name = "tokens", description = "API tokens (admin only)"),
         (name = "meta", description = "This description"),
     )
 )]

@@ -25,6 +25,9 @@ pub struct LoadArgs {
     url: Vec<String>,
     #[arg(long, default_value_t = 1)]
     clients: usize,
+    /// Orion API token (Authorization: Bearer) [default: ORION_TOKEN]
+    #[arg(long, env = "ORION_TOKEN")]
+    token: Option<String>,
     /// Measured requests (all clients together)
     #[arg(long, default_value_t = 1000)]
     requests: usize,
@@ -100,7 +103,15 @@ pub async fn run(args: LoadArgs) -> Result<(), BoxError> {
     let value: Vec<u8> = (0..args.value_bytes)
         .map(|i| b'a' + (i % 26) as u8)
         .collect();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &args.token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?,
+        );
+    }
     let http = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.clients)
         .timeout(Duration::from_secs(30))
         .build()?;

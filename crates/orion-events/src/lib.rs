@@ -199,8 +199,9 @@ impl Deriver {
                 Key::Task(id) => self.task_events(id, state, &mut out),
                 Key::Node(id) => self.node_events(id, state, &mut out),
                 Key::Service(id) => self.service_events(id, state, &mut out),
-                // Cluster-wide settings are not one of the API's topics.
-                Key::Config => {}
+                // Cluster-wide settings are not one of the API's topics; tokens are secrets'
+                // records, not events a read-only client should see.
+                Key::Config | Key::Token(_) | Key::Ca => {}
             }
         }
         let base = raft_index.saturating_mul(EVENTS_PER_ENTRY_MAX);

@@ -44,10 +44,16 @@ pub enum Key {
     /// The cluster-wide settings (one row).
     Config,
     Service(String),
+    /// An API token (`token/<id>`): its hash, name and role.
+    Token(String),
+    /// The cluster CA, its key sealed (one row).
+    Ca,
 }
 
 /// The row key of `Key::Config`.
 const CONFIG_KEY: &str = "cluster/config";
+/// The row key of `Key::Ca`.
+const CA_KEY: &str = "cluster/ca";
 
 impl Key {
     pub fn encode(&self) -> String {
@@ -56,15 +62,21 @@ impl Key {
             Key::Task(id) => format!("task/{id}"),
             Key::Config => CONFIG_KEY.to_string(),
             Key::Service(id) => format!("service/{id}"),
+            Key::Token(id) => format!("token/{id}"),
+            Key::Ca => CA_KEY.to_string(),
         }
     }
     pub fn decode(s: &str) -> Option<Key> {
         if s == CONFIG_KEY {
             Some(Key::Config)
+        } else if s == CA_KEY {
+            Some(Key::Ca)
         } else if let Some(id) = s.strip_prefix("node/") {
             Some(Key::Node(id.to_string()))
         } else if let Some(id) = s.strip_prefix("service/") {
             Some(Key::Service(id.to_string()))
+        } else if let Some(id) = s.strip_prefix("token/") {
+            Some(Key::Token(id.to_string()))
         } else {
             s.strip_prefix("task/").map(|id| Key::Task(id.to_string()))
         }
@@ -98,6 +110,12 @@ pub struct ClusterState {
     /// Services by id (`web`, `db.shop`).
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
+    /// API tokens by id, hashed (`orion_types::ApiToken`).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, orion_types::ApiToken>,
+    /// The cluster CA (key sealed under the cluster secret); `None` on an insecure cluster.
+    #[serde(default)]
+    pub ca: Option<orion_types::ClusterCa>,
     #[serde(skip)]
     index: index::Index,
     #[serde(skip)]
@@ -140,6 +158,10 @@ struct StateFields {
     config: Option<ClusterConfig>,
     #[serde(default)]
     services: BTreeMap<String, Service>,
+    #[serde(default)]
+    tokens: BTreeMap<String, orion_types::ApiToken>,
+    #[serde(default)]
+    ca: Option<orion_types::ClusterCa>,
 }
 
 impl From<StateFields> for ClusterState {
@@ -150,6 +172,8 @@ impl From<StateFields> for ClusterState {
             tasks: f.tasks,
             config: f.config,
             services: f.services,
+            tokens: f.tokens,
+            ca: f.ca,
             index,
             placement_version: PlacementVersion::fresh(),
         }
@@ -182,6 +206,8 @@ impl ClusterState {
                 // Nodes (capacity, labels, status, drain), services and settings feed the
                 // scheduler too.
                 Key::Node(_) | Key::Service(_) | Key::Config => true,
+                // Tokens and the CA never change where a task fits.
+                Key::Token(_) | Key::Ca => false,
             };
         }
         if relevant {
@@ -465,6 +491,37 @@ impl ClusterState {
                     })
                     .collect(),
             ),
+            Command::CreateToken { token, at: _ } => {
+                if self.tokens.contains_key(&token.id) {
+                    Response::Conflict(format!("token {} exists", token.id))
+                } else if self.tokens.len() >= orion_types::token::TOKENS_MAX {
+                    Response::Invalid(format!(
+                        "the cluster keeps at most {} tokens; revoke one first",
+                        orion_types::token::TOKENS_MAX
+                    ))
+                } else {
+                    self.tokens.insert(token.id.clone(), token.clone());
+                    touched.push(Key::Token(token.id.clone()));
+                    Response::Ok
+                }
+            }
+            Command::SetClusterCa { ca, at: _ } => {
+                if self.ca.is_some() {
+                    Response::Ignored("the cluster already has a CA".to_string())
+                } else {
+                    self.ca = Some(ca.clone());
+                    touched.push(Key::Ca);
+                    Response::Ok
+                }
+            }
+            Command::RevokeToken { id, at: _ } => {
+                if self.tokens.remove(id).is_some() {
+                    touched.push(Key::Token(id.clone()));
+                    Response::Ok
+                } else {
+                    Response::NotFound(format!("token {id} not found"))
+                }
+            }
         };
         (response, touched)
     }
@@ -688,6 +745,8 @@ impl ClusterState {
             Key::Task(id) => serde_json::to_vec(self.tasks.get(id)?),
             Key::Config => serde_json::to_vec(self.config.as_ref()?),
             Key::Service(id) => serde_json::to_vec(self.services.get(id)?),
+            Key::Token(id) => serde_json::to_vec(self.tokens.get(id)?),
+            Key::Ca => serde_json::to_vec(self.ca.as_ref()?),
         };
         // Serializing plain structs of strings and integers cannot fail.
         Some(bytes.expect("state rows serialize"))
@@ -701,6 +760,8 @@ impl ClusterState {
             .chain(self.tasks.keys().map(|k| Key::Task(k.clone())))
             .chain(self.config.map(|_| Key::Config))
             .chain(self.services.keys().map(|k| Key::Service(k.clone())))
+            .chain(self.tokens.keys().map(|k| Key::Token(k.clone())))
+            .chain(self.ca.as_ref().map(|_| Key::Ca))
     }
 
     pub fn from_rows(
@@ -730,6 +791,14 @@ impl ClusterState {
                     state
                         .services
                         .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Token(id)) => {
+                    state
+                        .tokens
+                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Ca) => {
+                    state.ca = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
                 }
                 None => return Err(StateError::UnknownKey(key)),
             }

@@ -994,3 +994,59 @@ mod services {
         assert_eq!(plain.services["web"].volume_node, None);
     }
 }
+
+#[test]
+fn tokens_are_created_once_revoked_and_kept_as_rows() {
+    let token = |id: &str| orion_types::ApiToken {
+        id: id.to_string(),
+        name: "ci".to_string(),
+        role: orion_types::Role::ReadOnly,
+        hash: "ab".repeat(32),
+        created_at: 1,
+    };
+    let mut s = ClusterState::default();
+    let create = Command::CreateToken {
+        token: token("t1"),
+        at: 1,
+    };
+    assert_eq!(s.apply(&create).0, Response::Ok);
+    assert!(matches!(s.apply(&create).0, Response::Conflict(_)));
+    // Rows round-trip, so a restart or a snapshot keeps the tokens.
+    let rows: Vec<(String, Vec<u8>)> = s.keys().map(|k| (k.encode(), s.row(&k).unwrap())).collect();
+    assert_eq!(ClusterState::from_rows(rows).unwrap(), s);
+    let revoke = Command::RevokeToken {
+        id: "t1".to_string(),
+        at: 2,
+    };
+    let (resp, touched) = s.apply(&revoke);
+    assert_eq!(resp, Response::Ok);
+    assert_eq!(touched, vec![Key::Token("t1".to_string())]);
+    assert!(s.tokens.is_empty());
+    assert!(matches!(s.apply(&revoke).0, Response::NotFound(_)));
+}
+
+#[test]
+fn the_cluster_ca_is_recorded_once_and_kept_as_a_row() {
+    let ca = |fp: &str| orion_types::ClusterCa {
+        cert_pem: "-----BEGIN CERTIFICATE-----".to_string(),
+        sealed_key: "00".repeat(40),
+        fingerprint: fp.to_string(),
+    };
+    let mut s = ClusterState::default();
+    let first = Command::SetClusterCa {
+        ca: ca("sha256:aa"),
+        at: 1,
+    };
+    assert_eq!(s.apply(&first), (Response::Ok, vec![Key::Ca]));
+    let second = Command::SetClusterCa {
+        ca: ca("sha256:bb"),
+        at: 2,
+    };
+    assert!(matches!(s.apply(&second).0, Response::Ignored(_)));
+    assert_eq!(
+        s.ca.as_ref().map(|c| c.fingerprint.as_str()),
+        Some("sha256:aa")
+    );
+    let rows: Vec<(String, Vec<u8>)> = s.keys().map(|k| (k.encode(), s.row(&k).unwrap())).collect();
+    assert_eq!(ClusterState::from_rows(rows).unwrap(), s);
+}

@@ -216,6 +216,20 @@ pub enum Command {
     /// refuses one from outside. Entries written before batching hold one command each and
     /// still decode: this variant is only added.
     Batch { commands: Vec<Command> },
+    /// An admin created an API token (`POST /tokens`); the record holds its hash only.
+    /// Refused (`Response::Conflict`) if the id exists.
+    CreateToken {
+        token: crate::ApiToken,
+        at: UnixMillis,
+    },
+    /// An admin revoked a token (`DELETE /tokens/{id}`): every node refuses it once applied.
+    RevokeToken { id: String, at: UnixMillis },
+    /// The bootstrap node records the cluster CA (key sealed). Kept only if the state holds
+    /// none: a CA is replaced by a rotation, never by a second bootstrap's record.
+    SetClusterCa {
+        ca: crate::ClusterCa,
+        at: UnixMillis,
+    },
 }
 
 /// One task the services reconciler asks for.
@@ -253,7 +267,10 @@ impl Command {
             | Command::StopTasks { at, .. }
             | Command::ForgetTasks { at, .. }
             | Command::DeploymentProgress { at, .. }
-            | Command::ReportHealth { at, .. } => *at,
+            | Command::ReportHealth { at, .. }
+            | Command::CreateToken { at, .. }
+            | Command::RevokeToken { at, .. }
+            | Command::SetClusterCa { at, .. } => *at,
             Command::Batch { commands } => commands.last().map_or(0, Command::at),
         }
     }
@@ -451,6 +468,35 @@ impl Command {
                 "commands",
                 "a batch is built by the leader's proposer and is never proposed from outside",
             )),
+            Command::CreateToken { token, .. } => {
+                check_id("id", &token.id)?;
+                if token.name.len() > crate::token::TOKEN_NAME_BYTES_MAX
+                    || token.name.chars().any(char::is_control)
+                {
+                    return Err(invalid(
+                        "name",
+                        format!(
+                            "must be at most {} bytes without control characters",
+                            crate::token::TOKEN_NAME_BYTES_MAX
+                        ),
+                    ));
+                }
+                if token.hash.len() != 64 || !token.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid("hash", "must be 64 hex digits (SHA-256)"));
+                }
+                Ok(())
+            }
+            Command::RevokeToken { id, .. } => check_id("id", id),
+            Command::SetClusterCa { ca, .. } => {
+                let size = ca.cert_pem.len() + ca.sealed_key.len() + ca.fingerprint.len();
+                if size > crate::token::CLUSTER_CA_BYTES_MAX {
+                    return Err(invalid(
+                        "ca",
+                        format!("is over {} bytes", crate::token::CLUSTER_CA_BYTES_MAX),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -479,6 +525,9 @@ impl Command {
             Command::DeploymentProgress { .. } => "deployment-progress",
             Command::ReportHealth { .. } => "report-health",
             Command::Batch { .. } => "batch",
+            Command::CreateToken { .. } => "create-token",
+            Command::RevokeToken { .. } => "revoke-token",
+            Command::SetClusterCa { .. } => "set-cluster-ca",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod env;
 pub mod service;
 pub mod spec;
 pub mod task;
+pub mod token;
 
 pub use command::{AllocStatus, BackoffConfig, Command, NewServiceTask, Placement, Response};
 pub use config::{ClusterConfig, PortRange, VIP_RANGE_DEFAULT, VipRange};
@@ -27,6 +28,7 @@ pub use spec::{
     TaskSpec,
 };
 pub use task::Task;
+pub use token::{ApiToken, ClusterCa, Role};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -76,6 +76,10 @@ pub struct Node {
     ids: Arc<dyn IdSource>,
     /// Creates this node is proposing right now (see `Node::create`).
     creates_in_flight: AtomicUsize,
+    /// The sealed gossip transport (its drop counters), unless `--insecure`.
+    sealed: Option<Arc<crate::sealed::SealedUdp>>,
+    /// This node's secrets, unless `--insecure` (a first join may still replace them).
+    secrets: Option<crate::security::LiveSecrets>,
     /// This node's endpoint view (DNS, the mesh and the service object read it).
     pub endpoints: watch::Receiver<Arc<orion_types::endpoint::EndpointView>>,
     /// The failing allocations the executor's probes see, for the health announcer.
@@ -179,6 +183,12 @@ impl Node {
         metrics::counter!("orion_gossip_bad_packets_total")
             .absolute(g.bad_packets_dropped + g.impostor_packets);
         gauge!("orion_gossip_health_score").set(f64::from(self.gossip.local_health()));
+        if let Some(sealed) = &self.sealed {
+            for (reason, n) in sealed.dropped() {
+                metrics::counter!("orion_gossip_packets_dropped_total", "reason" => reason)
+                    .absolute(n);
+            }
+        }
 
         let (pending, mine, services) = self.raft.read(|st| {
             let pending = st.pending_tasks().count();
@@ -344,6 +354,10 @@ impl Backend for Node {
         Some(crate::metrics::render())
     }
 
+    fn join_token(&self) -> Option<String> {
+        self.secrets.as_ref().map(|s| s.get().join_token().encode())
+    }
+
     fn endpoints(&self) -> Arc<orion_types::endpoint::EndpointView> {
         self.endpoints.borrow().clone()
     }
@@ -391,6 +405,12 @@ impl Backend for Node {
             url.push_str(&format!("&tail={t}"));
         }
         let mut req = self.http.get(url);
+        if let Some(s) = &self.secrets {
+            // The nodes' own read-only token: this proxy reads another node's API.
+            req = req.bearer_auth(orion_security::keys::node_api_token(
+                &s.get().secret_bytes(),
+            ));
+        }
         if !follow {
             req = req.timeout(LOGS_PROXY_TIMEOUT);
         }
@@ -457,6 +477,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         warn!(advertise = %cfg.advertise, "advertising a loopback address: nodes on other hosts cannot reach this one; pass --advertise for a multi-host cluster");
     }
     info!(id = %cfg.id, api = %cfg.api_addr(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
+    let security = crate::security::prepare(&cfg).await?;
 
     let api_listener = tokio::net::TcpListener::bind(cfg.api_bind)
         .await
@@ -508,14 +529,51 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     // Drawn here and logged, so a run's gossip decisions can be told apart and replayed.
     gcfg.seed = orion_types::env::os_seed();
     info!(gossip_seed = gcfg.seed, "gossip RNG seeded");
-    let gossip = orion_gossip::spawn(gcfg, meta)
-        .await
-        .context("cannot start gossip")?;
+    let (gossip, sealed) = match &security {
+        None => (
+            orion_gossip::spawn(gcfg, meta)
+                .await
+                .context("cannot start gossip")?,
+            None,
+        ),
+        Some(sec) => {
+            let socket = tokio::net::UdpSocket::bind(cfg.gossip_bind)
+                .await
+                .with_context(|| format!("cannot listen on the gossip port {}", cfg.gossip_bind))?;
+            let sealed = Arc::new(crate::sealed::SealedUdp::new(
+                socket,
+                crate::security::keyring(&sec.secrets),
+            ));
+            let gossip = orion_gossip::spawn_with_transport(gcfg, meta, sealed.clone())
+                .context("cannot start gossip")?;
+            (gossip, Some(sealed))
+        }
+    };
     if !cfg.join.is_empty() {
         gossip
             .join(&cfg.join)
             .await
             .context("cannot join the cluster")?;
+    }
+    // A first join keeps its token only once a member answered under its key; until then it
+    // serves (`/health`; the rest waits for the state), and it gives up after a while.
+    let (join_failed_tx, join_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let live = security
+        .as_ref()
+        .map(|s| crate::security::LiveSecrets::new(s.secrets.clone()));
+    match (security.clone(), live.clone()) {
+        (Some(sec), Some(live)) if sec.unsaved_join => {
+            tokio::spawn(crate::security::first_join(
+                cfg.clone(),
+                sec,
+                live,
+                gossip.clone(),
+                sealed.clone(),
+                join_failed_tx,
+            ));
+        }
+        (Some(sec), _) => crate::security::register(&cfg, &sec.secrets),
+        _ => {}
     }
 
     let http = reqwest::Client::builder()
@@ -537,6 +595,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         http,
         ids: ids.clone(),
         creates_in_flight: AtomicUsize::new(0),
+        sealed,
+        secrets: live.clone(),
         endpoints: endpoints.clone(),
         local_unhealthy,
     });
@@ -607,8 +667,23 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     ));
     let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
 
-    let app = orion_api::router(node.clone())
+    let mut app = orion_api::router(node.clone())
         .route_layer(axum::middleware::from_fn(crate::metrics::track));
+    if let (Some(sec), Some(live)) = (&security, &live) {
+        app = orion_api::authenticate(
+            app,
+            node.clone(),
+            orion_api::AuthConfig {
+                node_token_hash: live.node_token_hash.clone(),
+            },
+        );
+        if sec.secrets.admin_token.is_some() {
+            tokio::spawn(crate::security::ensure_admin_token(
+                node.raft.clone(),
+                sec.secrets.clone(),
+            ));
+        }
+    }
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(async move {
         let shutdown = async move {
@@ -638,7 +713,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     info!(id = %cfg.id, "orion agent ready");
 
-    shutdown_signal().await;
+    let mut failed = None;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Ok(e) = join_failed_rx => failed = Some(e),
+    }
     info!("shutting down: leaving gossip and Raft");
     let _ = stop_tx.send(true);
     let others_alive = node
@@ -681,7 +760,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     info!("stopped");
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// One log line per membership change, as this node's gossip sees it.

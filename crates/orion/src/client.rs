@@ -26,6 +26,30 @@ pub struct ClientArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// API token [default: ORION_TOKEN, else the credentials file's entry for --addr]
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    /// The API token to send: `--token`, then `ORION_TOKEN` (unless it holds a join token),
+    /// then the credentials file's entry for `--addr`.
+    pub fn api_token(&self) -> Option<String> {
+        if let Some(t) = self.token.clone().filter(|t| !t.trim().is_empty()) {
+            return Some(t.trim().to_string());
+        }
+        if let Ok(t) = std::env::var("ORION_TOKEN")
+            && !t.trim().is_empty()
+            && !t.trim().starts_with("ORNTKN-")
+        {
+            return Some(t.trim().to_string());
+        }
+        let path = orion_security::credentials::default_path()?;
+        orion_security::credentials::find(&path, &self.addr)
+            .ok()
+            .flatten()
+            .map(|e| e.admin_token)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +143,14 @@ pub enum ClientCmd {
     /// Manage stacks (the services of a compose file): ls, ps, rm
     #[command(subcommand)]
     Stack(stack::StackCmd),
+    /// API tokens: create, ls, rm (admin)
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Print the join token a new node passes to --token
+    JoinToken {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
     /// Print a task's container logs, from whichever node runs it
     Logs {
         #[command(flatten)]
@@ -130,6 +162,41 @@ pub enum ClientCmd {
         /// Only the last N lines
         #[arg(long)]
         tail: Option<usize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a token; its secret is printed this once
+    Create {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// admin, operator or read-only
+        #[arg(long, default_value = "read-only")]
+        role: String,
+        /// A name for people
+        name: Option<String>,
+        /// The same, as a flag
+        #[arg(long = "name", conflicts_with = "name")]
+        name_flag: Option<String>,
+    },
+    /// Print the token this CLI sends to --addr (from --token, ORION_TOKEN or the
+    /// credentials file), for scripts: curl -H "Authorization: Bearer $(orion token show)"
+    Show {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List the tokens (never their secrets)
+    Ls {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Revoke tokens by id
+    Rm {
+        #[command(flatten)]
+        c: ClientArgs,
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
 }
 
@@ -245,16 +312,28 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    pub(crate) fn new(c: &ClientArgs) -> Result<Api> {
+    pub(crate) fn with_token(c: &ClientArgs, token: Option<String>) -> Result<Api> {
         let mut base = c.addr.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             base = format!("http://{base}");
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("--token: not a valid header value")?;
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(3))
             .build()
             .context("cannot build an HTTP client")?;
         Ok(Api { base, http })
+    }
+
+    /// What the CLI does: with the token `c` finds by itself.
+    pub(crate) fn new(c: &ClientArgs) -> Result<Api> {
+        Api::with_token(c, c.api_token())
     }
 
     pub(crate) async fn call(
@@ -417,6 +496,16 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
         ClientCmd::Cluster {
             cmd: ClusterCmd::Config(a),
         } => cluster_config(*a).await,
+        ClientCmd::Token(cmd) => token_cmd(cmd).await,
+        ClientCmd::JoinToken { c } => {
+            let api = Api::new(&c)?;
+            let v = api.get("/join-token").await?;
+            if c.json {
+                return print_json(&v);
+            }
+            println!("{}", v["token"].as_str().unwrap_or(""));
+            Ok(())
+        }
         ClientCmd::Drain { c, node } => set_drain(c, node, "drain").await,
         ClientCmd::Undrain { c, node } => set_drain(c, node, "undrain").await,
         ClientCmd::Logs {
@@ -719,6 +808,73 @@ async fn run_task(a: RunArgs) -> Result<()> {
 fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+async fn token_cmd(cmd: TokenCmd) -> Result<()> {
+    match cmd {
+        TokenCmd::Create {
+            c,
+            role,
+            name,
+            name_flag,
+        } => {
+            let name = name.or(name_flag);
+            let api = Api::new(&c)?;
+            let v = api
+                .call(
+                    reqwest::Method::POST,
+                    "/tokens",
+                    Some(json!({"role": role, "name": name.unwrap_or_default()})),
+                )
+                .await?;
+            if c.json {
+                return print_json(&v);
+            }
+            println!("{}", v["token"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        TokenCmd::Show { c } => {
+            let t = c.api_token().ok_or_else(|| {
+                anyhow!(
+                    "no token for {}: pass --token or set ORION_TOKEN (the credentials file has no entry for that address)",
+                    c.addr
+                )
+            })?;
+            println!("{t}");
+            Ok(())
+        }
+        TokenCmd::Ls { c } => {
+            let api = Api::new(&c)?;
+            let v = api.get("/tokens").await?;
+            if c.json {
+                return print_json(&v);
+            }
+            let rows = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| {
+                    vec![
+                        t["id"].as_str().unwrap_or("").to_string(),
+                        t["name"].as_str().unwrap_or("").to_string(),
+                        t["role"].as_str().unwrap_or("").to_string(),
+                        age(t["createdAt"].as_str()),
+                    ]
+                });
+            print_table(&["ID", "NAME", "ROLE", "CREATED"], rows);
+            Ok(())
+        }
+        TokenCmd::Rm { c, ids } => {
+            let api = Api::new(&c)?;
+            for id in ids {
+                api.call(reqwest::Method::DELETE, &format!("/tokens/{id}"), None)
+                    .await?;
+                println!("{id}");
+            }
+            Ok(())
+        }
+    }
 }
 
 fn print_table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {

@@ -101,6 +101,13 @@ pub struct AgentArgs {
     /// Log line format: text (human) or json (one JSON object per line, for log shippers)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Join token (ORNTKN-1-...), printed at bootstrap and by `orion join-token`; read from
+    /// ORION_TOKEN, else from the credentials file on the bootstrap host
+    #[arg(long = "token", value_name = "JOIN_TOKEN")]
+    pub join_token: Option<String>,
+    /// Turn authentication and encryption off (API tokens, sealed gossip): for trials only
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// How the agent writes its log lines.
@@ -133,6 +140,9 @@ pub struct AgentConfig {
     pub backoff: BackoffConfig,
     pub voter_grace_ms: u64,
     pub snapshot_logs: u64,
+    /// `--token`, else `ORION_TOKEN` when it holds a join token.
+    pub join_token: Option<String>,
+    pub insecure: bool,
 }
 
 impl AgentConfig {
@@ -238,6 +248,13 @@ impl AgentArgs {
             publish_ip: self.publish_ip,
             data_dir,
             bootstrap: self.bootstrap || join.is_empty(),
+            join_token: self.join_token.clone().or_else(|| {
+                // ORION_TOKEN is also the CLI's API token: only a join token counts here.
+                std::env::var("ORION_TOKEN")
+                    .ok()
+                    .filter(|t| t.trim().starts_with("ORNTKN-"))
+            }),
+            insecure: self.insecure,
             join,
             voters: self.voters,
             labels,

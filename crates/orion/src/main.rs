@@ -11,6 +11,8 @@ mod config;
 mod discovery;
 mod mesh;
 mod metrics;
+mod sealed;
+mod security;
 mod ui;
 
 // The controller's driver lives in its own crate, shared with the simulator.

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 /// The events of `/events?QUERY` (not followed), as JSON values.
 async fn events(api: &str, query: &str) -> (u16, Vec<Value>) {
-    let resp = client()
-        .get(format!("{api}/events?follow=false&{query}"))
-        .send()
-        .await
-        .expect("events");
+    let resp = authed(
+        client().get(format!("{api}/events?follow=false&{query}")),
+        api,
+    )
+    .send()
+    .await
+    .expect("events");
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
     if status != 200 {
@@ -52,8 +54,7 @@ async fn a_tasks_life_streams_in_order_and_resumes_without_gap_or_duplicate() {
     let live = tokio::spawn({
         let api = api.clone();
         async move {
-            let resp = client()
-                .get(format!("{api}/events?topic=task"))
+            let resp = authed(client().get(format!("{api}/events?topic=task")), &api)
                 .timeout(Duration::from_secs(60))
                 .send()
                 .await
@@ -151,12 +152,14 @@ async fn a_tasks_life_streams_in_order_and_resumes_without_gap_or_duplicate() {
     assert_eq!(types_of(&streamed, &id), life);
 
     // SSE when asked for.
-    let resp = client()
-        .get(format!("{api}/events?follow=false&limit=1"))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .expect("sse");
+    let resp = authed(
+        client().get(format!("{api}/events?follow=false&limit=1")),
+        &api,
+    )
+    .header("accept", "text/event-stream")
+    .send()
+    .await
+    .expect("sse");
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let text = resp.text().await.expect("text");
     assert!(
@@ -215,8 +218,7 @@ async fn a_services_life_and_its_rollout_stream_in_order() {
         .await
         .expect("scale");
     assert_eq!(status, 200);
-    let resp = client()
-        .put(format!("{api}/services/evweb"))
+    let resp = authed(client().put(format!("{api}/services/evweb")), &api)
         .header("content-type", "application/json")
         .body(body("2"))
         .send()

@@ -7,8 +7,7 @@ use common::*;
 use std::time::Duration;
 
 async fn scrape(api: &str) -> String {
-    let resp = client()
-        .get(format!("{api}/metrics"))
+    let resp = authed(client().get(format!("{api}/metrics")), api)
         .send()
         .await
         .expect("scrape");

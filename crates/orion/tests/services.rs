@@ -42,8 +42,7 @@ async fn orion_cli(api: &str, args: &[&str]) -> std::process::Output {
 }
 
 async fn put(api: &str, path: &str, body: &str) -> Result<(u16, Value), String> {
-    let r = client()
-        .put(format!("{api}{path}"))
+    let r = authed(client().put(format!("{api}{path}")), api)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()

@@ -59,6 +59,8 @@ pub struct Agent {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub extra: Vec<String>,
+    /// Environment variables for the process (e.g. `ORION_CREDENTIALS`, `ORION_TOKEN`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -66,6 +68,11 @@ pub struct Agent {
 impl Agent {
     /// Starts `orion` for node `id` on address `ip` with the standard ports and `extra` args.
     pub fn start(id: &str, ip: Ipv4Addr, extra: &[&str]) -> Agent {
+        Agent::start_env(id, ip, extra, &[])
+    }
+
+    /// `start` with extra environment variables for the process.
+    pub fn start_env(id: &str, ip: Ipv4Addr, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let log = dir.path().join("agent.log");
@@ -76,6 +83,10 @@ impl Agent {
             data_dir,
             log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             _dir: Some(dir),
         };
@@ -103,6 +114,7 @@ impl Agent {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -202,6 +214,24 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// The admin token of the cluster that serves `api` (`http://ip:port`), from the per-user
+/// credentials file its bootstrap node wrote; `None` for an `--insecure` cluster.
+pub fn token_for(api: &str) -> Option<String> {
+    let path = orion_security::credentials::default_path()?;
+    orion_security::credentials::find(&path, api)
+        .ok()
+        .flatten()
+        .map(|e| e.admin_token)
+}
+
+/// `req` to the node at `api`, with its cluster's admin token when there is one.
+pub fn authed(req: reqwest::RequestBuilder, api: &str) -> reqwest::RequestBuilder {
+    match token_for(api) {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
 /// Sends one request and returns its status and JSON body.
 async fn call(req: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
     let r = req.send().await.map_err(|e| e.to_string())?;
@@ -211,16 +241,17 @@ async fn call(req: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
 }
 
 pub async fn get(api: &str, path: &str) -> Result<(u16, Value), String> {
-    call(client().get(format!("{api}{path}"))).await
+    call(authed(client().get(format!("{api}{path}")), api)).await
 }
 
 pub async fn post(api: &str, path: &str, body: &str) -> Result<(u16, Value), String> {
-    call(
+    call(authed(
         client()
             .post(format!("{api}{path}"))
             .header("content-type", "application/json")
             .body(body.to_string()),
-    )
+        api,
+    ))
     .await
 }
 
@@ -235,7 +266,7 @@ pub async fn put_json(api: &str, path: &str, body: &str) -> Result<(u16, Value),
 }
 
 pub async fn delete(api: &str, path: &str) -> Result<(u16, Value), String> {
-    call(client().delete(format!("{api}{path}"))).await
+    call(authed(client().delete(format!("{api}{path}")), api)).await
 }
 
 /// Polls `f` every 50 ms until it gives `Some`, or panics with `what` after `limit`.

@@ -115,6 +115,7 @@ pub async fn client(
     shared: Arc<Shared>,
 ) {
     let http = reqwest::Client::builder()
+        .default_headers(admin_header(&apis))
         .connect_timeout(Duration::from_secs(2))
         .build()
         .expect("client");
@@ -375,6 +376,7 @@ pub struct HostileTally {
 /// Sends malformed and hostile requests until `stop`: each must get a 4xx or be cut off.
 pub async fn hostile(seed: u64, apis: Vec<String>, shared: Arc<Shared>) -> HostileTally {
     let http = reqwest::Client::builder()
+        .default_headers(admin_header(&apis))
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(8))
         .build()
@@ -526,4 +528,20 @@ async fn slow_client(api: &str) -> Result<f64, SlowError> {
             truncate(&text, 200)
         ))),
     }
+}
+
+/// The cluster's admin token as a default header (the hostile cases then reach the handlers
+/// rather than stopping at the 401 of the authentication layer).
+fn admin_header(apis: &[String]) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    let token = orion_security::credentials::default_path().and_then(|p| {
+        apis.iter()
+            .find_map(|a| orion_security::credentials::find(&p, a).ok().flatten())
+    });
+    if let Some(e) = token
+        && let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", e.admin_token))
+    {
+        h.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    h
 }
