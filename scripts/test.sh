@@ -36,7 +36,8 @@ fi
 # The output is kept to count the tests for the closing line (pipefail keeps cargo's status).
 results="$(mktemp /tmp/orion-test-results.XXXXXX)"
 trap 'rm -f "$results"' EXIT
-cargo test --workspace "$@" 2>&1 | tee "$results"
+# --no-fail-fast: one run shows every failing test binary, not only the first.
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$results"
 
 # The API against its own OpenAPI description: schemathesis (PyPI) fuzzes a live node,
 # bounded to a few examples per operation and 90 s in all; no 5xx, no answer off the schema,

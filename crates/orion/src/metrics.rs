@@ -148,6 +148,10 @@ fn describe() {
         "Gossip packets dropped as garbage or impostors"
     );
     describe_counter!(
+        "orion_gossip_packets_dropped_total",
+        "Sealed gossip packets dropped before the gossip layer, by reason (forged, replayed, stale, garbage)"
+    );
+    describe_counter!(
         "orion_gossip_suspicions_total",
         "Members this node saw become suspect"
     );

@@ -256,12 +256,13 @@ pub async fn post(api: &str, path: &str, body: &str) -> Result<(u16, Value), Str
 }
 
 pub async fn put_json(api: &str, path: &str, body: &str) -> Result<(u16, Value), String> {
-    call(
+    call(authed(
         client()
             .put(format!("{api}{path}"))
             .header("content-type", "application/json")
             .body(body.to_string()),
-    )
+        api,
+    ))
     .await
 }
 

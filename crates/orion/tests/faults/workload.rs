@@ -383,13 +383,20 @@ pub async fn hostile(seed: u64, apis: Vec<String>, shared: Arc<Shared>) -> Hosti
         .expect("client");
     let mut rng = Rng::new(seed ^ 0xBAD_1200);
     let mut tally = HostileTally::default();
-    // The slow clients run beside the fast cases; two per run.
+    // The slow clients run beside the fast cases; two per run. They send the token, so that
+    // the body bound is what answers them, not the 401 of the authentication layer.
+    let auth = admin_header(&apis)
+        .get(reqwest::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("Authorization: {v}\r\n"))
+        .unwrap_or_default();
     let slow: Vec<_> = (0..2)
         .map(|i| {
             let api = apis[(i * 2 + 1) % apis.len()].clone();
+            let auth = auth.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(5 + 20 * i as u64)).await;
-                slow_client(&api).await
+                slow_client(&api, &auth).await
             })
         })
         .collect();
@@ -501,14 +508,14 @@ enum SlowError {
 
 /// Opens a connection, sends headers announcing a body and only part of it, and waits: the
 /// API must answer 408 or close within its 10 s body bound (plus slack for a busy machine).
-async fn slow_client(api: &str) -> Result<f64, SlowError> {
+async fn slow_client(api: &str, auth: &str) -> Result<f64, SlowError> {
     let addr = api.trim_start_matches("http://");
     let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| SlowError::Transport)?
         .map_err(|_| SlowError::Transport)?;
     let head = format!(
-        "POST /tasks HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"image\": \"orion/bus"
+        "POST /tasks HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"image\": \"orion/bus"
     );
     s.write_all(head.as_bytes())
         .await
