@@ -22,19 +22,19 @@ agent=$!
 # The agent is stopped by its pid; its data dir goes, the log is printed on a failure.
 trap 'kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null; [ "${status:-1}" = 0 ] || tail -n 50 "$dir/agent.log"; rm -rf "$dir"' EXIT
 
-# The admin token the bootstrap wrote to the credentials file (every route but /health needs one).
-for _ in $(seq 1 100); do
-  token="$(./target/debug/orion token show --addr "http://$ip:8000" 2>/dev/null)" && break
-  sleep 0.1
-done
-auth="Authorization: Bearer ${token:-none}"
-
-# Wait (at most 30 s) for a leader: writes answer 503 before that.
+# The admin token the bootstrap wrote to the credentials file (every route but /health needs
+# one), and a leader (writes answer 503 before that): at most 30 s. The token is read again on
+# every try: an entry left for this address by an earlier run is stale until the new
+# bootstrap replaces it, and only a token the node accepts ends the wait.
+token=""
 for _ in $(seq 1 300); do
-  curl -sf -H "$auth" "http://$ip:8000/status" 2>/dev/null | grep -q '"role":"leader"' && break
+  token="$(./target/debug/orion token show --addr "http://$ip:8000" 2>/dev/null)" || token=""
+  [ -n "$token" ] && curl -sf -H "Authorization: Bearer $token" "http://$ip:8000/status" 2>/dev/null \
+    | grep -q '"role":"leader"' && break
   kill -0 "$agent" 2>/dev/null || { cat "$dir/agent.log"; exit 1; }
   sleep 0.1
 done
+auth="Authorization: Bearer ${token:-none}"
 
 # `GET /events` follows by default: an endless stream no fuzzer can read to its end (and
 # schemathesis cannot parse NDJSON), so it is left out of the run and checked here with
