@@ -2,7 +2,7 @@
 # Runs the whole test suite: what the README's second set-up command and .ci/run call.
 # Installs what the tests need from Debian (busybox-static for the local test image, iptables
 # for partitions, tmux for the terminal UI test, prometheus for promtool, dnsutils for dig,
-# iproute2 and curl for the mesh, tcpdump for the gossip capture of the security test), builds the test
+# iproute2 and curl for the mesh, tcpdump for the gossip capture and openssl for the RPC port of the security test), builds the test
 # image, runs every test of the workspace, then schemathesis (PyPI) against the API. Under
 # CI=true the Docker and cluster tests fail rather than skip when the engine is missing.
 set -euo pipefail
@@ -14,6 +14,8 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v tcpdump >/dev/null 2>&1 || need_pkgs+=(tcpdump)
+# The RPC port test talks TLS to it with and without a client certificate.
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v dig >/dev/null 2>&1 || need_pkgs+=(dnsutils)
 # The mesh: `ip` holds service VIPs; its end-to-end tests call ingress ports with curl.
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)

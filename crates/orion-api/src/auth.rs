@@ -84,7 +84,11 @@ pub fn allowed(role: Role, method: &Method, path: &str) -> bool {
         Role::ReadOnly => read && path != "/join-token",
         Role::Operator => {
             let tokens = path == "/tokens" || path.starts_with("/tokens/") || path == "/join-token";
-            !tokens && (read || path != "/cluster/config")
+            // Rotating the CA and removing a node change who the cluster trusts: admins only.
+            let trust = path == "/ca/rotate"
+                || path == "/gossip-key/rotate"
+                || (method == Method::DELETE && path.starts_with("/nodes/"));
+            !tokens && !trust && (read || path != "/cluster/config")
         }
     }
 }
@@ -326,6 +330,14 @@ mod tests {
             (Role::Admin, Method::DELETE, "/tokens/abc", true),
             (Role::Admin, Method::PUT, "/cluster/config", true),
             (Role::Admin, Method::GET, "/join-token", true),
+            (Role::Admin, Method::POST, "/ca/rotate", true),
+            (Role::Operator, Method::POST, "/ca/rotate", false),
+            (Role::Operator, Method::POST, "/gossip-key/rotate", false),
+            (Role::Operator, Method::GET, "/ca", true),
+            (Role::ReadOnly, Method::GET, "/ca", true),
+            (Role::Admin, Method::DELETE, "/nodes/n1", true),
+            (Role::Operator, Method::DELETE, "/nodes/n1", false),
+            (Role::ReadOnly, Method::DELETE, "/nodes/n1", false),
             (Role::Operator, Method::GET, "/join-token", false),
             (Role::ReadOnly, Method::GET, "/join-token", false),
         ];

@@ -5,6 +5,7 @@
 //! included, is JSON. The agent implements `Backend` on top of Raft, gossip and the executor.
 
 mod auth;
+mod ca;
 mod events;
 mod openapi;
 mod service_view;
@@ -124,6 +125,16 @@ pub trait Backend: Send + Sync + 'static {
     fn join_token(&self) -> Option<String> {
         None
     }
+    /// A new cluster CA, its key sealed under the cluster secret, for `POST /ca/rotate`;
+    /// `None` if this node runs with `--insecure`.
+    fn new_cluster_ca(&self) -> Option<Result<orion_types::ClusterCa, String>> {
+        None
+    }
+    /// A new gossip key record (sealed under the cluster secret) for
+    /// `POST /gossip-key/rotate`; `None` if this node runs with `--insecure`.
+    fn new_gossip_key(&self) -> Option<orion_types::GossipKeyRecord> {
+        None
+    }
     /// Container logs of a task that runs on this node, or an error saying where it runs.
     fn logs(
         &self,
@@ -139,6 +150,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/health", get(health))
         .route("/status", get(status::<B>))
         .route("/nodes", get(nodes::<B>))
+        .route("/nodes/{id}", axum::routing::delete(ca::remove_node::<B>))
         .route("/nodes/{id}/drain", post(drain::<B>))
         .route("/nodes/{id}/undrain", post(undrain::<B>))
         .route("/tasks", get(list_tasks::<B>).post(create_task::<B>))
@@ -166,6 +178,9 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/tokens", get(auth::list::<B>).post(auth::create::<B>))
         .route("/tokens/{id}", axum::routing::delete(auth::delete::<B>))
         .route("/join-token", get(auth::join_token::<B>))
+        .route("/ca", get(ca::get_ca::<B>))
+        .route("/ca/rotate", post(ca::rotate::<B>))
+        .route("/gossip-key/rotate", post(ca::rotate_gossip_key::<B>))
         .route("/openapi.json", get(openapi::serve))
         .fallback(|| async { ApiError::not_found("no such route; see API.md") })
         .method_not_allowed_fallback(|| async {

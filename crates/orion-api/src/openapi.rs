@@ -128,6 +128,10 @@ pub(crate) enum BodyErrors {
         crate::auth::list,
         crate::auth::delete,
         crate::auth::join_token,
+        crate::ca::get_ca,
+        crate::ca::rotate,
+        crate::ca::remove_node,
+        crate::ca::rotate_gossip_key,
         serve,
     ),
     components(schemas(
@@ -137,6 +141,7 @@ pub(crate) enum BodyErrors {
         orion_types::api::TaskRequest, orion_types::service::ServiceRequest,
         orion_types::config::ClusterConfigJson, crate::auth::TokenView,
         crate::auth::CreatedToken, crate::auth::TokenRequest, crate::auth::JoinTokenView,
+        crate::ca::CaView, crate::ca::RemovedNode, crate::ca::GossipKeyView,
     )),
     tags(
         (name = "node", description = "The answering node"),
@@ -146,6 +151,7 @@ pub(crate) enum BodyErrors {
         (name = "events", description = "The event history"),
         (name = "cluster", description = "Cluster-wide settings"),
         (name = "tokens", description = "API tokens (admin only)"),
+        (name = "security", description = "The cluster CA: rotation, the revocation list"),
         (name = "meta", description = "This description"),
     )
 )]

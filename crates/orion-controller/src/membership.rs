@@ -22,9 +22,11 @@ pub(crate) struct Input<'a> {
 }
 
 impl Input<'_> {
-    /// Left on purpose: by its own word in the log, or by gossip.
+    /// Left on purpose: by its own word in the log, or by gossip, or removed by an admin
+    /// (on the revocation list: it keeps no seat, whatever gossip says).
     fn left(&self, id: &str) -> bool {
-        self.state.nodes.get(id).is_some_and(|r| r.left)
+        self.state.revoked_nodes.contains_key(id)
+            || self.state.nodes.get(id).is_some_and(|r| r.left)
             || self
                 .members
                 .get(id)
@@ -32,9 +34,11 @@ impl Input<'_> {
     }
 
     fn alive(&self, id: &str) -> bool {
-        self.members
-            .get(id)
-            .is_some_and(|m| m.status == MemberStatus::Alive)
+        !self.state.revoked_nodes.contains_key(id)
+            && self
+                .members
+                .get(id)
+                .is_some_and(|m| m.status == MemberStatus::Alive)
     }
 
     /// Left, or gone (dead, or never seen by this leader) for longer than the grace period.
@@ -60,7 +64,7 @@ pub(crate) fn decide(input: &Input<'_>) -> Vec<Action> {
     let mut actions = Vec::new();
     // New live members join as learners.
     for m in input.members.values() {
-        if m.status != MemberStatus::Alive
+        if !input.alive(&m.id)
             || m.id == me
             || raft.voters.contains(&m.id)
             || raft.learners.contains(&m.id)

@@ -2,7 +2,7 @@
 //! new, restarted (newer generation) or changed is recorded up (`UpsertNode`); a node recorded
 //! up that the view declares dead or left, or that the view has not mentioned for
 //! `UNSEEN_NODE_GRACE_MS` of this leadership, is recorded down (`NodeDown`), which releases its
-//! tasks for placement elsewhere.
+//! tasks for placement elsewhere. A removed node is never recorded again.
 
 use crate::{Action, Member, MemberStatus, UNSEEN_NODE_GRACE_MS};
 use orion_state::{ClusterState, NodeStatus};
@@ -16,7 +16,11 @@ pub(crate) fn decide(
     leader_since: u64,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    for m in members.values().filter(|m| m.status.is_live()) {
+    // A removed node (on the revocation list) may still speak gossip: it is never recorded again.
+    for m in members
+        .values()
+        .filter(|m| m.status.is_live() && !state.revoked_nodes.contains_key(&m.id))
+    {
         let stale = match state.nodes.get(&m.id) {
             None => true,
             Some(r) if r.left => m.meta.generation > r.meta.generation,

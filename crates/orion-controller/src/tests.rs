@@ -300,6 +300,17 @@ fn node_sync() {
         &["remove n2"],
     );
     check(
+        "a removed node is never recorded again, even as a newer generation",
+        &world()
+            .node("n2", 1)
+            .apply(Command::RemoveNode {
+                node: "n2".into(),
+                at: 2,
+            })
+            .member("n2", 2, MemberStatus::Alive),
+        &["remove n2"],
+    );
+    check(
         "a node that left returns as a newer generation",
         &left.member("n2", 2, MemberStatus::Alive),
         &["up n2 g2"],
@@ -369,6 +380,25 @@ fn voters() {
             "keep a crashed voter's seat with no learner",
             three().dead_for("n3", 5_000),
             &["down n3: declared dead by gossip"],
+        ),
+        (
+            "a removed voter gives its seat up though gossip sees it alive",
+            three().apply(Command::RemoveNode {
+                node: "n3".into(),
+                at: 2,
+            }),
+            &["voters n1,n2"],
+        ),
+        (
+            "a removed node is not added back as a learner",
+            world()
+                .recorded("n2", 1)
+                .newcomer("n2", 1)
+                .apply(Command::RemoveNode {
+                    node: "n2".into(),
+                    at: 2,
+                }),
+            &[],
         ),
         (
             "a voter that left gives its seat up even with no learner",

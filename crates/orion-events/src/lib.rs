@@ -201,7 +201,19 @@ impl Deriver {
                 Key::Service(id) => self.service_events(id, state, &mut out),
                 // Cluster-wide settings are not one of the API's topics; tokens are secrets'
                 // records, not events a read-only client should see.
-                Key::Config | Key::Token(_) | Key::Ca => {}
+                Key::Config
+                | Key::Token(_)
+                | Key::Ca
+                | Key::PreviousCa
+                | Key::GossipKey
+                | Key::PreviousGossipKey => {}
+                // A removed node: its record is gone, its id on the revocation list.
+                Key::Revoked(id) => out.push((
+                    Topic::Node,
+                    "removed".to_string(),
+                    id.clone(),
+                    json!({"revoked": true}),
+                )),
             }
         }
         let base = raft_index.saturating_mul(EVENTS_PER_ENTRY_MAX);

@@ -62,6 +62,7 @@ mod proposer;
 mod server;
 mod sim_disk;
 mod sm_store;
+mod tls;
 mod types;
 
 pub use error::{NO_LEADER_MESSAGE, NotProposed, RaftError, StoreError, Unknown, WriteError};
@@ -70,6 +71,7 @@ pub use node::{RaftConfig, RaftNode, RaftStatus, Role, SimParts};
 pub use server::{Rejected, RpcHandler};
 pub use sim_disk::SimDisk;
 pub use sm_store::ApplyObserver;
+pub use tls::{HANDSHAKE_TIMEOUT, RpcTls, TlsTransport};
 pub use types::{Peer, RaftId, raft_id};
 
 /// Storage internals, public only so the conformance test can run openraft's suite on them.

@@ -49,11 +49,11 @@ pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
 /// Connect timeout. A SYN on a LAN is answered within a millisecond or lost; Linux resends a
 /// lost SYN after 1 s, so waiting longer than half of that only delays the retry loop above.
-const CONNECT_TIMEOUT_MS: u64 = 500;
+pub(crate) const CONNECT_TIMEOUT_MS: u64 = 500;
 
 /// Idle pooled connections are dropped after this: longer than any heartbeat gap, short enough
 /// that connections to departed peers do not linger.
-const POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
+pub(crate) const POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
 
 /// How long replication to an unreachable peer waits before trying again. openraft's default
 /// is 500 ms; 200 ms picks a restarted peer up sooner at five connection attempts a second.

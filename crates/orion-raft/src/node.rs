@@ -75,6 +75,8 @@ pub struct RaftConfig {
     /// Seeds the no-leader watchdog's random delays (SplitMix64), so a simulated run replays
     /// them exactly. `new` draws it from the OS.
     pub watchdog_seed: u64,
+    /// Mutual TLS on the RPC port (both directions); `None` serves plain HTTP (`--insecure`).
+    pub tls: Option<crate::tls::RpcTls>,
 }
 
 impl RaftConfig {
@@ -107,6 +109,7 @@ impl RaftConfig {
             // A LAN commit takes milliseconds; 2 s absorbs an fsync stall on a busy disk.
             rpc_timeout_ms: 2_000,
             watchdog_seed: orion_types::env::os_seed(),
+            tls: None,
         }
     }
 
@@ -273,8 +276,20 @@ impl RaftNode {
             cfg.advertise.set_port(bound.port());
         }
         let rpc_timeout = Duration::from_millis(cfg.rpc_timeout_ms);
-        let rpc = RpcClient::new(cfg.advertise.ip(), rpc_timeout)
-            .map_err(|e| RaftError::Config(format!("http client: {e}")))?;
+        let rpc = match &cfg.tls {
+            Some(tls) => RpcClient::over(
+                Arc::new(crate::tls::TlsTransport::new(
+                    cfg.advertise.ip(),
+                    tls,
+                    Duration::from_millis(crate::network::CONNECT_TIMEOUT_MS),
+                    Duration::from_millis(crate::network::POOL_IDLE_TIMEOUT_MS),
+                )),
+                rpc_timeout,
+            ),
+            None => RpcClient::new(cfg.advertise.ip(), rpc_timeout)
+                .map_err(|e| RaftError::Config(format!("http client: {e}")))?,
+        };
+        let tls = cfg.tls.clone();
         // Seeded from the config (random per start, logged) so a run can be told apart.
         let jitter = Jitter::new(cfg.watchdog_seed);
         let node = RaftNode::assemble(cfg, log, sm, rpc, jitter).await?;
@@ -282,6 +297,10 @@ impl RaftNode {
         let app = server::router(node.server_state());
         let mut stop = node.inner.shutdown_tx.subscribe();
         let server = tokio::spawn(async move {
+            if let Some(tls) = tls {
+                crate::tls::serve(listener, app, tls, stop).await;
+                return;
+            }
             // Raft messages are small and latency-bound: never let Nagle hold a reply back.
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);

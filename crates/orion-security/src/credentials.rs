@@ -127,6 +127,27 @@ pub fn record_bootstrap(path: &Path, mut entry: Entry) -> std::io::Result<()> {
     })
 }
 
+/// The cluster's CA rotated: the entries that held `old` join token hold `new` (which pins
+/// the new CA, `ca_fingerprint`). Answers whether any entry changed.
+pub fn replace_join_token(
+    path: &Path,
+    old: &str,
+    new: &str,
+    ca_fingerprint: &str,
+) -> std::io::Result<bool> {
+    update(path, |f| {
+        let mut changed = false;
+        for e in &mut f.clusters {
+            if e.join_token == old {
+                e.join_token = new.to_string();
+                e.ca_fingerprint = ca_fingerprint.to_string();
+                changed = true;
+            }
+        }
+        changed
+    })
+}
+
 /// A node joined the cluster of `join_token`: its addresses now lead to that entry.
 pub fn add_addrs(path: &Path, join_token: &str, addrs: &[String]) -> std::io::Result<bool> {
     let addrs: Vec<String> = addrs.iter().map(|a| normalize(a)).collect();

@@ -10,6 +10,8 @@ pub const GOSSIP_KEY_LABEL: &str = "orion gossip key v1";
 pub const CA_KEY_SEAL_LABEL: &str = "orion ca key seal v1";
 /// The bearer token nodes present to each other's API (the logs proxy): read-only.
 pub const NODE_API_TOKEN_LABEL: &str = "orion node api token v1";
+/// The join identity: the key a joiner proves knowledge of the secret with (`pki::join_identity`).
+pub const JOIN_IDENTITY_LABEL: &str = "orion join identity v1";
 
 /// A 32-byte key for `label` from the cluster `secret`.
 pub fn derive(secret: &[u8; 32], label: &str) -> [u8; 32] {

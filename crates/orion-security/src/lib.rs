@@ -2,7 +2,8 @@
 //! made at bootstrap (`material`), the join token that carries the CA's fingerprint and the
 //! secret (`join`), API tokens and their hashes (`tokens`), keys derived from the secret
 //! (`keys`), the sealing of gossip datagrams with ChaCha20-Poly1305 (`seal`), and the per-user
-//! credentials file (`credentials`).
+//! credentials file (`credentials`), node certificates and the join identity (`pki`), and
+//! the TLS configurations and peer verification of the inter-node port (`tls`).
 //!
 //! Architecture invariant: no async and no network here. Time and randomness come in as
 //! arguments where a decision depends on them (`seal::Opener::open` takes the time), so the
@@ -12,7 +13,9 @@ pub mod credentials;
 pub mod join;
 pub mod keys;
 pub mod material;
+pub mod pki;
 pub mod seal;
+pub mod tls;
 pub mod tokens;
 
 /// 32 bytes from the operating system's generator: key material, secrets, token bodies.

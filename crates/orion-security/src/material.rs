@@ -45,23 +45,20 @@ pub enum MaterialError {
 impl NodeSecrets {
     /// A new cluster: a fresh secret, a self-signed CA (ECDSA P-256) and an admin token.
     pub fn create() -> Result<NodeSecrets, MaterialError> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Orion cluster CA");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let cert = params.self_signed(&key)?;
+        let (cert, key) = crate::pki::new_ca().map_err(|e| MaterialError::Corrupt {
+            path: PathBuf::from("(new CA)"),
+            msg: e.to_string(),
+        })?;
+        let der = crate::pki::pem_der(&cert).map_err(|e| MaterialError::Corrupt {
+            path: PathBuf::from("(new CA)"),
+            msg: e.to_string(),
+        })?;
         let (id, token) = crate::tokens::new_token();
         Ok(NodeSecrets {
             secret: hex::encode(crate::random_32()),
-            ca_fingerprint: hex::encode(Sha256::digest(cert.der())),
-            ca_cert_pem: Some(cert.pem()),
-            ca_key_pem: Some(key.serialize_pem()),
+            ca_fingerprint: hex::encode(Sha256::digest(&der)),
+            ca_cert_pem: Some(cert),
+            ca_key_pem: Some(key),
             admin_token: Some(token),
             admin_token_id: Some(id),
         })

@@ -48,12 +48,23 @@ pub enum Key {
     Token(String),
     /// The cluster CA, its key sealed (one row).
     Ca,
+    /// The CA a rotation replaced, still trusted (one row).
+    PreviousCa,
+    /// A removed node's id on the revocation list (`revoked/<id>`): when it was removed.
+    Revoked(NodeId),
+    /// The gossip key of the last rotation, and the one it replaced (one row each).
+    GossipKey,
+    PreviousGossipKey,
 }
 
 /// The row key of `Key::Config`.
 const CONFIG_KEY: &str = "cluster/config";
 /// The row key of `Key::Ca`.
 const CA_KEY: &str = "cluster/ca";
+/// The row key of `Key::PreviousCa`.
+const PREVIOUS_CA_KEY: &str = "cluster/ca-previous";
+const GOSSIP_KEY_KEY: &str = "cluster/gossip-key";
+const PREVIOUS_GOSSIP_KEY_KEY: &str = "cluster/gossip-key-previous";
 
 impl Key {
     pub fn encode(&self) -> String {
@@ -64,6 +75,10 @@ impl Key {
             Key::Service(id) => format!("service/{id}"),
             Key::Token(id) => format!("token/{id}"),
             Key::Ca => CA_KEY.to_string(),
+            Key::PreviousCa => PREVIOUS_CA_KEY.to_string(),
+            Key::Revoked(id) => format!("revoked/{id}"),
+            Key::GossipKey => GOSSIP_KEY_KEY.to_string(),
+            Key::PreviousGossipKey => PREVIOUS_GOSSIP_KEY_KEY.to_string(),
         }
     }
     pub fn decode(s: &str) -> Option<Key> {
@@ -71,6 +86,14 @@ impl Key {
             Some(Key::Config)
         } else if s == CA_KEY {
             Some(Key::Ca)
+        } else if s == PREVIOUS_CA_KEY {
+            Some(Key::PreviousCa)
+        } else if s == GOSSIP_KEY_KEY {
+            Some(Key::GossipKey)
+        } else if s == PREVIOUS_GOSSIP_KEY_KEY {
+            Some(Key::PreviousGossipKey)
+        } else if let Some(id) = s.strip_prefix("revoked/") {
+            Some(Key::Revoked(id.to_string()))
         } else if let Some(id) = s.strip_prefix("node/") {
             Some(Key::Node(id.to_string()))
         } else if let Some(id) = s.strip_prefix("service/") {
@@ -116,6 +139,19 @@ pub struct ClusterState {
     /// The cluster CA (key sealed under the cluster secret); `None` on an insecure cluster.
     #[serde(default)]
     pub ca: Option<orion_types::ClusterCa>,
+    /// The CA the last rotation replaced: still trusted, so no peer is refused while nodes
+    /// move to the new one.
+    #[serde(default)]
+    pub previous_ca: Option<orion_types::ClusterCa>,
+    /// Removed nodes (the revocation list): their certificates are refused everywhere.
+    #[serde(default)]
+    pub revoked_nodes: BTreeMap<NodeId, UnixMillis>,
+    /// The gossip key of the last rotation; `None`: the key derived from the cluster secret.
+    #[serde(default)]
+    pub gossip_key: Option<orion_types::GossipKeyRecord>,
+    /// The one it replaced (`None`: the derived key), still accepted.
+    #[serde(default)]
+    pub previous_gossip_key: Option<orion_types::GossipKeyRecord>,
     #[serde(skip)]
     index: index::Index,
     #[serde(skip)]
@@ -162,6 +198,14 @@ struct StateFields {
     tokens: BTreeMap<String, orion_types::ApiToken>,
     #[serde(default)]
     ca: Option<orion_types::ClusterCa>,
+    #[serde(default)]
+    previous_ca: Option<orion_types::ClusterCa>,
+    #[serde(default)]
+    revoked_nodes: BTreeMap<NodeId, UnixMillis>,
+    #[serde(default)]
+    gossip_key: Option<orion_types::GossipKeyRecord>,
+    #[serde(default)]
+    previous_gossip_key: Option<orion_types::GossipKeyRecord>,
 }
 
 impl From<StateFields> for ClusterState {
@@ -174,6 +218,10 @@ impl From<StateFields> for ClusterState {
             services: f.services,
             tokens: f.tokens,
             ca: f.ca,
+            previous_ca: f.previous_ca,
+            revoked_nodes: f.revoked_nodes,
+            gossip_key: f.gossip_key,
+            previous_gossip_key: f.previous_gossip_key,
             index,
             placement_version: PlacementVersion::fresh(),
         }
@@ -207,7 +255,12 @@ impl ClusterState {
                 // scheduler too.
                 Key::Node(_) | Key::Service(_) | Key::Config => true,
                 // Tokens and the CA never change where a task fits.
-                Key::Token(_) | Key::Ca => false,
+                Key::Token(_)
+                | Key::Ca
+                | Key::PreviousCa
+                | Key::Revoked(_)
+                | Key::GossipKey
+                | Key::PreviousGossipKey => false,
             };
         }
         if relevant {
@@ -303,6 +356,14 @@ impl ClusterState {
             }),
             Command::UpsertNode { meta, at } => {
                 let id = meta.id.clone();
+                if self.revoked_nodes.contains_key(&id) {
+                    return (
+                        Response::Ignored(format!(
+                            "node {id} was removed from the cluster; a machine joins again under a new id"
+                        )),
+                        touched,
+                    );
+                }
                 match self.nodes.get_mut(&id) {
                     Some(rec) if meta.generation < rec.meta.generation => {
                         Response::Ignored(format!(
@@ -513,6 +574,51 @@ impl ClusterState {
                     touched.push(Key::Ca);
                     Response::Ok
                 }
+            }
+            Command::RotateClusterCa { ca, at: _ } => match &self.ca {
+                Some(cur) if cur.fingerprint == ca.fingerprint => {
+                    Response::Ignored("that CA is already the cluster's".to_string())
+                }
+                Some(cur) => {
+                    self.previous_ca = Some(cur.clone());
+                    self.ca = Some(ca.clone());
+                    touched.push(Key::Ca);
+                    touched.push(Key::PreviousCa);
+                    Response::Ok
+                }
+                None => Response::Invalid(
+                    "the cluster has no CA to rotate (it runs with --insecure)".to_string(),
+                ),
+            },
+            Command::RotateGossipKey { key, at: _ } => {
+                if self.gossip_key.as_ref().is_some_and(|k| k.id == key.id) {
+                    Response::Ignored(format!("gossip key {} is already current", key.id))
+                } else {
+                    self.previous_gossip_key = self.gossip_key.replace(key.clone());
+                    touched.push(Key::GossipKey);
+                    touched.push(Key::PreviousGossipKey);
+                    Response::Ok
+                }
+            }
+            Command::RemoveNode { node, at } => {
+                if self.revoked_nodes.contains_key(node) {
+                    return (
+                        Response::Ignored(format!("node {node} was removed already")),
+                        touched,
+                    );
+                }
+                let Some(generation) = self.nodes.get(node).map(|r| r.meta.generation) else {
+                    return (
+                        Response::NotFound(format!("node {node} not found")),
+                        touched,
+                    );
+                };
+                self.node_down(node, generation, "removed", true, *at, &mut touched);
+                self.nodes.remove(node);
+                self.revoked_nodes.insert(node.clone(), *at);
+                touched.push(Key::Node(node.clone()));
+                touched.push(Key::Revoked(node.clone()));
+                Response::Ok
             }
             Command::RevokeToken { id, at: _ } => {
                 if self.tokens.remove(id).is_some() {
@@ -747,6 +853,10 @@ impl ClusterState {
             Key::Service(id) => serde_json::to_vec(self.services.get(id)?),
             Key::Token(id) => serde_json::to_vec(self.tokens.get(id)?),
             Key::Ca => serde_json::to_vec(self.ca.as_ref()?),
+            Key::PreviousCa => serde_json::to_vec(self.previous_ca.as_ref()?),
+            Key::Revoked(id) => serde_json::to_vec(self.revoked_nodes.get(id)?),
+            Key::GossipKey => serde_json::to_vec(self.gossip_key.as_ref()?),
+            Key::PreviousGossipKey => serde_json::to_vec(self.previous_gossip_key.as_ref()?),
         };
         // Serializing plain structs of strings and integers cannot fail.
         Some(bytes.expect("state rows serialize"))
@@ -762,6 +872,14 @@ impl ClusterState {
             .chain(self.services.keys().map(|k| Key::Service(k.clone())))
             .chain(self.tokens.keys().map(|k| Key::Token(k.clone())))
             .chain(self.ca.as_ref().map(|_| Key::Ca))
+            .chain(self.previous_ca.as_ref().map(|_| Key::PreviousCa))
+            .chain(self.revoked_nodes.keys().map(|k| Key::Revoked(k.clone())))
+            .chain(self.gossip_key.as_ref().map(|_| Key::GossipKey))
+            .chain(
+                self.previous_gossip_key
+                    .as_ref()
+                    .map(|_| Key::PreviousGossipKey),
+            )
     }
 
     pub fn from_rows(
@@ -799,6 +917,21 @@ impl ClusterState {
                 }
                 Some(Key::Ca) => {
                     state.ca = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::PreviousCa) => {
+                    state.previous_ca = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::GossipKey) => {
+                    state.gossip_key = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::PreviousGossipKey) => {
+                    state.previous_gossip_key =
+                        Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
+                }
+                Some(Key::Revoked(id)) => {
+                    state
+                        .revoked_nodes
+                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
                 }
                 None => return Err(StateError::UnknownKey(key)),
             }

@@ -1050,3 +1050,95 @@ fn the_cluster_ca_is_recorded_once_and_kept_as_a_row() {
     let rows: Vec<(String, Vec<u8>)> = s.keys().map(|k| (k.encode(), s.row(&k).unwrap())).collect();
     assert_eq!(ClusterState::from_rows(rows).unwrap(), s);
 }
+
+#[test]
+fn a_rotation_keeps_the_old_ca_trusted_and_survives_a_reload() {
+    let ca = |fp: &str| orion_types::ClusterCa {
+        cert_pem: "-----BEGIN CERTIFICATE-----".to_string(),
+        sealed_key: "00".repeat(40),
+        fingerprint: fp.to_string(),
+    };
+    let mut s = ClusterState::default();
+    let rotate = |fp: &str| Command::RotateClusterCa { ca: ca(fp), at: 3 };
+    assert!(
+        matches!(s.apply(&rotate("sha256:bb")).0, Response::Invalid(_)),
+        "no CA to rotate on an insecure cluster"
+    );
+    s.apply(&Command::SetClusterCa {
+        ca: ca("sha256:aa"),
+        at: 1,
+    });
+    assert_eq!(
+        s.apply(&rotate("sha256:bb")),
+        (Response::Ok, vec![Key::Ca, Key::PreviousCa])
+    );
+    assert!(matches!(
+        s.apply(&rotate("sha256:bb")).0,
+        Response::Ignored(_)
+    ));
+    assert_eq!(
+        s.ca.as_ref().map(|c| c.fingerprint.as_str()),
+        Some("sha256:bb")
+    );
+    assert_eq!(
+        s.previous_ca.as_ref().map(|c| c.fingerprint.as_str()),
+        Some("sha256:aa")
+    );
+    // The gossip key: the first rotation replaces the derived key (no previous record).
+    let key = |id: u8| Command::RotateGossipKey {
+        key: orion_types::GossipKeyRecord {
+            id,
+            sealed_key: "ab".repeat(30),
+            since: 5,
+        },
+        at: 5,
+    };
+    assert_eq!(s.apply(&key(2)).0, Response::Ok);
+    assert_eq!(s.previous_gossip_key, None);
+    assert!(matches!(s.apply(&key(2)).0, Response::Ignored(_)));
+    assert_eq!(s.apply(&key(3)).0, Response::Ok);
+    assert_eq!(s.previous_gossip_key.as_ref().map(|k| k.id), Some(2));
+    let rows: Vec<(String, Vec<u8>)> = s.keys().map(|k| (k.encode(), s.row(&k).unwrap())).collect();
+    assert_eq!(ClusterState::from_rows(rows).unwrap(), s);
+}
+
+#[test]
+fn a_removed_node_loses_its_tasks_joins_the_revocation_list_and_is_never_recorded_again() {
+    let s = check(
+        &[
+            node("n1", 1),
+            node("n2", 1),
+            create("t1", r#"{"image":"i","memory":"16m"}"#),
+            place("t1", "n2", "a1"),
+            Command::RemoveNode {
+                node: "n2".into(),
+                at: 9,
+            },
+        ],
+        &["t1 lost n2 - r0 - -"],
+    );
+    assert!(!s.nodes.contains_key("n2"));
+    assert_eq!(s.revoked_nodes.get("n2"), Some(&9));
+    assert!(s.tasks["t1"].needs_placement(), "{:?}", s.tasks["t1"]);
+    let mut s = s;
+    assert!(matches!(s.apply(&node("n2", 5)).0, Response::Ignored(_)));
+    assert!(!s.nodes.contains_key("n2"));
+    assert!(matches!(
+        s.apply(&Command::RemoveNode {
+            node: "n2".into(),
+            at: 10
+        })
+        .0,
+        Response::Ignored(_)
+    ));
+    assert!(matches!(
+        s.apply(&Command::RemoveNode {
+            node: "ghost".into(),
+            at: 10
+        })
+        .0,
+        Response::NotFound(_)
+    ));
+    let rows: Vec<(String, Vec<u8>)> = s.keys().map(|k| (k.encode(), s.row(&k).unwrap())).collect();
+    assert_eq!(ClusterState::from_rows(rows).unwrap(), s);
+}

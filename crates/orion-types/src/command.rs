@@ -230,6 +230,23 @@ pub enum Command {
         ca: crate::ClusterCa,
         at: UnixMillis,
     },
+    /// An admin rotated the CA (`POST /ca/rotate`): `ca` becomes the current CA and the one
+    /// it replaces stays trusted as the previous CA, so nodes re-issue their certificates
+    /// under the new one without a moment in which a peer is refused.
+    RotateClusterCa {
+        ca: crate::ClusterCa,
+        at: UnixMillis,
+    },
+    /// An admin removed a node (`DELETE /nodes/{id}`): it is gone from the membership, its
+    /// tasks are placed elsewhere, and its id joins the revocation list, so every node
+    /// refuses its certificate and no certificate is issued to that id again.
+    RemoveNode { node: NodeId, at: UnixMillis },
+    /// An admin rotated the gossip key (`POST /gossip-key/rotate`): `key` becomes the current
+    /// one, the one it replaces is still accepted until the next rotation.
+    RotateGossipKey {
+        key: crate::GossipKeyRecord,
+        at: UnixMillis,
+    },
 }
 
 /// One task the services reconciler asks for.
@@ -270,7 +287,10 @@ impl Command {
             | Command::ReportHealth { at, .. }
             | Command::CreateToken { at, .. }
             | Command::RevokeToken { at, .. }
-            | Command::SetClusterCa { at, .. } => *at,
+            | Command::SetClusterCa { at, .. }
+            | Command::RotateClusterCa { at, .. }
+            | Command::RemoveNode { at, .. }
+            | Command::RotateGossipKey { at, .. } => *at,
             Command::Batch { commands } => commands.last().map_or(0, Command::at),
         }
     }
@@ -487,7 +507,17 @@ impl Command {
                 Ok(())
             }
             Command::RevokeToken { id, .. } => check_id("id", id),
-            Command::SetClusterCa { ca, .. } => {
+            Command::RemoveNode { node, .. } => check_id("node", node),
+            Command::RotateGossipKey { key, .. } => {
+                if key.sealed_key.len() > 1024 {
+                    return Err(invalid("key", "is over 1024 bytes"));
+                }
+                if key.id < 2 {
+                    return Err(invalid("key.id", "ids 0 and 1 are reserved"));
+                }
+                Ok(())
+            }
+            Command::SetClusterCa { ca, .. } | Command::RotateClusterCa { ca, .. } => {
                 let size = ca.cert_pem.len() + ca.sealed_key.len() + ca.fingerprint.len();
                 if size > crate::token::CLUSTER_CA_BYTES_MAX {
                     return Err(invalid(
@@ -528,6 +558,9 @@ impl Command {
             Command::CreateToken { .. } => "create-token",
             Command::RevokeToken { .. } => "revoke-token",
             Command::SetClusterCa { .. } => "set-cluster-ca",
+            Command::RotateClusterCa { .. } => "rotate-cluster-ca",
+            Command::RemoveNode { .. } => "remove-node",
+            Command::RotateGossipKey { .. } => "rotate-gossip-key",
         }
     }
 }

@@ -28,7 +28,7 @@ pub use spec::{
     TaskSpec,
 };
 pub use task::Task;
-pub use token::{ApiToken, ClusterCa, Role};
+pub use token::{ApiToken, ClusterCa, GossipKeyRecord, Role};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

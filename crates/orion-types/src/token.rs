@@ -61,5 +61,18 @@ pub struct ClusterCa {
     pub fingerprint: String,
 }
 
+/// A gossip key made by a rotation (`POST /gossip-key/rotate`): its id (the byte sealed
+/// datagrams carry), the key sealed like the CA's, and when it was made. Nodes accept it at
+/// once and seal with it from `since + GOSSIP_KEY_SWITCH_MS`, when every node has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKeyRecord {
+    pub id: u8,
+    pub sealed_key: String,
+    pub since: crate::UnixMillis,
+}
+
+/// How long after a gossip key rotation nodes start sealing with the new key.
+pub const GOSSIP_KEY_SWITCH_MS: u64 = 2_000;
+
 /// Largest CA record: a PEM certificate and a sealed key are a few KiB.
 pub const CLUSTER_CA_BYTES_MAX: usize = 16 * 1024;

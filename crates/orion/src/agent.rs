@@ -17,7 +17,7 @@ use orion_raft::{NotProposed, RaftConfig, RaftNode, WriteError};
 use orion_state::ClusterState;
 use orion_types::env::{IdSource, RandomIds, SystemClock};
 use orion_types::{Command, NodeMeta, Response, Task};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -264,8 +264,23 @@ impl Backend for Node {
             .into_iter()
             .map(|m| (m.node_id.clone(), m))
             .collect();
-        let (records, usage) = self.raft.read(|s| (s.nodes.clone(), s.usage()));
-        let mut ids: Vec<String> = records.keys().chain(members.keys()).cloned().collect();
+        let (records, usage, revoked) = self.raft.read(|s| {
+            (
+                s.nodes.clone(),
+                s.usage(),
+                s.revoked_nodes
+                    .keys()
+                    .cloned()
+                    .collect::<BTreeSet<String>>(),
+            )
+        });
+        // A removed node may still speak gossip (it holds the secret); it is not listed.
+        let mut ids: Vec<String> = records
+            .keys()
+            .chain(members.keys())
+            .filter(|id| !revoked.contains(*id))
+            .cloned()
+            .collect();
         ids.sort();
         ids.dedup();
         ids.into_iter()
@@ -355,11 +370,43 @@ impl Backend for Node {
     }
 
     fn join_token(&self) -> Option<String> {
-        self.secrets.as_ref().map(|s| s.get().join_token().encode())
+        let ca = self.raft.read(|s| s.ca.clone());
+        self.secrets
+            .as_ref()
+            .map(|s| crate::pki::join_token_for(&s.get(), ca.as_ref()))
     }
 
     fn endpoints(&self) -> Arc<orion_types::endpoint::EndpointView> {
         self.endpoints.borrow().clone()
+    }
+
+    fn new_gossip_key(&self) -> Option<orion_types::GossipKeyRecord> {
+        let secrets = self.secrets.as_ref()?.get();
+        let after = self.raft.read(|s| s.gossip_key.as_ref().map(|k| k.id));
+        Some(crate::security::new_gossip_key(
+            &secrets.secret_bytes(),
+            after,
+            now_ms(),
+        ))
+    }
+
+    fn new_cluster_ca(&self) -> Option<Result<orion_types::ClusterCa, String>> {
+        let secrets = self.secrets.as_ref()?.get();
+        Some(
+            orion_security::pki::new_ca()
+                .map_err(|e| format!("cannot make a new CA: {e}"))
+                .and_then(|(cert, key)| {
+                    let der = orion_security::pki::pem_der(&cert).map_err(|e| e.to_string())?;
+                    Ok(orion_types::ClusterCa {
+                        sealed_key: orion_security::material::seal_ca_key(
+                            &secrets.secret_bytes(),
+                            &key,
+                        ),
+                        fingerprint: orion_security::pki::fingerprint_text(&der),
+                        cert_pem: cert,
+                    })
+                }),
+        )
     }
 
     fn new_id(&self) -> String {
@@ -477,7 +524,34 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         warn!(advertise = %cfg.advertise, "advertising a loopback address: nodes on other hosts cannot reach this one; pass --advertise for a multi-host cluster");
     }
     info!(id = %cfg.id, api = %cfg.api_addr(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
-    let security = crate::security::prepare(&cfg).await?;
+    let mut security = crate::security::prepare(&cfg).await?;
+    // This node's certificate: from the data dir, issued by the bootstrap's new CA, or for a
+    // first join from a member (before this node enters gossip or Raft).
+    let pki = match security.as_mut() {
+        None => None,
+        Some(sec) => {
+            let mut pki = crate::pki::NodePki::new(
+                cfg.data_dir.clone(),
+                &cfg.id,
+                cfg.cert_ttl,
+                &sec.secrets,
+            )?;
+            if !pki.has_cert() && !cfg.join.is_empty() {
+                let cert = crate::security::obtain_certificate(&cfg, sec).await?;
+                cert.save(&cfg.data_dir)
+                    .context("cannot save this node's certificate")?;
+                // Again, under the token that worked (a credentials-file entry may have
+                // replaced the first one meanwhile): it pins the CA this node trusts.
+                pki = crate::pki::NodePki::new(
+                    cfg.data_dir.clone(),
+                    &cfg.id,
+                    cfg.cert_ttl,
+                    &sec.secrets,
+                )?;
+            }
+            Some(pki)
+        }
+    };
 
     let api_listener = tokio::net::TcpListener::bind(cfg.api_bind)
         .await
@@ -491,6 +565,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         cfg.api_addr().to_string(),
     );
     raft_cfg.snapshot_logs = cfg.snapshot_logs;
+    raft_cfg.tls = pki.as_ref().map(|p| p.rpc_tls()).transpose()?;
+    // The join service shares the gossip port number, over TCP.
+    let join_listener = match &pki {
+        Some(_) => Some(
+            tokio::net::TcpListener::bind(cfg.gossip_bind)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on the gossip port {} (TCP, for joins)",
+                        cfg.gossip_bind
+                    )
+                })?,
+        ),
+        None => None,
+    };
     // The engine's ping and opening the stores are independent: do both at once, start-up
     // time is the sum of what is left.
     let (docker, raft) = tokio::join!(DockerRuntime::connect(), RaftNode::start(raft_cfg));
@@ -555,25 +644,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .await
             .context("cannot join the cluster")?;
     }
-    // A first join keeps its token only once a member answered under its key; until then it
-    // serves (`/health`; the rest waits for the state), and it gives up after a while.
-    let (join_failed_tx, join_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let live = security
         .as_ref()
         .map(|s| crate::security::LiveSecrets::new(s.secrets.clone()));
-    match (security.clone(), live.clone()) {
-        (Some(sec), Some(live)) if sec.unsaved_join => {
-            tokio::spawn(crate::security::first_join(
-                cfg.clone(),
-                sec,
-                live,
-                gossip.clone(),
-                sealed.clone(),
-                join_failed_tx,
-            ));
-        }
-        (Some(sec), _) => crate::security::register(&cfg, &sec.secrets),
-        _ => {}
+    if let Some(sec) = &security {
+        let ca = raft.read(|s| s.ca.clone());
+        crate::security::register(&cfg, &sec.secrets, ca.as_ref());
     }
 
     let http = reqwest::Client::builder()
@@ -666,6 +742,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         stop_rx.clone(),
     ));
     let membership_log = tokio::spawn(log_membership(node.gossip.subscribe()));
+    if let (Some(sec), Some(sealed)) = (&security, &node.sealed) {
+        tokio::spawn(crate::security::run_gossip_keys(
+            node.raft.clone(),
+            sealed.clone(),
+            sec.secrets.secret_bytes(),
+            stop_rx.clone(),
+        ));
+    }
+    if let (Some(pki), Some(listener)) = (&pki, join_listener) {
+        tokio::spawn(pki.clone().run(node.raft.clone(), stop_rx.clone()));
+        tokio::spawn(crate::join::serve(
+            listener,
+            pki.clone(),
+            node.raft.clone(),
+            node.gossip.clone(),
+            stop_rx.clone(),
+        ));
+    }
 
     let mut app = orion_api::router(node.clone())
         .route_layer(axum::middleware::from_fn(crate::metrics::track));
@@ -713,11 +807,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     info!(id = %cfg.id, "orion agent ready");
 
-    let mut failed = None;
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        Ok(e) = join_failed_rx => failed = Some(e),
-    }
+    shutdown_signal().await;
     info!("shutting down: leaving gossip and Raft");
     let _ = stop_tx.send(true);
     let others_alive = node
@@ -760,10 +850,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     node.raft.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     info!("stopped");
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// One log line per membership change, as this node's gossip sees it.

@@ -151,6 +151,15 @@ pub enum ClientCmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// The cluster CA: show, rotate (admin)
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// The gossip encryption key: rotate (admin)
+    #[command(subcommand)]
+    GossipKey(GossipKeyCmd),
+    /// Nodes: ls, rm (admin; revokes the node's certificate)
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Print a task's container logs, from whichever node runs it
     Logs {
         #[command(flatten)]
@@ -162,6 +171,50 @@ pub enum ClientCmd {
         /// Only the last N lines
         #[arg(long)]
         tail: Option<usize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Print the CA's fingerprint, the previous CA's and the revoked node ids
+    Show {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Make a new CA: every node re-issues its certificate under it, the old one stays trusted
+    /// until the next rotation. Prints the new join token (the credentials file is updated)
+    Rotate {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GossipKeyCmd {
+    /// Make a new gossip key: every node accepts it at once and seals with it a moment later;
+    /// the old key is still accepted until the next rotation
+    Rotate {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List the cluster's nodes (as `orion nodes`)
+    Ls {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Remove nodes: their tasks move, their Raft seats go, their certificates are revoked
+    Rm {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// Remove a node gossip still sees alive
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
 }
 
@@ -506,6 +559,32 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             println!("{}", v["token"].as_str().unwrap_or(""));
             Ok(())
         }
+        ClientCmd::Ca(cmd) => ca_cmd(cmd).await,
+        ClientCmd::GossipKey(GossipKeyCmd::Rotate { c }) => {
+            let api = Api::new(&c)?;
+            let v = api
+                .call(reqwest::Method::POST, "/gossip-key/rotate", None)
+                .await?;
+            if c.json {
+                return print_json(&v);
+            }
+            println!("gossip key {} in use", v["keyId"]);
+            Ok(())
+        }
+        ClientCmd::Node(NodeCmd::Ls { c }) => Box::pin(run(ClientCmd::Nodes { c })).await,
+        ClientCmd::Node(NodeCmd::Rm { c, force, ids }) => {
+            let api = Api::new(&c)?;
+            for id in ids {
+                api.call(
+                    reqwest::Method::DELETE,
+                    &format!("/nodes/{id}?force={force}"),
+                    None,
+                )
+                .await?;
+                println!("{id}");
+            }
+            Ok(())
+        }
         ClientCmd::Drain { c, node } => set_drain(c, node, "drain").await,
         ClientCmd::Undrain { c, node } => set_drain(c, node, "undrain").await,
         ClientCmd::Logs {
@@ -808,6 +887,61 @@ async fn run_task(a: RunArgs) -> Result<()> {
 fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+async fn ca_cmd(cmd: CaCmd) -> Result<()> {
+    match cmd {
+        CaCmd::Show { c } => {
+            let api = Api::new(&c)?;
+            let v = api.get("/ca").await?;
+            if c.json {
+                return print_json(&v);
+            }
+            println!("CA           {}", v["fingerprint"].as_str().unwrap_or(""));
+            println!(
+                "previous CA  {}",
+                v["previousFingerprint"].as_str().unwrap_or("-")
+            );
+            let revoked: Vec<&str> = v["revokedNodes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            println!(
+                "revoked      {}",
+                if revoked.is_empty() {
+                    "-".to_string()
+                } else {
+                    revoked.join(", ")
+                }
+            );
+            Ok(())
+        }
+        CaCmd::Rotate { c } => {
+            let api = Api::new(&c)?;
+            let v = api.call(reqwest::Method::POST, "/ca/rotate", None).await?;
+            let token = v["joinToken"].as_str().unwrap_or("").to_string();
+            let fp = v["fingerprint"].as_str().unwrap_or("").to_string();
+            // The entry for --addr in the credentials file now pins the new CA.
+            if let Some(path) = orion_security::credentials::default_path()
+                && let Ok(Some(e)) = orion_security::credentials::find(&path, &c.addr)
+                && !token.is_empty()
+                && let Err(err) = orion_security::credentials::replace_join_token(
+                    &path,
+                    &e.join_token,
+                    &token,
+                    &fp,
+                )
+            {
+                eprintln!("warning: cannot update {}: {err}", path.display());
+            }
+            if c.json {
+                return print_json(&v);
+            }
+            println!("new CA {fp}");
+            println!("join token: {token}");
+            Ok(())
+        }
+    }
 }
 
 async fn token_cmd(cmd: TokenCmd) -> Result<()> {

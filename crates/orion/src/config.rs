@@ -105,9 +105,25 @@ pub struct AgentArgs {
     /// ORION_TOKEN, else from the credentials file on the bootstrap host
     #[arg(long = "token", value_name = "JOIN_TOKEN")]
     pub join_token: Option<String>,
-    /// Turn authentication and encryption off (API tokens, sealed gossip): for trials only
+    /// Turn authentication and encryption off (API tokens, mutual TLS between nodes, sealed
+    /// gossip): for trials only
     #[arg(long)]
     pub insecure: bool,
+    /// Lifetime of the node certificates this node issues (its own, renewed at two thirds of
+    /// it, and those of nodes it admits): e.g. 90d, 12h, 10m; at least 10s
+    #[arg(long, default_value = "90d", value_parser = parse_cert_ttl)]
+    pub cert_ttl: std::time::Duration,
+}
+
+fn parse_cert_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < std::time::Duration::from_secs(10) {
+        return Err(format!("{s:?}: a certificate must live at least 10s"));
+    }
+    if d > std::time::Duration::from_secs(10 * 365 * 24 * 3600) {
+        return Err(format!("{s:?}: at most 10 years"));
+    }
+    Ok(d)
 }
 
 /// How the agent writes its log lines.
@@ -143,6 +159,7 @@ pub struct AgentConfig {
     /// `--token`, else `ORION_TOKEN` when it holds a join token.
     pub join_token: Option<String>,
     pub insecure: bool,
+    pub cert_ttl: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -255,6 +272,7 @@ impl AgentArgs {
                     .filter(|t| t.trim().starts_with("ORNTKN-"))
             }),
             insecure: self.insecure,
+            cert_ttl: self.cert_ttl,
             join,
             voters: self.voters,
             labels,

@@ -152,6 +152,14 @@ fn describe() {
         "Sealed gossip packets dropped before the gossip layer, by reason (forged, replayed, stale, garbage)"
     );
     describe_counter!(
+        "orion_rpc_handshakes_refused_total",
+        "TLS handshakes refused or timed out on the inter-node RPC port"
+    );
+    describe_counter!(
+        "orion_node_certificates_issued_total",
+        "Certificates this node issued for itself (first, renewals, after a CA rotation)"
+    );
+    describe_counter!(
         "orion_gossip_suspicions_total",
         "Members this node saw become suspect"
     );

@@ -37,9 +37,10 @@ impl SealedUdp {
         }
     }
 
-    /// Seals and opens under `keys` from now on (a first join whose token changed under it).
+    /// Seals and opens under `keys` from now on (a gossip key rotation); the replay memory
+    /// is kept, so a rotation opens no window for replays.
     pub fn set_keys(&self, keys: Keyring) {
-        *self.opener.lock().unwrap_or_else(|p| p.into_inner()) = Opener::new(keys.clone());
+        self.opener.lock().unwrap_or_else(|p| p.into_inner()).keys = keys.clone();
         *self.keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
     }
 

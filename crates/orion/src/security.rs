@@ -29,8 +29,7 @@ pub struct Prepared {
     pub from_file: bool,
 }
 
-/// This node's secrets as the running parts see them: a first join may switch to a newer join
-/// token (a fresh entry in the credentials file) while the API already serves.
+/// This node's secrets as the running parts see them (the API's auth layer, `GET /join-token`).
 #[derive(Clone)]
 pub struct LiveSecrets {
     secrets: std::sync::Arc<std::sync::RwLock<NodeSecrets>>,
@@ -53,14 +52,6 @@ impl LiveSecrets {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-
-    fn set(&self, s: NodeSecrets) {
-        *self
-            .node_token_hash
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = node_token_hash(&s);
-        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = s;
-    }
 }
 
 fn node_token_hash(s: &NodeSecrets) -> String {
@@ -80,12 +71,93 @@ pub fn token_from_file(cfg: &AgentConfig) -> Option<(String, String)> {
     ))
 }
 
-/// The keyring of a cluster secret.
+/// The keyring of a cluster secret, before any gossip key rotation.
 pub fn keyring(s: &NodeSecrets) -> orion_security::seal::Keyring {
+    gossip_keyring(&s.secret_bytes(), None, None, 0)
+}
+
+/// The gossip keys at `now_ms`, from the state's rotation records (`None`: the key derived
+/// from the secret, id 1). A rotated key is accepted at once and seals from
+/// `since + GOSSIP_KEY_SWITCH_MS`, when every node has applied it; until then this node seals
+/// with the key it replaces. Two keys are accepted at any time: the current and the other.
+pub fn gossip_keyring(
+    secret: &[u8; 32],
+    current: Option<&orion_types::GossipKeyRecord>,
+    previous: Option<&orion_types::GossipKeyRecord>,
+    now_ms: u64,
+) -> orion_security::seal::Keyring {
     use orion_security::seal::{GossipKey, Keyring};
-    let key =
-        orion_security::keys::derive(&s.secret_bytes(), orion_security::keys::GOSSIP_KEY_LABEL);
-    Keyring::new(GossipKey::new(1, &key))
+    let base = GossipKey::new(
+        1,
+        &orion_security::keys::derive(secret, orion_security::keys::GOSSIP_KEY_LABEL),
+    );
+    let open = |r: &orion_types::GossipKeyRecord| -> Option<GossipKey> {
+        let text = orion_security::material::open_ca_key(secret, &r.sealed_key)?;
+        let bytes: [u8; 32] = hex::decode(text.trim()).ok()?.try_into().ok()?;
+        Some(GossipKey::new(r.id, &bytes))
+    };
+    let Some(new) = current.and_then(open) else {
+        return Keyring::new(base);
+    };
+    let old = previous.and_then(open).unwrap_or(base);
+    let since = current.map(|c| c.since).unwrap_or(0);
+    if now_ms >= since.saturating_add(orion_types::token::GOSSIP_KEY_SWITCH_MS) {
+        Keyring {
+            current: new,
+            previous: Some(old),
+        }
+    } else {
+        Keyring {
+            current: old,
+            previous: Some(new),
+        }
+    }
+}
+
+/// A new gossip key record, sealed under the secret, with the id after `after`.
+pub fn new_gossip_key(
+    secret: &[u8; 32],
+    after: Option<u8>,
+    now_ms: u64,
+) -> orion_types::GossipKeyRecord {
+    let id = match after.unwrap_or(1).wrapping_add(1) {
+        0 | 1 => 2,
+        n => n,
+    };
+    orion_types::GossipKeyRecord {
+        id,
+        sealed_key: orion_security::material::seal_ca_key(
+            secret,
+            &hex::encode(orion_security::random_32()),
+        ),
+        since: now_ms,
+    }
+}
+
+/// Keeps the gossip transport's keys in line with the state's rotation records until `stop`.
+pub async fn run_gossip_keys(
+    raft: orion_raft::RaftNode,
+    sealed: std::sync::Arc<crate::sealed::SealedUdp>,
+    secret: [u8; 32],
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut in_use: Option<(u8, Option<u8>)> = None;
+    loop {
+        let (cur, prev) = raft.read(|s| (s.gossip_key.clone(), s.previous_gossip_key.clone()));
+        let ring = gossip_keyring(&secret, cur.as_ref(), prev.as_ref(), crate::agent::now_ms());
+        let ids = (ring.current.id, ring.previous.as_ref().map(|k| k.id));
+        if in_use != Some(ids) {
+            if in_use.is_some() {
+                info!(sealing_with = ids.0, also_accepted = ?ids.1, "gossip keys changed");
+            }
+            sealed.set_keys(ring);
+            in_use = Some(ids);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(crate::pki::REFRESH) => {}
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+    }
 }
 
 pub async fn prepare(cfg: &AgentConfig) -> Result<Option<Prepared>> {
@@ -164,13 +236,17 @@ pub async fn prepare(cfg: &AgentConfig) -> Result<Option<Prepared>> {
 
 /// After a start: the bootstrap node records the cluster in the credentials file (every
 /// start, so a restart takes its addresses back), a joined node adds its addresses to it.
-pub fn register(cfg: &AgentConfig, s: &NodeSecrets) {
+/// The join token names the cluster's current CA (after a rotation, not the bootstrap's).
+pub fn register(cfg: &AgentConfig, s: &NodeSecrets, ca: Option<&orion_types::ClusterCa>) {
     let Some(path) = credentials::default_path() else {
         warn!("no HOME: the credentials file is not written");
         return;
     };
     let addrs = vec![cfg.api_addr().to_string(), cfg.gossip_addr().to_string()];
-    let join = s.join_token().encode();
+    let join = crate::pki::join_token_for(s, ca);
+    let fingerprint = JoinToken::parse(&join)
+        .map(|t| t.fingerprint_text())
+        .unwrap_or_default();
     let res = match &s.admin_token {
         Some(admin) => credentials::record_bootstrap(
             &path,
@@ -178,7 +254,7 @@ pub fn register(cfg: &AgentConfig, s: &NodeSecrets) {
                 addrs,
                 admin_token: admin.clone(),
                 join_token: join,
-                ca_fingerprint: s.join_token().fingerprint_text(),
+                ca_fingerprint: fingerprint,
                 created_at: crate::agent::now_ms(),
             },
         ),
@@ -249,21 +325,51 @@ pub async fn ensure_admin_token(raft: orion_raft::RaftNode, s: NodeSecrets) {
     }
 }
 
-/// A first join: waits for a member to answer under the token's key, then saves the secrets
-/// and registers; gives up after `FIRST_JOIN_WAIT` (the agent then stops with that error).
-pub async fn first_join(
-    cfg: AgentConfig,
-    mut sec: Prepared,
-    live: LiveSecrets,
-    gossip: orion_gossip::Gossip<orion_types::NodeMeta>,
-    sealed: Option<std::sync::Arc<crate::sealed::SealedUdp>>,
-    failed: tokio::sync::oneshot::Sender<anyhow::Error>,
-) {
+/// A first join: gets this node's certificate from a member through the join service
+/// (`join.rs`), retrying while the seed may still be starting. When the token came from the
+/// credentials file, the file is read again between attempts (a bootstrap on the same address
+/// may be replacing an old entry right now). Once a member admitted the node, its secrets are
+/// saved and the credentials file names its addresses. A wrong token from `--token` or
+/// `ORION_TOKEN` fails at once, with the member's reason.
+pub async fn obtain_certificate(
+    cfg: &AgentConfig,
+    sec: &mut Prepared,
+) -> Result<orion_security::pki::NodeCert> {
+    use crate::join::JoinFailure;
     let deadline = tokio::time::Instant::now() + FIRST_JOIN_WAIT;
-    while !gossip.members().iter().any(|m| m.node_id != cfg.id) {
+    let gossip_addr = cfg.gossip_addr().to_string();
+    let mut last = String::new();
+    loop {
+        for addr in &cfg.join {
+            match crate::join::request(*addr, &sec.secrets, &cfg.id, &gossip_addr).await {
+                Ok(c) => {
+                    info!(member = %addr, ca = %c.ca_fingerprint, "joined: a member verified the join token and issued this node's certificate");
+                    if sec.unsaved_join {
+                        if let Err(e) = sec.secrets.save(&cfg.data_dir) {
+                            warn!(error = %e, "cannot save this node's secrets; a restart will need the join token again");
+                        }
+                        sec.unsaved_join = false;
+                    }
+                    return Ok(c);
+                }
+                Err(JoinFailure::WrongToken(m) | JoinFailure::Refused(m)) if !sec.from_file => {
+                    bail!("cannot join: {m}");
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg != last {
+                        warn!(
+                            "join attempt failed, retrying for up to {} s: {msg}",
+                            FIRST_JOIN_WAIT.as_secs()
+                        );
+                    }
+                    last = msg;
+                }
+            }
+        }
         if tokio::time::Instant::now() >= deadline {
-            let e = anyhow::anyhow!(
-                "cannot join: no member at {} answered within {} s. Either no node runs there, or the join token is not that cluster's (its nodes drop gossip sealed with another key, and log so)",
+            bail!(
+                "cannot join: no seed answered at {} within {} s ({last}). Either no node runs there, or the join token is not that cluster's",
                 cfg.join
                     .iter()
                     .map(|a| a.to_string())
@@ -271,27 +377,15 @@ pub async fn first_join(
                     .join(", "),
                 FIRST_JOIN_WAIT.as_secs()
             );
-            tracing::error!("{e}");
-            let _ = failed.send(e);
-            return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        // A bootstrap on the --join address may have replaced the file's entry meanwhile.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         if sec.from_file
-            && let Some((text, _)) = token_from_file(&cfg)
+            && let Some((text, _)) = token_from_file(cfg)
             && text != sec.secrets.join_token().encode()
             && let Ok(t) = JoinToken::parse(&text)
-            && let Some(sealed) = &sealed
         {
             info!("the credentials file has a new entry for the --join address; using it");
             sec.secrets = NodeSecrets::from_join_token(&t);
-            sealed.set_keys(keyring(&sec.secrets));
-            live.set(sec.secrets.clone());
         }
     }
-    if let Err(e) = sec.secrets.save(&cfg.data_dir) {
-        warn!(error = %e, "cannot save this node's secrets; a restart will need the join token again");
-    }
-    info!("joined: a member answered under the join token's key");
-    register(&cfg, &sec.secrets);
 }

@@ -536,13 +536,13 @@ async fn hostile_packets_and_impostors_are_refused() {
             .write_all(&[0u8, 1, 2, 3, 0xff, 0xfe, b'\r', b'\n', b'\r', b'\n'])
             .await;
     }
-    // A node whose --join points at a port that is not Orion's gossip (the HTTP API).
+    // A node whose --join points at a port that is not Orion's gossip (the HTTP API): it
+    // finds no join service there and says so.
     let mut lost = Agent::start(
         "bad-lost",
         "127.0.15.3".parse().expect("ip"),
         &["--join", "127.0.15.1:8000"],
     );
-    wait_healthy(&lost).await;
     // A node claiming the id of a live member, from another address.
     let mut impostor = Agent::start(
         "bad-n1",
@@ -573,8 +573,16 @@ async fn hostile_packets_and_impostors_are_refused() {
             .any(|n| n["id"] == "bad-lost"),
         "{nodes}"
     );
+    let lost_log = lost.log_text();
     assert!(
-        lost.log_text().contains("no seed answered") || get(&lost.api, "/health").await.is_ok()
+        lost_log.contains("no Orion join service answered"),
+        "bad-lost names the wrong port:\n{lost_log}"
+    );
+    // The impostor is refused a certificate for a live member's id.
+    let impostor_log = impostor.log_text();
+    assert!(
+        impostor_log.contains("is in use by a live member"),
+        "the impostor is told why:\n{impostor_log}"
     );
     for a in &c.agents {
         let log = a.log_text();

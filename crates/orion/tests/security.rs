@@ -1,5 +1,7 @@
-//! Secure by default (issue 13), with real processes on 127.0.120.* to 127.0.122.*: a node
-//! joins only with its cluster's join token; every API route but /health needs a bearer token
+//! Secure by default (issue 13), with real processes on 127.0.120.* to 127.0.126.*: a node
+//! joins only with its cluster's join token, and gets a node certificate; the RPC port talks
+//! only to peers with one; a removed node's certificate is refused; certificates, the CA and
+//! the gossip key rotate while clients write; every API route but /health needs a bearer token
 //! whose role allows the call, and a revocation reaches every node within a second; gossip on
 //! the wire names no node and a replayed packet changes nothing.
 
@@ -60,11 +62,25 @@ async fn joining_needs_the_clusters_join_token() {
     let join = ["--join", "127.0.120.1:6000"];
 
     let none = Agent::start_env("sec-j-none", ip("127.0.120.2"), &join, &env);
+    // Another cluster's token: the CA it pins is not the seed's.
     let wrong = format!("ORNTKN-1-{}-{}", "11".repeat(32), "22".repeat(32));
     let bad = Agent::start_env(
         "sec-j-bad",
         ip("127.0.120.3"),
         &["--join", "127.0.120.1:6000", "--token", &wrong],
+        &env,
+    );
+    // The right CA but a wrong secret: the seed refuses the joiner's identity.
+    let fingerprint = join_token
+        .strip_prefix("ORNTKN-1-")
+        .and_then(|r| r.split('-').next())
+        .expect("fingerprint")
+        .to_string();
+    let forged = format!("ORNTKN-1-{fingerprint}-{}", "22".repeat(32));
+    let forger = Agent::start_env(
+        "sec-j-forged",
+        ip("127.0.120.5"),
+        &["--join", "127.0.120.1:6000", "--token", &forged],
         &env,
     );
     let good = Agent::start_env(
@@ -95,23 +111,41 @@ async fn joining_needs_the_clusters_join_token() {
         },
     )
     .await;
-    // A wrong token: no member answers it, and the seed says why it drops its packets.
+    // Another cluster's token: the joiner checks the seed's CA against the token's
+    // fingerprint and refuses before it sends anything.
     wait_for(
         Duration::from_secs(40),
         "the wrong-token node to give up",
         || {
             let log = bad.log_text();
-            async move { log.contains("cannot join: no member at").then_some(()) }
+            async move {
+                (log.contains("cannot join:")
+                    && log.contains("is not a member of the join token's cluster"))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    // A forged secret: the seed refuses the TLS handshake, and both sides say why.
+    wait_for(
+        Duration::from_secs(40),
+        "the forged-token node to give up",
+        || {
+            let log = forger.log_text();
+            async move {
+                (log.contains("cannot join:") && log.contains("refused this node's join token"))
+                    .then_some(())
+            }
         },
     )
     .await;
     let seed_log = c.agents[0].log_text();
     assert!(
-        seed_log.contains("not sealed with this cluster's key"),
-        "the seed logs the refused packets:\n{seed_log}"
+        seed_log.contains("refused a join") && seed_log.contains("wrong join token"),
+        "the seed logs the refused join:\n{seed_log}"
     );
     let (ids, raft) = known_ids(&api).await;
-    for refused in ["sec-j-none", "sec-j-bad"] {
+    for refused in ["sec-j-none", "sec-j-bad", "sec-j-forged"] {
         assert!(
             !ids.contains(&refused.to_string()),
             "{refused} in /nodes: {ids:?}"
@@ -129,6 +163,22 @@ async fn joining_needs_the_clusters_join_token() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // So does its node certificate, which names it and the cluster's CA.
+    let cert = good.data_dir.join("node-cert.json");
+    let mode = std::fs::metadata(&cert)
+        .expect("node-cert.json")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let c = orion_security::pki::NodeCert::load(&good.data_dir)
+        .expect("readable")
+        .expect("present");
+    assert_eq!(c.node_id, "sec-j-good");
+    assert_eq!(
+        c.ca_fingerprint,
+        credentials_entry(&api).ca_fingerprint,
+        "signed by the cluster's CA"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,4 +489,331 @@ async fn a_join_through_a_stale_credentials_entry_follows_the_new_cluster() {
     )
     .await;
     assert_eq!(t1["token"], t2["token"]);
+}
+
+/// Runs `openssl s_client` against `addr` with `stdin` as the request; answers what it printed
+/// on stdout (application data) and on stderr (the handshake's fate).
+fn s_client(addr: &str, extra: &[&str], stdin: &[u8]) -> (String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-quiet", "-no_ign_eof"])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl (Debian's openssl package; scripts/test.sh installs it)");
+    let mut input = child.stdin.take().expect("stdin");
+    let _ = input.write_all(stdin);
+    // Keep stdin open a moment, so an answer has time to come back before s_client quits.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(input);
+    let out = child.wait_with_output().expect("openssl output");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A forwarded write, as a peer would send it: it must never be read from a client without a
+/// node certificate.
+fn forward_request() -> Vec<u8> {
+    let body = r#"{"CreateTask":{"task_id":"forged","spec":{"image":"x"},"at":1}}"#;
+    format!(
+        "POST /raft/forward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rpc_port_talks_only_to_peers_with_a_node_certificate() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let c = Cluster::start("sec-r", 123, 1, &[]);
+    wait_healthy(&c.agents[0]).await;
+    wait_leader(&c.agents[0]).await;
+    let rpc = "127.0.123.1:7000";
+    let req = forward_request();
+
+    // No client certificate: the handshake ends in an alert, no application data.
+    let (out, err) = s_client(rpc, &[], &req);
+    assert!(
+        !out.contains("HTTP/"),
+        "answered without a certificate: {out}"
+    );
+    assert!(err.contains("alert"), "no TLS alert: {err}");
+
+    // A certificate from another CA (a node of another cluster): refused alike.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (other_ca, other_key) = orion_security::pki::new_ca().expect("ca");
+    let other = orion_security::pki::issue_own(
+        &other_ca,
+        &other_key,
+        "sec-r1",
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    )
+    .expect("cert");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p.to_str().expect("utf-8").to_string()
+    };
+    let (cert, key) = (
+        write("other.crt", &format!("{}{}", other.cert_pem, other.ca_pem)),
+        write("other.key", &other.key_pem),
+    );
+    let (out, err) = s_client(rpc, &["-cert", &cert, "-key", &key], &req);
+    assert!(!out.contains("HTTP/"), "answered another CA's node: {out}");
+    assert!(err.contains("alert"), "no TLS alert: {err}");
+
+    // Raw TCP, no TLS at all: nothing but a TLS alert comes back.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(rpc).await.expect("tcp");
+        let _ = s.write_all(&req).await;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or(0);
+        assert!(
+            !String::from_utf8_lossy(&buf[..n]).contains("HTTP/"),
+            "plain HTTP answered: {:?}",
+            &buf[..n]
+        );
+    }
+
+    // The control: the node's own certificate gets an answer, so the refusals above are the
+    // certificate check and not a dead port.
+    let own = orion_security::pki::NodeCert::load(&c.agents[0].data_dir)
+        .expect("readable")
+        .expect("present");
+    let (cert, key) = (
+        write("own.crt", &format!("{}{}", own.cert_pem, own.ca_pem)),
+        write("own.key", &own.key_pem),
+    );
+    let read_index = b"POST /raft/read-index HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let (out, err) = s_client(rpc, &["-cert", &cert, "-key", &key], read_index);
+    assert!(
+        out.contains("HTTP/1.1 200"),
+        "a node certificate is served: {out}\n{err}"
+    );
+
+    // None of the refused requests reached the log.
+    let (_, t) = get(&c.agents[0].api, "/tasks/forged").await.expect("get");
+    assert!(t.get("id").is_none(), "a forged write was applied: {t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_refused_everywhere_and_gives_up_its_seat() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let c = Cluster::start("sec-x", 125, 3, &[]);
+    for a in &c.agents {
+        wait_healthy(a).await;
+    }
+    c.wait_membership(&c.agents[0], 3, 0, Duration::from_secs(30))
+        .await;
+    let api = c.agents[0].api.clone();
+    // Alive: refused without force.
+    let (status, body) = delete(&api, "/nodes/sec-x3").await.expect("delete");
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("force"),
+        "{body}"
+    );
+    let (status, body) = delete(&api, "/nodes/sec-x3?force=true")
+        .await
+        .expect("delete");
+    assert_eq!(status, 200, "{body}");
+
+    // Its seat goes, it leaves /nodes, its id is on the revocation list.
+    let a = api.clone();
+    wait_for(Duration::from_secs(15), "sec-x3 to lose its seat", || {
+        let a = a.clone();
+        async move {
+            let (ids, raft) = known_ids(&a).await;
+            (!ids.contains(&"sec-x3".to_string()) && !raft.contains(&"sec-x3".to_string()))
+                .then_some(())
+        }
+    })
+    .await;
+    let (_, ca) = get(&api, "/ca").await.expect("ca");
+    assert_eq!(ca["revokedNodes"], serde_json::json!(["sec-x3"]), "{ca}");
+
+    // It no longer takes part: new writes do not reach its replica.
+    for i in 0..3 {
+        create_task(&api, &format!(r#"{{"image": "{IMAGE}", "name": "after-rm-{i}", "command": ["sleep", "3600"], "memory": "1000g"}}"#))
+            .await
+            .expect("write");
+    }
+    let leader_commit = get(&api, "/status").await.expect("status").1["commitIndex"]
+        .as_u64()
+        .expect("commit");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let x3 = get(&c.agents[2].api, "/status").await.expect("x3 status").1;
+    assert!(
+        x3["appliedIndex"].as_u64().unwrap_or(0) < leader_commit,
+        "the removed node still replicates: {x3}"
+    );
+
+    // Its id cannot join again, even from a fresh machine with the right token.
+    let again = Agent::start("sec-x3", ip("127.0.125.4"), &["--join", "127.0.125.1:6000"]);
+    wait_for(
+        Duration::from_secs(20),
+        "the removed id to be refused",
+        || {
+            let log = again.log_text();
+            async move { log.contains("was removed from this cluster").then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// The count of a metric's samples whose line contains `needle`, summed.
+async fn metric_sum(api: &str, name: &str, needle: &str) -> f64 {
+    let resp = authed(client().get(format!("{api}/metrics")), api)
+        .send()
+        .await
+        .expect("metrics");
+    let text = resp.text().await.expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_the_ca_and_the_gossip_key_rotate_while_clients_write() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    // Certificates live 12 s: each node renews its own about every 8 s.
+    let c = Cluster::start("sec-o", 126, 3, &["--cert-ttl", "12s"]);
+    for a in &c.agents {
+        wait_healthy(a).await;
+    }
+    c.wait_membership(&c.agents[0], 3, 0, Duration::from_secs(30))
+        .await;
+    let apis: Vec<String> = c.agents.iter().map(|a| a.api.clone()).collect();
+    let before: Vec<usize> = c
+        .agents
+        .iter()
+        .map(|a| {
+            a.log_text()
+                .matches("issued this node's certificate")
+                .count()
+        })
+        .collect();
+    let forged_before = {
+        let mut v = Vec::new();
+        for a in &apis {
+            v.push(metric_sum(a, "orion_gossip_packets_dropped_total", "forged").await);
+        }
+        v
+    };
+
+    // Clients write through every node for 20 s; the CA rotates at 5 s, the gossip key at 10 s.
+    // The tasks ask for more memory than any node has: writes, without containers.
+    let start = Instant::now();
+    let mut acked = Vec::new();
+    let (mut ca_rotated, mut key_rotated) = (None, None);
+    let mut i = 0usize;
+    while start.elapsed() < Duration::from_secs(20) {
+        let api = &apis[i % apis.len()];
+        let body = format!(
+            r#"{{"image": "{IMAGE}", "name": "rot-{i}", "command": ["sleep", "1"], "memory": "1000g"}}"#
+        );
+        if let Ok(id) = create_task(api, &body).await {
+            acked.push(id);
+        }
+        i += 1;
+        if ca_rotated.is_none() && start.elapsed() > Duration::from_secs(5) {
+            let (s, v) = post(&apis[1], "/ca/rotate", "").await.expect("rotate");
+            assert_eq!(s, 200, "{v}");
+            ca_rotated = Some(v);
+        }
+        if key_rotated.is_none() && start.elapsed() > Duration::from_secs(10) {
+            let (s, v) = post(&apis[2], "/gossip-key/rotate", "")
+                .await
+                .expect("rotate key");
+            assert_eq!(s, 200, "{v}");
+            key_rotated = Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        acked.len() > 50,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
+
+    // No acknowledged write is lost.
+    for id in &acked {
+        let (s, t) = get(&apis[0], &format!("/tasks/{id}")).await.expect("get");
+        assert_eq!(s, 200, "acknowledged task {id} is gone: {t}");
+    }
+    // Every node re-issued its certificate (the CA rotation, and renewals at 2/3 of 12 s).
+    let ca = ca_rotated.expect("rotated");
+    for (a, b) in c.agents.iter().zip(&before) {
+        let log = a.log_text();
+        let n = log.matches("issued this node's certificate").count();
+        assert!(
+            n >= b + 2,
+            "{} issued {} certificates during the run",
+            a.id,
+            n - b
+        );
+        let own = orion_security::pki::NodeCert::load(&a.data_dir)
+            .expect("readable")
+            .expect("present");
+        assert_eq!(
+            own.ca_fingerprint,
+            ca["fingerprint"].as_str().unwrap_or(""),
+            "{}",
+            a.id
+        );
+    }
+    // The join token pins the new CA.
+    let (_, jt) = get(&apis[0], "/join-token").await.expect("join token");
+    assert_eq!(jt["token"], ca["joinToken"]);
+    // No node was declared dead, and no gossip packet was refused for its key.
+    let events = authed(
+        client().get(format!(
+            "{}/events?follow=false&index=0&topic=node",
+            apis[0]
+        )),
+        &apis[0],
+    )
+    .send()
+    .await
+    .expect("events")
+    .text()
+    .await
+    .expect("events body");
+    assert!(
+        !events.contains(r#""kind":"dead""#),
+        "a node was declared dead:\n{events}"
+    );
+    for (a, b) in apis.iter().zip(&forged_before) {
+        let forged = metric_sum(a, "orion_gossip_packets_dropped_total", "forged").await;
+        assert_eq!(
+            forged, *b,
+            "{a} refused gossip packets during the key rotation"
+        );
+    }
+    for a in &c.agents {
+        let log = a.log_text();
+        assert!(
+            log.contains("gossip keys changed"),
+            "{}: the new gossip key is not in use",
+            a.id
+        );
+        assert!(!log.contains("panicked"), "{} panicked:\n{log}", a.id);
+    }
 }

@@ -1,0 +1,483 @@
+//! TLS between nodes (rustls, TLS 1.3 only, ring): who is trusted, and the client and server
+//! configurations of the RPC port and of the join service.
+//!
+//! Trust is a set of CA fingerprints, not a fixed root store: a joiner knows only the
+//! fingerprint its join token pins, and a cluster whose CA rotates trusts the old and the new
+//! CA at once. Every node sends its CA certificate after its own in each handshake, so the
+//! verifier takes the CA from the chain, checks its fingerprint against the set, then checks
+//! the node certificate against it with webpki (signature, validity, key usage). Host names
+//! are not checked: a node certificate names a node id, and any trusted node may answer at
+//! an address. A node id on the revocation list (`revoked`) is refused.
+//!
+//! `Trust` is swapped whole when the replicated state changes (`TrustStore::set`); the
+//! node's own certificate is swapped the same way (`CertSlot::set`), so a rotation never
+//! restarts a listener. New handshakes see the change at once; the RPC server also re-checks
+//! its open connections (`TrustStore::still_trusted`).
+
+use crate::pki;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+/// The ring provider: no C build (aws-lc) in the tree.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What a node trusts right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// SHA-256 of each trusted CA certificate.
+    pub ca_fingerprints: BTreeSet<[u8; 32]>,
+    /// CA certificates known locally (DER); a peer's chain supplies the CA otherwise.
+    pub cas: Vec<Vec<u8>>,
+    /// Node ids whose certificates are refused (removed nodes).
+    pub revoked: BTreeSet<String>,
+    /// SubjectPublicKeyInfo of the join identity, accepted only where joins are served.
+    pub join_spki: Option<Vec<u8>>,
+}
+
+/// The trust a node's verifiers read; the agent replaces it when the state changes.
+#[derive(Debug, Default)]
+pub struct TrustStore {
+    trust: RwLock<Arc<Trust>>,
+}
+
+impl TrustStore {
+    pub fn new(t: Trust) -> Arc<TrustStore> {
+        Arc::new(TrustStore {
+            trust: RwLock::new(Arc::new(t)),
+        })
+    }
+
+    pub fn get(&self) -> Arc<Trust> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the trust; answers whether it changed.
+    pub fn set(&self, t: Trust) -> bool {
+        let mut g = self.trust.write().unwrap_or_else(|p| p.into_inner());
+        if **g == t {
+            return false;
+        }
+        *g = Arc::new(t);
+        true
+    }
+
+    /// Whether a peer whose chain is `chain` (its own certificate first) would still be
+    /// accepted as a node (the RPC server drops connections that would not).
+    pub fn still_trusted(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((ee, rest)) = chain.split_first() else {
+            return false;
+        };
+        let algs = provider().signature_verification_algorithms;
+        check_node(
+            &self.get(),
+            &algs,
+            ee,
+            rest,
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+        )
+        .is_ok()
+    }
+}
+
+/// Why a peer was refused, in words for the log (rustls carries it as `Error::General`).
+fn refuse(msg: String) -> rustls::Error {
+    rustls::Error::General(msg)
+}
+
+/// Checks that `ee` is a node certificate of a trusted CA and not revoked; answers its node id.
+fn check_node(
+    trust: &Trust,
+    algs: &WebPkiSupportedAlgorithms,
+    ee: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: webpki::KeyUsage,
+) -> Result<String, rustls::Error> {
+    let cert = webpki::EndEntityCert::try_from(ee)
+        .map_err(|e| refuse(format!("the peer's certificate does not parse: {e}")))?;
+    let mut seen = Vec::new();
+    let candidates = trust
+        .cas
+        .iter()
+        .map(|d| d.as_slice())
+        .chain(intermediates.iter().map(|c| c.as_ref()));
+    let mut last_err = None;
+    for ca in candidates {
+        let fp = pki::fingerprint(ca);
+        if !trust.ca_fingerprints.contains(&fp) {
+            seen.push(fp);
+            continue;
+        }
+        let ca_der = CertificateDer::from(ca);
+        let anchor = match webpki::anchor_from_trusted_cert(&ca_der) {
+            Ok(a) => a,
+            Err(e) => {
+                last_err = Some(format!("the trusted CA does not parse: {e}"));
+                continue;
+            }
+        };
+        match cert.verify_for_usage(algs.all, &[anchor], &[], now, usage, None, None) {
+            Ok(_) => {
+                let id = pki::node_id_of(ee.as_ref())
+                    .ok_or_else(|| refuse("the peer's certificate names no node".into()))?;
+                if trust.revoked.contains(&id) {
+                    return Err(refuse(format!(
+                        "the certificate of node {id} is revoked (the node was removed)"
+                    )));
+                }
+                return Ok(id);
+            }
+            Err(e) => last_err = Some(format!("the peer's certificate is not valid: {e:?}")),
+        }
+    }
+    Err(refuse(last_err.unwrap_or_else(|| {
+        let want: Vec<String> = trust
+            .ca_fingerprints
+            .iter()
+            .map(|f| format!("sha256:{}", hex::encode(f)))
+            .collect();
+        let got: Vec<String> = seen
+            .iter()
+            .map(|f| format!("sha256:{}", hex::encode(f)))
+            .collect();
+        if got.is_empty() {
+            format!(
+                "the peer sent no CA certificate and none is trusted locally (trusted: {})",
+                want.join(", ")
+            )
+        } else {
+            format!(
+                "the peer's CA is {}, but this node trusts {} (a join token of another cluster?)",
+                got.join(", "),
+                want.join(", ")
+            )
+        }
+    })))
+}
+
+/// Verifies peers, as a TLS client (the server's certificate) and as a TLS server (the
+/// client's). `joiners`: a client may also present the join identity (the join service).
+#[derive(Debug)]
+pub struct PeerVerifier {
+    store: Arc<TrustStore>,
+    algs: WebPkiSupportedAlgorithms,
+    joiners: bool,
+}
+
+impl PeerVerifier {
+    pub fn new(store: Arc<TrustStore>, joiners: bool) -> Arc<PeerVerifier> {
+        Arc::new(PeerVerifier {
+            store,
+            algs: provider().signature_verification_algorithms,
+            joiners,
+        })
+    }
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        check_node(
+            &self.store.get(),
+            &self.algs,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+        )
+        .map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let trust = self.store.get();
+        if self.joiners
+            && let Some(join) = &trust.join_spki
+            && pki::spki_of(end_entity.as_ref()).as_ref() == Some(join)
+        {
+            // The handshake's signature, checked by rustls with this certificate's key,
+            // proves the client holds the key derived from the cluster secret.
+            return Ok(ClientCertVerified::assertion());
+        }
+        check_node(
+            &trust,
+            &self.algs,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )
+        .map(|_| ClientCertVerified::assertion())
+        .map_err(|e| match e {
+            rustls::Error::General(m) if self.joiners => refuse(format!(
+                "{m}; nor is it the join identity of this cluster's join token (wrong join token?)"
+            )),
+            e => e,
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The certificate a node presents, swappable while listeners run.
+#[derive(Debug, Default)]
+pub struct CertSlot {
+    key: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl CertSlot {
+    pub fn new() -> Arc<CertSlot> {
+        Arc::new(CertSlot::default())
+    }
+
+    /// Presents `chain` (its own certificate, then its CA) with the PKCS#8 `key_der`.
+    pub fn set(&self, chain: Vec<Vec<u8>>, key_der: Vec<u8>) -> Result<(), rustls::Error> {
+        let key = provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(key_der.into()))?;
+        let chain = chain.into_iter().map(CertificateDer::from).collect();
+        *self.key.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(CertifiedKey::new(chain, key)));
+        Ok(())
+    }
+
+    /// Presents a node certificate.
+    pub fn set_node(&self, c: &pki::NodeCert) -> Result<(), String> {
+        let (cert, ca, key) = (
+            c.cert_der().map_err(|e| e.to_string())?,
+            c.ca_der().map_err(|e| e.to_string())?,
+            c.key_der().map_err(|e| e.to_string())?,
+        );
+        self.set(vec![cert, ca], key).map_err(|e| e.to_string())
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.key.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertSlot {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A TLS 1.3 server that requires a client certificate its verifier accepts.
+pub fn server_config(
+    slot: Arc<CertSlot>,
+    verifier: Arc<PeerVerifier>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    Ok(rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(slot))
+}
+
+/// A TLS 1.3 client that presents `slot`'s certificate and verifies the server as a node.
+pub fn client_config(
+    slot: Arc<CertSlot>,
+    verifier: Arc<PeerVerifier>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(slot))
+}
+
+/// The name every node presents in SNI: certificates are checked by CA and node id, not name.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::try_from("orion-node").expect("a valid DNS name")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn trust_of(ca_pem: &str) -> Trust {
+        let der = pki::pem_der(ca_pem).expect("der");
+        Trust {
+            ca_fingerprints: [pki::fingerprint(&der)].into(),
+            cas: vec![],
+            revoked: BTreeSet::new(),
+            join_spki: None,
+        }
+    }
+
+    fn chain(c: &pki::NodeCert) -> Vec<CertificateDer<'static>> {
+        vec![
+            CertificateDer::from(c.cert_der().expect("cert")),
+            CertificateDer::from(c.ca_der().expect("ca")),
+        ]
+    }
+
+    fn check(t: &Trust, c: &[CertificateDer<'static>], at: SystemTime) -> Result<String, String> {
+        let algs = provider().signature_verification_algorithms;
+        let now = UnixTime::since_unix_epoch(at.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        check_node(
+            t,
+            &algs,
+            &c[0],
+            &c[1..],
+            now,
+            webpki::KeyUsage::client_auth(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_node_certificate_is_checked_by_its_ca_fingerprint_its_dates_and_the_revocation_list() {
+        let (ca, key) = pki::new_ca().expect("ca");
+        let (other_ca, other_key) = pki::new_ca().expect("other");
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(600);
+        let good = pki::issue_own(&ca, &key, "n1", ttl, now).expect("n1");
+        let foreign = pki::issue_own(&other_ca, &other_key, "n1", ttl, now).expect("foreign");
+        let t = trust_of(&ca);
+        assert_eq!(check(&t, &chain(&good), now), Ok("n1".into()));
+        // Another cluster's CA: the message names both fingerprints.
+        let e = check(&t, &chain(&foreign), now).expect_err("foreign");
+        assert!(e.contains("another cluster"), "{e}");
+        // Expired.
+        assert!(check(&t, &chain(&good), now + Duration::from_secs(3600)).is_err());
+        // Revoked.
+        let mut r = t.clone();
+        r.revoked.insert("n1".into());
+        assert!(
+            check(&r, &chain(&good), now)
+                .unwrap_err()
+                .contains("revoked")
+        );
+        // Only the leaf, CA known locally.
+        let mut local = t.clone();
+        local.cas.push(pki::pem_der(&ca).expect("der"));
+        assert!(check(&local, &chain(&good)[..1], now).is_ok());
+        assert!(check(&t, &chain(&good)[..1], now).is_err());
+        // A self-signed leaf pretending to be its own CA is not trusted.
+        let (fake_ca, fake_key) = pki::new_ca().expect("fake");
+        let fake = pki::issue_own(&fake_ca, &fake_key, "n1", ttl, now).expect("fake");
+        let mut c = chain(&fake);
+        c[1] = CertificateDer::from(pki::pem_der(&ca).expect("real ca"));
+        assert!(check(&t, &c, now).is_err());
+    }
+
+    #[test]
+    fn two_cas_are_trusted_during_a_rotation() {
+        let (old, old_key) = pki::new_ca().expect("old");
+        let (new, new_key) = pki::new_ca().expect("new");
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(600);
+        let mut t = trust_of(&old);
+        t.ca_fingerprints
+            .insert(pki::fingerprint(&pki::pem_der(&new).expect("der")));
+        for (ca, key) in [(&old, &old_key), (&new, &new_key)] {
+            let c = pki::issue_own(ca, key, "n", ttl, now).expect("cert");
+            assert!(check(&t, &chain(&c), now).is_ok());
+        }
+    }
+
+    #[test]
+    fn configs_build_and_a_slot_takes_a_node_certificate() {
+        let (ca, key) = pki::new_ca().expect("ca");
+        let c = pki::issue_own(&ca, &key, "n1", pki::DEFAULT_TTL, SystemTime::now()).expect("c");
+        let slot = CertSlot::new();
+        assert!(!slot.is_set());
+        slot.set_node(&c).expect("set");
+        assert!(slot.is_set());
+        let store = TrustStore::new(trust_of(&ca));
+        assert!(store.still_trusted(&chain(&c)));
+        server_config(slot.clone(), PeerVerifier::new(store.clone(), false)).expect("server");
+        client_config(slot, PeerVerifier::new(store.clone(), false)).expect("client");
+        let join = pki::join_identity(&[3; 32]).expect("join");
+        CertSlot::new()
+            .set(vec![join.cert_der], join.key_der)
+            .expect("join key loads");
+        assert!(CertSlot::new().set(vec![], vec![1, 2, 3]).is_err());
+    }
+}
