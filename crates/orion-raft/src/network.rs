@@ -194,16 +194,21 @@ impl RpcTransport for HttpTransport {
                 }
                 buf.extend_from_slice(&chunk);
             }
-            if !status.is_success() {
-                return Err(RpcFailure::Status {
-                    addr: addr.clone(),
-                    status: status.as_u16(),
-                    body: String::from_utf8_lossy(&buf[..buf.len().min(256)]).into_owned(),
-                });
-            }
-            Ok(buf)
+            reply(&addr, status.as_u16(), buf)
         })
     }
+}
+
+/// A reply's body if its status is a success; else the status and the body's start.
+pub(crate) fn reply(addr: &str, status: u16, buf: Vec<u8>) -> Result<Vec<u8>, RpcFailure> {
+    if !(200..300).contains(&status) {
+        return Err(RpcFailure::Status {
+            addr: addr.to_string(),
+            status,
+            body: String::from_utf8_lossy(&buf[..buf.len().min(256)]).into_owned(),
+        });
+    }
+    Ok(buf)
 }
 
 /// One node's RPC client: JSON encoding, the size bound and the timeout over a transport.

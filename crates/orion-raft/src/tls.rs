@@ -163,14 +163,7 @@ impl RpcTransport for TlsTransport {
                     })?
                     .to_bytes()
                     .to_vec();
-                if !status.is_success() {
-                    return Err(RpcFailure::Status {
-                        addr: addr.clone(),
-                        status: status.as_u16(),
-                        body: String::from_utf8_lossy(&buf[..buf.len().min(256)]).into_owned(),
-                    });
-                }
-                Ok(buf)
+                crate::network::reply(&addr, status.as_u16(), buf)
             };
             match tokio::time::timeout(timeout, call).await {
                 Ok(r) => r,

@@ -247,6 +247,15 @@ pub fn register(cfg: &AgentConfig, s: &NodeSecrets, ca: Option<&orion_types::Clu
     let fingerprint = JoinToken::parse(&join)
         .map(|t| t.fingerprint_text())
         .unwrap_or_default();
+    // A restart finds its entry as it left it: no write (and no fsync) on the start-up path.
+    let wanted: Vec<String> = addrs.iter().map(|a| credentials::normalize(a)).collect();
+    if let Ok(Some(e)) = credentials::find(&path, &addrs[0])
+        && e.join_token == join
+        && s.admin_token.as_ref().is_none_or(|t| *t == e.admin_token)
+        && wanted.iter().all(|a| e.addrs.contains(a))
+    {
+        return;
+    }
     let res = match &s.admin_token {
         Some(admin) => credentials::record_bootstrap(
             &path,
