@@ -7,7 +7,7 @@ wall time from the update command until the update is seen completed (the servic
 
 The prober is one program for both: a container of the same image running
 `timeout 2 wget -q -O /dev/null URL` in a loop with `usleep 20000` between requests, one line
-per request (`ok`/`fail`), timed by `docker logs -t`.
+per request (`ok`, or `fail` and wget's error), timed by `docker logs -t`.
 - Orion: the prober runs with `--network host` and hits the service's ingress port on node 2,
   `http://127.0.160.2:18160/` (mesh -> the task's published port -> the container).
 - Swarm: the routing mesh (the ingress network) and the service VIP need IPVS, which this
@@ -21,7 +21,8 @@ Loopback 127.0.160.1-3 (API 18100, gossip 16100, raft 17100, ingress 18160), VIP
 10.160.0.0/24. Every process it starts is stopped by its pid; every container carries
 orion.bench=update-<run id> or orion.node=<a node started here> and is removed; Swarm is
 initialised only if inactive (the file DIR/swarm-initialised says so, for the wrapper's trap)
-and left again at the end."""
+and left again at the end. With --runs N each system makes N updates in a row, each after the
+containers the previous one replaced have stopped."""
 
 import argparse
 import datetime
@@ -52,8 +53,8 @@ POLL = 0.05
 TAIL_S = 5.0
 SETTINGS = {"parallelism": 2, "order": "start-first", "monitor": "2s", "delay": "0s",
             "failureAction": "rollback", "stopGracePeriod": "10s", "memory": "16m"}
-PROBER = ("while :; do if timeout 2 wget -q -O /dev/null \"$URL\"; then echo ok; "
-          "else echo fail; fi; usleep 20000; done")
+PROBER = ("while :; do if e=$(timeout 2 wget -q -O /dev/null \"$URL\" 2>&1); then echo ok; "
+          "else echo fail $e; fi; usleep 20000; done")
 
 
 def log(*a):
@@ -110,7 +111,8 @@ def parse_ts(ts):
 
 def count(lines, t0, t1):
     sel = [w for t, w in lines if t0 <= t <= t1]
-    return {"requests": len(sel), "failed": sum(1 for w in sel if w != "ok")}
+    failed = [w for w in sel if w != "ok"]
+    return {"requests": len(sel), "failed": len(failed), "errors": sorted(set(failed))[:5]}
 
 
 def wait(what, f, limit=90, step=0.1):
@@ -121,6 +123,20 @@ def wait(what, f, limit=90, step=0.1):
             return v
         time.sleep(step)
     raise RuntimeError(f"timed out waiting for {what}")
+
+
+def running_containers(labels):
+    """How many running containers carry every one of `labels` (k=v)."""
+    f = json.dumps({"label": labels, "status": ["running"]})
+    st, cs = Docker().call("GET", "/containers/json?filters=" + urllib.request.quote(f))
+    return len(cs) if st == 200 else -1
+
+
+def wait_old_gone(labels_list, want):
+    """Waits until the replaced containers are gone (their drain and 10 s grace), so that one
+    update's stops do not load the engine during the next update."""
+    wait("the old containers to stop", lambda: sum(running_containers(ls) for ls in labels_list) == want,
+         60, 0.5)
 
 
 def settle_prober(p, what):
@@ -197,6 +213,8 @@ class Orion:
         d = Docker()
         for nid in self.ids:
             d.remove_labelled(f"orion.node={nid}")
+            # Each agent made a bridge network of its own.
+            sh(["docker", "network", "rm", f"orion-{nid}"])
 
 
 def bench_orion(a, work, run_id, out):
@@ -222,6 +240,7 @@ def bench_orion(a, work, run_id, out):
         wait("10 Orion tasks running", all_running, 120)
         prober = Prober(f"upd-{run_id}-orion-prober", label, f"http://{NET}.2:{INGRESS}/", "host")
         settle_prober(prober, "Orion")
+        wait_old_gone([[f"orion.node={nid}"] for nid in o.ids], REPLICAS)
         time.sleep(2)
         for run in range(a.runs):
             version = run + 2
@@ -265,7 +284,7 @@ def bench_orion(a, work, run_id, out):
                                                and t.get("version") == d.get("toVersion"))
             log("orion", run_res)
             res.setdefault("runs", []).append(run_res)
-            time.sleep(3)
+            wait_old_gone([[f"orion.node={nid}"] for nid in o.ids], REPLICAS)
         res["prober_all"] = count(prober.lines(), 0, time.time() + 1)
         json.dump(prober.lines(), open(os.path.join(out, "orion-prober.json"), "w"))
         st, s = o.api("GET", "/services/bench")
@@ -325,6 +344,7 @@ def bench_swarm(a, run_id, out):
         wait("10 Swarm tasks running", running, 120)
         prober = Prober(f"upd-{run_id}-swarm-prober", label, f"http://{name}/", net)
         settle_prober(prober, "Swarm")
+        wait_old_gone([[label, f"com.docker.swarm.service.name={name}"]], REPLICAS)
         time.sleep(2)
         for run in range(a.runs):
             version = run + 2
@@ -357,7 +377,7 @@ def bench_swarm(a, run_id, out):
                        "window_plus_tail": count(lines, t0, t_end + TAIL_S)}
             log("swarm", run_res)
             res.setdefault("runs", []).append(run_res)
-            time.sleep(3)
+            wait_old_gone([[label, f"com.docker.swarm.service.name={name}"]], REPLICAS)
         res["prober_all"] = count(prober.lines(), 0, time.time() + 1)
         json.dump(prober.lines(), open(os.path.join(out, "swarm-prober.json"), "w"))
     finally:
