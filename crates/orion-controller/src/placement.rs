@@ -9,8 +9,52 @@ use crate::{Action, Member, MemberStatus, PLACE_BATCH_MAX};
 use orion_scheduler::{Decision, NodeView, Snapshot, TaskRequest};
 use orion_state::{ClusterState, NodeStatus};
 use orion_types::env::IdSource;
-use orion_types::{Command, NodeId, Placement, TaskSpec, UnixMillis};
+use orion_types::{Command, NodeId, Placement, Task, TaskSpec, TaskState, UnixMillis};
 use std::collections::BTreeMap;
+
+/// After its stop, a task's container may bind its host ports for this long plus twice its
+/// stop grace: the executor holds it to drain (`DRAIN_SETTLE_MS`, 1 s, then while connections
+/// stay open, up to the grace), then stops it (the grace again), then removes it.
+pub const PORT_COOLING_BASE_MS: u64 = 3_000;
+/// The stop grace of a task without its own `stopGracePeriod` (the executor's
+/// `STOP_GRACE_MS`).
+const DEFAULT_STOP_GRACE_MS: u64 = 2_000;
+
+/// Until when a stopped task's container may still hold its host ports.
+fn cooling_until(t: &Task) -> UnixMillis {
+    let grace = t.spec.stop_grace_period_ms.unwrap_or(DEFAULT_STOP_GRACE_MS);
+    t.state_since
+        .saturating_add(PORT_COOLING_BASE_MS)
+        .saturating_add(grace.saturating_mul(2))
+}
+
+/// Marks as cooling, on each node, the host ports of tasks stopped there so recently that
+/// their container may still hold them. A dynamic port avoids them: given the lowest free
+/// port, the replacement of a task (a rolling update, a scale-down then up) would often get
+/// the port its predecessor's container still binds, and its start would wait for that
+/// container's drain and stop, up to twice its grace. Scans every task, so only when a task
+/// to place asks for a dynamic port.
+fn cool_recently_freed_ports(snapshot: &mut Snapshot, state: &ClusterState, now: UnixMillis) {
+    for t in state.tasks.values() {
+        if t.state != TaskState::Stopped || t.host_ports.is_empty() || now >= cooling_until(t) {
+            continue;
+        }
+        let Some(node) = t.node.as_deref() else {
+            continue;
+        };
+        if let Some(view) = snapshot.nodes.iter_mut().find(|n| n.id == node) {
+            for (spec, host) in t.spec.ports.iter().zip(&t.host_ports) {
+                view.cooling_ports.insert((spec.protocol, *host));
+            }
+        }
+    }
+}
+
+fn wants_dynamic_port(spec: &TaskSpec) -> bool {
+    spec.ports
+        .iter()
+        .any(|p| p.host_port.is_none_or(|h| h == 0))
+}
 
 /// What the scheduler sees: every recorded node, ready if it is up in the state and alive in
 /// the membership view, with what is already placed on it, and the cluster config's strategy
@@ -34,6 +78,7 @@ pub fn scheduler_snapshot(state: &ClusterState, members: &BTreeMap<NodeId, Membe
                     capacity: r.meta.capacity,
                     allocated: u.allocated,
                     used_ports: u.ports,
+                    cooling_ports: Default::default(),
                     labels: r.meta.labels.clone(),
                     task_count: u.tasks,
                 }
@@ -66,7 +111,10 @@ pub(crate) fn decide(
         return Vec::new();
     }
     waiting.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    let snapshot = scheduler_snapshot(state, members);
+    let mut snapshot = scheduler_snapshot(state, members);
+    if waiting.iter().any(|t| wants_dynamic_port(&t.spec)) {
+        cool_recently_freed_ports(&mut snapshot, state, now);
+    }
     let requests: Vec<TaskRequest> = waiting
         .iter()
         .map(|t| TaskRequest::from_spec(t.id.clone(), &t.spec))
@@ -118,7 +166,10 @@ pub fn place_at_creation(
     if state.has_pending() {
         return None;
     }
-    let snapshot = scheduler_snapshot(state, members);
+    let mut snapshot = scheduler_snapshot(state, members);
+    if wants_dynamic_port(spec) {
+        cool_recently_freed_ports(&mut snapshot, state, at);
+    }
     let request = TaskRequest::from_spec(task_id, spec);
     match orion_scheduler::place(&snapshot, &[request]).pop()? {
         Decision::Placed {

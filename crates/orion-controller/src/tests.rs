@@ -136,14 +136,26 @@ impl World {
         })
     }
     fn placed(self, id: &str, node: &str, at: u64) -> World {
+        self.placed_ports(id, node, at, &[])
+    }
+    fn placed_ports(self, id: &str, node: &str, at: u64, host_ports: &[u16]) -> World {
         self.apply(Command::Place {
             placements: vec![Placement {
                 task_id: id.into(),
                 node: node.into(),
                 allocation: format!("a-{id}"),
-                host_ports: vec![],
+                host_ports: host_ports.to_vec(),
             }],
             unplaced: vec![],
+            at,
+        })
+    }
+    /// Stopped (deleted, replaced, scaled away) `ago` ms before now.
+    fn stopped(self, id: &str, ago: u64) -> World {
+        let at = self.now - ago;
+        self.apply(Command::StopTasks {
+            task_ids: vec![id.into()],
+            reason: "stopped".into(),
             at,
         })
     }
@@ -497,6 +509,58 @@ fn placement() {
                 ..ClusterConfig::default()
             })
             .task("t1", r#"{"image":"x","portBindings":{"80":"0"}}"#),
+        &["place t1@n1:30000"],
+    );
+    // A dynamic port avoids one whose task stopped so recently that its container may still
+    // bind it (start-first replacements would wait for the old container's drain and stop).
+    let range = |first, last| ClusterConfig {
+        dynamic_ports: orion_types::PortRange { first, last },
+        ..ClusterConfig::default()
+    };
+    const DYN: &str = r#"{"image":"x","portBindings":{"80":"0"}}"#;
+    let freed = |ago| {
+        world()
+            .config(range(30_000, 30_001))
+            .task("t0", DYN)
+            .placed_ports("t0", "n1", 2, &[30_000])
+            .stopped("t0", ago)
+            .task("t1", DYN)
+    };
+    check(
+        "a port freed 1 s ago is cooling: the next one",
+        &freed(1_000),
+        &["place t1@n1:30001"],
+    );
+    check(
+        "cooling lasts 3 s plus twice the grace (2 s without a stopGracePeriod)",
+        &freed(PORT_COOLING_BASE_MS + 4_000 - 1),
+        &["place t1@n1:30001"],
+    );
+    check(
+        "a port freed long ago is free again",
+        &freed(PORT_COOLING_BASE_MS + 4_000),
+        &["place t1@n1:30000"],
+    );
+    check(
+        "a cooling port is still taken when the range has no other",
+        &world()
+            .config(range(30_000, 30_000))
+            .task("t0", DYN)
+            .placed_ports("t0", "n1", 2, &[30_000])
+            .stopped("t0", 1_000)
+            .task("t1", DYN),
+        &["place t1@n1:30000"],
+    );
+    check(
+        "cooling is per node",
+        &world()
+            .node("n2", 1)
+            .learners(&["n2"])
+            .config(range(30_000, 30_001))
+            .task("t0", DYN)
+            .placed_ports("t0", "n2", 2, &[30_000])
+            .stopped("t0", 1_000)
+            .task("t1", DYN),
         &["place t1@n1:30000"],
     );
     check(

@@ -32,6 +32,12 @@ pub struct NodeView {
     pub allocated: Resources,
     /// Host ports bound by the allocations on this node.
     pub used_ports: BTreeSet<(Protocol, u16)>,
+    /// Host ports freed so recently that a container may still hold them (a stopped task's
+    /// container drains and stops within its grace). A dynamic port avoids them while the
+    /// range has another free one; a static port may take them (its start waits for the
+    /// old container's removal on the node).
+    #[serde(default)]
+    pub cooling_ports: BTreeSet<(Protocol, u16)>,
     pub labels: BTreeMap<String, String>,
     /// Allocations on this node; breaks ties under `spread`.
     pub task_count: u32,
@@ -192,6 +198,8 @@ struct NodeState<'s> {
     task_count: u32,
     /// Borrowed from the snapshot until this batch binds a port on the node.
     ports: Cow<'s, BTreeSet<(Protocol, u16)>>,
+    /// The view's `cooling_ports`.
+    cooling: &'s BTreeSet<(Protocol, u16)>,
 }
 
 impl NodeState<'_> {
@@ -236,6 +244,7 @@ impl<'s> Batch<'s> {
                     allocated: view.allocated,
                     task_count: view.task_count,
                     ports: Cow::Borrowed(&view.used_ports),
+                    cooling: &view.cooling_ports,
                 })
                 .collect(),
             dynamic_ports: range,
@@ -360,7 +369,8 @@ impl<'s> Batch<'s> {
     }
 
     /// The host ports for the task on this node, in spec order: static ones as asked, dynamic
-    /// ones the lowest free in the range. `Err` names a protocol whose range is exhausted.
+    /// ones the lowest free in the range that is not cooling, else the lowest free. `Err`
+    /// names a protocol whose range is exhausted.
     fn assign_ports(&self, node: &NodeState, task: &TaskRequest) -> Result<Vec<u16>, Protocol> {
         let mut taken: Vec<(Protocol, u16)> = task
             .ports
@@ -372,9 +382,14 @@ impl<'s> Batch<'s> {
             let host = match static_port(spec) {
                 Some(host) => host,
                 None => {
-                    let host =
-                        lowest_free_port(&node.ports, spec.protocol, &self.dynamic_ports, &taken)
-                            .ok_or(spec.protocol)?;
+                    let range = &self.dynamic_ports;
+                    let host = lowest_free_port(&node.ports, spec.protocol, range, &taken, |p| {
+                        node.cooling.contains(&(spec.protocol, p))
+                    })
+                    .or_else(|| {
+                        lowest_free_port(&node.ports, spec.protocol, range, &taken, |_| false)
+                    })
+                    .ok_or(spec.protocol)?;
                     taken.push((spec.protocol, host));
                     host
                 }
@@ -440,6 +455,7 @@ fn lowest_free_port(
     protocol: Protocol,
     range: &RangeInclusive<u16>,
     taken: &[(Protocol, u16)],
+    avoid: impl Fn(u16) -> bool,
 ) -> Option<u16> {
     let (low, high) = (*range.start(), *range.end());
     if low > high {
@@ -452,7 +468,9 @@ fn lowest_free_port(
     let mut candidate = low;
     loop {
         while used.next_if(|&port| port < candidate).is_some() {}
-        let busy = used.peek() == Some(&candidate) || taken.contains(&(protocol, candidate));
+        let busy = used.peek() == Some(&candidate)
+            || taken.contains(&(protocol, candidate))
+            || avoid(candidate);
         if !busy {
             return Some(candidate);
         }
@@ -537,7 +555,7 @@ mod tests {
         use Protocol::{Tcp, Udp};
         let used: BTreeSet<(Protocol, u16)> = [(Tcp, 100), (Tcp, 102), (Udp, 101)].into();
         let check = |protocol, range: RangeInclusive<u16>, taken: &[(Protocol, u16)], want| {
-            let got = lowest_free_port(&used, protocol, &range, taken);
+            let got = lowest_free_port(&used, protocol, &range, taken, |_| false);
             assert_eq!(got, want, "{protocol:?} {range:?} {taken:?}");
         };
         check(Tcp, 100..=105, &[], Some(101));
@@ -548,5 +566,11 @@ mod tests {
         check(Tcp, 100..=100, &[], None);
         check(Tcp, RangeInclusive::new(5, 4), &[], None);
         check(Tcp, 65535..=65535, &[], Some(65535));
+        let avoid = |p: u16| p == 101 || p == 103;
+        assert_eq!(
+            lowest_free_port(&used, Tcp, &(100..=105), &[], avoid),
+            Some(104)
+        );
+        assert_eq!(lowest_free_port(&used, Tcp, &(100..=103), &[], avoid), None);
     }
 }

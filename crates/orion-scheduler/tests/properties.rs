@@ -92,6 +92,7 @@ fn node(index: usize) -> impl Strategy<Value = NodeView> {
                         cpu_millis: cpu_used * 250,
                     },
                     used_ports,
+                    cooling_ports: BTreeSet::new(),
                     labels,
                     task_count,
                 }

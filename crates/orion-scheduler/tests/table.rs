@@ -1,8 +1,9 @@
 //! Table tests: each filter, each strategy, the reason text, and a task that becomes placeable
 //! once capacity frees. Every case is one line through `check`, written in a small notation:
 //!
-//! - nodes, comma-separated: `id mem=16G cpu=8 used=1G/0.5 port=8080 port=53/udp @zone=a tasks=3
-//!   draining down` (defaults: 16 GiB, 8 cores, nothing used, ready);
+//! - nodes, comma-separated: `id mem=16G cpu=8 used=1G/0.5 port=8080 port=53/udp cool=20000
+//!   @zone=a tasks=3 draining down` (defaults: 16 GiB, 8 cores, nothing used, ready; `cool` is a
+//!   cooling port, freed so recently that a container may still hold it);
 //! - tasks, comma-separated: `id mem=1G cpu=0.5 port=8080 port=* port=*/udp @zone=a
 //!   c:node.labels.zone_in_(a|b) binpack` (`*` is a dynamic port; in a constraint `_` is a space
 //!   and `|` a comma);
@@ -47,6 +48,11 @@ fn filters() {
     check(Spread, "a port=20000/udp", "t port=*/udp port=*", "t->a:20001,20000");
     check(Spread, "a", "t port=20000 port=*", "t->a:20000,20001");
     check(Spread, "a port=20000 port=20001 port=20002, b", "t port=*", "t->b:20000");
+    // A dynamic port avoids a cooling one while the range has another; a static one takes it.
+    check(Spread, "a cool=20000", "t1 port=*, t2 port=*", "t1->a:20001 | t2->a:20002");
+    check(Spread, "a cool=20000 cool=20001 port=20002", "t port=*", "t->a:20000");
+    check(Spread, "a cool=20000/udp", "t port=*", "t->a:20000");
+    check(Spread, "a cool=8080", "t port=8080", "t->a:8080");
     // A zero reservation takes nothing, so it fits even a full (or over-committed) node.
     check(Spread, "a mem=1G used=2G/9", "t", "t->a");
     check(Spread, "a mem=1G used=1G/0", "t cpu=1", "t->a");
@@ -162,6 +168,7 @@ fn node(text: &str) -> NodeView {
         },
         allocated: Resources::default(),
         used_ports: BTreeSet::new(),
+        cooling_ports: BTreeSet::new(),
         labels: BTreeMap::new(),
         task_count: 0,
     };
@@ -183,6 +190,13 @@ fn node(text: &str) -> NodeView {
                 node.used_ports.insert((
                     spec.protocol,
                     spec.host_port.expect("a used port is static"),
+                ));
+            }
+            Some(("cool", v)) => {
+                let spec = port(v);
+                node.cooling_ports.insert((
+                    spec.protocol,
+                    spec.host_port.expect("a cooling port is static"),
                 ));
             }
             Some(("tasks", v)) => node.task_count = v.parse().expect("tasks=N"),

@@ -29,6 +29,7 @@ pub fn cluster(n: usize, strategy: Strategy) -> Snapshot {
                 .map(|k| (Protocol::Tcp, 20000 + k))
                 .chain([(Protocol::Tcp, 8080)])
                 .collect::<BTreeSet<_>>(),
+            cooling_ports: BTreeSet::new(),
             labels: BTreeMap::from([("zone".to_string(), ["a", "b", "c"][i % 3].to_string())]),
             task_count: (i % 7) as u32,
         })
