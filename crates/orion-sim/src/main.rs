@@ -5,6 +5,13 @@ use clap::Parser;
 use orion_sim::{Config, run};
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: a run allocates and frees small buffers (RPC bytes,
+/// state rows, task copies) at a high rate, and glibc's `malloc`/`free` with their
+/// consolidation were about a sixth of the CPU (`perf`, BENCHMARKS.md section 8). The
+/// allocator changes no decision: nothing in a run depends on addresses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Seeded deterministic simulation of an Orion cluster")]
 struct Args {
