@@ -152,7 +152,7 @@ mod tests {
     /// `addr -> (service, target, kind)`.
     fn check(v: &EndpointView, serve_vips: bool, want: &[(&str, &str, u16, Kind)]) {
         let got: Vec<(String, String, u16, Kind)> =
-            listeners(v, "127.0.105.1".parse().unwrap(), serve_vips)
+            listeners(v, "127.0.108.101".parse().unwrap(), serve_vips)
                 .into_iter()
                 .map(|(a, r)| (a.to_string(), r.service, r.target_port, r.kind))
                 .collect();
@@ -188,7 +188,7 @@ mod tests {
                 vec![],
             ),
         ]);
-        check(&v, false, &[("127.0.105.1:8080", "db", 5432, Tcp)]);
+        check(&v, false, &[("127.0.108.101:8080", "db", 5432, Tcp)]);
         check(
             &v,
             true,
@@ -196,7 +196,7 @@ mod tests {
                 ("10.0.0.2:80", "web", 80, Http),
                 ("10.0.0.2:81", "web", 81, Tcp),
                 ("10.0.0.2:82", "web", 82, ProxyV2),
-                ("127.0.105.1:8080", "db", 5432, Tcp),
+                ("127.0.108.101:8080", "db", 5432, Tcp),
             ],
         );
         check(&EndpointView::default(), true, &[]);

@@ -4,8 +4,9 @@
 //! node; and rolling updates seen by a prober through the mesh: start-first with 1 and 3
 //! replicas drops nothing, stop-first's failures are reported.
 //!
-//! Loopback networks: 127.0.105.0/24 to 127.0.109.0/24 (the mesh's unit tests use 105 and 106
-//! without agents). Each cluster has its own `--vip-range`, since all agents share one kernel.
+//! Loopback networks: 127.0.107.0/24, 127.0.109.0/24 and 127.0.108.0-99 (the mesh's unit
+//! tests use 127.0.108.100-212 without agents). Each cluster has its own `--vip-range`, since
+//! all agents share one kernel.
 
 mod common;
 
