@@ -4,7 +4,9 @@ Swarm's routing mesh on the same engine, same image and same server (busybox htt
 resident memory of an agent holding 1,000 idle proxied connections. One run; ratios.
 
 Usage: python3 scripts/bench/mesh.py --orion target/release/orion --out DIR
-Uses loopback 127.0.109.100 and VIP range 10.209.0.0/24. Every process it starts is stopped by
+Uses loopback 127.0.140.1 (API on port 18100, gossip 18101, Raft 18102; the agent runs with
+--insecure: the data path is measured, not the API's authentication) and VIP range
+10.209.0.0/24. Every process it starts is stopped by
 its pid; the Swarm service it creates is removed, and Swarm is left as it was found (it is
 initialised only when inactive, and left again afterwards)."""
 
@@ -22,7 +24,8 @@ import tempfile
 import time
 import urllib.request
 
-IP = "127.0.109.100"
+IP = "127.0.140.1"
+API_PORT, GOSSIP_PORT, RAFT_PORT = 18100, 18101, 18102
 MESH_TCP, MESH_HTTP, SWARM_PORT = 18090, 18092, 18091
 IMAGE = "orion/busybox:latest"
 HTTPD = ["busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
@@ -39,7 +42,7 @@ def sh(cmd, **kw):
 
 def api(method, path, body=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://{IP}:8000{path}", data=data, method=method)
+    req = urllib.request.Request(f"http://{IP}:{API_PORT}{path}", data=data, method=method)
     if data is not None:
         req.add_header("content-type", "application/json")
     try:
@@ -99,7 +102,23 @@ def rss_kib(pid):
     return None
 
 
+def kernel_lacks_ipvs():
+    """Swarm's routing mesh balances with IPVS in the ingress network's namespace; a kernel
+    built without it (CONFIG_IP_VS unset) lets `docker service create --publish` succeed but
+    the port never answers (dockerd logs "Could not get ipvs family information")."""
+    import gzip
+    try:
+        config = gzip.open("/proc/config.gz", "rt").read()
+    except OSError:
+        return False  # unknown: try
+    return not re.search(r"^CONFIG_IP_VS=[ym]$", config, re.M)
+
+
 def swarm_bench(out, res):
+    if kernel_lacks_ipvs():
+        res["errors"].append("swarm: this kernel has no IPVS (CONFIG_IP_VS unset), which "
+                             "Swarm's routing mesh needs; Swarm figure skipped")
+        return
     state = sh(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"]).stdout.strip()
     res["swarm_state_before"] = state
     we_init = False
@@ -146,9 +165,9 @@ def main():
     data = tempfile.mkdtemp(prefix="orion-mesh-bench-")
     logf = open(os.path.join(a.out, "agent.log"), "w")
     agent = subprocess.Popen(
-        [a.orion, "--id", "meshb1", "--bind", IP, "--publish-ip", IP, "--port", "8000",
-         "--gossip-port", "6000", "--raft-port", "7000", "--bootstrap", "--data-dir", data,
-         "--vip-range", "10.209.0.0/24"],
+        [a.orion, "--id", "meshb1", "--bind", IP, "--publish-ip", IP, "--port", str(API_PORT),
+         "--gossip-port", str(GOSSIP_PORT), "--raft-port", str(RAFT_PORT), "--bootstrap",
+         "--data-dir", data, "--vip-range", "10.209.0.0/24", "--insecure"],
         stdout=logf, stderr=logf)
     try:
         wait("the agent", lambda: api("GET", "/health")[0] == 200)
@@ -170,6 +189,14 @@ def main():
         direct = wait("the task running", host_port)
         wait("the mesh to serve", lambda: served(f"http://{IP}:{MESH_TCP}/") and served(f"http://{IP}:{MESH_HTTP}/"))
         res["direct"] = wrk(f"http://{IP}:{direct}/", a.out, "direct")
+        # For reference: the container's own address, no proxy of any kind in the path.
+        cid = sh(["docker", "ps", "-q", "--filter", "label=orion.node=meshb1",
+                  "--filter", f"publish={direct}"]).stdout.split()
+        if cid:
+            cip = sh(["docker", "inspect", "--format",
+                      "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid[0]]).stdout.split()
+            if cip:
+                res["container"] = wrk(f"http://{cip[0]}:80/", a.out, "container")
         res["mesh_tcp"] = wrk(f"http://{IP}:{MESH_TCP}/", a.out, "mesh-tcp")
         res["mesh_http"] = wrk(f"http://{IP}:{MESH_HTTP}/", a.out, "mesh-http")
         swarm_bench(a.out, res)

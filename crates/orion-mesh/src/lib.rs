@@ -34,6 +34,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
+pub use plan::{Shortcut, Shortcuts};
 pub use vip::{IpCommand, NoAddresses, VipAddresses};
 
 /// Bounds on what one node's mesh holds. Every field has a default with its reason.
@@ -80,6 +81,10 @@ pub struct Settings {
     pub source_ip: Option<IpAddr>,
     /// Whether to hold and serve each service's VIP.
     pub serve_vips: bool,
+    /// This node's own endpoints at their containers' addresses (kept by the agent from the
+    /// engine): a connection to one skips the engine's port publishing (on loopback, Docker's
+    /// userland proxy: a whole process hop). `None`: always the published address.
+    pub shortcuts: Option<watch::Receiver<Arc<Shortcuts>>>,
     pub limits: Limits,
 }
 
@@ -389,14 +394,23 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: &Ctx) -> Result<(),
     };
     let turn = ctx.turn.fetch_add(1, Ordering::Relaxed);
     let candidates = {
+        let none = Shortcuts::new();
+        let shortcuts = ctx.settings.shortcuts.as_ref().map(|s| s.borrow());
         let view = ctx.view.borrow();
-        plan::candidates(&view, &ctx.route, turn, limits.connect_attempts_max)
+        plan::candidates(
+            &view,
+            &ctx.route,
+            turn,
+            limits.connect_attempts_max,
+            shortcuts.as_deref().map_or(&none, |s| &**s),
+        )
     };
     let mut upstream = None;
-    for addr in candidates {
+    for plan::Dial { addr, direct } in candidates {
+        let source = if direct { None } else { ctx.settings.source_ip };
         match timeout(
             Duration::from_millis(limits.connect_timeout_ms),
-            connect(addr, ctx.settings.source_ip),
+            connect(addr, source),
         )
         .await
         {

@@ -93,6 +93,7 @@ fn settings(publish: &str) -> Settings {
         publish_ip: publish.parse().unwrap(),
         source_ip: Some(publish.parse().unwrap()),
         serve_vips: false,
+        shortcuts: None,
         limits: Limits::default(),
     }
 }
@@ -410,6 +411,42 @@ async fn bad_http_input_gets_an_answer_and_the_mesh_keeps_serving() {
             .await
             .contains("X-Forwarded-For: 127.0.108.113")
     );
+}
+
+#[tokio::test]
+async fn local_endpoints_are_dialled_at_their_shortcut_while_it_matches() {
+    let published = named_backend("127.0.108.211", "published").await;
+    let direct = named_backend("127.0.108.212", "direct").await;
+    let mut s = settings("127.0.108.120");
+    let cut = |published: SocketAddr, direct: SocketAddr| {
+        let mut m = Shortcuts::new();
+        m.insert(("e".to_string(), 80), Shortcut { published, direct });
+        Arc::new(m)
+    };
+    let (cuts_tx, cuts) = watch::channel(cut(published, direct));
+    s.shortcuts = Some(cuts);
+    let (mesh, _tx) = start(
+        service(
+            "web",
+            18080,
+            ServiceProtocol::Tcp,
+            false,
+            vec![endpoint("e", published, 80)],
+        ),
+        s,
+    );
+    let front: SocketAddr = "127.0.108.120:18080".parse().unwrap();
+    listening(&mesh, &[front]).await;
+    assert_eq!(text("127.0.108.120", front, b"").await, "direct");
+    // A shortcut for another published address (the task moved): not used.
+    cuts_tx.send_replace(cut("127.0.108.211:1".parse().unwrap(), direct));
+    assert_eq!(text("127.0.108.120", front, b"").await, "published");
+    // A shortcut that refuses (the container is gone): the published address next.
+    let dead = TcpListener::bind("127.0.108.212:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    cuts_tx.send_replace(cut(published, dead_addr));
+    assert_eq!(text("127.0.108.120", front, b"").await, "published");
 }
 
 #[tokio::test]
