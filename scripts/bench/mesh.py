@@ -1,7 +1,8 @@
 """The mesh benchmark (issue 12): wrk requests/s and p99 through the Orion mesh (an ingress
 port, tcp and http), against the task's published host port directly, and against Docker
 Swarm's routing mesh on the same engine, same image and same server (busybox httpd); then the
-resident memory of an agent holding 1,000 idle proxied connections. One run; ratios.
+resident memory of an agent holding 1,000 idle proxied connections. One run of --rounds rounds
+(default 3) that interleave the paths; each path's median round; ratios.
 
 Usage: python3 scripts/bench/mesh.py --orion target/release/orion --out DIR
 Uses loopback 127.0.140.1 (API on port 18100, gossip 18101, Raft 18102; the agent runs with
@@ -156,6 +157,7 @@ def main():
     ap.add_argument("--orion", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     # 1,000 idle connections are 2,000 descriptors in the agent (client and endpoint side).
@@ -188,17 +190,29 @@ def main():
             return ports[0]["hostPort"] if ports else None
         direct = wait("the task running", host_port)
         wait("the mesh to serve", lambda: served(f"http://{IP}:{MESH_TCP}/") and served(f"http://{IP}:{MESH_HTTP}/"))
-        res["direct"] = wrk(f"http://{IP}:{direct}/", a.out, "direct")
         # For reference: the container's own address, no proxy of any kind in the path.
+        urls = {"direct": f"http://{IP}:{direct}/"}
         cid = sh(["docker", "ps", "-q", "--filter", "label=orion.node=meshb1",
                   "--filter", f"publish={direct}"]).stdout.split()
         if cid:
             cip = sh(["docker", "inspect", "--format",
                       "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid[0]]).stdout.split()
             if cip:
-                res["container"] = wrk(f"http://{cip[0]}:80/", a.out, "container")
-        res["mesh_tcp"] = wrk(f"http://{IP}:{MESH_TCP}/", a.out, "mesh-tcp")
-        res["mesh_http"] = wrk(f"http://{IP}:{MESH_HTTP}/", a.out, "mesh-http")
+                urls["container"] = f"http://{cip[0]}:80/"
+        urls["mesh_tcp"] = f"http://{IP}:{MESH_TCP}/"
+        urls["mesh_http"] = f"http://{IP}:{MESH_HTTP}/"
+        # Rounds interleave the paths, so a change in the machine's load hits all of them;
+        # each path's figure is its median round (by requests/s).
+        rounds = {k: [] for k in urls}
+        for r in range(a.rounds):
+            res.setdefault("load_avg", []).append(os.getloadavg())
+            for k, url in urls.items():
+                rounds[k].append(wrk(url, a.out, f"{k}-{r}"))
+        res["load_avg"].append(os.getloadavg())
+        for k, rs in rounds.items():
+            rs = sorted(rs, key=lambda x: x["rps"] or 0)
+            res[k] = dict(rs[len(rs) // 2], rounds_rps=[x["rps"] for x in rounds[k]])
+            log(k, "median", res[k])
         swarm_bench(a.out, res)
 
         # Idle connections: opened through the mesh's tcp port, held without a byte sent.

@@ -368,30 +368,6 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: &Ctx) -> Result<(),
     let limits = &ctx.settings.limits;
     let _ = client.set_nodelay(true);
     let local = client.local_addr()?;
-    // What goes to the endpoint before the client's remaining bytes. An HTTP head is read
-    // before connecting, so a failed connect can try the next endpoint with it.
-    let mut http = None;
-    let prefix = match ctx.route.kind {
-        Kind::Tcp => Vec::new(),
-        Kind::ProxyV2 => proxy_protocol::header(peer, local),
-        Kind::Http => {
-            let mut requests = Requests {
-                stream: http::RequestStream::new(peer),
-                pending: Vec::new(),
-                ended: false,
-            };
-            match read_first_head(&mut client, &mut requests, limits).await? {
-                Ok(bytes) => {
-                    http = Some(requests);
-                    bytes
-                }
-                Err((status, why)) => {
-                    respond(&mut client, status).await;
-                    return Err(ServeError::Head(why));
-                }
-            }
-        }
-    };
     let turn = ctx.turn.fetch_add(1, Ordering::Relaxed);
     let candidates = {
         let none = Shortcuts::new();
@@ -405,25 +381,38 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: &Ctx) -> Result<(),
             shortcuts.as_deref().map_or(&none, |s| &**s),
         )
     };
-    let mut upstream = None;
-    for plan::Dial { addr, direct } in candidates {
-        let source = if direct { None } else { ctx.settings.source_ip };
-        match timeout(
-            Duration::from_millis(limits.connect_timeout_ms),
-            connect(addr, source),
-        )
-        .await
-        {
-            Ok(Ok(s)) => {
-                upstream = Some(s);
-                break;
+    // What goes to the endpoint before the client's remaining bytes. An HTTP port reads the
+    // first head while it dials (one wait instead of two on a new connection's path); a head
+    // that cannot be followed is answered and the endpoint's connection dropped unused.
+    let mut http = None;
+    let (prefix, upstream) = match ctx.route.kind {
+        Kind::Tcp => (Vec::new(), dial(candidates, ctx).await),
+        Kind::ProxyV2 => (
+            proxy_protocol::header(peer, local),
+            dial(candidates, ctx).await,
+        ),
+        Kind::Http => {
+            let mut requests = Requests {
+                stream: http::RequestStream::new(peer),
+                pending: Vec::new(),
+                ended: false,
+            };
+            let (head, upstream) = tokio::join!(
+                read_first_head(&mut client, &mut requests, limits),
+                dial(candidates, ctx)
+            );
+            match head? {
+                Ok(bytes) => {
+                    http = Some(requests);
+                    (bytes, upstream)
+                }
+                Err((status, why)) => {
+                    respond(&mut client, status).await;
+                    return Err(ServeError::Head(why));
+                }
             }
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "mesh: connect failed, trying the next")
-            }
-            Err(_) => tracing::debug!(%addr, "mesh: connect timed out, trying the next"),
         }
-    }
+    };
     let Some(mut upstream) = upstream else {
         ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
         if ctx.route.kind == Kind::Http {
@@ -468,6 +457,27 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: &Ctx) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Connects to the first of `candidates` that answers (each within the connect timeout).
+async fn dial(candidates: Vec<plan::Dial>, ctx: &Ctx) -> Option<TcpStream> {
+    let limits = &ctx.settings.limits;
+    for plan::Dial { addr, direct } in candidates {
+        let source = if direct { None } else { ctx.settings.source_ip };
+        match timeout(
+            Duration::from_millis(limits.connect_timeout_ms),
+            connect(addr, source),
+        )
+        .await
+        {
+            Ok(Ok(s)) => return Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, error = %e, "mesh: connect failed, trying the next")
+            }
+            Err(_) => tracing::debug!(%addr, "mesh: connect timed out, trying the next"),
+        }
+    }
+    None
 }
 
 /// An HTTP connection's requests: where the stream is, the client's bytes not taken yet, and
