@@ -115,6 +115,16 @@ async fn ingress_port_on_a_node_without_a_replica_is_served_with_the_client_addr
         page.contains("HTTP_X_FORWARDED_FOR=127.0.107.77"),
         "the client's address reaches the task: {page}"
     );
+    // Node 1 holds the replica: its mesh dials the container's own address (a shortcut),
+    // and the client's address still arrives.
+    let page = wait_for(CONVERGE, "node 1's ingress port to serve", || {
+        curl("127.0.107.79", "http://127.0.107.1:18080/cgi-bin/echo")
+    })
+    .await;
+    assert!(
+        page.contains("HTTP_X_FORWARDED_FOR=127.0.107.79"),
+        "the client's address reaches the task through the shortcut: {page}"
+    );
     // The task itself publishes a dynamic port, not the ingress one.
     let (_, tasks) = get(&a1.api, "/services/web/tasks").await.expect("tasks");
     let host_port = tasks[0]["ports"][0]["hostPort"].as_u64().unwrap_or(0);
