@@ -244,6 +244,8 @@ def main():
         ids = sh(["docker", "ps", "-aq", "--filter", "label=orion.node=meshb1"]).stdout.split()
         if ids:
             sh(["docker", "rm", "-f"] + ids)
+        # And the node's container network (a lone agent keeps it on leave).
+        sh(["docker", "network", "rm", "orion-meshb1"])
         shutil.rmtree(data, ignore_errors=True)
     json.dump(res, open(os.path.join(a.out, "mesh.json"), "w"), indent=1)
     print(json.dumps(res, indent=1))
