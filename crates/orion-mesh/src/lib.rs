@@ -6,10 +6,12 @@
 //! `watch` channel; listeners come and go as the view's services and ports do.
 //!
 //! HTTP ports (`"protocol": "http"`) get the client's address in `X-Forwarded-For` and
-//! `Forwarded` on the first request of each connection (`http`); TCP ports with
-//! `proxyProtocol` send a PROXY protocol v2 header first (`proxy_protocol`). Everything a peer
-//! sends is bounded: connections per service, the request head's size and the time to send
-//! it, and two fixed copy buffers per connection.
+//! `Forwarded` on every request of each connection (`http` follows the requests of a
+//! keep-alive connection; one it cannot follow is closed after the answers it is owed); TCP
+//! ports with `proxyProtocol` send a PROXY protocol v2 header first (`proxy_protocol`).
+//! Everything a peer sends is bounded: connections per service, each request head's size and
+//! the time to send it, and fixed copy buffers per connection (two for TCP, up to four for
+//! HTTP).
 //!
 //! What to do is decided by pure functions (`plan`); this module does the IO.
 
@@ -32,6 +34,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
+pub use plan::{Shortcut, Shortcuts};
 pub use vip::{IpCommand, NoAddresses, VipAddresses};
 
 /// Bounds on what one node's mesh holds. Every field has a default with its reason.
@@ -45,7 +48,8 @@ pub struct Limits {
     /// An HTTP request head larger than this answers 431 (nginx's default is 8 KiB per line,
     /// 32 KiB in all).
     pub head_bytes_max: usize,
-    /// Time a client has to send its first request head on an HTTP port (slow-loris bound).
+    /// Time a client has to send its first request head on an HTTP port, and each later head
+    /// from its first byte (slow-loris bound).
     pub head_timeout_ms: u64,
     /// One connect attempt to an endpoint. Endpoints are in the cluster's own network, where
     /// a connect takes well under a millisecond; a second is a dead or filtered host.
@@ -77,6 +81,10 @@ pub struct Settings {
     pub source_ip: Option<IpAddr>,
     /// Whether to hold and serve each service's VIP.
     pub serve_vips: bool,
+    /// This node's own endpoints at their containers' addresses (kept by the agent from the
+    /// engine): a connection to one skips the engine's port publishing (on loopback, Docker's
+    /// userland proxy: a whole process hop). `None`: always the published address.
+    pub shortcuts: Option<watch::Receiver<Arc<Shortcuts>>>,
     pub limits: Limits,
 }
 
@@ -360,42 +368,51 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: &Ctx) -> Result<(),
     let limits = &ctx.settings.limits;
     let _ = client.set_nodelay(true);
     let local = client.local_addr()?;
-    // What goes to the endpoint before the client's remaining bytes. An HTTP head is read
-    // before connecting, so a failed connect can try the next endpoint with it.
-    let prefix = match ctx.route.kind {
-        Kind::Tcp => Vec::new(),
-        Kind::ProxyV2 => proxy_protocol::header(peer, local),
-        Kind::Http => match read_head(&mut client, peer, limits).await? {
-            Ok(bytes) => bytes,
-            Err((status, why)) => {
-                respond(&mut client, status).await;
-                return Err(ServeError::Head(why));
-            }
-        },
-    };
     let turn = ctx.turn.fetch_add(1, Ordering::Relaxed);
     let candidates = {
+        let none = Shortcuts::new();
+        let shortcuts = ctx.settings.shortcuts.as_ref().map(|s| s.borrow());
         let view = ctx.view.borrow();
-        plan::candidates(&view, &ctx.route, turn, limits.connect_attempts_max)
-    };
-    let mut upstream = None;
-    for addr in candidates {
-        match timeout(
-            Duration::from_millis(limits.connect_timeout_ms),
-            connect(addr, ctx.settings.source_ip),
+        plan::candidates(
+            &view,
+            &ctx.route,
+            turn,
+            limits.connect_attempts_max,
+            shortcuts.as_deref().map_or(&none, |s| &**s),
         )
-        .await
-        {
-            Ok(Ok(s)) => {
-                upstream = Some(s);
-                break;
+    };
+    // What goes to the endpoint before the client's remaining bytes. An HTTP port reads the
+    // first head while it dials (one wait instead of two on a new connection's path); a head
+    // that cannot be followed is answered and the endpoint's connection dropped unused.
+    let mut http = None;
+    let (prefix, upstream) = match ctx.route.kind {
+        Kind::Tcp => (Vec::new(), dial(candidates, ctx).await),
+        Kind::ProxyV2 => (
+            proxy_protocol::header(peer, local),
+            dial(candidates, ctx).await,
+        ),
+        Kind::Http => {
+            let mut requests = Requests {
+                stream: http::RequestStream::new(peer),
+                pending: Vec::new(),
+                ended: false,
+            };
+            let (head, upstream) = tokio::join!(
+                read_first_head(&mut client, &mut requests, limits),
+                dial(candidates, ctx)
+            );
+            match head? {
+                Ok(bytes) => {
+                    http = Some(requests);
+                    (bytes, upstream)
+                }
+                Err((status, why)) => {
+                    respond(&mut client, status).await;
+                    return Err(ServeError::Head(why));
+                }
             }
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "mesh: connect failed, trying the next")
-            }
-            Err(_) => tracing::debug!(%addr, "mesh: connect timed out, trying the next"),
         }
-    }
+    };
     let Some(mut upstream) = upstream else {
         ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
         if ctx.route.kind == Kind::Http {
@@ -407,33 +424,105 @@ async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: &Ctx) -> Result<(),
     if !prefix.is_empty() {
         upstream.write_all(&prefix).await?;
     }
-    tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        limits.buffer_bytes,
-        limits.buffer_bytes,
-    )
-    .await?;
+    match http {
+        None => {
+            tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                limits.buffer_bytes,
+                limits.buffer_bytes,
+            )
+            .await?;
+        }
+        Some(mut requests) => {
+            let ended = {
+                let (client_r, mut client_w) = client.split();
+                let (upstream_r, mut upstream_w) = upstream.split();
+                let up = forward_requests(client_r, &mut upstream_w, &mut requests, limits);
+                let down = async {
+                    let mut from =
+                        tokio::io::BufReader::with_capacity(limits.buffer_bytes, upstream_r);
+                    tokio::io::copy_buf(&mut from, &mut client_w).await?;
+                    client_w.shutdown().await
+                };
+                tokio::try_join!(up, down)?;
+                requests.ended
+            };
+            if ended {
+                // The client may still be sending: discard it before closing, so the close
+                // does not reset the connection under the answers just sent.
+                linger(&mut client).await;
+                return Err(ServeError::Head("unparseable request after the first"));
+            }
+        }
+    }
     Ok(())
 }
 
-/// Reads the first request head (bounded in size and time) and returns it rewritten, followed
-/// by whatever the client sent after it; or the status to answer.
-async fn read_head(
+/// Connects to the first of `candidates` that answers (each within the connect timeout).
+async fn dial(candidates: Vec<plan::Dial>, ctx: &Ctx) -> Option<TcpStream> {
+    let limits = &ctx.settings.limits;
+    for plan::Dial { addr, direct } in candidates {
+        let source = if direct { None } else { ctx.settings.source_ip };
+        match timeout(
+            Duration::from_millis(limits.connect_timeout_ms),
+            connect(addr, source),
+        )
+        .await
+        {
+            Ok(Ok(s)) => return Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, error = %e, "mesh: connect failed, trying the next")
+            }
+            Err(_) => tracing::debug!(%addr, "mesh: connect timed out, trying the next"),
+        }
+    }
+    None
+}
+
+/// An HTTP connection's requests: where the stream is, the client's bytes not taken yet, and
+/// whether it ended on something unparseable.
+struct Requests {
+    stream: http::RequestStream,
+    pending: Vec<u8>,
+    ended: bool,
+}
+
+impl Requests {
+    /// Feeds the pending bytes until the stream needs more; what goes to the endpoint is
+    /// appended to `out`.
+    fn drive(&mut self, out: &mut Vec<u8>) -> Result<(), http::HeadError> {
+        let mut at = 0;
+        let result = loop {
+            match self.stream.feed(&self.pending[at..], out) {
+                Ok(0) => break Ok(()),
+                Ok(n) => at += n,
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending.drain(..at);
+        result
+    }
+}
+
+/// Reads the first request head (bounded in size and time) and returns it rewritten, with
+/// whatever the client sent after it that could be followed; or the status to answer.
+async fn read_first_head(
     client: &mut TcpStream,
-    peer: SocketAddr,
+    requests: &mut Requests,
     limits: &Limits,
 ) -> Result<Result<Vec<u8>, (&'static str, &'static str)>, ServeError> {
     let deadline = Instant::now() + Duration::from_millis(limits.head_timeout_ms);
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut out = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        match http::rewrite_head(&buf, peer) {
-            Ok(Some((len, mut head))) => {
-                head.extend_from_slice(buf.get(len..).unwrap_or(&[]));
-                return Ok(Ok(head));
+        match requests.drive(&mut out) {
+            // Pipelined bytes after a good first request that cannot be followed: the good
+            // part goes, then the connection ends.
+            Err(_) if !out.is_empty() => {
+                requests.ended = true;
+                return Ok(Ok(out));
             }
-            Ok(None) => {}
             Err(http::HeadError::Malformed) => return Ok(Err(("400 Bad Request", "malformed"))),
             Err(http::HeadError::TooManyHeaders) => {
                 return Ok(Err((
@@ -441,14 +530,17 @@ async fn read_head(
                     "too many headers",
                 )));
             }
+            Ok(()) if !out.is_empty() => return Ok(Ok(out)),
+            Ok(()) => {}
         }
-        if buf.len() >= limits.head_bytes_max {
+        let buffered = requests.pending.len();
+        if buffered >= limits.head_bytes_max {
             return Ok(Err((
                 "431 Request Header Fields Too Large",
                 "head too large",
             )));
         }
-        let room = (limits.head_bytes_max - buf.len()).min(chunk.len());
+        let room = (limits.head_bytes_max - buffered).min(chunk.len());
         let n = match timeout_at(deadline, client.read(&mut chunk[..room])).await {
             Ok(r) => r?,
             Err(_) => return Ok(Err(("408 Request Timeout", "head timed out"))),
@@ -456,8 +548,66 @@ async fn read_head(
         if n == 0 {
             return Err(ServeError::Head("closed before a full head"));
         }
-        buf.extend_from_slice(&chunk[..n]);
+        requests.pending.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// The client-to-endpoint half of an HTTP connection after its first head: every further
+/// request head is rewritten too. A head is bounded in size and, from its first byte, in time
+/// (an idle keep-alive connection waits as long as the endpoint keeps it). Anything that
+/// cannot be followed (`http::HeadError`, an oversized or slow head) ends this half: the
+/// endpoint sees the end of the requests and finishes the answers it owes.
+async fn forward_requests(
+    mut client: tokio::net::tcp::ReadHalf<'_>,
+    upstream: &mut tokio::net::tcp::WriteHalf<'_>,
+    requests: &mut Requests,
+    limits: &Limits,
+) -> io::Result<()> {
+    let mut chunk = vec![0u8; limits.buffer_bytes];
+    let mut out = Vec::with_capacity(limits.buffer_bytes);
+    let mut head_deadline = None;
+    while !requests.ended {
+        let in_head = requests.stream.in_head();
+        let room = if in_head {
+            let buffered = requests.pending.len();
+            if buffered >= limits.head_bytes_max {
+                requests.ended = true;
+                break;
+            }
+            (limits.head_bytes_max - buffered).min(chunk.len())
+        } else {
+            chunk.len()
+        };
+        // The head's clock starts with its first byte.
+        if !in_head || requests.pending.is_empty() {
+            head_deadline = None;
+        } else if head_deadline.is_none() {
+            head_deadline = Some(Instant::now() + Duration::from_millis(limits.head_timeout_ms));
+        }
+        let read = client.read(&mut chunk[..room]);
+        let n = match head_deadline {
+            Some(d) => match timeout_at(d, read).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    requests.ended = true;
+                    break;
+                }
+            },
+            None => read.await?,
+        };
+        if n == 0 {
+            break;
+        }
+        requests.pending.extend_from_slice(&chunk[..n]);
+        if requests.drive(&mut out).is_err() {
+            requests.ended = true;
+        }
+        if !out.is_empty() {
+            upstream.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    upstream.shutdown().await
 }
 
 async fn respond(client: &mut TcpStream, status: &str) {
@@ -470,6 +620,11 @@ async fn respond(client: &mut TcpStream, status: &str) {
     // A lingering close: closing with unread bytes would reset the connection and the client
     // could lose the answer; discard what it still sends, bounded in bytes and time.
     let _ = client.shutdown().await;
+    linger(client).await;
+}
+
+/// Reads and discards what the client still sends, bounded in bytes and time.
+async fn linger(client: &mut TcpStream) {
     let mut sink = [0u8; 4096];
     let _ = timeout(Duration::from_secs(1), async {
         let mut left = LINGER_BYTES_MAX;

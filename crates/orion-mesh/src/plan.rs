@@ -2,9 +2,10 @@
 //! listen on (and for which service port), which VIPs this node must hold, and in which order
 //! to try a service's endpoints for one new connection.
 
+use orion_types::TaskId;
 use orion_types::endpoint::EndpointView;
 use orion_types::service::{PortMode, ServiceProtocol};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// How a listener treats its connections.
@@ -71,26 +72,62 @@ pub fn vips(view: &EndpointView) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
+/// A local endpoint's address that skips its published host port: the container's own
+/// address and target port, valid while the endpoint is still published at `published`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shortcut {
+    pub published: SocketAddr,
+    pub direct: SocketAddr,
+}
+
+/// This node's shortcuts, by task and target port.
+pub type Shortcuts = HashMap<(TaskId, u16), Shortcut>;
+
+/// One address to connect to for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dial {
+    pub addr: SocketAddr,
+    /// The container's own address on this host (a shortcut): connect from any source
+    /// address, not the node's advertise address (a loopback source cannot leave `lo`).
+    pub direct: bool,
+}
+
 /// The endpoints to try, in order, for the `turn`-th connection of a route: the healthy,
-/// non-draining ones, rotated by `turn` (round robin), at most `max`.
-pub fn candidates(view: &EndpointView, route: &Route, turn: usize, max: usize) -> Vec<SocketAddr> {
+/// non-draining ones, rotated by `turn` (round robin), at most `max`. An endpoint with a
+/// shortcut that still matches its published address is tried at its container's address
+/// first, then at the published one (the shortcut may be stale by one refresh).
+pub fn candidates(
+    view: &EndpointView,
+    route: &Route,
+    turn: usize,
+    max: usize,
+    shortcuts: &Shortcuts,
+) -> Vec<Dial> {
     let Some(svc) = view.services.get(&route.service) else {
         return Vec::new();
     };
-    let healthy: Vec<SocketAddr> = svc
-        .healthy(route.target_port)
-        .map(|e| e.socket_addr())
-        .collect();
+    let healthy: Vec<_> = svc.healthy(route.target_port).collect();
     if healthy.is_empty() {
-        return healthy;
+        return Vec::new();
     }
     let start = turn % healthy.len();
-    healthy[start..]
-        .iter()
-        .chain(&healthy[..start])
-        .take(max)
-        .copied()
-        .collect()
+    let mut out = Vec::new();
+    for e in healthy[start..].iter().chain(&healthy[..start]).take(max) {
+        let published = e.socket_addr();
+        if let Some(s) = shortcuts.get(&(e.task.clone(), e.target_port))
+            && s.published == published
+        {
+            out.push(Dial {
+                addr: s.direct,
+                direct: true,
+            });
+        }
+        out.push(Dial {
+            addr: published,
+            direct: false,
+        });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -152,7 +189,7 @@ mod tests {
     /// `addr -> (service, target, kind)`.
     fn check(v: &EndpointView, serve_vips: bool, want: &[(&str, &str, u16, Kind)]) {
         let got: Vec<(String, String, u16, Kind)> =
-            listeners(v, "127.0.105.1".parse().unwrap(), serve_vips)
+            listeners(v, "127.0.108.101".parse().unwrap(), serve_vips)
                 .into_iter()
                 .map(|(a, r)| (a.to_string(), r.service, r.target_port, r.kind))
                 .collect();
@@ -188,7 +225,7 @@ mod tests {
                 vec![],
             ),
         ]);
-        check(&v, false, &[("127.0.105.1:8080", "db", 5432, Tcp)]);
+        check(&v, false, &[("127.0.108.101:8080", "db", 5432, Tcp)]);
         check(
             &v,
             true,
@@ -196,7 +233,7 @@ mod tests {
                 ("10.0.0.2:80", "web", 80, Http),
                 ("10.0.0.2:81", "web", 81, Tcp),
                 ("10.0.0.2:82", "web", 82, ProxyV2),
-                ("127.0.105.1:8080", "db", 5432, Tcp),
+                ("127.0.108.101:8080", "db", 5432, Tcp),
             ],
         );
         check(&EndpointView::default(), true, &[]);
@@ -226,19 +263,48 @@ mod tests {
             target_port: 80,
             kind: Kind::Tcp,
         };
+        let none = Shortcuts::new();
         let ports = |turn, max| -> Vec<u16> {
-            candidates(&v, &route, turn, max)
+            candidates(&v, &route, turn, max, &none)
                 .iter()
-                .map(|a| a.port())
+                .map(|d| d.addr.port())
                 .collect()
         };
         assert_eq!(ports(0, 5), vec![1001, 1004, 1006]);
         assert_eq!(ports(1, 5), vec![1004, 1006, 1001]);
         assert_eq!(ports(5, 2), vec![1006, 1001]);
+        // Shortcuts: d's matches its published address and goes first; f's is stale (the
+        // task is published elsewhere now) and is not used.
+        let cut = |task: &str, published: u16, direct: &str| {
+            (
+                (task.to_string(), 80),
+                Shortcut {
+                    published: SocketAddr::new("127.0.0.1".parse().unwrap(), published),
+                    direct: direct.parse().unwrap(),
+                },
+            )
+        };
+        let cuts: Shortcuts = [
+            cut("d", 1004, "10.201.0.4:80"),
+            cut("f", 999, "10.201.0.6:80"),
+        ]
+        .into_iter()
+        .collect();
+        let dials: Vec<(String, bool)> = candidates(&v, &route, 1, 5, &cuts)
+            .iter()
+            .map(|d| (d.addr.to_string(), d.direct))
+            .collect();
+        let want = [
+            ("10.201.0.4:80", true),
+            ("127.0.0.1:1004", false),
+            ("127.0.0.1:1006", false),
+            ("127.0.0.1:1001", false),
+        ];
+        assert_eq!(dials, want.map(|(a, d)| (a.to_string(), d)).to_vec());
         let other = Route {
             service: "nope".into(),
             ..route.clone()
         };
-        assert!(candidates(&v, &other, 0, 3).is_empty());
+        assert!(candidates(&v, &other, 0, 3, &none).is_empty());
     }
 }

@@ -676,10 +676,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         endpoints: endpoints.clone(),
         local_unhealthy,
     });
-    // The routing mesh: ingress ports and VIPs, forwarding by the endpoint view.
-    let mesh = crate::mesh::spawn(&cfg, endpoints.clone());
-
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The routing mesh: ingress ports and VIPs, forwarding by the endpoint view.
+    let mesh = crate::mesh::spawn(&cfg, endpoints.clone(), docker.clone(), stop_rx.clone());
     let dns = crate::discovery::spawn_dns(
         vec![std::net::SocketAddr::new(cfg.api_bind.ip(), cfg.dns_port)],
         cfg.advertise,

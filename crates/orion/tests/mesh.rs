@@ -4,8 +4,9 @@
 //! node; and rolling updates seen by a prober through the mesh: start-first with 1 and 3
 //! replicas drops nothing, stop-first's failures are reported.
 //!
-//! Loopback networks: 127.0.105.0/24 to 127.0.109.0/24 (the mesh's unit tests use 105 and 106
-//! without agents). Each cluster has its own `--vip-range`, since all agents share one kernel.
+//! Loopback networks: 127.0.107.0/24, 127.0.109.0/24 and 127.0.108.0-99 (the mesh's unit
+//! tests use 127.0.108.100-212 without agents). Each cluster has its own `--vip-range`, since
+//! all agents share one kernel.
 
 mod common;
 
@@ -113,6 +114,16 @@ async fn ingress_port_on_a_node_without_a_replica_is_served_with_the_client_addr
     assert!(
         page.contains("HTTP_X_FORWARDED_FOR=127.0.107.77"),
         "the client's address reaches the task: {page}"
+    );
+    // Node 1 holds the replica: its mesh dials the container's own address (a shortcut),
+    // and the client's address still arrives.
+    let page = wait_for(CONVERGE, "node 1's ingress port to serve", || {
+        curl("127.0.107.79", "http://127.0.107.1:18080/cgi-bin/echo")
+    })
+    .await;
+    assert!(
+        page.contains("HTTP_X_FORWARDED_FOR=127.0.107.79"),
+        "the client's address reaches the task through the shortcut: {page}"
     );
     // The task itself publishes a dynamic port, not the ingress one.
     let (_, tasks) = get(&a1.api, "/services/web/tasks").await.expect("tasks");
