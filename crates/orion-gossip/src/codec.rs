@@ -41,6 +41,32 @@ const META_REPLY_WANTED: u8 = 1;
 /// exchange). Added after the first release of the packet: older engines read only the bit
 /// above, so to them the request is a plain metadata packet and they answer with theirs.
 const META_MEMBERS_WANTED: u8 = 2;
+/// Magic of the member list, the answer to a pull: `ORL`, a count (u16) and that many members
+/// as SWIM encodes them in its own packets. Only an engine that pulled expects one (older
+/// engines never pull, and drop it as undecodable if one reaches them).
+pub(crate) const LIST_MAGIC: [u8; 3] = *b"ORL";
+
+/// Decode a member list (magic included).
+pub(crate) fn decode_list<M: DeserializeOwned>(
+    mut data: &[u8],
+) -> Result<Vec<Member<NodeIdentity<M>>>, CodecError> {
+    need(&data, LIST_MAGIC.len() + 2)?;
+    if data[..LIST_MAGIC.len()] != LIST_MAGIC {
+        return Err(CodecError::BadMagic);
+    }
+    data.advance(LIST_MAGIC.len());
+    let count = data.get_u16();
+    use foca::Codec as _;
+    let mut codec = WireCodec::<M>::new();
+    let mut out = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        out.push(codec.decode_member(&mut data)?);
+    }
+    if !data.is_empty() {
+        return Err(CodecError::Invalid("trailing bytes in member list"));
+    }
+    Ok(out)
+}
 /// Custom broadcast tag for "node left on purpose".
 const BROADCAST_LEAVE: u8 = 1;
 /// Custom broadcast tag for a node's note (opaque bytes it announces about itself).
@@ -597,6 +623,26 @@ mod tests {
         let mut long = data.clone();
         long.push(0);
         assert!(decode_meta::<String>(&long).is_err());
+    }
+
+    #[test]
+    fn list_roundtrip_and_every_truncation_is_an_error() {
+        use foca::Codec as _;
+        let mut codec = WireCodec::<String>::new();
+        let mut data = LIST_MAGIC.to_vec();
+        data.put_u16(2);
+        let members = [Member::alive(ident("a")), Member::alive(ident("b"))];
+        for m in &members {
+            codec.encode_member(m, &mut data).expect("room");
+        }
+        let back = decode_list::<String>(&data).expect("valid");
+        assert_eq!(back.as_slice(), members.as_slice());
+        for cut in 0..data.len() {
+            assert!(decode_list::<String>(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = data.clone();
+        long.push(0);
+        assert!(decode_list::<String>(&long).is_err());
     }
 
     #[test]

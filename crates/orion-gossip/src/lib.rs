@@ -54,10 +54,12 @@
 //! (a metadata packet with a second flag bit, `members wanted`; engines before
 //! this flag read only the first bit and answer with their metadata alone, so
 //! the wire stays compatible and no version changes). The answer is every
-//! active member, as standard foca `Gossip` packets (header and updates, as
-//! foca frames them, within `max_packet_bytes`), which our SWIM applies as any
-//! gossip; a member it teaches us gets our metadata request, which teaches it
-//! us. Another pull follows only if the count moved since (at most 3, all
+//! alive member in `ORL` packets (a count, then members as SWIM encodes them,
+//! within `max_packet_bytes`; accepted only from the member we pulled from),
+//! applied to our SWIM without broadcast: news to us, not to the cluster (as
+//! gossip, each learned member was queued for `max_transmissions` more sends,
+//! and at 1,000 members packets stayed full for seconds after convergence). A
+//! member it teaches us gets our metadata request, which teaches it us. Another pull follows only if the count moved since (at most 3, all
 //! within 12 s of the join), and an engine sends at most 8 lists a second.
 //! Cost: one list per join (~33 bytes a member, ~25 datagrams at 1,000),
 //! nothing in a steady cluster.

@@ -573,8 +573,8 @@ async fn rumours_that_die_out_are_healed_by_the_member_list_pull() {
     assert!(pulls >= u64::from(n - 1), "{pulls} pulls");
 }
 
-/// A member-list pull is answered with every active member we know, in standard SWIM
-/// `Gossip` packets within `max_packet_bytes`, and a plain metadata packet gets none.
+/// A member-list pull is answered with every alive member we know, in `ORL` packets within
+/// `max_packet_bytes`; a plain metadata packet gets none, and a list nobody asked for is dropped.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_member_list_pull_is_answered_with_every_member() {
     use crate::Transport;
@@ -631,12 +631,14 @@ async fn a_member_list_pull_is_answered_with_every_member() {
     )
     .expect("send");
     let mut listed = std::collections::BTreeSet::new();
+    let mut lists = Vec::new();
     for p in read_all(&raw).await {
         assert!(p.len() <= 1400);
-        if let Ok(packet) = crate::codec::parse_packet::<Meta>(&p) {
-            for u in &packet.updates {
+        if let Ok(members) = crate::codec::decode_list::<Meta>(&p) {
+            for u in &members {
                 listed.insert(u.id().node_id.to_string());
             }
+            lists.push(p);
         }
     }
     assert!(
@@ -644,4 +646,15 @@ async fn a_member_list_pull_is_answered_with_every_member() {
         "listed: {listed:?}"
     );
     assert_eq!(nodes[0].stats().member_lists_sent, 1);
+    // A list nobody asked for is dropped: m2 did not pull from x.
+    let before = nodes[1].stats().bad_packets_dropped;
+    raw.send_to(&lists[0], nodes[1].advertise_addr())
+        .expect("send");
+    assert!(
+        until(Duration::from_secs(1), || nodes[1]
+            .stats()
+            .bad_packets_dropped
+            > before)
+        .await
+    );
 }
