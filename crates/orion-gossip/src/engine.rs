@@ -832,8 +832,7 @@ where
     /// A member list, from the member we pulled from (from anyone else it is dropped). Its
     /// members are applied without broadcast: they are not news to the cluster (the sender
     /// knows them, and so does nearly everyone), only to us. Broadcasting them (as SWIM does
-    /// with gossip) queued each for `max_transmissions` sends at every puller: at 1,000
-    /// members, full packets for seconds after convergence, 14.6 KB/s per node.
+    /// with gossip) would queue each for `max_transmissions` sends at every puller.
     fn on_list(&mut self, data: &[u8], from: SocketAddr) {
         if self.pull_from != Some(from) {
             self.bad(from, "member list not asked for", &data.len());

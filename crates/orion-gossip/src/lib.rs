@@ -57,9 +57,9 @@
 //! alive member in `ORL` packets (a count, then members as SWIM encodes them,
 //! within `max_packet_bytes`; accepted only from the member we pulled from),
 //! applied to our SWIM without broadcast: news to us, not to the cluster (as
-//! gossip, each learned member was queued for `max_transmissions` more sends,
-//! and at 1,000 members packets stayed full for seconds after convergence). A
-//! member it teaches us gets our metadata request, which teaches it us. Another pull follows only if the count moved since (at most 3, all
+//! gossip, each learned member would be queued for `max_transmissions` more
+//! sends). A member it teaches us gets our metadata request, which teaches it
+//! us. Another pull follows only if the count moved since (at most 3, all
 //! within 12 s of the join), and an engine sends at most 8 lists a second.
 //! Cost: one list per join (~33 bytes a member, ~25 datagrams at 1,000),
 //! nothing in a steady cluster.
