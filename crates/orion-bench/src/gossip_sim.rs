@@ -102,6 +102,52 @@ pub struct SimArgs {
     max_transmissions: Option<u8>,
 }
 
+/// Where the missing (observer, member) pairs are, for `ORION_BENCH_TRACE`: members SWIM does
+/// not count as active at the observer, members SWIM knows whose metadata has not come, and
+/// members the view holds as down; then the members missed most, and how many observers
+/// miss them.
+fn trace_missing(nodes: &[Gossip<NodeMeta>], n: usize) {
+    let (mut missing, mut swim_unknown, mut no_meta, mut down) = (0, 0, 0, 0);
+    let mut missed: HashMap<String, usize> = HashMap::new();
+    let mut generations = 0;
+    for g in nodes {
+        let live = g.live_count();
+        if live >= n {
+            continue;
+        }
+        let s = g.stats();
+        missing += n - live;
+        swim_unknown += (n as u64 - 1).saturating_sub(s.swim_members);
+        no_meta += s.metas_missing;
+        let members = g.members();
+        down += members.iter().filter(|m| !m.status.is_live()).count();
+        generations += members.iter().filter(|m| m.generation > 1).count();
+        let seen: BTreeSet<&str> = members
+            .iter()
+            .filter(|m| m.status.is_live())
+            .map(|m| m.node_id.as_str())
+            .collect();
+        for i in 0..n {
+            let id = format!("bench-node-{i}");
+            if !seen.contains(id.as_str()) {
+                *missed.entry(id).or_default() += 1;
+            }
+        }
+    }
+    if missing == 0 {
+        return;
+    }
+    let mut top: Vec<(String, usize)> = missed.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let members_missed = top.len();
+    top.truncate(6);
+    eprintln!(
+        "  missing pairs {missing}: not active in SWIM {swim_unknown}, metadata not come {no_meta}, \
+         down in view {down}; rejoined generations seen {generations}; {members_missed} members missed, \
+         most: {top:?}"
+    );
+}
+
 pub fn run_sim(a: SimArgs) -> Result<(), BoxError> {
     for &n in &a.sizes {
         if !(2..=MEMBERS_MAX).contains(&n) {
@@ -158,6 +204,7 @@ async fn converge_once(n: usize, a: &SimArgs) -> Result<serde_json::Value, BoxEr
                 live[n / 2],
                 live[n - 1]
             );
+            trace_missing(&nodes, n);
         }
         if Instant::now() > deadline {
             break false;
@@ -209,6 +256,10 @@ async fn converge_once(n: usize, a: &SimArgs) -> Result<serde_json::Value, BoxEr
         "packets_per_s_per_node": packets as f64 / secs / n as f64,
         "largest_packet_bytes": largest,
         "datagrams_lost": dropped,
+        "member_pulls": after.iter().map(|s| s.member_pulls).sum::<u64>(),
+        "member_lists_sent": after.iter().map(|s| s.member_lists_sent).sum::<u64>(),
+        "member_lists_sent_in_window": after.iter().map(|s| s.member_lists_sent).sum::<u64>()
+            - before.iter().map(|s| s.member_lists_sent).sum::<u64>(),
     }))
 }
 
@@ -498,9 +549,17 @@ async fn lifeguard_once(
         // Observers: members alive at the end (not killed).
         for observer in (0..n).filter(|o| !killed_at.values().any(|(v, _)| v == o)) {
             match first_seen.get(&(node_id.clone(), observer)) {
-                Some(seen) => out
-                    .detection_ms
-                    .push(seen.duration_since(*at).as_secs_f64() * 1e3),
+                Some(seen) => {
+                    let ms = seen.duration_since(*at).as_secs_f64() * 1e3;
+                    if ms > 10_000.0 {
+                        eprintln!(
+                            "lifeguard seed {seed}: {node_id} detected by member {observer} \
+                             (starved: {}) only after {ms:.0} ms",
+                            starved.contains(&observer)
+                        );
+                    }
+                    out.detection_ms.push(ms);
+                }
                 None => out.undetected += 1,
             }
         }

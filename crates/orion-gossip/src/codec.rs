@@ -37,6 +37,36 @@ const VERSION: u8 = 2;
 pub(crate) const META_MAGIC: [u8; 3] = *b"ORM";
 /// Metadata packet flag: the receiver should answer with its own metadata.
 const META_REPLY_WANTED: u8 = 1;
+/// Flag of the metadata packet: "send me your member list" (the join's one-off state
+/// exchange). Added after the first release of the packet: older engines read only the bit
+/// above, so to them the request is a plain metadata packet and they answer with theirs.
+const META_MEMBERS_WANTED: u8 = 2;
+/// Magic of the member list, the answer to a pull: `ORL`, a count (u16) and that many members
+/// as SWIM encodes them in its own packets. Only an engine that pulled expects one (older
+/// engines never pull, and drop it as undecodable if one reaches them).
+pub(crate) const LIST_MAGIC: [u8; 3] = *b"ORL";
+
+/// Decode a member list (magic included).
+pub(crate) fn decode_list<M: DeserializeOwned>(
+    mut data: &[u8],
+) -> Result<Vec<Member<NodeIdentity<M>>>, CodecError> {
+    need(&data, LIST_MAGIC.len() + 2)?;
+    if data[..LIST_MAGIC.len()] != LIST_MAGIC {
+        return Err(CodecError::BadMagic);
+    }
+    data.advance(LIST_MAGIC.len());
+    let count = data.get_u16();
+    use foca::Codec as _;
+    let mut codec = WireCodec::<M>::new();
+    let mut out = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        out.push(codec.decode_member(&mut data)?);
+    }
+    if !data.is_empty() {
+        return Err(CodecError::Invalid("trailing bytes in member list"));
+    }
+    Ok(out)
+}
 /// Custom broadcast tag for "node left on purpose".
 const BROADCAST_LEAVE: u8 = 1;
 /// Custom broadcast tag for a node's note (opaque bytes it announces about itself).
@@ -210,9 +240,26 @@ pub(crate) fn encode_meta<M>(
     meta_json: &[u8],
     reply_wanted: bool,
 ) -> Vec<u8> {
+    encode_meta_flags(id, meta_json, reply_wanted, false)
+}
+
+/// [`encode_meta`], and whether we want the receiver's member list as well.
+pub(crate) fn encode_meta_flags<M>(
+    id: &NodeIdentity<M>,
+    meta_json: &[u8],
+    reply_wanted: bool,
+    members_wanted: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(meta_packet_len(id, meta_json));
     out.put_slice(&META_MAGIC);
-    out.put_u8(if reply_wanted { META_REPLY_WANTED } else { 0 });
+    let mut flags = 0;
+    if reply_wanted {
+        flags |= META_REPLY_WANTED;
+    }
+    if members_wanted {
+        flags |= META_MEMBERS_WANTED;
+    }
+    out.put_u8(flags);
     put_identity(id, &mut out);
     // Bounded by `spawn` (`GossipError::MetadataTooLarge`).
     out.put_u16(meta_json.len() as u16);
@@ -225,6 +272,7 @@ pub(crate) struct MetaPacket<M> {
     pub(crate) id: NodeIdentity<M>,
     pub(crate) meta: M,
     pub(crate) reply_wanted: bool,
+    pub(crate) members_wanted: bool,
 }
 
 /// Decode the metadata packet (magic included).
@@ -249,6 +297,7 @@ pub(crate) fn decode_meta<M: DeserializeOwned>(
         id,
         meta,
         reply_wanted: flags & META_REPLY_WANTED != 0,
+        members_wanted: flags & META_MEMBERS_WANTED != 0,
     })
 }
 
@@ -557,15 +606,43 @@ mod tests {
         assert_eq!(data.len(), meta_packet_len(&id, &json));
         let back = decode_meta::<String>(&data).expect("valid");
         assert_eq!(
-            (back.id, back.meta.as_str(), back.reply_wanted),
-            (id, "role-a", true)
+            (back.id.clone(), back.meta.as_str(), back.reply_wanted),
+            (id.clone(), "role-a", true)
         );
+        assert!(!back.members_wanted);
+        // The pull's flag rides in the same byte: an engine that reads only the first bit
+        // (`reply_wanted`) sees a plain metadata packet.
+        let pull = encode_meta_flags(&id, &json, false, true);
+        assert_eq!(pull.len(), data.len());
+        let back = decode_meta::<String>(&pull).expect("valid");
+        assert!(back.members_wanted && !back.reply_wanted);
+        assert_eq!(pull[META_MAGIC.len()] & META_REPLY_WANTED, 0);
         for cut in 0..data.len() {
             assert!(decode_meta::<String>(&data[..cut]).is_err(), "cut at {cut}");
         }
         let mut long = data.clone();
         long.push(0);
         assert!(decode_meta::<String>(&long).is_err());
+    }
+
+    #[test]
+    fn list_roundtrip_and_every_truncation_is_an_error() {
+        use foca::Codec as _;
+        let mut codec = WireCodec::<String>::new();
+        let mut data = LIST_MAGIC.to_vec();
+        data.put_u16(2);
+        let members = [Member::alive(ident("a")), Member::alive(ident("b"))];
+        for m in &members {
+            codec.encode_member(m, &mut data).expect("room");
+        }
+        let back = decode_list::<String>(&data).expect("valid");
+        assert_eq!(back.as_slice(), members.as_slice());
+        for cut in 0..data.len() {
+            assert!(decode_list::<String>(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = data.clone();
+        long.push(0);
+        assert!(decode_list::<String>(&long).is_err());
     }
 
     #[test]

@@ -75,6 +75,22 @@ const META_SWEEP: Duration = Duration::from_millis(250);
 /// a burst of news (a thousand members joining) costs one walk per 20 ms rather
 /// than one per packet. Small beside the ~1 s it takes to declare a member down.
 const VIEW_SYNC_DELAY: Duration = Duration::from_millis(20);
+/// The join's member-list pull (anti-entropy, once per join): a member asks one random member
+/// for its whole member list when its own count has not moved for this long, so the mass of a
+/// join's gossip has passed and what is still missing will not come by rumour soon.
+const PULL_QUIET: Duration = Duration::from_secs(1);
+/// Pulls per join. After the first, another only if the count moved since (the last pull, or
+/// gossip meanwhile, taught us something); a pull that taught nothing ends it.
+const PULLS_MAX: u32 = 3;
+/// The first pull happens at this check even if the count is still moving (a large cluster's
+/// join trickles on for seconds, and the pull is what ends the trickle).
+const PULL_FIRST_BY_CHECK: u32 = 4;
+/// Checks per join: every pull happens within this many [`PULL_QUIET`]s of the join, so its
+/// cost stays a join's cost, never a steady one.
+const PULL_CHECKS_MAX: u32 = 12;
+/// Member lists one engine sends per second, at most: a list is ~N/40 datagrams (about 25 at
+/// 1,000 members), so this bounds what a burst of requests can make us send.
+const MEMBER_LISTS_PER_S: u32 = 8;
 
 /// Everything the engine reacts to. Closed: the engine has no other input.
 pub(crate) enum GossipInput<M> {
@@ -118,6 +134,18 @@ pub(crate) enum LoopTimer<M> {
     MetaSweep,
     /// Bring the shared view up to date with foca's table.
     SyncView,
+    /// Time to look whether the member count is quiet, and pull a member list.
+    MembersPull,
+}
+
+/// Progress of the join's member-list pull.
+#[derive(Default)]
+struct PullState {
+    checks: u32,
+    pulls: u32,
+    last_count: usize,
+    /// The last check pulled; if the count has not moved by the next, we are done.
+    pulled_last: bool,
 }
 
 /// A suspicion is about one incarnation of one identity.
@@ -341,6 +369,11 @@ pub(crate) struct Engine<M, T> {
     sync_scheduled: bool,
     /// Live members whose metadata was missing at the last sync.
     metas_missing: usize,
+    pull: PullState,
+    /// The member we last pulled a member list from: lists are accepted from it alone.
+    pull_from: Option<SocketAddr>,
+    /// Member lists sent in the current one-second window, and when it started.
+    lists_sent: (Option<Instant>, u32),
 }
 
 impl<M, T> Engine<M, T>
@@ -403,6 +436,9 @@ where
             view_dirty: true,
             sync_scheduled: false,
             metas_missing: 0,
+            pull: PullState::default(),
+            pull_from: None,
+            lists_sent: (None, 0),
         };
         engine.sync_view();
         engine.schedule(META_SWEEP, LoopTimer::MetaSweep);
@@ -517,6 +553,10 @@ where
         }
         if data.starts_with(&codec::META_MAGIC) {
             self.on_meta(data, from);
+            return;
+        }
+        if data.starts_with(&codec::LIST_MAGIC) {
+            self.on_list(data, from);
             return;
         }
         let mut parsed = match codec::parse_packet::<M>(data) {
@@ -653,6 +693,9 @@ where
             let out = codec::encode_meta(&self.me, &self.my_meta_json, false);
             self.send_raw(&out, from);
         }
+        if packet.members_wanted {
+            self.send_member_list(&packet.id);
+        }
         if self.metas.contains_key(&packet.id) {
             return;
         }
@@ -691,6 +734,126 @@ where
             self.meta_asked.insert(id, now);
             asked += 1;
         }
+    }
+
+    /// The join's anti-entropy, once per join. SWIM spreads a joiner's news by rumour, each
+    /// member passing it on `max_transmissions` times; at 1,000 members a few (member, joiner)
+    /// pairs miss it, both ways at once (so the metadata request cannot teach either), and
+    /// each such pair waited for a round-robin probe, up to N probe periods. Once our member
+    /// count has been quiet for [`PULL_QUIET`] (or at the [`PULL_FIRST_BY_CHECK`]th check
+    /// anyway), ask one random member for its whole list; a
+    /// member it teaches us is asked for its metadata, which teaches it us in turn. The cost
+    /// is one list (~33 bytes a member) per join, nothing in a steady cluster.
+    fn members_pull_check(&mut self) {
+        let n = self.foca.num_members();
+        let p = &mut self.pull;
+        p.checks += 1;
+        if p.checks > PULL_CHECKS_MAX || p.pulls >= PULLS_MAX {
+            return;
+        }
+        let moved = n != p.last_count;
+        p.last_count = n;
+        let overdue = p.pulls == 0 && p.checks >= PULL_FIRST_BY_CHECK;
+        if n == 0 || (moved && !overdue) {
+            p.pulled_last = false;
+            self.schedule(PULL_QUIET, LoopTimer::MembersPull);
+            return;
+        }
+        if p.pulled_last {
+            return;
+        }
+        p.pulls += 1;
+        p.pulled_last = true;
+        // Our own seeded choice (not foca's RNG, whose draws the probe order depends on).
+        let mut z = self.cfg.seed ^ u64::from(p.pulls).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let pick = (z ^ (z >> 31)) as usize % n;
+        if let Some(target) = self.foca.iter_members().nth(pick).map(|m| m.id().clone()) {
+            self.shared.stats.member_pulls.fetch_add(1, Relaxed);
+            let reply_wanted = !self.metas.contains_key(&target);
+            let out = codec::encode_meta_flags(&self.me, &self.my_meta_json, reply_wanted, true);
+            self.send_raw(&out, target.addr);
+            self.pull_from = Some(target.addr);
+        }
+        self.schedule(PULL_QUIET, LoopTimer::MembersPull);
+    }
+
+    /// Answer a member-list pull: every alive member we know, in `ORL` packets (members as
+    /// SWIM encodes them) to the asker. At most [`MEMBER_LISTS_PER_S`] lists a second.
+    fn send_member_list(&mut self, to: &NodeIdentity<M>) {
+        let now = Instant::now();
+        match self.lists_sent {
+            (Some(start), sent) if now.duration_since(start) < Duration::from_secs(1) => {
+                if sent >= MEMBER_LISTS_PER_S {
+                    tracing::debug!(%to.addr, "member list not sent: over the per-second bound");
+                    return;
+                }
+                self.lists_sent.1 = sent + 1;
+            }
+            _ => self.lists_sent = (Some(now), 1),
+        }
+        let mut codec = WireCodec::<M>::new();
+        let head = codec::LIST_MAGIC.to_vec();
+        let max = self.cfg.max_packet_bytes;
+        let flush = |out: &mut Vec<u8>, count: &mut u16| {
+            if *count > 0 {
+                out[head.len()..head.len() + 2].copy_from_slice(&count.to_be_bytes());
+                self.send_raw(out, to.addr);
+            }
+            out.truncate(head.len());
+            out.put_u16(0);
+            *count = 0;
+        };
+        let mut out = head.clone();
+        out.put_u16(0);
+        let mut count = 0u16;
+        let mut one = Vec::new();
+        for m in self.foca.iter_membership_state() {
+            // Alive members only: the list is for learning members; a suspicion is the
+            // prober's own judgement and spreads by gossip.
+            if m.state() != State::Alive || m.id() == to {
+                continue;
+            }
+            one.clear();
+            if codec.encode_member(m, &mut one).is_err() || head.len() + 2 + one.len() > max {
+                continue;
+            }
+            if out.len() + one.len() > max {
+                flush(&mut out, &mut count);
+            }
+            out.extend_from_slice(&one);
+            count += 1;
+        }
+        flush(&mut out, &mut count);
+        self.shared.stats.member_lists_sent.fetch_add(1, Relaxed);
+    }
+
+    /// A member list, from the member we pulled from (from anyone else it is dropped). Its
+    /// members are applied without broadcast: they are not news to the cluster (the sender
+    /// knows them, and so does nearly everyone), only to us. Broadcasting them (as SWIM does
+    /// with gossip) would queue each for `max_transmissions` sends at every puller.
+    fn on_list(&mut self, data: &[u8], from: SocketAddr) {
+        if self.pull_from != Some(from) {
+            self.bad(from, "member list not asked for", &data.len());
+            return;
+        }
+        let members = match codec::decode_list::<M>(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.bad(from, "undecodable member list", &e);
+                return;
+            }
+        };
+        let alive = members.into_iter().filter(|m| {
+            m.state() == State::Alive
+                && *m.id() != self.me
+                && !self_is_impostor(&self.me, &self.shared.view, m.id())
+        });
+        if let Err(e) = self.foca.apply_many(alive, false, &mut self.rt) {
+            self.bad(from, "member list rejected by SWIM", &e);
+        }
+        self.view_dirty = true;
     }
 
     fn on_receipt(&mut self, data: &[u8], from: SocketAddr) {
@@ -737,6 +900,7 @@ where
             }
             // Handled in `turn`.
             LoopTimer::MetaSweep | LoopTimer::SyncView => {}
+            LoopTimer::MembersPull => self.members_pull_check(),
             LoopTimer::JoinRetry(round) => {
                 if self.foca.num_members() == 0 && round < JOIN_ROUNDS_MAX {
                     self.announce_to_seeds();
@@ -768,6 +932,8 @@ where
                 self.seeds = seeds.into_iter().take(SEEDS_MAX).collect();
                 self.announce_to_seeds();
                 self.schedule(JOIN_BACKOFF_FIRST, LoopTimer::JoinRetry(1));
+                self.pull = PullState::default();
+                self.schedule(PULL_QUIET, LoopTimer::MembersPull);
             }
             Command::Leave(reply) => {
                 let note = codec::encode_leave(&self.me.node_id, self.me.generation);
@@ -1131,6 +1297,11 @@ where
             let _ = self.events.send(e);
         }
         self.metas_missing = missing.len();
+        let stats = &self.shared.stats;
+        stats.metas_missing.store(missing.len() as u64, Relaxed);
+        stats
+            .swim_members
+            .store(self.foca.num_members() as u64, Relaxed);
         if !missing.is_empty() {
             self.ask_metas(missing);
         }

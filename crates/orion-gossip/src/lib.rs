@@ -40,6 +40,30 @@
 //! `max_packet_bytes` ([`GossipError::MetadataTooLarge`]). Metadata cannot
 //! change within a generation.
 //!
+//! # The join's member-list pull (anti-entropy, once per join)
+//! SWIM spreads a joiner's news by rumour: each member that learns it passes
+//! it on `max_transmissions` times. A few (member, joiner) pairs miss it; such
+//! a pair then waited for a round-robin probe (up to N probe periods) or foca's
+//! periodic announce. Measured (`orion-bench gossip-sim`, `ORION_BENCH_TRACE`
+//! prints where the missing pairs are): at 1,000 members every pair missing
+//! after the first seconds was unknown to SWIM at the observer (metadata and
+//! false suspicions played no part), a few dozen pairs at 5 s, and these made
+//! the whole tail. So, once per [`Gossip::join`], when our member count has
+//! not moved for 1 s (or 4 s after the join in any case), the engine asks one
+//! random member for its member list
+//! (a metadata packet with a second flag bit, `members wanted`; engines before
+//! this flag read only the first bit and answer with their metadata alone, so
+//! the wire stays compatible and no version changes). The answer is every
+//! alive member in `ORL` packets (a count, then members as SWIM encodes them,
+//! within `max_packet_bytes`; accepted only from the member we pulled from),
+//! applied to our SWIM without broadcast: news to us, not to the cluster (as
+//! gossip, each learned member would be queued for `max_transmissions` more
+//! sends). A member it teaches us gets our metadata request, which teaches it
+//! us. Another pull follows only if the count moved since (at most 3, all
+//! within 12 s of the join), and an engine sends at most 8 lists a second.
+//! Cost: one list per join (~33 bytes a member, ~25 datagrams at 1,000),
+//! nothing in a steady cluster.
+//!
 //! # Identity rules
 //! foca keys members on the gossip address. A process restarting on the same
 //! address with a higher generation replaces its old self (foca's conflict
@@ -223,9 +247,10 @@ impl GossipConfig {
             // foca's formula 4*log10(n+1) gives 6 for n = 32 and 12 for n = 1000. With 9,
             // 128 members took 20 s to converge in the simulated benchmark: the news of a few
             // joiners died out before reaching everyone, and waited for a probe or the
-            // periodic announce. With 15 they converge in 1.5 s. An update is ~33 bytes (the
-            // metadata is not in it), so the extra sends cost little and only while news is
-            // fresh (BENCHMARKS.md, "Gossip in simulated time").
+            // periodic announce (the join's member-list pull now heals that in ~3 s, crate
+            // doc). With 15 they converge in 1.45 s, before any pull. An update is ~33 bytes
+            // (the metadata is not in it), so the extra sends cost little and only while news
+            // is fresh (BENCHMARKS.md, "Gossip in simulated time").
             max_transmissions: 15,
             // foca `new_lan`'s value.
             periodic_gossip_ms: 200,
@@ -379,6 +404,14 @@ pub struct GossipStats {
     pub largest_packet_sent: u64,
     /// The seed of foca's RNG (`GossipConfig::seed`), so a run can be told apart and replayed.
     pub seed: u64,
+    /// Members SWIM counts as active (ourselves not included), as of the last view sync.
+    pub swim_members: u64,
+    /// Of those, members not in the view yet because their metadata has not come.
+    pub metas_missing: u64,
+    /// Member lists we asked for (the join's anti-entropy pull).
+    pub member_pulls: u64,
+    /// Member lists we sent in answer to such a pull.
+    pub member_lists_sent: u64,
 }
 
 #[derive(Default)]
@@ -394,6 +427,10 @@ pub(crate) struct StatsCounters {
     pub(crate) send_errors: AtomicU64,
     pub(crate) buddy_notices: AtomicU64,
     pub(crate) largest_packet_sent: AtomicU64,
+    pub(crate) swim_members: AtomicU64,
+    pub(crate) metas_missing: AtomicU64,
+    pub(crate) member_pulls: AtomicU64,
+    pub(crate) member_lists_sent: AtomicU64,
 }
 
 /// Largest note a node may announce about itself ([`Gossip::set_note`]): it rides in a gossip
@@ -670,6 +707,10 @@ where
             buddy_notices: s.buddy_notices.load(Relaxed),
             largest_packet_sent: s.largest_packet_sent.load(Relaxed),
             seed: self.inner.seed,
+            swim_members: s.swim_members.load(Relaxed),
+            metas_missing: s.metas_missing.load(Relaxed),
+            member_pulls: s.member_pulls.load(Relaxed),
+            member_lists_sent: s.member_lists_sent.load(Relaxed),
         }
     }
 
