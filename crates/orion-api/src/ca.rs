@@ -145,14 +145,21 @@ pub struct RemovedNode {
     params(("id" = String, Path, description = "Node id"), RemoveQuery),
     responses(
         (status = 200, description = "The node is removed and its certificate revoked", body = RemovedNode),
+        (status = 400, description = "A bad query string", body = ErrorBody),
         (status = 404, description = "No such node", body = ErrorBody),
-        (status = 409, description = "The node is alive (pass ?force=true)", body = ErrorBody),
+        (status = 409, description = "The node is alive (pass ?force=true), or it is the node answering", body = ErrorBody),
         crate::openapi::WriteErrors))]
 pub(crate) async fn remove_node<B: Backend>(
     State(b): State<Arc<B>>,
     Path(id): Path<String>,
-    Query(q): Query<RemoveQuery>,
+    query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    if b.status().id == id {
+        return Err(ApiError::conflict(format!(
+            "node {id} is the node answering this request: remove it through another node"
+        )));
+    }
     let listed = b.nodes().into_iter().find(|n| n.id == id);
     let known = listed.is_some() || b.read(|s| s.nodes.contains_key(&id));
     if !known {
