@@ -486,7 +486,7 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
             let api = Api::new(&c)?;
             print_json(&api.get(&format!("/tasks/{id}")).await?)
         }
-        ClientCmd::Rm { c, ids } => delete_each(&Api::new(&c)?, "tasks", "task", ids).await,
+        ClientCmd::Rm { c, ids } => delete_each(&Api::new(&c)?, "tasks", "task", "", ids).await,
         ClientCmd::Nodes { c } => {
             let api = Api::new(&c)?;
             let nodes = api.get("/nodes").await?;
@@ -573,17 +573,8 @@ pub async fn run(cmd: ClientCmd) -> Result<()> {
         }
         ClientCmd::Node(NodeCmd::Ls { c }) => Box::pin(run(ClientCmd::Nodes { c })).await,
         ClientCmd::Node(NodeCmd::Rm { c, force, ids }) => {
-            let api = Api::new(&c)?;
-            for id in ids {
-                api.call(
-                    reqwest::Method::DELETE,
-                    &format!("/nodes/{id}?force={force}"),
-                    None,
-                )
-                .await?;
-                println!("{id}");
-            }
-            Ok(())
+            let query = format!("?force={force}");
+            delete_each(&Api::new(&c)?, "nodes", "node", &query, ids).await
         }
         ClientCmd::Drain { c, node } => set_drain(c, node, "drain").await,
         ClientCmd::Undrain { c, node } => set_drain(c, node, "undrain").await,
@@ -725,13 +716,21 @@ async fn cluster_config(a: ConfigArgs) -> Result<()> {
 
 /// `DELETE /{collection}/{id}` for each id, printing each id removed; one line on stderr for
 /// each that could not be, and an error if any could not.
-async fn delete_each(api: &Api, collection: &str, noun: &str, ids: Vec<String>) -> Result<()> {
+/// DELETEs `/{collection}/{id}{query}` for each id, printing the ids removed and going on past
+/// a failure; fails at the end if any did.
+async fn delete_each(
+    api: &Api,
+    collection: &str,
+    noun: &str,
+    query: &str,
+    ids: Vec<String>,
+) -> Result<()> {
     let mut failed = 0;
     for id in ids {
         match api
             .call(
                 reqwest::Method::DELETE,
-                &format!("/{collection}/{id}"),
+                &format!("/{collection}/{id}{query}"),
                 None,
             )
             .await
@@ -999,15 +998,7 @@ async fn token_cmd(cmd: TokenCmd) -> Result<()> {
             print_table(&["ID", "NAME", "ROLE", "CREATED"], rows);
             Ok(())
         }
-        TokenCmd::Rm { c, ids } => {
-            let api = Api::new(&c)?;
-            for id in ids {
-                api.call(reqwest::Method::DELETE, &format!("/tokens/{id}"), None)
-                    .await?;
-                println!("{id}");
-            }
-            Ok(())
-        }
+        TokenCmd::Rm { c, ids } => delete_each(&Api::new(&c)?, "tokens", "token", "", ids).await,
     }
 }
 

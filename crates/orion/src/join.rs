@@ -237,8 +237,13 @@ pub async fn request(
         Err(_) => return Err(unreachable("the TLS handshake timed out".into())),
         Ok(Err(e)) => {
             let msg = e.to_string();
-            // Our verifier's refusal: the member's CA is not the one the token pins.
-            return Err(if msg.contains("CA is") {
+            // Our verifier's refusal (the only source of `General` in this configuration):
+            // the member's CA is not the one the token pins.
+            let refused_by_verifier = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::General(_)));
+            return Err(if refused_by_verifier {
                 JoinFailure::WrongToken(format!(
                     "{addr} is not a member of the join token's cluster: {msg}"
                 ))

@@ -58,6 +58,15 @@ fn node_token_hash(s: &NodeSecrets) -> String {
     orion_security::tokens::hash(&orion_security::keys::node_api_token(&s.secret_bytes()))
 }
 
+/// The `--join` addresses, for messages.
+fn join_addrs(cfg: &AgentConfig) -> String {
+    cfg.join
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The join token the credentials file holds for any of the `--join` addresses.
 pub fn token_from_file(cfg: &AgentConfig) -> Option<(String, String)> {
     let path = credentials::default_path()?;
@@ -214,11 +223,7 @@ pub async fn prepare(cfg: &AgentConfig) -> Result<Option<Prepared>> {
                 if tokio::time::Instant::now() >= deadline {
                     bail!(
                         "cannot join: no join token. Pass --token (printed at bootstrap; `orion join-token` on a member prints it) or set ORION_TOKEN; on the host that bootstrapped the cluster it is read from the credentials file, which has no entry for {}. For a trial without security, start every node with --insecure",
-                        cfg.join
-                            .iter()
-                            .map(|a| a.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        join_addrs(cfg)
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -379,11 +384,7 @@ pub async fn obtain_certificate(
         if tokio::time::Instant::now() >= deadline {
             bail!(
                 "cannot join: no seed answered at {} within {} s ({last}). Either no node runs there, or the join token is not that cluster's",
-                cfg.join
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                join_addrs(cfg),
                 FIRST_JOIN_WAIT.as_secs()
             );
         }

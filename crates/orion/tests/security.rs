@@ -312,14 +312,16 @@ fn udp_payloads(pcap: &[u8]) -> Vec<(std::net::SocketAddrV4, Vec<u8>)> {
     out
 }
 
-async fn replayed_drops(api: &str) -> u64 {
+/// Sealed gossip datagrams a node dropped for `reason` (its `/metrics`).
+async fn gossip_drops(api: &str, reason: &str) -> u64 {
     let r = authed(client().get(format!("{api}/metrics")), api)
         .send()
         .await
         .expect("metrics");
     let text = r.text().await.expect("text");
+    let series = format!("orion_gossip_packets_dropped_total{{reason=\"{reason}\"}}");
     text.lines()
-        .find(|l| l.starts_with("orion_gossip_packets_dropped_total{reason=\"replayed\"}"))
+        .find(|l| l.starts_with(&series))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
@@ -378,7 +380,7 @@ async fn gossip_on_the_wire_names_no_node_and_a_replay_changes_nothing() {
     }
 
     // Replayed from elsewhere: each is dropped as a replay, and membership is unchanged.
-    let before = replayed_drops(&api).await;
+    let before = gossip_drops(&api, "replayed").await;
     let (ids_before, raft_before) = known_ids(&api).await;
     let sock = std::net::UdpSocket::bind("127.0.122.9:0").expect("udp");
     let to_n1: Vec<&Vec<u8>> = packets
@@ -394,7 +396,7 @@ async fn gossip_on_the_wire_names_no_node_and_a_replay_changes_nothing() {
     let want = before + to_n1.len() as u64;
     wait_for(Duration::from_secs(5), "the replays counted", || {
         let a = a.clone();
-        async move { (replayed_drops(&a).await >= want).then_some(()) }
+        async move { (gossip_drops(&a, "replayed").await >= want).then_some(()) }
     })
     .await;
     let (ids_after, raft_after) = known_ids(&api).await;
@@ -675,19 +677,6 @@ async fn a_removed_node_is_refused_everywhere_and_gives_up_its_seat() {
     .await;
 }
 
-/// The count of a metric's samples whose line contains `needle`, summed.
-async fn metric_sum(api: &str, name: &str, needle: &str) -> f64 {
-    let resp = authed(client().get(format!("{api}/metrics")), api)
-        .send()
-        .await
-        .expect("metrics");
-    let text = resp.text().await.expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_the_ca_and_the_gossip_key_rotate_while_clients_write() {
     let Some(_docker) = docker_or_skip().await else {
@@ -713,7 +702,7 @@ async fn certificates_the_ca_and_the_gossip_key_rotate_while_clients_write() {
     let forged_before = {
         let mut v = Vec::new();
         for a in &apis {
-            v.push(metric_sum(a, "orion_gossip_packets_dropped_total", "forged").await);
+            v.push(gossip_drops(a, "forged").await);
         }
         v
     };
@@ -801,7 +790,7 @@ async fn certificates_the_ca_and_the_gossip_key_rotate_while_clients_write() {
         "a node was declared dead:\n{events}"
     );
     for (a, b) in apis.iter().zip(&forged_before) {
-        let forged = metric_sum(a, "orion_gossip_packets_dropped_total", "forged").await;
+        let forged = gossip_drops(a, "forged").await;
         assert_eq!(
             forged, *b,
             "{a} refused gossip packets during the key rotation"

@@ -331,7 +331,7 @@ pub async fn run(cmd: ServiceCmd) -> Result<()> {
             follow(&api, &service, &s, true).await
         }
         ServiceCmd::Rm { c, services } => {
-            super::delete_each(&Api::new(&c)?, "services", "service", services).await
+            super::delete_each(&Api::new(&c)?, "services", "service", "", services).await
         }
     }
 }
