@@ -76,6 +76,23 @@ def machine():
     }
 
 
+
+def _iptables_host(op, ip):
+    for chain, flag in (("INPUT", "-d"), ("OUTPUT", "-s")):
+        subprocess.run(["iptables", op, chain, flag, ip, "-j", "DROP"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=(op == "-I"))
+
+
+def cut_host(ip):
+    """Drops every packet to and from `ip` (a loopback address of the bench's own)."""
+    _iptables_host("-I", ip)
+
+
+def heal_host(ip):
+    while subprocess.run(["iptables", "-C", "INPUT", "-d", ip, "-j", "DROP"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+        _iptables_host("-D", ip)
+
 class Bench:
     def __init__(self, args):
         self.a = args
@@ -425,7 +442,7 @@ class Bench:
         lid = c.wait_formed(30)
         leader = c.by_id(lid)
         workers = sorted((a for a in c.agents if a.id != lid), key=lambda a: a.id)
-        if case == "worker":
+        if case in ("worker", "host"):
             victim, fallback, excluded = workers[0], workers[1], leader
         else:
             victim, fallback, excluded = leader, workers[0], workers[1]
@@ -464,7 +481,12 @@ class Bench:
             if t["node"] != victim.id:
                 return {"skipped": f"task landed on {t['node']}, not on the intended victim {victim.id}"}
             survivors = [a for a in c.agents if a is not victim]
-            watch = [leader] if case == "worker" else survivors
+            watch = survivors if case == "leader" else [leader]
+            if case == "host":
+                # The whole host is lost, not just the process: nothing reaches its address
+                # any more, so it cannot refuse gossip (no ICMP port unreachable) and the
+                # survivors must wait out the suspicion timeout.
+                cut_host(victim.ip)
             # The machine dies: the process and its containers.
             t0 = now()
             victim.kill()
@@ -502,6 +524,8 @@ class Bench:
                                  f"reason={last and last.get('reason')}")
             return out
         finally:
+            if case == "host":
+                heal_host(victim.ip)
             for a in c.live():
                 st, _ = http_json("GET", a.url + "/health", timeout=1)
                 if st == 200:
@@ -514,13 +538,15 @@ class Bench:
                     a.wait_health()
 
     def fig_failover(self):
-        res = {"worker": [], "leader": [], "skipped": [], "rebuilt": 0, "failures": []}
+        """Kills of a worker's process, of the leader's process, and of a worker's whole host
+        (its address cut off first, so its host refuses nothing), in turn."""
+        res = {"worker": [], "leader": [], "host": [], "skipped": [], "rebuilt": 0, "failures": []}
         gen = 0
         c = self.cluster(f"failover{gen}")
         try:
             c.start()
             for i in range(self.n["kills"]):
-                for case in ("worker", "leader"):
+                for case in ("worker", "leader", "host"):
                     for attempt in range(3):
                         log(f"failover: {case} kill {i + 1}/{self.n['kills']}")
                         try:

@@ -100,6 +100,8 @@ pub(crate) enum GossipInput<M> {
     Timer(LoopTimer<M>),
     /// A request from a [`crate::Gossip`] handle.
     Command(Command),
+    /// The host at this address refused a datagram of ours: nothing listens there any more.
+    Refused(SocketAddr),
 }
 
 pub(crate) enum Command {
@@ -485,6 +487,11 @@ where
         let mut sync_now = false;
         match input {
             GossipInput::Data(data, from) => self.on_data(&data, from),
+            GossipInput::Refused(addr) => {
+                self.on_refused(addr);
+                // A member declared down shows at once: it is why refusals are read.
+                sync_now = true;
+            }
             GossipInput::Timer(LoopTimer::SyncView) => {
                 self.sync_scheduled = false;
                 sync_now = self.view_dirty;
@@ -629,6 +636,40 @@ where
         if let Err(e) = result {
             self.bad(from, "packet rejected by SWIM", &e);
         }
+    }
+
+    /// The host at `addr` answered a datagram of ours with "port unreachable" (quoting it, so
+    /// it is not forged by someone off the path): the member there has no process any more.
+    /// A stalled process keeps its socket and never causes this, so the member is declared
+    /// down now rather than after the suspicion timeout, and the news spreads as any `Down`.
+    /// If the process comes back, it rejoins under a new generation as after any death.
+    fn on_refused(&mut self, addr: SocketAddr) {
+        let stats = &self.shared.stats;
+        stats.refusals.fetch_add(1, Relaxed);
+        if !self.cfg.down_on_refusal || addr == self.me.addr {
+            return;
+        }
+        let Some(id) = self
+            .foca
+            .iter_members()
+            .find(|m| m.id().addr == addr)
+            .map(|m| m.id().clone())
+        else {
+            return;
+        };
+        tracing::info!(
+            node = %id.node_id,
+            %addr,
+            "declared down: its host refused our gossip (port unreachable: the process is gone)"
+        );
+        stats.refused_down.fetch_add(1, Relaxed);
+        if let Err(e) =
+            self.foca
+                .apply_many(std::iter::once(foca::Member::down(id)), true, &mut self.rt)
+        {
+            tracing::debug!(error = %e, "foca refused the down update");
+        }
+        self.view_dirty = true;
     }
 
     fn bad(&mut self, from: SocketAddr, what: &str, detail: &dyn std::fmt::Display) {

@@ -149,6 +149,7 @@ pub mod memnet;
 #[cfg(test)]
 mod tests;
 mod transport;
+mod udp;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -159,7 +160,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -167,6 +167,7 @@ use tokio::time::Instant;
 pub use codec::CodecError;
 pub use lifeguard::LifeguardConfig;
 pub use transport::Transport;
+pub use udp::UdpTransport;
 
 #[cfg(any(test, feature = "sim"))]
 pub use engine::StallKind;
@@ -214,6 +215,9 @@ pub struct GossipConfig {
     /// Periodic gossip of pending updates to 3 members (0 disables).
     pub periodic_gossip_ms: u64,
     pub lifeguard: LifeguardConfig,
+    /// Declare a member down at once when its host refuses our datagram (ICMP port
+    /// unreachable: its process is gone, not stalled; `udp.rs`). Off: timing alone decides.
+    pub down_on_refusal: bool,
     /// Seeds foca's RNG (probe order, gossip targets, indirect helpers): the same seed, inputs
     /// and timing replay the same decisions. `lan_fast` draws one from the OS; an agent
     /// records it (`GossipStats::seed`) and a simulator sets its own.
@@ -255,6 +259,7 @@ impl GossipConfig {
             // foca `new_lan`'s value.
             periodic_gossip_ms: 200,
             lifeguard: LifeguardConfig::default(),
+            down_on_refusal: true,
             seed: rand::random(),
         }
     }
@@ -412,6 +417,11 @@ pub struct GossipStats {
     pub member_pulls: u64,
     /// Member lists we sent in answer to such a pull.
     pub member_lists_sent: u64,
+    /// Refusals heard: a datagram of ours that the host at its address refused (port
+    /// unreachable) while quoting it back.
+    pub refusals: u64,
+    /// Members declared down on a refusal, without waiting for the suspicion timeout.
+    pub refused_down: u64,
 }
 
 #[derive(Default)]
@@ -431,6 +441,8 @@ pub(crate) struct StatsCounters {
     pub(crate) metas_missing: AtomicU64,
     pub(crate) member_pulls: AtomicU64,
     pub(crate) member_lists_sent: AtomicU64,
+    pub(crate) refusals: AtomicU64,
+    pub(crate) refused_down: AtomicU64,
 }
 
 /// Largest note a node may announce about itself ([`Gossip::set_note`]): it rides in a gossip
@@ -485,7 +497,7 @@ where
     M: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + PartialEq + 'static,
 {
     config.validate()?;
-    let socket = UdpSocket::bind(config.bind)
+    let socket = UdpTransport::bind(config.bind)
         .await
         .map_err(|source| GossipError::Bind {
             addr: config.bind,
@@ -556,6 +568,7 @@ where
         Arc::clone(&notes),
     );
     let engine_task = tokio::spawn(engine.run(rx));
+    let refusal_task = tokio::spawn(refusal_loop(Arc::clone(&transport), tx.clone()));
     let recv_task = tokio::spawn(receive_loop(
         transport,
         tx.clone(),
@@ -570,7 +583,7 @@ where
             input: tx,
             shared,
             events,
-            tasks: Mutex::new(vec![engine_task, recv_task]),
+            tasks: Mutex::new(vec![engine_task, recv_task, refusal_task]),
         }),
     })
 }
@@ -600,6 +613,25 @@ async fn receive_loop<M, T: Transport>(
                 shared.stats.inbound_dropped.fetch_add(1, Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Passes refusals (an address whose host said nothing listens there) to the engine.
+async fn refusal_loop<M, T: Transport>(transport: Arc<T>, tx: mpsc::Sender<GossipInput<M>>) {
+    loop {
+        match transport.next_refusal().await {
+            Ok(addr) => {
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    tx.try_send(GossipInput::Refused(addr))
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the gossip socket's error queue");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -711,6 +743,8 @@ where
             metas_missing: s.metas_missing.load(Relaxed),
             member_pulls: s.member_pulls.load(Relaxed),
             member_lists_sent: s.member_lists_sent.load(Relaxed),
+            refusals: s.refusals.load(Relaxed),
+            refused_down: s.refused_down.load(Relaxed),
         }
     }
 

@@ -658,3 +658,89 @@ async fn a_member_list_pull_is_answered_with_every_member() {
         .await
     );
 }
+
+/// A killed process leaves its host refusing our datagrams (ICMP port unreachable): the
+/// member is declared down on that refusal, without the suspicion timeout.
+#[tokio::test]
+async fn a_killed_member_is_declared_down_on_its_hosts_refusal() {
+    let nodes = cluster([127, 0, 230], true).await;
+    let killed = Instant::now();
+    nodes[2].kill();
+    let refs = [&nodes[0], &nodes[1]];
+    assert!(
+        until(Duration::from_secs(5), || refs.iter().all(|n| status_of(
+            n, "c"
+        ) == Some(
+            MemberStatus::Down
+        )))
+        .await,
+        "the killed member was not declared down within 5 s"
+    );
+    println!("killed member down on both after {:?}", killed.elapsed());
+    let refused: u64 = refs.iter().map(|n| n.stats().refused_down).sum();
+    assert!(
+        refused >= 1,
+        "declared down by timing, not by a refusal: {:?}",
+        refs.map(|n| n.stats())
+    );
+}
+
+/// A stalled process keeps its socket: its host refuses nothing, so a stall never looks like
+/// a death to the refusal path (the stall test of the agent relies on that).
+#[tokio::test]
+async fn a_stalled_member_is_never_refused() {
+    let nodes = cluster([127, 0, 231], true).await;
+    nodes[2].stall(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for n in &nodes[..2] {
+        assert_eq!(n.stats().refusals, 0, "a stall was refused");
+    }
+    assert!(
+        until(Duration::from_secs(2), || all_alive(
+            &[&nodes[0], &nodes[1]],
+            &["a", "b", "c"]
+        ))
+        .await
+    );
+}
+
+/// With refusal detection off, refusals are still counted but the member waits out the
+/// suspicion timeout, as after the loss of a whole host.
+#[tokio::test]
+async fn without_refusal_detection_a_killed_member_waits_for_the_timeout() {
+    let ids = ["a", "b", "c"];
+    let mut nodes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut c = config(id, [127, 0, 232, i as u8 + 1], 0, 1, true);
+        c.down_on_refusal = false;
+        nodes.push(spawn(c, meta(id)).await.expect("spawn"));
+    }
+    let seed = nodes[0].advertise_addr();
+    for n in &nodes[1..] {
+        n.join(&[seed]).await.expect("join");
+    }
+    let refs = [&nodes[0], &nodes[1]];
+    assert!(
+        until(Duration::from_secs(2), || all_alive(
+            &[&nodes[0], &nodes[1], &nodes[2]],
+            &ids
+        ))
+        .await
+    );
+    nodes[2].kill();
+    assert!(
+        until(Duration::from_secs(5), || refs.iter().all(|n| status_of(
+            n, "c"
+        ) == Some(
+            MemberStatus::Down
+        )))
+        .await,
+        "the killed member was not declared down within 5 s"
+    );
+    let stats = refs.map(|n| n.stats());
+    assert!(stats.iter().all(|s| s.refused_down == 0), "{stats:?}");
+    assert!(
+        stats.iter().any(|s| s.refusals > 0),
+        "no refusal was heard: {stats:?}"
+    );
+}

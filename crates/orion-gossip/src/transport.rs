@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::UdpSocket;
+use crate::udp::UdpTransport;
 
 /// What the gossip engine needs from a network: send a datagram to an address, receive the
 /// next datagram and its sender, and know its own address.
@@ -32,22 +32,34 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         buf: &mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send;
+
+    /// Waits for the next *refusal*: the host at an address we sent to answered that nothing
+    /// listens there (ICMP port unreachable), which a dead process causes and a stalled one
+    /// never does (`udp.rs`). Returns that address. A network that cannot tell never answers
+    /// (the default), and detection is then by timing alone.
+    fn next_refusal(&self) -> impl Future<Output = io::Result<SocketAddr>> + Send {
+        std::future::pending()
+    }
 }
 
-/// The real network: a bound UDP socket.
-impl Transport for UdpSocket {
+/// The real network: a bound UDP socket that hears refusals.
+impl Transport for UdpTransport {
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        UdpSocket::local_addr(self)
+        UdpTransport::local_addr(self)
     }
 
     fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.try_send_to(buf, to)
+        self.send_datagram(buf, to)
     }
 
     fn recv_from(
         &self,
         buf: &mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send {
-        UdpSocket::recv_from(self, buf)
+        self.recv_datagram(buf)
+    }
+
+    fn next_refusal(&self) -> impl Future<Output = io::Result<SocketAddr>> + Send {
+        UdpTransport::next_refusal(self)
     }
 }

@@ -182,6 +182,8 @@ impl Node {
         metrics::counter!("orion_gossip_received_packets_total").absolute(g.packets_received);
         metrics::counter!("orion_gossip_bad_packets_total")
             .absolute(g.bad_packets_dropped + g.impostor_packets);
+        metrics::counter!("orion_gossip_refusals_total").absolute(g.refusals);
+        metrics::counter!("orion_gossip_refused_down_total").absolute(g.refused_down);
         gauge!("orion_gossip_health_score").set(f64::from(self.gossip.local_health()));
         if let Some(sealed) = &self.sealed {
             for (reason, n) in sealed.dropped() {
@@ -615,6 +617,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         generation,
     );
     gcfg.lifeguard.enabled = cfg.lifeguard;
+    gcfg.down_on_refusal = cfg.refusal_detection;
     // Drawn here and logged, so a run's gossip decisions can be told apart and replayed.
     gcfg.seed = orion_types::env::os_seed();
     info!(gossip_seed = gcfg.seed, "gossip RNG seeded");
@@ -626,7 +629,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             None,
         ),
         Some(sec) => {
-            let socket = tokio::net::UdpSocket::bind(cfg.gossip_bind)
+            let socket = orion_gossip::UdpTransport::bind(cfg.gossip_bind)
                 .await
                 .with_context(|| format!("cannot listen on the gossip port {}", cfg.gossip_bind))?;
             let sealed = Arc::new(crate::sealed::SealedUdp::new(

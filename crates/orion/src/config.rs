@@ -81,6 +81,10 @@ pub struct AgentArgs {
     /// Turn off the Lifeguard extensions to SWIM (for comparison)
     #[arg(long)]
     pub no_lifeguard: bool,
+    /// Do not declare a member dead when its host refuses our gossip (ICMP port unreachable:
+    /// its process is gone); wait out the suspicion timeout as for a lost host (for comparison)
+    #[arg(long)]
+    pub no_refusal_detection: bool,
     /// First restart delay after a container exits, in ms; doubles up to --restart-max-ms.
     /// Cluster-wide, like the other --restart-* flags: seeds the cluster config at bootstrap
     #[arg(long, default_value_t = 1000)]
@@ -153,6 +157,7 @@ pub struct AgentConfig {
     pub vip_range: VipRange,
     pub dns_port: u16,
     pub lifeguard: bool,
+    pub refusal_detection: bool,
     pub backoff: BackoffConfig,
     pub voter_grace_ms: u64,
     pub snapshot_logs: u64,
@@ -282,6 +287,7 @@ impl AgentArgs {
             vip_range,
             dns_port: self.dns_port,
             lifeguard: !self.no_lifeguard,
+            refusal_detection: !self.no_refusal_detection,
             backoff: BackoffConfig {
                 base_ms: self.restart_base_ms,
                 max_ms: self.restart_max_ms,

@@ -160,6 +160,14 @@ fn describe() {
         "Certificates this node issued for itself (first, renewals, after a CA rotation)"
     );
     describe_counter!(
+        "orion_gossip_refusals_total",
+        "Gossip datagrams of this node that a host refused (ICMP port unreachable), quoted back"
+    );
+    describe_counter!(
+        "orion_gossip_refused_down_total",
+        "Members this node declared dead at once because their host refused its gossip"
+    );
+    describe_counter!(
         "orion_gossip_suspicions_total",
         "Members this node saw become suspect"
     );

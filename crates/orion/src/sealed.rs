@@ -4,6 +4,7 @@
 //! replayed, stale) is dropped and counted by reason (`orion_gossip_packets_dropped_total`),
 //! and the first ones from an address are logged with what they likely mean.
 
+use orion_gossip::UdpTransport;
 use orion_security::seal::{Dropped, Keyring, OVERHEAD_BYTES, Opener};
 use std::collections::HashMap;
 use std::io;
@@ -11,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 
 /// One warning per sender address at most this often: a stray node must not flood the log.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -19,7 +19,7 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 const WARNED_ADDRS_MAX: usize = 1024;
 
 pub struct SealedUdp {
-    socket: UdpSocket,
+    socket: UdpTransport,
     keys: Mutex<Keyring>,
     opener: Mutex<Opener>,
     dropped: [AtomicU64; 4],
@@ -27,7 +27,7 @@ pub struct SealedUdp {
 }
 
 impl SealedUdp {
-    pub fn new(socket: UdpSocket, keys: Keyring) -> SealedUdp {
+    pub fn new(socket: UdpTransport, keys: Keyring) -> SealedUdp {
         SealedUdp {
             socket,
             opener: Mutex::new(Opener::new(keys.clone())),
@@ -102,7 +102,8 @@ impl orion_gossip::Transport for SealedUdp {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .seal(buf, now_ms(), nonce());
-        self.socket.try_send_to(&sealed, to).map(|_| buf.len())
+        // The sealed bytes are what a refusal quotes back (`UdpTransport` checks them).
+        self.socket.send_datagram(&sealed, to).map(|_| buf.len())
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
@@ -110,7 +111,7 @@ impl orion_gossip::Transport for SealedUdp {
         // oversize one still shows as such after opening.
         let mut raw = vec![0u8; buf.len() + OVERHEAD_BYTES];
         loop {
-            let (n, from) = self.socket.recv_from(&mut raw).await?;
+            let (n, from) = self.socket.recv_datagram(&mut raw).await?;
             let opened = self
                 .opener
                 .lock()
@@ -125,5 +126,9 @@ impl orion_gossip::Transport for SealedUdp {
                 Err(why) => self.note_drop(why, from),
             }
         }
+    }
+
+    fn next_refusal(&self) -> impl std::future::Future<Output = io::Result<SocketAddr>> + Send {
+        self.socket.next_refusal()
     }
 }
