@@ -96,7 +96,9 @@ def heal_host(ip):
 class Bench:
     def __init__(self, args):
         self.a = args
-        self.n = SIZES[args.mode]
+        self.n = dict(SIZES[args.mode])
+        if args.kills:
+            self.n["kills"] = args.kills
         self.run_id = uuid.uuid4().hex[:6]
         self.work = tempfile.mkdtemp(prefix="orion-bench-")
         self.docker = Docker()
@@ -712,6 +714,7 @@ def main():
     p.add_argument("--mode", choices=["full", "quick"], default="full")
     p.add_argument("--out", required=True)
     p.add_argument("--only", default="")
+    p.add_argument("--kills", type=int, default=0, help="failover rounds per case (default: the mode's)")
     a = p.parse_args()
     a.orion = os.path.abspath(a.orion)
     a.tool = os.path.abspath(a.tool)

@@ -4,10 +4,11 @@
 //! it knows nothing else of Orion (metadata is any serde type `M`).
 //!
 //! # Shape
-//! [`spawn`] binds one UDP socket to `config.bind` and starts two tasks: a
-//! receiver that turns datagrams into `GossipInput::Data`, and the engine
+//! [`spawn`] binds one UDP socket to `config.bind` and starts three tasks: a
+//! receiver that turns datagrams into `GossipInput::Data`, one that turns the
+//! socket's refusals into `GossipInput::Refused`, and the engine
 //! (`engine.rs`) that owns foca and is fed only by one bounded channel of the
-//! closed enum `GossipInput::{Data, Timer, Command}`. All sends leave from the
+//! closed enum `GossipInput::{Data, Refused, Timer, Command}`. All sends leave from the
 //! bound socket, so a node's packets carry its own address (loopback
 //! partitions with iptables cut the right traffic). [`Gossip`] is a cheap
 //! handle: it sends commands and reads a shared view; it never touches foca.
@@ -115,6 +116,12 @@
 //! (periodic gossip every 200 ms, usually less). Bound ~1.6 s, typical
 //! ~1.1 s, with a healthy awareness score. Measured on loopback (debug build,
 //! shared 2-core machine): ~1.0-1.2 s from kill to `Down` on both survivors.
+//! That is the bound for a lost *host*. A process that dies on a live host is
+//! found sooner: its host refuses the next datagram sent to it (ICMP port
+//! unreachable, read from the socket's error queue by [`UdpTransport`]), and
+//! the engine declares the member down on that refusal (`udp.rs` says why a
+//! stalled process never causes one, and why a refusal cannot be forged from
+//! off the path): ~170 ms on loopback. `GossipConfig::down_on_refusal`.
 //!
 //! # What the Lifeguard experiment shows
 //! `orion-bench lifeguard` (simulated time, 48 members, 8 starved at random
