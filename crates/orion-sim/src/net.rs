@@ -17,7 +17,10 @@
 //! datagram socket whose sends draw their delay, loss and duplication from the same generator
 //! and meet the same cuts and dead nodes. A datagram is delivered into the target's bounded
 //! inbox (a full one loses it, as a full socket buffer) if, after its delay, the sender's life
-//! is still current, the target is up and the link is not cut.
+//! is still current, the target is up and the link is not cut. A datagram to a crashed agent
+//! whose machine is up (no power cut) is *refused* instead: after the same delay the sender's
+//! socket hears of it (`Transport::next_refusal`), as a real host answers ICMP port
+//! unreachable, and its engine declares that member down at once.
 
 use crate::rng::Rng;
 use crate::trace::{Trace, fnv};
@@ -70,8 +73,12 @@ struct State {
     /// The current life of each node that is up; calls from an older life (tasks of a
     /// crashed node not yet wound down) go nowhere.
     lives: BTreeMap<usize, u64>,
-    /// Gossip address -> (node index, inbox) of every node whose gossip is up.
-    gossip: BTreeMap<SocketAddr, (usize, mpsc::Sender<Datagram>)>,
+    /// Gossip address -> (node index, inbox, refusals) of every node whose gossip is up.
+    gossip: BTreeMap<SocketAddr, (usize, mpsc::Sender<Datagram>, mpsc::Sender<SocketAddr>)>,
+    /// Gossip address -> node index of every node whose machine is up, its agent running or
+    /// not: a datagram to a crashed agent on a live machine is refused (ICMP port
+    /// unreachable, as a real host answers); one to a machine without power is lost.
+    hosts: BTreeMap<SocketAddr, usize>,
     /// Directed links that drop everything: (from, to).
     cut: BTreeSet<(usize, usize)>,
     delivered: u64,
@@ -108,6 +115,7 @@ impl SimNet {
                 up: BTreeMap::new(),
                 lives: BTreeMap::new(),
                 gossip: BTreeMap::new(),
+                hosts: BTreeMap::new(),
                 cut: BTreeSet::new(),
                 delivered: 0,
                 lost: 0,
@@ -139,24 +147,32 @@ impl SimNet {
         s.lives.insert(index, life);
     }
 
-    /// Node `index` at `addr` neither answers nor sends from now on, RPC or gossip.
-    pub fn down(&self, index: usize, addr: &str) {
+    /// Node `index` at `addr` neither answers nor sends from now on, RPC or gossip. Its
+    /// machine refuses gossip sent to it unless `power_cut` took the machine down too.
+    pub fn down(&self, index: usize, addr: &str, power_cut: bool) {
         let mut s = self.lock();
         s.up.remove(addr);
         s.lives.remove(&index);
-        s.gossip.retain(|_, (i, _)| *i != index);
+        s.gossip.retain(|_, (i, _, _)| *i != index);
+        if power_cut {
+            s.hosts.retain(|_, i| *i != index);
+        }
     }
 
     /// The gossip socket of node `index` in its life `life`, receiving at `addr` from now on.
     pub fn gossip_socket(&self, index: usize, life: u64, addr: SocketAddr) -> Arc<SimSocket> {
         let (tx, rx) = mpsc::channel(GOSSIP_INBOX_MAX);
-        self.lock().gossip.insert(addr, (index, tx));
+        let (refused_tx, refused_rx) = mpsc::channel(GOSSIP_INBOX_MAX);
+        let mut s = self.lock();
+        s.gossip.insert(addr, (index, tx, refused_tx));
+        s.hosts.insert(addr, index);
         Arc::new(SimSocket {
             from: index,
             life,
             addr,
             net: self.clone(),
             inbox: tokio::sync::Mutex::new(rx),
+            refusals: tokio::sync::Mutex::new(refused_rx),
         })
     }
 
@@ -200,14 +216,34 @@ impl SimNet {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(after_ms)).await;
             let n = sender.0;
-            let target = {
+            let (target, refuse) = {
                 let s = net.lock();
                 let alive = s.lives.get(&n) == Some(&sender.1);
-                s.gossip
+                let target = s
+                    .gossip
                     .get(&to)
-                    .filter(|(t, _)| alive && !lose && !s.cut.contains(&(n, *t)))
-                    .map(|(t, tx)| (*t, tx.clone()))
+                    .filter(|(t, _, _)| alive && !lose && !s.cut.contains(&(n, *t)))
+                    .map(|(t, tx, _)| (*t, tx.clone()));
+                // Nobody listens at `to`, but its machine is up and reachable: it refuses the
+                // datagram, and the refusal travels back to the sender (if its socket lives).
+                let refuse = match s.hosts.get(&to) {
+                    Some(t) if alive && !lose && !s.gossip.contains_key(&to) => s
+                        .gossip
+                        .get(&from)
+                        .filter(|_| !s.cut.contains(&(n, *t)) && !s.cut.contains(&(*t, n)))
+                        .map(|(_, _, refused)| (*t, refused.clone())),
+                    _ => None,
+                };
+                (target, refuse)
             };
+            if let Some((t, refused)) = refuse {
+                net.trace.record(format_args!("gossip refused n{n}->n{t}"));
+                let back = after_ms;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(back)).await;
+                    let _ = refused.try_send(to);
+                });
+            }
             let hash = fnv(&bytes);
             let delivered = target.is_some_and(|(t, tx)| {
                 let ok = tx.try_send((bytes.to_vec(), from)).is_ok();
@@ -423,6 +459,7 @@ pub struct SimSocket {
     addr: SocketAddr,
     net: SimNet,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Datagram>>,
+    refusals: tokio::sync::Mutex<mpsc::Receiver<SocketAddr>>,
 }
 
 impl orion_gossip::Transport for SimSocket {
@@ -445,6 +482,14 @@ impl orion_gossip::Transport for SimSocket {
                 Ok((n, from))
             }
             // The node went down: its socket receives nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn next_refusal(&self) -> std::io::Result<SocketAddr> {
+        let mut refusals = self.refusals.lock().await;
+        match refusals.recv().await {
+            Some(to) => Ok(to),
             None => std::future::pending().await,
         }
     }

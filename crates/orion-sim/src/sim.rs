@@ -599,7 +599,7 @@ impl Cluster {
                 std::mem::take(&mut s.tasks),
             )
         };
-        self.net.down(i, &addr);
+        self.net.down(i, &addr, power_cut);
         disk.crash();
         for t in tasks {
             t.abort();
