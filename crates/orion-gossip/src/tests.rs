@@ -73,13 +73,21 @@ async fn cluster(base: [u8; 3], lifeguard: bool) -> Vec<Gossip<Meta>> {
 
 /// Members `ids` on `base.1`, `base.2`, ..., joined through the first.
 async fn cluster_of(ids: &[&str], base: [u8; 3], lifeguard: bool) -> Vec<Gossip<Meta>> {
+    cluster_with(ids, base, |c| c.lifeguard.enabled = lifeguard).await
+}
+
+/// As [`cluster_of`], each member's config changed by `tweak` first.
+async fn cluster_with(
+    ids: &[&str],
+    base: [u8; 3],
+    tweak: impl Fn(&mut GossipConfig),
+) -> Vec<Gossip<Meta>> {
     let mut nodes = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let ip = [base[0], base[1], base[2], i as u8 + 1];
-        let g = spawn(config(id, ip, 0, 1, lifeguard), meta(id))
-            .await
-            .expect("spawn");
-        nodes.push(g);
+        let mut c = config(id, ip, 0, 1, true);
+        tweak(&mut c);
+        nodes.push(spawn(c, meta(id)).await.expect("spawn"));
     }
     let seed = nodes[0].advertise_addr();
     for n in &nodes[1..] {
@@ -659,11 +667,9 @@ async fn a_member_list_pull_is_answered_with_every_member() {
     );
 }
 
-/// A killed process leaves its host refusing our datagrams (ICMP port unreachable): the
-/// member is declared down on that refusal, without the suspicion timeout.
-#[tokio::test]
-async fn a_killed_member_is_declared_down_on_its_hosts_refusal() {
-    let nodes = cluster([127, 0, 230], true).await;
+/// Kills member `c` of a three-member cluster and waits until `a` and `b` both see it down;
+/// returns their stats then.
+async fn kill_c_and_wait_down(nodes: &[Gossip<Meta>]) -> [crate::GossipStats; 2] {
     let killed = Instant::now();
     nodes[2].kill();
     let refs = [&nodes[0], &nodes[1]];
@@ -677,11 +683,19 @@ async fn a_killed_member_is_declared_down_on_its_hosts_refusal() {
         "the killed member was not declared down within 5 s"
     );
     println!("killed member down on both after {:?}", killed.elapsed());
-    let refused: u64 = refs.iter().map(|n| n.stats().refused_down).sum();
+    refs.map(|n| n.stats())
+}
+
+/// A killed process leaves its host refusing our datagrams (ICMP port unreachable): the
+/// member is declared down on that refusal, without the suspicion timeout.
+#[tokio::test]
+async fn a_killed_member_is_declared_down_on_its_hosts_refusal() {
+    let nodes = cluster([127, 0, 230], true).await;
+    let stats = kill_c_and_wait_down(&nodes).await;
+    let refused: u64 = stats.iter().map(|s| s.refused_down).sum();
     assert!(
         refused >= 1,
-        "declared down by timing, not by a refusal: {:?}",
-        refs.map(|n| n.stats())
+        "declared down by timing, not by a refusal: {stats:?}"
     );
 }
 
@@ -708,36 +722,11 @@ async fn a_stalled_member_is_never_refused() {
 /// suspicion timeout, as after the loss of a whole host.
 #[tokio::test]
 async fn without_refusal_detection_a_killed_member_waits_for_the_timeout() {
-    let ids = ["a", "b", "c"];
-    let mut nodes = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let mut c = config(id, [127, 0, 232, i as u8 + 1], 0, 1, true);
-        c.down_on_refusal = false;
-        nodes.push(spawn(c, meta(id)).await.expect("spawn"));
-    }
-    let seed = nodes[0].advertise_addr();
-    for n in &nodes[1..] {
-        n.join(&[seed]).await.expect("join");
-    }
-    let refs = [&nodes[0], &nodes[1]];
-    assert!(
-        until(Duration::from_secs(2), || all_alive(
-            &[&nodes[0], &nodes[1], &nodes[2]],
-            &ids
-        ))
-        .await
-    );
-    nodes[2].kill();
-    assert!(
-        until(Duration::from_secs(5), || refs.iter().all(|n| status_of(
-            n, "c"
-        ) == Some(
-            MemberStatus::Down
-        )))
-        .await,
-        "the killed member was not declared down within 5 s"
-    );
-    let stats = refs.map(|n| n.stats());
+    let nodes = cluster_with(&["a", "b", "c"], [127, 0, 232], |c| {
+        c.down_on_refusal = false
+    })
+    .await;
+    let stats = kill_c_and_wait_down(&nodes).await;
     assert!(stats.iter().all(|s| s.refused_down == 0), "{stats:?}");
     assert!(
         stats.iter().any(|s| s.refusals > 0),
