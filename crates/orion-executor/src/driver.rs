@@ -20,14 +20,17 @@
 //! No std threads, no real sleeps: waiting is `tokio::time`, time for decisions is the
 //! injected `Clock`, so the simulator can run it on paused time.
 
-use crate::health::{Outcome, Policy, Probe};
-use crate::plan::{ExecAction, InFlight, PlanInput, ProbeView, RemoveReason, mappings, plan};
+use crate::health::{Outcome, Policy, Probe, Readiness, Verdict};
+use crate::plan::{
+    ExecAction, InFlight, PlanInput, ProbeView, ReadyView, RemoveReason, mappings, plan,
+    readiness_targets,
+};
 use crate::runtime::ContainerRuntime;
 use crate::{Cluster, ExecutorConfig, LABEL_ALLOC, LABEL_NODE, container_spec, probe, short};
 use futures_util::StreamExt;
 use orion_docker::{ContainerInfo, ContainerState, RuntimeError};
 use orion_types::env::Clock;
-use orion_types::service::HealthCheck;
+use orion_types::service::{HealthCheck, HealthTest};
 use orion_types::{AllocId, AllocStatus, Command, Health, Task, TaskState};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -92,7 +95,27 @@ enum Done {
         outcome: Outcome,
         output: String,
     },
+    /// A readiness connect of run `run` of allocation `alloc` ended.
+    Connected {
+        alloc: AllocId,
+        run: u64,
+        passed: bool,
+        output: String,
+    },
 }
+
+/// The readiness wait of one new container run (`plan::readiness_targets`).
+struct Waiter {
+    run: u64,
+    container_id: String,
+    targets: Vec<SocketAddr>,
+    readiness: Readiness,
+    in_flight: bool,
+}
+
+/// One readiness connect to a port: a container on this host answers a connect in well
+/// under a millisecond, or refuses it; a second is a container that does not answer at all.
+const READY_CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 /// The health check of one container run of an allocation.
 struct Prober {
@@ -136,6 +159,7 @@ pub async fn run<R: ContainerRuntime, C: Cluster>(
         watched: BTreeMap::new(),
         draining: BTreeMap::new(),
         probers: BTreeMap::new(),
+        waiters: BTreeMap::new(),
         probes_in_flight: 0,
         runs: 0,
     };
@@ -171,6 +195,8 @@ struct Executor<R: ContainerRuntime, C: Cluster> {
     draining: BTreeMap<String, u64>,
     /// Health checks of running containers, by allocation.
     probers: BTreeMap<AllocId, Prober>,
+    /// Readiness waits of new containers, by allocation.
+    waiters: BTreeMap<AllocId, Waiter>,
     probes_in_flight: usize,
     /// The failing allocations last told to `Cluster::local_unhealthy`.
     told_unhealthy: Vec<AllocId>,
@@ -283,6 +309,32 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                     None => false,
                 }
             }
+            Done::Connected {
+                alloc,
+                run,
+                passed,
+                output,
+            } => {
+                self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+                let now = self.clock.now_ms();
+                match self.waiters.get_mut(&alloc).filter(|w| w.run == run) {
+                    Some(w) => {
+                        w.in_flight = false;
+                        let turned = w.readiness.record(passed, &output, now);
+                        match turned {
+                            Some(Verdict::Ready) => {
+                                debug!(alloc = %alloc, container = %short(&w.container_id), waited_ms = now.saturating_sub(w.readiness.started_ms), "ports accept connections: reporting running")
+                            }
+                            Some(_) => {
+                                warn!(alloc = %alloc, container = %short(&w.container_id), output = %w.readiness.output, "ports did not accept a connection in time: reporting running anyway")
+                            }
+                            None => {}
+                        }
+                        turned.is_some()
+                    }
+                    None => false,
+                }
+            }
             Done::Ready(epoch, ok) => {
                 self.ready_in_flight = false;
                 if epoch != self.epoch {
@@ -381,7 +433,19 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         };
         let now = self.clock.now_ms();
         self.sync_probers(&desired, &actual, now);
+        self.sync_waiters(&desired, &actual, now);
         self.tell_unhealthy();
+        let readiness: BTreeMap<AllocId, ReadyView> = self
+            .waiters
+            .iter()
+            .map(|(alloc, w)| {
+                let view = ReadyView {
+                    container_id: w.container_id.clone(),
+                    verdict: w.readiness.verdict,
+                };
+                (alloc.clone(), view)
+            })
+            .collect();
         let views: BTreeMap<AllocId, ProbeView> = self
             .probers
             .iter()
@@ -406,6 +470,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             probes: &views,
             draining: &self.draining,
             connections: &connections,
+            readiness: &readiness,
         });
         self.watched = decided.watched;
         self.draining = decided.draining;
@@ -462,7 +527,11 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                     };
                     let (_, status) =
                         tokio::join!(starting, create_and_start(&runtime, &cfg, &task, existing));
-                    send_report(&*cluster, &cfg, &*clock, &task, status).await;
+                    // `starting` again: the container runs but its ports must accept first
+                    // (a later pass reports it running); a first start said so already.
+                    if status != AllocStatus::Starting || restarting {
+                        send_report(&*cluster, &cfg, &*clock, &task, status).await;
+                    }
                     Done::Started(alloc)
                 });
             }
@@ -589,11 +658,58 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         self.probers = keep;
     }
 
-    /// Starts the probes that are due, within `PROBES_IN_FLIGHT_MAX`; returns when the next
-    /// one falls due.
+    /// Keeps one readiness wait per new run that needs one (`plan::readiness_targets`): the
+    /// kept running container of a task not yet recorded running in it. The wait ends with
+    /// the record (or when the container stops running).
+    fn sync_waiters(&mut self, desired: &[Task], actual: &[ContainerInfo], now: u64) {
+        let mut keep: BTreeMap<AllocId, Waiter> = BTreeMap::new();
+        for task in desired.iter().filter(|t| t.wants_container()) {
+            let Some(alloc) = &task.allocation else {
+                continue;
+            };
+            let Some(c) = actual.iter().find(|c| {
+                c.state == ContainerState::Running
+                    && c.labels.get(LABEL_ALLOC).map(String::as_str) == Some(alloc.as_str())
+            }) else {
+                continue;
+            };
+            if task.state == TaskState::Running && task.container_id.as_deref() == Some(&c.id) {
+                continue;
+            }
+            let targets = readiness_targets(task, c);
+            if targets.is_empty() {
+                continue;
+            }
+            let waiter = match self
+                .waiters
+                .remove(alloc)
+                .filter(|w| w.container_id == c.id)
+            {
+                Some(mut w) => {
+                    w.targets = targets;
+                    w
+                }
+                None => {
+                    self.runs += 1;
+                    Waiter {
+                        run: self.runs,
+                        container_id: c.id.clone(),
+                        targets,
+                        readiness: Readiness::new(now),
+                        in_flight: false,
+                    }
+                }
+            };
+            keep.insert(alloc.clone(), waiter);
+        }
+        self.waiters = keep;
+    }
+
+    /// Starts the probes and readiness connects that are due, within
+    /// `PROBES_IN_FLIGHT_MAX`; returns when the next one falls due.
     fn spawn_probes(&mut self) -> Option<tokio::time::Instant> {
         let now = self.clock.now_ms();
-        let mut next: Option<u64> = None;
+        let mut next: Option<u64> = self.spawn_connects(now);
         for (alloc, p) in self.probers.iter_mut().filter(|(_, p)| !p.in_flight) {
             if !p.probe.due(now) || self.probes_in_flight >= PROBES_IN_FLIGHT_MAX {
                 // A probe over the bound is due already: the next one that ends frees a slot
@@ -624,6 +740,66 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         }
         next.map(|due| tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now)))
     }
+
+    /// Starts the readiness connects that are due; returns when the next one falls due.
+    fn spawn_connects(&mut self, now: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        for (alloc, w) in self.waiters.iter_mut().filter(|(_, w)| !w.in_flight) {
+            if w.readiness.verdict != Verdict::Waiting {
+                continue;
+            }
+            if !w.readiness.due(now) || self.probes_in_flight >= PROBES_IN_FLIGHT_MAX {
+                let due = w.readiness.next_due_ms.max(now);
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            w.in_flight = true;
+            self.probes_in_flight += 1;
+            let runtime = self.runtime.clone();
+            let (alloc, run, id, targets) = (
+                alloc.clone(),
+                w.run,
+                w.container_id.clone(),
+                w.targets.clone(),
+            );
+            self.jobs.spawn(async move {
+                let (passed, output) = connect_all(&runtime, &id, &targets).await;
+                Done::Connected {
+                    alloc,
+                    run,
+                    passed,
+                    output,
+                }
+            });
+        }
+        next
+    }
+}
+
+/// One readiness connect to each of `targets` (through the health probe's `tcp` test):
+/// passed when every one accepted, else the first failure's output.
+async fn connect_all<R: ContainerRuntime>(
+    runtime: &R,
+    id: &str,
+    targets: &[SocketAddr],
+) -> (bool, String) {
+    let mut output = String::new();
+    for addr in targets {
+        let check = HealthCheck {
+            test: HealthTest::Tcp,
+            port: Some(addr.port()),
+            interval_ms: 0,
+            timeout_ms: READY_CONNECT_TIMEOUT_MS,
+            retries: 0,
+            start_period_ms: 0,
+        };
+        let (outcome, out) = probe::run(runtime, id, &check, Some(*addr)).await;
+        if outcome != Outcome::Pass {
+            return (false, out);
+        }
+        output = out;
+    }
+    (true, output)
 }
 
 /// Ticks every `CONTACT_CHECK_PERIOD` and keeps the largest gap seen between two ticks: a
@@ -746,7 +922,8 @@ async fn send_report<C: Cluster>(
     }
 }
 
-/// Creates (unless `existing`) and starts the task's container; returns the status to report.
+/// Creates (unless `existing`) and starts the task's container; returns the status to report
+/// (`Starting` for a running container that waits for its ports, `plan::readiness_targets`).
 async fn create_and_start<R: ContainerRuntime>(
     runtime: &R,
     cfg: &ExecutorConfig,
@@ -807,6 +984,10 @@ async fn create_and_start<R: ContainerRuntime>(
                 exit_code: code,
                 oom_killed,
             },
+            _ if !readiness_targets(task, &info).is_empty() => {
+                info!(task = %task.id, container = %short(&id), "container running; waiting for its ports to accept");
+                AllocStatus::Starting
+            }
             _ => {
                 info!(task = %task.id, container = %short(&id), "container running");
                 AllocStatus::Running {

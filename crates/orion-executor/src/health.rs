@@ -115,6 +115,84 @@ impl Probe {
     }
 }
 
+/// How long a new container of a service task without a health check may take before its
+/// published TCP ports accept a connection; past it, it is reported running anyway (a task
+/// without a check counts as up when its container runs, as before; the wait only closes the
+/// gap between the process starting and its server listening).
+pub const READY_WAIT_MAX_MS: u64 = 30_000;
+/// The first readiness connect is tried at once, then after this long, doubling...
+pub const READY_RETRY_MIN_MS: u64 = 10;
+/// ...up to this: a server that takes seconds to listen is seen within a quarter second.
+pub const READY_RETRY_MAX_MS: u64 = 250;
+
+/// Where the readiness wait of one container run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A connect has not succeeded yet, and the wait has time left.
+    Waiting,
+    /// Every port accepted a connection.
+    Ready,
+    /// `READY_WAIT_MAX_MS` passed without it: reported running anyway.
+    GaveUp,
+}
+
+/// The readiness wait of one container run of a service task without a health check: its
+/// ports (at the container's own address) are tried from when it was first seen running,
+/// at once and then with a doubling pause, until they all accept a connection or the wait
+/// is over. The driver runs the connects (IO) and feeds the outcomes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub started_ms: u64,
+    pub verdict: Verdict,
+    /// Failed connects so far.
+    pub failures: u32,
+    pub next_due_ms: u64,
+    /// Why the last connect failed (bounded).
+    pub output: String,
+}
+
+impl Readiness {
+    /// A run first seen running at `started_ms`: the first connect is due at once.
+    pub fn new(started_ms: u64) -> Readiness {
+        Readiness {
+            started_ms,
+            verdict: Verdict::Waiting,
+            failures: 0,
+            next_due_ms: started_ms,
+            output: String::new(),
+        }
+    }
+
+    /// Whether a connect is due at `now_ms`.
+    pub fn due(&self, now_ms: u64) -> bool {
+        self.verdict == Verdict::Waiting && now_ms >= self.next_due_ms
+    }
+
+    /// Books a connect that ended at `now_ms` (`passed`: every port accepted); returns the
+    /// new verdict if it turned.
+    pub fn record(&mut self, passed: bool, output: &str, now_ms: u64) -> Option<Verdict> {
+        if self.verdict != Verdict::Waiting {
+            return None;
+        }
+        self.output = bounded_output(output);
+        if passed {
+            self.verdict = Verdict::Ready;
+        } else if now_ms >= self.started_ms.saturating_add(READY_WAIT_MAX_MS) {
+            self.verdict = Verdict::GaveUp;
+        } else {
+            let pause = READY_RETRY_MIN_MS
+                .saturating_mul(1u64 << self.failures.min(16))
+                .min(READY_RETRY_MAX_MS);
+            self.failures = self.failures.saturating_add(1);
+            self.next_due_ms = now_ms
+                .saturating_add(pause)
+                .min(self.started_ms.saturating_add(READY_WAIT_MAX_MS));
+            return None;
+        }
+        Some(self.verdict)
+    }
+}
+
 /// The last `PROBE_OUTPUT_MAX` bytes of `output` (cut at a character boundary), trimmed:
 /// the end of an output is where the error is.
 pub fn bounded_output(output: &str) -> String {
@@ -241,6 +319,75 @@ mod tests {
             (tcp.retries, tcp.start_period_ms, tcp.interval_ms),
             (5, 9_000, 500)
         );
+    }
+
+    /// The bug of issue 11 (a new task without a check joined the mesh before its server
+    /// listened): a run waits for its ports, passes on the first accepted connect, retries with
+    /// a doubling pause, and gives up (reported running anyway) after `READY_WAIT_MAX_MS`.
+    #[test]
+    fn a_new_task_without_a_check_joins_only_once_its_port_accepts() {
+        // (connect ended at, passed) -> the verdict after it, and when the next is due.
+        /// (name, connects, verdict after them, next connect due).
+        type Row<'a> = (&'a str, &'a [(u64, bool)], Verdict, Option<u64>);
+        let steps: &[Row] = &[
+            ("listening at once", &[(1_000, true)], Verdict::Ready, None),
+            (
+                "refused twice, then accepted",
+                &[(1_001, false), (1_012, false), (1_033, true)],
+                Verdict::Ready,
+                None,
+            ),
+            (
+                "the pause doubles up to its cap",
+                &[
+                    (1_000, false),
+                    (1_010, false),
+                    (1_030, false),
+                    (1_070, false),
+                    (1_150, false),
+                    (1_310, false),
+                ],
+                Verdict::Waiting,
+                Some(1_310 + READY_RETRY_MAX_MS),
+            ),
+            (
+                "never accepted: given up at the bound",
+                &[(1_000, false), (1_000 + READY_WAIT_MAX_MS, false)],
+                Verdict::GaveUp,
+                None,
+            ),
+            (
+                "the last pause ends at the bound",
+                &[(1_000 + READY_WAIT_MAX_MS - 5, false)],
+                Verdict::Waiting,
+                Some(1_000 + READY_WAIT_MAX_MS),
+            ),
+        ];
+        for (name, outcomes, want, want_due) in steps {
+            let mut r = Readiness::new(1_000);
+            assert!(r.due(1_000) && !r.due(999), "{name}: due at once");
+            let mut turned = None;
+            for (at, passed) in *outcomes {
+                turned = r.record(*passed, "connect refused", *at).or(turned);
+            }
+            assert_eq!(r.verdict, *want, "{name}");
+            assert_eq!(
+                turned,
+                (*want != Verdict::Waiting).then_some(*want),
+                "{name}: turn"
+            );
+            match want_due {
+                Some(d) => {
+                    assert_eq!(r.next_due_ms, *d, "{name}: next");
+                    assert!(r.due(*d) && !r.due(d - 1), "{name}: due");
+                }
+                None => {
+                    assert!(!r.due(u64::MAX), "{name}: no connect after a verdict");
+                    // A verdict is final: a later outcome changes nothing.
+                    assert_eq!(r.clone().record(false, "", u64::MAX), None, "{name}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //!   stop signal go out (with the full grace again).
 //! - Adopt: a container of a current allocation is kept; the task is reported `Running` with
 //!   the ports the runtime really bound, or `Exited` with its exit code and OOM flag.
+//! - Join when listening: a new run of a service task without a health check is reported
+//!   `Running` (and so enters DNS and every node's mesh, and counts as up for a rolling
+//!   update) only once each TCP port it publishes accepts a connection at the container's own
+//!   address (`readiness_targets`; the driver's connects, `health::Readiness`), or once
+//!   `READY_WAIT_MAX_MS` passed without it. Until then it stays `starting`.
 //! - Start only on a fresh replica: a task placed here without a container is created and
 //!   started; a stopped one is started again only once `restart_at` is due. A start whose
 //!   host ports are held by a container being removed waits for that removal.
@@ -35,10 +40,12 @@
 //!   stopped with the task's grace: its exit is reported like any other and the restart
 //!   policy brings it back (a new run, `starting` again).
 
+use crate::health::Verdict;
 use crate::{FENCE_GRACE_MS, LABEL_ALLOC, STOP_GRACE_MS};
 use orion_docker::{ContainerInfo, ContainerState};
 use orion_types::{AllocId, AllocStatus, Health, PortMapping, Protocol, Task, TaskId, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 
 /// Why a container is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,6 +148,60 @@ pub struct PlanInput<'a> {
     /// Established connections on the ports of draining containers, as the driver last
     /// counted them; absent: none seen (or not observable).
     pub connections: &'a BTreeMap<String, u32>,
+    /// The readiness waits of new service-task containers without a health check, by
+    /// allocation (see `readiness_targets`).
+    pub readiness: &'a BTreeMap<AllocId, ReadyView>,
+}
+
+/// Where a new container's readiness wait stands, as the driver's connects see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyView {
+    /// The container waited on: a view of another container says nothing of this one.
+    pub container_id: String,
+    pub verdict: Verdict,
+}
+
+/// The addresses a new run of `task` in container `c` must accept a connection on before it
+/// is reported running (and so joins DNS and every node's mesh, and counts as up for a
+/// rolling update): each TCP port the container publishes, at the container's own address.
+/// Empty (no wait) for a one-off task (no endpoint), a task with a health check (its check
+/// decides when it joins), a container without TCP ports, or one without an address of its
+/// own. The container's address, not the published port: on loopback the engine's userland
+/// proxy accepts on the published port whether or not anything listens behind it.
+pub fn readiness_targets(task: &Task, c: &ContainerInfo) -> Vec<SocketAddr> {
+    if task.service.is_none() || task.spec.healthcheck.is_some() {
+        return Vec::new();
+    }
+    let Some(ip) = c
+        .ip_address
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+    else {
+        return Vec::new();
+    };
+    let ports: BTreeSet<u16> = c
+        .ports
+        .iter()
+        .filter(|p| p.protocol == "tcp")
+        .map(|p| p.container_port)
+        .collect();
+    ports.into_iter().map(|p| SocketAddr::new(ip, p)).collect()
+}
+
+/// Whether a new run may be reported running: it needs no readiness wait, or its wait
+/// ended (ready, or given up at `READY_WAIT_MAX_MS`).
+fn ready_to_join(
+    task: &Task,
+    alloc: &str,
+    c: &ContainerInfo,
+    readiness: &BTreeMap<AllocId, ReadyView>,
+) -> bool {
+    if readiness_targets(task, c).is_empty() {
+        return true;
+    }
+    readiness
+        .get(alloc)
+        .is_some_and(|r| r.container_id == c.id && r.verdict != Verdict::Waiting)
 }
 
 /// How long a container stays out of every node's endpoint view before its stop signal, at
@@ -253,9 +314,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 if c.state == ContainerState::Running =>
             {
                 let ports = mappings(c);
-                if task.state != TaskState::Running
-                    || task.container_id.as_deref() != Some(c.id.as_str())
-                    || task.ports != ports
+                let new_run = task.state != TaskState::Running
+                    || task.container_id.as_deref() != Some(c.id.as_str());
+                if (new_run && ready_to_join(task, alloc, c, input.readiness))
+                    || (!new_run && task.ports != ports)
                 {
                     per_alloc.push(report(AllocStatus::Running {
                         container_id: c.id.clone(),

@@ -23,11 +23,23 @@ const STATUS_LINE_MAX: usize = 512;
 /// is far above any health check's timeout, so this one applies.
 const IMAGE_INSPECT_MAX: Duration = Duration::from_secs(10);
 
-/// Where an `http` or `tcp` probe connects: the host address and port the engine published
-/// the check's port on (a wildcard address means this host's loopback), else the
-/// container's own address and the port itself. `None` when neither exists.
+/// Where an `http` or `tcp` probe connects: for `http`, the host address and port the engine
+/// published the check's port on (a wildcard address means this host's loopback), else the
+/// container's own address and the port itself; for `tcp`, the container's own address
+/// first, since a connect is all it tests and the engine's userland proxy (on loopback
+/// addresses) accepts a connect to a published port whether or not anything listens in the
+/// container. `None` when neither exists.
 pub fn target(check: &HealthCheck, c: &ContainerInfo) -> Option<SocketAddr> {
     let port = check.port?;
+    let own = || {
+        let ip: IpAddr = c.ip_address.as_deref()?.parse().ok()?;
+        Some(SocketAddr::new(ip, port))
+    };
+    if check.test == HealthTest::Tcp
+        && let Some(addr) = own()
+    {
+        return Some(addr);
+    }
     let published = c
         .ports
         .iter()
@@ -45,10 +57,7 @@ pub fn target(check: &HealthCheck, c: &ContainerInfo) -> Option<SocketAddr> {
             };
             Some(SocketAddr::new(ip, p.host_port))
         });
-    published.or_else(|| {
-        let ip: IpAddr = c.ip_address.as_deref()?.parse().ok()?;
-        Some(SocketAddr::new(ip, port))
-    })
+    published.or_else(own)
 }
 
 /// Runs one probe of `check` against container `id` (reached at `addr` for http/tcp).
@@ -245,9 +254,12 @@ mod tests {
     }
 
     #[test]
-    fn targets_prefer_the_published_port_then_the_container_address() {
+    fn http_targets_prefer_the_published_port_then_the_container_address() {
         let check = |ports: &[(u16, &str, &str, u16)], ip: Option<&str>, want: Option<&str>| {
-            let got = target(&check_of(HealthTest::Tcp, Some(80)), &info(ports, ip));
+            let got = target(
+                &check_of(HealthTest::Http("/".into()), Some(80)),
+                &info(ports, ip),
+            );
             assert_eq!(
                 got.map(|a| a.to_string()).as_deref(),
                 want,
@@ -272,6 +284,37 @@ mod tests {
             Some("172.17.0.2:80"),
         );
         check(&[], Some("not an ip"), None);
+    }
+
+    /// Found with issue 11: on loopback the engine's userland proxy accepts a connect to a
+    /// published port even while nothing listens in the container, so a `tcp` check there
+    /// passed at once. It connects to the container's own address when there is one.
+    #[test]
+    fn tcp_targets_prefer_the_container_address_where_the_userland_proxy_cannot_answer() {
+        let check = |ports: &[(u16, &str, &str, u16)], ip: Option<&str>, want: Option<&str>| {
+            let got = target(&check_of(HealthTest::Tcp, Some(80)), &info(ports, ip));
+            assert_eq!(
+                got.map(|a| a.to_string()).as_deref(),
+                want,
+                "{ports:?} {ip:?}"
+            );
+        };
+        check(
+            &[(80, "tcp", "127.0.46.1", 32768)],
+            Some("172.17.0.2"),
+            Some("172.17.0.2:80"),
+        );
+        check(
+            &[(80, "tcp", "127.0.46.1", 32768)],
+            None,
+            Some("127.0.46.1:32768"),
+        );
+        check(
+            &[(80, "tcp", "0.0.0.0", 8080)],
+            Some("not an ip"),
+            Some("127.0.0.1:8080"),
+        );
+        check(&[], None, None);
     }
 
     #[test]

@@ -135,6 +135,7 @@ struct Case {
     probes: BTreeMap<AllocId, ProbeView>,
     draining: BTreeMap<String, u64>,
     connections: BTreeMap<String, u32>,
+    readiness: BTreeMap<AllocId, ReadyView>,
     want: &'static [&'static str],
     want_wake: Option<u64>,
     /// Containers held to drain after this pass, with since when.
@@ -155,6 +156,7 @@ impl Default for Case {
             probes: BTreeMap::new(),
             draining: BTreeMap::new(),
             connections: BTreeMap::new(),
+            readiness: BTreeMap::new(),
             want: &[],
             want_wake: None,
             want_draining: &[],
@@ -174,6 +176,7 @@ fn check(case: Case) {
         probes: &case.probes,
         draining: &case.draining,
         connections: &case.connections,
+        readiness: &case.readiness,
     };
     let got = plan(&input);
     let lines: Vec<String> = got.actions.iter().map(describe).collect();
@@ -788,6 +791,7 @@ fn plan_watches_current_allocations_only_while_fresh() {
             probes: &BTreeMap::new(),
             draining: &BTreeMap::new(),
             connections: &BTreeMap::new(),
+            readiness: &BTreeMap::new(),
         });
         let want: BTreeMap<String, u64> = want.iter().map(|(a, g)| (a.to_string(), *g)).collect();
         assert_eq!(got.watched, want, "fresh {fresh}");
@@ -1563,4 +1567,148 @@ fn containers_join_the_node_network_with_its_dns_and_search_domains() {
     cfg.network = None;
     let spec = container_spec(&cfg, &t);
     assert!(spec.network.is_none() && spec.dns.is_empty() && spec.dns_search.is_empty());
+}
+
+/// The bug of issue 11: a new task without a health check was reported running, and so
+/// joined DNS and every node's mesh, as soon as its container ran, which can be before the
+/// server in it listens; the engine's userland proxy then accepted a connection for it and
+/// closed it unanswered. A new run of a service task now waits for its ports.
+#[test]
+fn plan_reports_a_new_service_task_running_only_once_its_ports_accept() {
+    use crate::health::Verdict::{GaveUp, Ready, Waiting};
+    let service_task = |state: TaskState| {
+        let mut t = task("t1", state, "");
+        t.service = Some("web".into());
+        t
+    };
+    let with_address = |ip: Option<&str>| {
+        let mut c = container("c1", "a-t1", ContainerState::Running, Some(31000));
+        c.ip_address = ip.map(str::to_string);
+        c
+    };
+    let wait = |cid: &str, verdict| {
+        BTreeMap::from([(
+            "a-t1".to_string(),
+            ReadyView {
+                container_id: cid.to_string(),
+                verdict,
+            },
+        )])
+    };
+    let mut checked = service_task(TaskState::Starting);
+    checked.spec.healthcheck = checked_task("x", "c1", Health::None).spec.healthcheck;
+    let mut running_here = service_task(TaskState::Running);
+    running_here.container_id = Some("c1".into());
+    let mut running_before = running_here.clone();
+    running_before.container_id = Some("c0".into());
+    /// (name, task, container address, readiness waits, actions).
+    type Row<'a> = (
+        &'a str,
+        Task,
+        Option<&'a str>,
+        BTreeMap<AllocId, ReadyView>,
+        &'a [&'a str],
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "no wait seen yet: stays starting",
+            service_task(TaskState::Starting),
+            Some("10.201.0.2"),
+            BTreeMap::new(),
+            &[],
+        ),
+        (
+            "its ports do not accept yet: stays starting",
+            service_task(TaskState::Scheduled),
+            Some("10.201.0.2"),
+            wait("c1", Waiting),
+            &[],
+        ),
+        (
+            "its ports accept: reported running",
+            service_task(TaskState::Starting),
+            Some("10.201.0.2"),
+            wait("c1", Ready),
+            &["report t1 running c1 [31000]"],
+        ),
+        (
+            "the wait gave up: reported running anyway",
+            service_task(TaskState::Starting),
+            Some("10.201.0.2"),
+            wait("c1", GaveUp),
+            &["report t1 running c1 [31000]"],
+        ),
+        (
+            "a wait on another container says nothing of this one",
+            service_task(TaskState::Starting),
+            Some("10.201.0.2"),
+            wait("c0", Ready),
+            &[],
+        ),
+        (
+            "a new container of a running task waits too",
+            running_before,
+            Some("10.201.0.2"),
+            wait("c1", Waiting),
+            &[],
+        ),
+        (
+            "a task recorded running in it does not wait again",
+            running_here,
+            Some("10.201.0.2"),
+            BTreeMap::new(),
+            &["report t1 running c1 [31000]"],
+        ),
+        (
+            "a one-off task has no endpoint: no wait",
+            task("t1", TaskState::Starting, ""),
+            Some("10.201.0.2"),
+            BTreeMap::new(),
+            &["report t1 running c1 [31000]"],
+        ),
+        (
+            "a task with a health check: the check decides when it joins",
+            checked,
+            Some("10.201.0.2"),
+            BTreeMap::new(),
+            &["report t1 running c1 [31000]"],
+        ),
+        (
+            "a container without an address of its own: no wait",
+            service_task(TaskState::Starting),
+            None,
+            BTreeMap::new(),
+            &["report t1 running c1 [31000]"],
+        ),
+    ];
+    for (name, task, ip, readiness, want) in rows {
+        check(Case {
+            name,
+            desired: vec![task],
+            actual: vec![with_address(ip)],
+            readiness,
+            want,
+            ..Case::default()
+        });
+    }
+    // What is waited on: each TCP port at the container's own address, not the published one.
+    let mut c = with_address(Some("10.201.0.2"));
+    c.ports.push(BoundPort {
+        container_port: 53,
+        protocol: "udp".into(),
+        host_ip: "127.0.0.1".into(),
+        host_port: 31001,
+    });
+    c.ports.push(BoundPort {
+        container_port: 443,
+        protocol: "tcp".into(),
+        host_ip: "127.0.0.1".into(),
+        host_port: 31002,
+    });
+    let targets: Vec<String> =
+        crate::plan::readiness_targets(&service_task(TaskState::Starting), &c)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    assert_eq!(targets, ["10.201.0.2:80", "10.201.0.2:443"]);
 }

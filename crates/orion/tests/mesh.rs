@@ -2,9 +2,10 @@
 //! node that holds no replica is served, with the client's address in `X-Forwarded-For`
 //! (a busybox httpd CGI script echoes its environment); the service's VIP answers on every
 //! node; and rolling updates seen by a prober through the mesh: start-first with 1 and 3
-//! replicas drops nothing, stop-first's failures are reported.
+//! replicas drops nothing, stop-first's failures are reported, and a new task whose server
+//! listens late joins only once it listens.
 //!
-//! Loopback networks: 127.0.107.0/24, 127.0.109.0/24 and 127.0.108.0-99 (the mesh's unit
+//! Loopback networks: 127.0.107.0/24, 127.0.109.0/24, 127.0.210.0/24 and 127.0.108.0-99 (the mesh's unit
 //! tests use 127.0.108.100-212 without agents). Each cluster has its own `--vip-range`, since
 //! all agents share one kernel.
 
@@ -285,6 +286,56 @@ async fn rolling_updates_through_the_mesh_drop_no_request_start_first() {
     assert!(ok1 > 20 && ok3 > 20, "the prober ran: {ok1}, {ok3}");
     assert_eq!(failed1, 0, "start-first, 1 replica: {errors1:?}");
     assert_eq!(failed3, 0, "start-first, 3 replicas: {errors3:?}");
+}
+
+/// The bug of issue 11 (1 request in about 8 rolling updates failed): a new task without a
+/// health check joined the mesh as soon as its container ran, which can be before its server
+/// listens, and the engine's userland proxy accepted the mesh's connection and closed it
+/// unanswered. Here the server listens a second after its container starts, so every request
+/// sent to a new task in that second failed; now a new task joins once its port accepts a
+/// connection, and start-first drops nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_without_a_health_check_joins_the_mesh_only_once_its_server_listens() {
+    if docker_or_skip().await.is_none() {
+        return;
+    }
+    let cluster = Cluster::start("slowlisten", 210, 2, &["--vip-range", "10.210.0.0/24"]);
+    let a1 = &cluster.agents[0];
+    cluster
+        .wait_membership(a1, 1, 1, Duration::from_secs(30))
+        .await;
+    let body = |version: u32| {
+        json!({
+            "name": "late", "image": IMAGE, "memory": "16m", "stopGracePeriod": "2s",
+            "command": ["sh", "-c", "sleep 1; exec busybox httpd -f -p 80 -h /www"],
+            "env": {"V": version.to_string()}, "replicas": 2,
+            "ports": [{"target": 80, "published": 18210}],
+            "update": {"order": "start-first", "monitor": "1s", "parallelism": 1},
+        })
+        .to_string()
+    };
+    let (status, created) = post(&a1.api, "/services", &body(1)).await.expect("create");
+    assert_eq!(status, 201, "{created}");
+    wait_settled(&a1.api, "late", 1, 2).await;
+    wait_for(CONVERGE, "the ingress port to serve", || {
+        curl("127.0.210.79", "http://127.0.210.2:18210/")
+    })
+    .await;
+    let prober = Prober::start("http://127.0.210.2:18210/".into());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, s) = put_json(&a1.api, "/services/late", &body(2))
+        .await
+        .expect("put");
+    assert_eq!(status, 200, "{s}");
+    let s = wait_settled(&a1.api, "late", 2, 2).await;
+    assert_eq!(s["deployment"]["state"], "completed", "{s}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ok, failed, errors) = prober.finish().await;
+    eprintln!(
+        "a server listening 1 s after its start, start-first: {ok} answered, {failed} failed {errors:?}"
+    );
+    assert!(ok > 20, "the prober ran: {ok}");
+    assert_eq!(failed, 0, "{errors:?}");
 }
 
 /// Drain before stop: a request in flight through the mesh when its task is scaled away
