@@ -187,8 +187,12 @@ impl Schedule {
 }
 
 /// The tag of every rule this process installs.
-pub fn rule_tag() -> String {
-    format!("orion-fault-{}", std::process::id())
+/// The comment on every rule of one firewall: this process and the firewall's net. Two tests
+/// of one process (the suite and its regression test, on two nets) each heal their own rules
+/// only; with a tag per process, one test's heal swept the other's rules away
+/// (`two_firewalls_of_one_process_heal_only_their_own_rules`).
+pub fn rule_tag(net: u8) -> String {
+    format!("orion-fault-{}-{net}", std::process::id())
 }
 
 /// iptables rules dropping packets between loopback addresses of one net, tagged, always
@@ -205,7 +209,7 @@ impl Firewall {
     pub fn new(net: u8) -> Firewall {
         let fw = Firewall {
             net,
-            tag: rule_tag(),
+            tag: rule_tag(net),
             rules: Vec::new(),
         };
         fw.sweep(true);
@@ -474,6 +478,38 @@ pub async fn current_leader(c: &Cluster) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rule_present(from: &str, to: &str, tag: &str) -> bool {
+        Command::new("iptables")
+            .args(["-w", "-C", "INPUT", "-s", from, "-d", to])
+            .args(["-m", "comment", "--comment", tag, "-j", "DROP"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Regression: the suite (net 20) failed with "iptables -D INPUT: Bad rule" because the
+    /// regression test's heal (net 21) swept every rule of the process's tag, its own and the
+    /// suite's.
+    #[test]
+    fn two_firewalls_of_one_process_heal_only_their_own_rules() {
+        if !iptables_available() {
+            return;
+        }
+        let (a, b) = (233u8, 234u8);
+        let mut fa = Firewall::new(a);
+        let mut fb = Firewall::new(b);
+        let ip = |net: u8, host: u8| Ipv4Addr::new(127, 0, net, host);
+        fa.drop_one_way(ip(a, 1), ip(a, 2));
+        fb.drop_one_way(ip(b, 1), ip(b, 2));
+        fb.heal();
+        assert!(
+            rule_present("127.0.233.1", "127.0.233.2", &rule_tag(a)),
+            "healing one firewall removed another's rule"
+        );
+        assert!(!rule_present("127.0.234.1", "127.0.234.2", &rule_tag(b)));
+        fa.heal();
+        assert!(!rule_present("127.0.233.1", "127.0.233.2", &rule_tag(a)));
+    }
 
     #[test]
     fn the_schedule_is_a_function_of_the_seed() {
