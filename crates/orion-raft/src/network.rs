@@ -134,6 +134,8 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// A client whose every connection is sourced from `local_ip`.
     pub fn new(local_ip: IpAddr, rpc_timeout: Duration) -> Result<HttpTransport, reqwest::Error> {
+        // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .local_address(local_ip)
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
