@@ -682,6 +682,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let http = reqwest::Client::builder()
         .local_address(cfg.advertise)
         .connect_timeout(Duration::from_secs(2))
+        .tls_backend_preconfigured(orion_security::tls::plain_http_client_config())
         .build()
         .context("cannot build the HTTP client")?;
     let https = match &pki {
