@@ -110,6 +110,8 @@ pub async fn run(args: LoadArgs) -> Result<(), BoxError> {
             reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?,
         );
     }
+    // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .default_headers(headers)
         .pool_max_idle_per_host(args.clients)

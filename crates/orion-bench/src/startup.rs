@@ -1,5 +1,7 @@
 //! Start-up time: from `spawn` of the agent process until `GET /health` answers 200, each run on
-//! a fresh data dir; the process is killed (SIGKILL) after each run.
+//! a fresh data dir (a bootstrap: new CA, keys and stores), or with `--restart` each run a
+//! restart of one node on its data dir (its certificate, secrets and stores on disk, as
+//! issue 13's goal states it); the process is killed (SIGKILL) after each run.
 
 use crate::{BoxError, Summary};
 use clap::Args;
@@ -28,17 +30,34 @@ pub struct StartupArgs {
     /// Parent of the fresh data dirs
     #[arg(long)]
     dir: PathBuf,
+    /// Time restarts of one bootstrapped node (started once, unmeasured, first) instead of
+    /// fresh bootstraps
+    #[arg(long)]
+    restart: bool,
 }
 
 pub fn run(a: StartupArgs) -> Result<(), BoxError> {
     let addr = SocketAddr::new(a.ip, a.port);
     let mut samples = Vec::new();
-    for i in 0..a.runs {
-        let data = a.dir.join(format!("startup-{i}"));
-        let _ = std::fs::remove_dir_all(&data);
+    let restart_dir = a.dir.join("startup-restart");
+    if a.restart {
+        let _ = std::fs::remove_dir_all(&restart_dir);
+    }
+    // With --restart, run 0 is the unmeasured first start that bootstraps.
+    let first = if a.restart { 0 } else { 1 };
+    for run in first..=a.runs {
+        let i = run.saturating_sub(1);
+        let (data, id) = if a.restart {
+            (restart_dir.clone(), "startup-restart".to_string())
+        } else {
+            (a.dir.join(format!("startup-{i}")), format!("startup{i}"))
+        };
+        if !a.restart {
+            let _ = std::fs::remove_dir_all(&data);
+        }
         let start = Instant::now();
         let mut child = Command::new(&a.bin)
-            .args(["--id", &format!("startup{i}"), "--bootstrap"])
+            .args(["--id", &id, "--bootstrap"])
             .args(["--bind", &a.ip.to_string()])
             .args(["--publish-ip", &a.ip.to_string()])
             .args(["--port", &a.port.to_string()])
@@ -64,14 +83,26 @@ pub fn run(a: StartupArgs) -> Result<(), BoxError> {
         };
         let _ = child.kill();
         let _ = child.wait();
-        let _ = std::fs::remove_dir_all(&data);
+        if !a.restart {
+            let _ = std::fs::remove_dir_all(&data);
+        }
         let Some(took) = answered else {
             return Err(format!("run {i}: /health did not answer within 10 s").into());
         };
-        eprintln!("startup run {i}: {:.1} ms", took.as_secs_f64() * 1e3);
-        samples.push(took);
+        if a.restart && run == 0 {
+            eprintln!(
+                "startup: first start (bootstrap, not measured): {:.1} ms",
+                took.as_secs_f64() * 1e3
+            );
+        } else {
+            eprintln!("startup run {i}: {:.1} ms", took.as_secs_f64() * 1e3);
+            samples.push(took);
+        }
         // Let the kernel release the ports before the next start.
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if a.restart {
+        let _ = std::fs::remove_dir_all(&restart_dir);
     }
     let all: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     println!(

@@ -155,7 +155,10 @@ impl DockerRuntime {
         }
         .map_err(RuntimeError::from)?;
 
-        bounded("ping", PING_TIMEOUT, docker.ping()).await?;
+        // One round trip (it is on the agent's start-up path): `/version` proves the engine
+        // answers and says which API versions it serves. Orion speaks API_VERSION, so
+        // bollard's negotiation (a second `/version`) could only lower it below what Orion
+        // needs, which is refused here instead.
         let version = bounded("version", PING_TIMEOUT, docker.version()).await?;
         if let Some(min) = version.min_api_version.as_deref()
             && api_newer_than_ours(min)
@@ -164,9 +167,8 @@ impl DockerRuntime {
                 "engine at {host} requires API >= {min}; orion speaks {API_VERSION}"
             )));
         }
-        let docker = bounded("version", PING_TIMEOUT, docker.negotiate_version()).await?;
-        let spoken = docker.client_version();
-        if spoken < API_VERSION {
+        let spoken = version.api_version.clone().unwrap_or_default();
+        if api_older_than_ours(&spoken) {
             return Err(RuntimeError::Unavailable(format!(
                 "engine at {host} serves API {spoken}; orion needs {API_VERSION}"
             )));
@@ -645,6 +647,17 @@ where
 }
 
 /// True when an engine's `MinAPIVersion` (e.g. `"1.12"`) is above ours.
+/// True when `version` (`major.minor`) is below the API Orion speaks; unparseable is not.
+fn api_older_than_ours(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<usize>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => {
+            (major, minor) < (API_VERSION.major_version, API_VERSION.minor_version)
+        }
+        _ => false,
+    }
+}
+
 fn api_newer_than_ours(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<usize>());
     match (parts.next(), parts.next()) {
@@ -714,5 +727,11 @@ mod tests {
         assert!(!api_newer_than_ours("1.41"));
         assert!(api_newer_than_ours("1.44"));
         assert!(!api_newer_than_ours("garbage"));
+        assert!(api_older_than_ours("1.40"));
+        assert!(api_older_than_ours("0.99"));
+        assert!(!api_older_than_ours("1.41"));
+        assert!(!api_older_than_ours("1.47"));
+        assert!(!api_older_than_ours("2.0"));
+        assert!(!api_older_than_ours("garbage"));
     }
 }

@@ -1,7 +1,7 @@
 //! Holding the service VIPs on this host, so the kernel delivers their packets to the
 //! mesh's listeners. The set to hold is `plan::vips` (pure); this module does the IO, with
 //! iproute2's `ip` (each call takes a few milliseconds and happens only when a service with a
-//! VIP comes or goes).
+//! VIP comes or goes; never at start-up).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -18,16 +18,27 @@ pub trait VipAddresses: Send + 'static {
 /// (`orion0`, as kube-proxy's IPVS mode uses `kube-ipvs0`) when the kernel can make one, else
 /// the loopback interface (hosts and containers without the `dummy` module); either way the
 /// /32 makes the address local to the host and to nothing else.
+///
+/// The interface is chosen at the first VIP, not at construction: finding or making it runs
+/// `ip` up to four times (about 3 ms each), which the agent's start-up should not wait for.
 pub struct IpCommand {
-    interface: String,
+    interface: Option<String>,
 }
 
 /// The dummy interface's name.
 pub const DUMMY_INTERFACE: &str = "orion0";
 
 impl IpCommand {
-    /// Makes (or finds) the dummy interface; falls back to `lo`.
     pub fn new() -> IpCommand {
+        IpCommand { interface: None }
+    }
+
+    /// Makes (or finds) the dummy interface, once; falls back to `lo`.
+    pub fn interface(&mut self) -> &str {
+        self.interface.get_or_insert_with(Self::choose)
+    }
+
+    fn choose() -> String {
         let exists = run(&["link", "show", DUMMY_INTERFACE]).is_ok();
         let made = exists
             || run(&["link", "add", DUMMY_INTERFACE, "type", "dummy"]).is_ok()
@@ -38,13 +49,7 @@ impl IpCommand {
             "lo"
         };
         tracing::info!(interface, "service VIPs are held on this interface");
-        IpCommand {
-            interface: interface.to_string(),
-        }
-    }
-
-    pub fn interface(&self) -> &str {
-        &self.interface
+        interface.to_string()
     }
 }
 
@@ -56,16 +61,12 @@ impl Default for IpCommand {
 
 impl VipAddresses for IpCommand {
     fn add(&mut self, ip: Ipv4Addr) -> io::Result<()> {
-        run(&[
-            "addr",
-            "replace",
-            &format!("{ip}/32"),
-            "dev",
-            &self.interface,
-        ])
+        let dev = self.interface().to_string();
+        run(&["addr", "replace", &format!("{ip}/32"), "dev", &dev])
     }
     fn remove(&mut self, ip: Ipv4Addr) -> io::Result<()> {
-        run(&["addr", "del", &format!("{ip}/32"), "dev", &self.interface])
+        let dev = self.interface().to_string();
+        run(&["addr", "del", &format!("{ip}/32"), "dev", &dev])
     }
 }
 

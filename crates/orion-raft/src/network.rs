@@ -124,6 +124,18 @@ pub trait RpcTransport: Send + Sync + 'static {
 /// A boxed, sendable future (the transport is used as a trait object).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// A rustls config that trusts no one: this transport speaks plain HTTP, and without a config
+/// of its own reqwest would load the system's root certificates (milliseconds at start-up).
+fn plain_http_tls() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth()
+}
+
 /// The production transport: one pooled HTTP client, every connection sourced from the
 /// node's advertise IP.
 #[derive(Clone, Debug)]
@@ -134,6 +146,8 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// A client whose every connection is sourced from `local_ip`.
     pub fn new(local_ip: IpAddr, rpc_timeout: Duration) -> Result<HttpTransport, reqwest::Error> {
+        // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .local_address(local_ip)
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
@@ -141,6 +155,7 @@ impl HttpTransport {
             .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
             .tcp_nodelay(true)
             .no_proxy()
+            .tls_backend_preconfigured(plain_http_tls())
             .build()?;
         Ok(HttpTransport { http })
     }

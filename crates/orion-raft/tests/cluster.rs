@@ -381,6 +381,8 @@ async fn garbage_on_every_rpc_route_gets_4xx() {
     node.bootstrap().await.unwrap();
     wait_leader(&node).await;
     let base = format!("http://{}", node.peer().raft_addr);
+    // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let routes = [
         paths::APPEND,
@@ -500,6 +502,8 @@ async fn forwarded_invalid_command_is_refused_and_nothing_is_written() {
     node.write(create_task(1)).await.unwrap();
     let before = node.status();
     let url = format!("http://{}{}", node.peer().raft_addr, paths::FORWARD);
+    // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
 
     let Command::CreateTask { spec, .. } = create_task(2) else {

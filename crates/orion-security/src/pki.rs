@@ -20,6 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const NODE_CERT_FILE: &str = "node-cert.json";
 
+/// The HTTPS API's certificate and key (`--api-tls`), in the data dir beside the node's.
+pub const API_CERT_FILE: &str = "api-cert.json";
+
 /// Default lifetime of a node certificate, as Swarm's.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -68,7 +71,16 @@ impl std::fmt::Debug for NodeCert {
 
 impl NodeCert {
     pub fn load(dir: &Path) -> Result<Option<NodeCert>, PkiError> {
-        let path = dir.join(NODE_CERT_FILE);
+        Self::load_file(dir, NODE_CERT_FILE)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        self.save_file(dir, NODE_CERT_FILE)
+    }
+
+    /// `file` in `dir` (`NODE_CERT_FILE`, `API_CERT_FILE`); `None` when it does not exist.
+    pub fn load_file(dir: &Path, file: &str) -> Result<Option<NodeCert>, PkiError> {
+        let path = dir.join(file);
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -78,8 +90,9 @@ impl NodeCert {
         }
     }
 
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        let path = dir.join(NODE_CERT_FILE);
+    /// Writes it to `file` in `dir`, mode 0600 (it holds the key).
+    pub fn save_file(&self, dir: &Path, file: &str) -> Result<(), PkiError> {
+        let path = dir.join(file);
         let bytes = serde_json::to_vec_pretty(self).expect("plain strings serialise");
         crate::material::write_private(&path, &bytes)
             .map_err(|e| PkiError::Invalid(format!("{}: {e}", path.display())))
@@ -240,6 +253,89 @@ pub fn issue_own(
     Ok(c)
 }
 
+/// The `O=` of an API certificate (a node certificate says "Orion node").
+pub const API_CERT_ORG: &str = "Orion API";
+
+/// A certificate for this node's HTTPS API (`--api-tls`): a new key, signed by the cluster CA,
+/// naming `node_id` and valid as a TLS server only (not a client: it cannot be used on the
+/// RPC port) for `names` (IP addresses and DNS names, e.g. the bind and advertise addresses
+/// and `localhost`), so `curl --cacert ca.pem` and the CLI check it like any HTTPS server.
+pub fn issue_api(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    node_id: &str,
+    names: &[String],
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<NodeCert, PkiError> {
+    if node_id.is_empty() || node_id.len() > 64 {
+        return Err(PkiError::Invalid(format!(
+            "node id {node_id:?} is not valid"
+        )));
+    }
+    if names.is_empty() {
+        return Err(PkiError::Invalid(
+            "an API certificate needs at least one name".into(),
+        ));
+    }
+    let key = new_key()?;
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert_pem, &ca_key)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| PkiError::Invalid(format!("API certificate names {names:?}: {e}")))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, node_id);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, API_CERT_ORG);
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let mut serial = serial();
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let not_before = now.checked_sub(BACKDATE).unwrap_or(UNIX_EPOCH);
+    let not_after = now + ttl.max(MIN_TTL);
+    params.not_before = to_offset(not_before);
+    params.not_after = to_offset(not_after);
+    let cert = params.signed_by(&key, &issuer)?;
+    let ca_der = pem_der(ca_cert_pem)?;
+    Ok(NodeCert {
+        node_id: node_id.to_string(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        ca_pem: ca_cert_pem.to_string(),
+        ca_fingerprint: fingerprint_text(&ca_der),
+        not_before: unix_s(not_before),
+        not_after: unix_s(not_after),
+    })
+}
+
+/// The subject alternative names of a certificate, as text (`127.0.0.1`, `localhost`).
+pub fn names_of(cert_der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return vec![];
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return vec![];
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// 16 random bytes for a serial number.
 pub fn serial() -> [u8; 16] {
     let r = crate::random_32();
@@ -361,5 +457,30 @@ mod tests {
         assert_eq!(node_id_of(b"garbage"), None);
         assert_eq!(spki_of(&[0x30, 0x03, 0x02, 0x01]), None);
         assert!(pem_der("-----BEGIN X-----\n!!!!\n-----END X-----").is_err());
+    }
+
+    #[test]
+    fn an_api_certificate_names_its_addresses_and_serves_only() {
+        let (ca, key) = new_ca().expect("ca");
+        let now = SystemTime::now();
+        let names = vec![
+            "127.0.220.5".to_string(),
+            "localhost".to_string(),
+            "::1".to_string(),
+        ];
+        let c =
+            issue_api(&ca, &key, "node-7", &names, Duration::from_secs(3600), now).expect("issue");
+        let der = c.cert_der().expect("der");
+        assert_eq!(names_of(&der), names);
+        assert_eq!(node_id_of(&der).as_deref(), Some("node-7"));
+        assert!(c.key_pem.contains("PRIVATE KEY"));
+        assert_eq!(
+            c.ca_fingerprint,
+            fingerprint_text(&pem_der(&ca).expect("ca"))
+        );
+        assert!(issue_api(&ca, &key, "n", &[], DEFAULT_TTL, now).is_err());
+        assert!(issue_api(&ca, &key, "n", &["caf\u{e9}".into()], DEFAULT_TTL, now).is_err());
+        assert!(issue_api(&ca, "nonsense", "n", &names, DEFAULT_TTL, now).is_err());
+        assert!(names_of(b"garbage").is_empty());
     }
 }

@@ -375,6 +375,197 @@ pub fn server_name() -> ServerName<'static> {
     ServerName::try_from("orion-node").expect("a valid DNS name")
 }
 
+/// How the CLI checks an HTTPS API (`--api-tls`): the server's certificate must be signed by
+/// a CA it trusts and name the address it dialled. It trusts a CA found by its fingerprint
+/// in the server's own chain (`pins`: from `--ca-fingerprint`, or the credentials file, as
+/// `docker swarm join` pins the CA digest), or a CA it was given as a file (`cas`,
+/// `--ca-cert`).
+/// A node that reads another node's HTTPS API (the logs proxy) trusts its cluster's CAs
+/// (`cluster`, read at each handshake, so a rotation needs no rebuild).
+#[derive(Debug)]
+pub struct ApiVerifier {
+    pins: BTreeSet<[u8; 32]>,
+    cas: Vec<Vec<u8>>,
+    cluster: Option<Arc<TrustStore>>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ApiVerifier {
+    pub fn new(pins: BTreeSet<[u8; 32]>, cas: Vec<Vec<u8>>) -> Arc<ApiVerifier> {
+        Arc::new(ApiVerifier {
+            pins,
+            cas,
+            cluster: None,
+            algs: provider().signature_verification_algorithms,
+        })
+    }
+
+    /// Trusts the CAs a node trusts now (its `TrustStore`).
+    pub fn of_cluster(store: Arc<TrustStore>) -> Arc<ApiVerifier> {
+        Arc::new(ApiVerifier {
+            pins: BTreeSet::new(),
+            cas: vec![],
+            cluster: Some(store),
+            algs: provider().signature_verification_algorithms,
+        })
+    }
+
+    /// The check, apart from the handshake's signature: `Err` is one line for the user.
+    pub fn check(
+        &self,
+        ee: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), String> {
+        let cert = webpki::EndEntityCert::try_from(ee)
+            .map_err(|e| format!("the API's certificate does not parse: {e}"))?;
+        let cluster = self.cluster.as_ref().map(|s| s.get()).unwrap_or_default();
+        let pinned = intermediates.iter().map(|c| c.as_ref()).filter(|c| {
+            let fp = pki::fingerprint(c);
+            self.pins.contains(&fp) || cluster.ca_fingerprints.contains(&fp)
+        });
+        let candidates: Vec<&[u8]> = self
+            .cas
+            .iter()
+            .chain(cluster.cas.iter())
+            .map(|c| c.as_slice())
+            .chain(pinned)
+            .collect();
+        let mut last_err = None;
+        for ca in candidates {
+            let ca_der = CertificateDer::from(ca);
+            let Ok(anchor) = webpki::anchor_from_trusted_cert(&ca_der) else {
+                last_err = Some("the trusted CA certificate does not parse".to_string());
+                continue;
+            };
+            match cert.verify_for_usage(
+                self.algs.all,
+                &[anchor],
+                &[],
+                now,
+                webpki::KeyUsage::server_auth(),
+                None,
+                None,
+            ) {
+                Ok(_) => {
+                    return cert.verify_is_valid_for_subject_name(name).map_err(|_| {
+                        format!(
+                            "the API's certificate is not valid for {} (it names {}); use an address it names, or restart the node with --api-tls-name",
+                            name.to_str(),
+                            pki::names_of(ee.as_ref()).join(", ")
+                        )
+                    });
+                }
+                Err(e) => last_err = Some(format!("the API's certificate is not valid: {e:?}")),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            let sent: Vec<String> = intermediates
+                .iter()
+                .map(|c| pki::fingerprint_text(c.as_ref()))
+                .collect();
+            let trusted: Vec<String> = self
+                .pins
+                .iter()
+                .chain(cluster.ca_fingerprints.iter())
+                .map(|f| format!("sha256:{}", hex::encode(f)))
+                .chain(self.cas.iter().map(|c| pki::fingerprint_text(c)))
+                .collect();
+            format!(
+                "the API's certificate is not from a trusted CA: it sent CA {}, this CLI trusts {} (another cluster, or a stale --ca-cert/--ca-fingerprint?)",
+                if sent.is_empty() { "-".to_string() } else { sent.join(", ") },
+                if trusted.is_empty() { "-".to_string() } else { trusted.join(", ") }
+            )
+        }))
+    }
+}
+
+impl ServerCertVerifier for ApiVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity, intermediates, server_name, now)
+            .map(|_| ServerCertVerified::assertion())
+            // rustls shows it as "unexpected error: <why>" (CertificateError::Other would
+            // show its Debug form); the CLI drops the prefix.
+            .map_err(refuse)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The HTTPS API's server (`--api-tls`): TLS 1.2 and 1.3, the certificate in `slot` (swapped
+/// on renewal), no client certificate (API clients authenticate with bearer tokens), HTTP/1.1.
+pub fn api_server_config(slot: Arc<CertSlot>) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(slot);
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// The CLI's client for an HTTPS API: ring, TLS 1.2 and 1.3, the server checked by `verifier`.
+pub fn api_client_config(
+    verifier: Arc<ApiVerifier>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// A client config that trusts no one, for reqwest clients that only speak plain HTTP: handed
+/// over with `tls_backend_preconfigured`, it spares reqwest loading the system's root
+/// certificates (about 3 ms, on the agent's start-up path).
+pub fn plain_http_client_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// Installs ring as the process's default rustls provider, once. A reqwest client built
+/// without a preconfigured TLS config asks for it (reqwest's `rustls-no-provider` feature,
+/// which the CLI's HTTPS needs, is on for the whole workspace) and panics when there is none.
+pub fn install_default_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: another provider is installed already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,5 +670,63 @@ mod tests {
             .set(vec![join.cert_der], join.key_der)
             .expect("join key loads");
         assert!(CertSlot::new().set(vec![], vec![1, 2, 3]).is_err());
+    }
+
+    fn api_check(
+        v: &ApiVerifier,
+        c: &pki::NodeCert,
+        name: &str,
+        at: SystemTime,
+    ) -> Result<(), String> {
+        let now = UnixTime::since_unix_epoch(at.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        let name = ServerName::try_from(name.to_string()).expect("name");
+        v.check(&chain(c)[0], &chain(c)[1..], &name, now)
+    }
+
+    #[test]
+    fn the_api_verifier_wants_the_pinned_ca_and_a_name_the_certificate_holds() {
+        let (ca, key) = pki::new_ca().expect("ca");
+        let (other, other_key) = pki::new_ca().expect("other");
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(600);
+        let names = vec!["127.0.220.9".to_string(), "localhost".to_string()];
+        let api = pki::issue_api(&ca, &key, "n1", &names, ttl, now).expect("api");
+        let ca_der = pki::pem_der(&ca).expect("der");
+        let pinned = ApiVerifier::new([pki::fingerprint(&ca_der)].into(), vec![]);
+        let from_file = ApiVerifier::new(BTreeSet::new(), vec![ca_der.clone()]);
+        for v in [&pinned, &from_file] {
+            assert_eq!(api_check(v, &api, "127.0.220.9", now), Ok(()));
+            assert_eq!(api_check(v, &api, "localhost", now), Ok(()));
+            // A name the certificate does not hold: the message lists the names it does.
+            let e = api_check(v, &api, "127.0.220.10", now).expect_err("name");
+            assert!(
+                e.contains("not valid for 127.0.220.10") && e.contains("localhost"),
+                "{e}"
+            );
+            // Expired.
+            assert!(api_check(v, &api, "localhost", now + Duration::from_secs(3600)).is_err());
+        }
+        // Another cluster's CA: one line that names both fingerprints.
+        let foreign = pki::issue_api(&other, &other_key, "n1", &names, ttl, now).expect("f");
+        let e = api_check(&pinned, &foreign, "localhost", now).expect_err("foreign");
+        assert!(
+            e.contains("not from a trusted CA") && !e.contains('\n'),
+            "{e}"
+        );
+        assert!(e.contains(&pki::fingerprint_text(&ca_der)), "{e}");
+        // A certificate forged under another CA that carries the pinned CA in its chain.
+        let mut c = chain(&foreign);
+        c[1] = CertificateDer::from(ca_der.clone());
+        let name = ServerName::try_from("localhost").expect("name");
+        assert!(
+            pinned
+                .check(&c[0], &c[1..], &name, UnixTime::now())
+                .is_err()
+        );
+        // A node certificate (no name) is not an API certificate.
+        let node = pki::issue_own(&ca, &key, "n1", ttl, now).expect("node");
+        assert!(api_check(&pinned, &node, "localhost", now).is_err());
+        api_server_config(CertSlot::new()).expect("server");
+        api_client_config(pinned).expect("client");
     }
 }

@@ -72,6 +72,9 @@ pub struct Node {
     pub gossip: Gossip<NodeMeta>,
     pub docker: DockerRuntime,
     http: reqwest::Client,
+    /// For other nodes' HTTPS APIs (`--api-tls`): trusts the cluster's CAs. `None` with
+    /// `--insecure`.
+    https: Option<reqwest::Client>,
     /// Allocation ids of placements at creation (the controller shares it).
     ids: Arc<dyn IdSource>,
     /// Creates this node is proposing right now (see `Node::create`).
@@ -449,24 +452,45 @@ impl Backend for Node {
             .ok_or_else(|| {
                 ApiError::not_found(format!("node {node} of task {} is unknown", task.id))
             })?;
-        let mut url = format!("http://{api}/tasks/{}/logs?follow={follow}", task.id);
-        if let Some(t) = tail {
-            url.push_str(&format!("&tail={t}"));
+        // A node's API is HTTPS or not by its own --api-tls: try this node's kind first, then
+        // the other (a plain request to a TLS port, or the reverse, fails at once).
+        let mut tries = vec![("http", &self.http)];
+        if let Some(https) = &self.https {
+            tries.push(("https", https));
+            if self.cfg.api_tls.is_some() {
+                tries.reverse();
+            }
         }
-        let mut req = self.http.get(url);
-        if let Some(s) = &self.secrets {
-            // The nodes' own read-only token: this proxy reads another node's API.
-            req = req.bearer_auth(orion_security::keys::node_api_token(
-                &s.get().secret_bytes(),
-            ));
+        let mut failed = None;
+        let mut answered = None;
+        for (scheme, client) in tries {
+            let mut url = format!("{scheme}://{api}/tasks/{}/logs?follow={follow}", task.id);
+            if let Some(t) = tail {
+                url.push_str(&format!("&tail={t}"));
+            }
+            let mut req = client.get(url);
+            if let Some(s) = &self.secrets {
+                // The nodes' own read-only token: this proxy reads another node's API.
+                req = req.bearer_auth(orion_security::keys::node_api_token(
+                    &s.get().secret_bytes(),
+                ));
+            }
+            if !follow {
+                req = req.timeout(LOGS_PROXY_TIMEOUT);
+            }
+            match req.send().await {
+                Ok(r) => {
+                    answered = Some(r);
+                    break;
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
         }
-        if !follow {
-            req = req.timeout(LOGS_PROXY_TIMEOUT);
-        }
-        let resp = req.send().await.map_err(|e| {
+        let resp = answered.ok_or_else(|| {
             ApiError::unavailable(format!(
-                "node {node} runs task {} but cannot be reached: {e}",
-                task.id
+                "node {node} runs task {} but cannot be reached: {}",
+                task.id,
+                failed.map(|e| e.to_string()).unwrap_or_default()
             ))
         })?;
         if !resp.status().is_success() {
@@ -525,7 +549,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if cfg.advertise.is_loopback() && cfg.api_bind.ip().is_unspecified() {
         warn!(advertise = %cfg.advertise, "advertising a loopback address: nodes on other hosts cannot reach this one; pass --advertise for a multi-host cluster");
     }
-    info!(id = %cfg.id, api = %cfg.api_addr(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
+    info!(id = %cfg.id, api = %cfg.api_addr(), api_tls = cfg.api_tls.is_some(), raft = %cfg.raft_addr(), gossip = %cfg.gossip_addr(), data_dir = %cfg.data_dir.display(), "starting orion agent");
     let mut security = crate::security::prepare(&cfg).await?;
     // This node's certificate: from the data dir, issued by the bootstrap's new CA, or for a
     // first join from a member (before this node enters gossip or Raft).
@@ -537,6 +561,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 &cfg.id,
                 cfg.cert_ttl,
                 &sec.secrets,
+                cfg.api_tls.clone(),
             )?;
             if !pki.has_cert() && !cfg.join.is_empty() {
                 let cert = crate::security::obtain_certificate(&cfg, sec).await?;
@@ -549,6 +574,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     &cfg.id,
                     cfg.cert_ttl,
                     &sec.secrets,
+                    cfg.api_tls.clone(),
                 )?;
             }
             Some(pki)
@@ -655,11 +681,29 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         crate::security::register(&cfg, &sec.secrets, ca.as_ref());
     }
 
+    orion_security::tls::install_default_provider();
     let http = reqwest::Client::builder()
         .local_address(cfg.advertise)
         .connect_timeout(Duration::from_secs(2))
+        .tls_backend_preconfigured(orion_security::tls::plain_http_client_config())
         .build()
         .context("cannot build the HTTP client")?;
+    let https = match &pki {
+        Some(p) => Some(
+            reqwest::Client::builder()
+                .local_address(cfg.advertise)
+                .connect_timeout(Duration::from_secs(2))
+                .tls_backend_preconfigured(
+                    orion_security::tls::api_client_config(
+                        orion_security::tls::ApiVerifier::of_cluster(p.store.clone()),
+                    )
+                    .context("TLS client configuration")?,
+                )
+                .build()
+                .context("cannot build the HTTPS client")?,
+        ),
+        None => None,
+    };
     let ids: Arc<dyn IdSource> = Arc::new(RandomIds::default());
     // endpoint view: read by DNS and the mesh
     let (endpoints_tx, endpoints) =
@@ -672,6 +716,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         gossip,
         docker: docker.clone(),
         http,
+        https,
         ids: ids.clone(),
         creates_in_flight: AtomicUsize::new(0),
         sealed,
@@ -781,18 +826,31 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
     }
     let mut api_stop = stop_rx.clone();
+    let api_tls = pki
+        .as_ref()
+        .map(|p| p.api_server_config())
+        .transpose()?
+        .flatten();
     let api = tokio::spawn(async move {
         let shutdown = async move {
             let _ = api_stop.wait_for(|s| *s).await;
         };
-        // Answers are small and clients wait on them: no Nagle delay.
-        let api_listener = axum::serve::ListenerExt::tap_io(api_listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(api_listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        let served = match api_tls {
+            Some(tls) => match crate::https::TlsListener::new(api_listener, tls) {
+                Ok(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+                Err(e) => Err(e),
+            },
+            None => {
+                // Answers are small and clients wait on them: no Nagle delay.
+                let api_listener = axum::serve::ListenerExt::tap_io(api_listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(api_listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             warn!(error = %e, "API server ended");
         }
     });

@@ -29,9 +29,71 @@ pub struct ClientArgs {
     /// API token [default: ORION_TOKEN, else the credentials file's entry for --addr]
     #[arg(long)]
     pub token: Option<String>,
+    /// For an https:// --addr (a node with --api-tls): trust the CA in this PEM file
+    /// (`orion ca show --pem` prints it)
+    #[arg(long, env = "ORION_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// For an https:// --addr: trust the CA with this fingerprint (sha256:<hex>, as `orion ca
+    /// show` and the join token name it) [default: the credentials file's entry for --addr]
+    #[arg(long, env = "ORION_CA_FINGERPRINT", value_name = "SHA256")]
+    pub ca_fingerprint: Option<String>,
+}
+
+/// `sha256:<64 hex digits>` (the prefix may be left out).
+fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let h = s.trim();
+    let h = h.strip_prefix("sha256:").unwrap_or(h);
+    hex::decode(h).ok()?.try_into().ok()
 }
 
 impl ClientArgs {
+    /// How the CLI checks an https:// API: the CA of `--ca-cert`, and the fingerprint of
+    /// `--ca-fingerprint` or else the one the credentials file keeps for `--addr`.
+    pub fn api_tls(&self) -> Result<rustls::ClientConfig> {
+        let mut cas = Vec::new();
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("--ca-cert {}", path.display()))?;
+            for block in pem.split_inclusive("-----END CERTIFICATE-----") {
+                if block.contains("-----BEGIN CERTIFICATE-----") {
+                    cas.push(
+                        orion_security::pki::pem_der(block)
+                            .map_err(|e| anyhow!("--ca-cert {}: {e}", path.display()))?,
+                    );
+                }
+            }
+            if cas.is_empty() {
+                bail!("--ca-cert {}: no PEM certificate in it", path.display());
+            }
+        }
+        let mut pins = std::collections::BTreeSet::new();
+        match &self.ca_fingerprint {
+            Some(f) => {
+                pins.insert(parse_fingerprint(f).ok_or_else(|| {
+                    anyhow!("--ca-fingerprint {f:?}: expected sha256:<64 hex digits>")
+                })?);
+            }
+            None => {
+                if let Some(e) = orion_security::credentials::default_path().and_then(|p| {
+                    orion_security::credentials::find(&p, &self.addr)
+                        .ok()
+                        .flatten()
+                }) && let Some(f) = parse_fingerprint(&e.ca_fingerprint)
+                {
+                    pins.insert(f);
+                }
+            }
+        }
+        if pins.is_empty() && cas.is_empty() {
+            bail!(
+                "{}: no CA to check the API's certificate against: pass --ca-cert FILE (`orion ca show --pem` on a member prints it) or --ca-fingerprint sha256:... (`orion ca show`)",
+                self.addr
+            );
+        }
+        orion_security::tls::api_client_config(orion_security::tls::ApiVerifier::new(pins, cas))
+            .context("TLS client configuration")
+    }
+
     /// The API token to send: `--token`, then `ORION_TOKEN` (unless it holds a join token),
     /// then the credentials file's entry for `--addr`.
     pub fn api_token(&self) -> Option<String> {
@@ -180,6 +242,9 @@ pub enum CaCmd {
     Show {
         #[command(flatten)]
         c: ClientArgs,
+        /// Print only the CA certificate (PEM), e.g. for `curl --cacert`
+        #[arg(long)]
+        pem: bool,
     },
     /// Make a new CA: every node re-issues its certificate under it, the old one stays trusted
     /// until the next rotation. Prints the new join token (the credentials file is updated)
@@ -376,11 +441,13 @@ impl Api {
                 .context("--token: not a valid header value")?;
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .default_headers(headers)
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .context("cannot build an HTTP client")?;
+            .connect_timeout(Duration::from_secs(3));
+        if base.starts_with("https://") {
+            builder = builder.tls_backend_preconfigured(c.api_tls()?);
+        }
+        let http = builder.build().context("cannot build an HTTP client")?;
         Ok(Api { base, http })
     }
 
@@ -402,10 +469,22 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach orion at {}: {}", self.base, root_cause(&e)))?;
+        let resp = req.send().await.map_err(|e| {
+            let cause = root_cause(&e);
+            // rustls's wording around the API verifier's one line.
+            let cause = cause
+                .strip_prefix("unexpected error: ")
+                .map(str::to_string)
+                .unwrap_or(cause);
+            // A TLS server answers a plain request with an alert, which hyper reads as a
+            // bad status line.
+            let hint = if self.base.starts_with("http://") && cause.contains("invalid HTTP") {
+                " (does the node serve HTTPS, --api-tls? then use --addr https://...)"
+            } else {
+                ""
+            };
+            anyhow!("cannot reach orion at {}: {cause}{hint}", self.base)
+        })?;
         let status = resp.status();
         let text = resp.text().await.context("reading the answer")?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -890,9 +969,13 @@ fn print_json(v: &Value) -> Result<()> {
 
 async fn ca_cmd(cmd: CaCmd) -> Result<()> {
     match cmd {
-        CaCmd::Show { c } => {
+        CaCmd::Show { c, pem } => {
             let api = Api::new(&c)?;
             let v = api.get("/ca").await?;
+            if pem {
+                print!("{}", v["certPem"].as_str().unwrap_or(""));
+                return Ok(());
+            }
             if c.json {
                 return print_json(&v);
             }

@@ -117,6 +117,42 @@ pub struct AgentArgs {
     /// it, and those of nodes it admits): e.g. 90d, 12h, 10m; at least 10s
     #[arg(long, default_value = "90d", value_parser = parse_cert_ttl)]
     pub cert_ttl: std::time::Duration,
+    /// Serve the HTTP API over HTTPS, with a certificate from the cluster CA (renewed with the
+    /// node's) naming the bind and advertise addresses and localhost; the CLI checks it against
+    /// the CA it pins. Not with --insecure
+    #[arg(long)]
+    pub api_tls: bool,
+    /// Another name (DNS name or IP address) the API's certificate holds, e.g. a load
+    /// balancer's; repeatable
+    #[arg(long = "api-tls-name", value_name = "NAME", requires = "api_tls")]
+    pub api_tls_names: Vec<String>,
+}
+
+/// The names the API's certificate holds: the advertise address, the bind address when it is
+/// specific (else the loopback addresses), `localhost`, and the `--api-tls-name`s.
+fn api_tls_names(bind: IpAddr, advertise: IpAddr, extra: &[String]) -> Result<Vec<String>> {
+    let mut names = vec![advertise.to_string()];
+    if bind.is_unspecified() {
+        names.push(Ipv4Addr::LOCALHOST.to_string());
+        names.push(std::net::Ipv6Addr::LOCALHOST.to_string());
+    } else {
+        names.push(bind.to_string());
+    }
+    names.push("localhost".to_string());
+    for n in extra.iter().map(|n| n.trim()) {
+        let ok = n.parse::<IpAddr>().is_ok()
+            || (!n.is_empty()
+                && n.len() <= 253
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.*".contains(c)));
+        if !ok {
+            bail!("--api-tls-name {n:?}: expected a DNS name or an IP address");
+        }
+        names.push(n.to_string());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    Ok(names)
 }
 
 fn parse_cert_ttl(s: &str) -> Result<std::time::Duration, String> {
@@ -165,6 +201,8 @@ pub struct AgentConfig {
     pub join_token: Option<String>,
     pub insecure: bool,
     pub cert_ttl: std::time::Duration,
+    /// `--api-tls`: the names the API's certificate holds; `None` serves plain HTTP.
+    pub api_tls: Option<Vec<String>>,
 }
 
 impl AgentConfig {
@@ -278,6 +316,16 @@ impl AgentArgs {
             }),
             insecure: self.insecure,
             cert_ttl: self.cert_ttl,
+            api_tls: if self.api_tls {
+                if self.insecure {
+                    bail!(
+                        "--api-tls needs the cluster CA, which --insecure turns off: drop one of them"
+                    );
+                }
+                Some(api_tls_names(self.bind, advertise, &self.api_tls_names)?)
+            } else {
+                None
+            },
             join,
             voters: self.voters,
             labels,
@@ -351,4 +399,71 @@ fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_certificate_names_the_addresses_the_api_answers_on() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let cases: &[(&str, &str, &[&str], &[&str])] = &[
+            (
+                "127.0.220.1",
+                "127.0.220.1",
+                &[],
+                &["127.0.220.1", "localhost"],
+            ),
+            (
+                "0.0.0.0",
+                "10.0.0.5",
+                &["orion.example.com"],
+                &[
+                    "10.0.0.5",
+                    "127.0.0.1",
+                    "::1",
+                    "localhost",
+                    "orion.example.com",
+                ],
+            ),
+            (
+                "10.0.0.5",
+                "192.168.1.9",
+                &["10.0.0.5"],
+                &["192.168.1.9", "10.0.0.5", "localhost"],
+            ),
+        ];
+        for (bind, advertise, extra, want) in cases {
+            let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            let got = api_tls_names(ip(bind), ip(advertise), &extra).expect("names");
+            assert_eq!(got, *want, "bind {bind} advertise {advertise}");
+        }
+        for bad in ["", "a b", "caf\u{e9}.example"] {
+            assert!(api_tls_names(ip("0.0.0.0"), ip("10.0.0.5"), &[bad.into()]).is_err());
+        }
+    }
+
+    #[test]
+    fn api_tls_is_refused_with_insecure() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: AgentArgs,
+        }
+        let args = |extra: &[&str]| {
+            let mut v = vec!["orion", "--id", "n1", "--bind", "127.0.220.1"];
+            v.extend_from_slice(extra);
+            Cli::parse_from(v).a.resolve()
+        };
+        let e = args(&["--api-tls", "--insecure"]).expect_err("refused");
+        assert!(e.to_string().contains("--insecure"), "{e}");
+        let c = args(&["--api-tls"]).expect("api tls");
+        assert_eq!(
+            c.api_tls,
+            Some(vec!["127.0.220.1".to_string(), "localhost".to_string()])
+        );
+        assert_eq!(args(&[]).expect("plain").api_tls, None);
+    }
 }

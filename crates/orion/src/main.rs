@@ -9,6 +9,7 @@ mod capacity;
 mod client;
 mod config;
 mod discovery;
+mod https;
 mod join;
 mod mesh;
 mod metrics;
@@ -53,6 +54,9 @@ fn main() {
         }
         _ => {}
     }
+    // reqwest's rustls (the CLI's HTTPS) asks every client it builds for the process's
+    // provider; the CLI hands its own config, the agent's plain-HTTP clients use this one.
+    orion_security::tls::install_default_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

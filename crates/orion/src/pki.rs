@@ -12,6 +12,10 @@
 //!   the revocation list of removed nodes. Before (a joiner that has not replicated yet):
 //!   the CA its join token pins. Recomputed every `REFRESH` from the local replica; when it
 //!   changes, `changed` is bumped and the RPC server re-checks its open connections.
+//! - **The API's certificate** (`--api-tls`). Another certificate of the same CA, for TLS
+//!   servers only, naming the API's addresses (`ApiCert::names`). Kept in
+//!   `<data-dir>/api-cert.json` and renewed like the node's: at two thirds of its life and when
+//!   the cluster's CA changes; swapped into the API listener's own `CertSlot`.
 
 use anyhow::{Context, Result};
 use orion_security::material::NodeSecrets;
@@ -28,8 +32,18 @@ use tracing::{info, warn};
 /// How often the trust and the certificate's age are checked against the local replica.
 pub const REFRESH: Duration = Duration::from_millis(250);
 
+/// The HTTPS API's certificate (`--api-tls`).
+pub struct ApiCert {
+    /// The subject alternative names it must hold.
+    pub names: Vec<String>,
+    pub slot: Arc<CertSlot>,
+    cert: Mutex<Option<NodeCert>>,
+}
+
 pub struct NodePki {
     pub slot: Arc<CertSlot>,
+    /// `Some` with `--api-tls`.
+    pub api: Option<ApiCert>,
     pub store: Arc<TrustStore>,
     changed_tx: watch::Sender<u64>,
     changed_rx: watch::Receiver<u64>,
@@ -55,6 +69,7 @@ impl NodePki {
         node_id: &str,
         ttl: Duration,
         secrets: &NodeSecrets,
+        api_names: Option<Vec<String>>,
     ) -> Result<Arc<NodePki>> {
         let secret = secrets.secret_bytes();
         let pinned = secrets.join_token().ca_fingerprint;
@@ -75,8 +90,35 @@ impl NodePki {
         };
         let (changed_tx, changed_rx) = watch::channel(0);
         let local_ca = secrets.ca_cert_pem.clone().zip(secrets.ca_key_pem.clone());
+        let api = api_names.map(|names| {
+            // A saved API certificate serves again if it still names these addresses; the
+            // first refresh renews it if it is due or from a CA that is no longer the cluster's.
+            let saved = match NodeCert::load_file(&data_dir, pki::API_CERT_FILE) {
+                Ok(Some(c))
+                    if c.node_id == node_id
+                        && c.cert_der()
+                            .map(|d| pki::names_of(&d) == names)
+                            .unwrap_or(false) =>
+                {
+                    Some(c)
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the API's certificate; issuing a new one");
+                    None
+                }
+            };
+            let slot = CertSlot::new();
+            let saved = saved.filter(|c| slot.set_node(c).is_ok());
+            ApiCert {
+                names,
+                slot,
+                cert: Mutex::new(saved),
+            }
+        });
         let pki = Arc::new(NodePki {
             slot: CertSlot::new(),
+            api,
             store: TrustStore::new(Trust::default()),
             changed_tx,
             changed_rx,
@@ -226,6 +268,70 @@ impl NodePki {
             self.changed_tx.send_modify(|v| *v += 1);
         }
         self.renew_if_due(ca);
+        self.renew_api_if_due(ca);
+    }
+
+    /// Issues the API's certificate when it has none, when it is due, or when the cluster's
+    /// CA is not the one that signed it.
+    fn renew_api_if_due(&self, ca: Option<&ClusterCa>) {
+        let Some(api) = &self.api else {
+            return;
+        };
+        let now = SystemTime::now();
+        let due = match &*api.cert.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some(c) => {
+                c.due_for_renewal(now)
+                    || ca.is_some_and(|ca| {
+                        pki::pem_der(&ca.cert_pem)
+                            .map(|d| pki::fingerprint_text(&d) != c.ca_fingerprint)
+                            .unwrap_or(false)
+                    })
+            }
+        };
+        if !due || (ca.is_none() && self.local_ca.is_none()) {
+            // Without the CA (a joiner before it replicated the state) it waits a refresh.
+            return;
+        }
+        let issued = self.signing_ca(ca).and_then(|(ca, key)| {
+            pki::issue_api(&ca, &key, &self.node_id, &api.names, self.ttl, now)
+                .map_err(|e| e.to_string())
+        });
+        let installed = issued.and_then(|c| {
+            c.save_file(&self.data_dir, pki::API_CERT_FILE)
+                .map_err(|e| format!("cannot save the API's certificate: {e}"))?;
+            api.slot.set_node(&c)?;
+            let done = (c.ca_fingerprint.clone(), c.not_after);
+            *api.cert.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+            Ok(done)
+        });
+        match installed {
+            Ok((fp, until)) => {
+                info!(ca = %fp, not_after = until, names = ?api.names, "issued the API's certificate");
+            }
+            Err(e) => {
+                let mut last = self
+                    .last_failure_log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                    *last = Some(std::time::Instant::now());
+                    warn!(error = %e, "cannot issue the API's certificate yet");
+                }
+            }
+        }
+    }
+
+    /// The HTTPS API's TLS (`--api-tls`): its certificate, swapped on renewal.
+    pub fn api_server_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>> {
+        self.api
+            .as_ref()
+            .map(|a| {
+                tls::api_server_config(a.slot.clone())
+                    .map(Arc::new)
+                    .context("API TLS server configuration")
+            })
+            .transpose()
     }
 
     fn renew_if_due(&self, ca: Option<&ClusterCa>) {

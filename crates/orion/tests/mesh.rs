@@ -175,6 +175,8 @@ impl Prober {
         let task = tokio::spawn(async move {
             // No pooling: every request is a new connection through the mesh, as a new
             // client would make.
+            // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(5))

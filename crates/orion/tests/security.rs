@@ -1,9 +1,10 @@
-//! Secure by default (issue 13), with real processes on 127.0.120.* to 127.0.126.*: a node
-//! joins only with its cluster's join token, and gets a node certificate; the RPC port talks
-//! only to peers with one; a removed node's certificate is refused; certificates, the CA and
+//! Secure by default (issue 13), with real processes on 127.0.120.* to 127.0.126.* and
+//! 127.0.220.*: a node joins only with its cluster's join token, and gets a node certificate;
+//! the RPC port talks only to peers with one; a removed node's certificate is refused; certificates, the CA and
 //! the gossip key rotate while clients write; every API route but /health needs a bearer token
 //! whose role allows the call, and a revocation reaches every node within a second; gossip on
-//! the wire names no node and a replayed packet changes nothing.
+//! the wire names no node and a replayed packet changes nothing; `--api-tls` serves the API
+//! over HTTPS under the cluster CA.
 
 mod common;
 
@@ -805,4 +806,197 @@ async fn certificates_the_ca_and_the_gossip_key_rotate_while_clients_write() {
         );
         assert!(!log.contains("panicked"), "{} panicked:\n{log}", a.id);
     }
+}
+
+/// Runs `orion ARGS` (a CLI command); returns (success, stdout, stderr).
+fn orion(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orion"))
+        .args(args)
+        .env_remove("ORION_ADDR")
+        .env_remove("ORION_TOKEN")
+        .env_remove("ORION_CA_CERT")
+        .env_remove("ORION_CA_FINGERPRINT")
+        .output()
+        .expect("run orion");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `curl ARGS`; returns the HTTP status (`None`: no HTTP answer, e.g. a refused certificate).
+fn curl(args: &[&str]) -> Option<u16> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s| *s != 0)
+}
+
+/// `--api-tls`: the API (and `/health`) is HTTPS with a certificate of the cluster CA naming
+/// the node's address; `curl --cacert` with `orion ca show --pem` and the CLI (which pins the
+/// CA by the fingerprint of the credentials file) accept it, a CLI that pins another CA and a
+/// plain HTTP client do not. The certificate follows `orion ca rotate`, survives a restart,
+/// and a node reads another node's HTTPS API for `orion logs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_https_under_the_cluster_ca_and_the_cli_checks_it() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let mut a = Agent::start("sec-tls1", ip("127.0.220.11"), &["--api-tls"]);
+    let https = "https://127.0.220.11:8000".to_string();
+    // The CLI finds the CA's fingerprint in the credentials file the bootstrap wrote.
+    let ca_pem = wait_for(Duration::from_secs(20), "orion ca show --pem", || {
+        let https = https.clone();
+        async move {
+            let (ok, out, _) = orion(&["ca", "show", "--pem", "--addr", &https]);
+            (ok && out.contains("BEGIN CERTIFICATE")).then_some(out)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).expect("write ca.pem");
+    let ca = ca_file.to_str().expect("utf-8 path");
+    let token = credentials_entry(&https).admin_token;
+    let auth = format!("Authorization: Bearer {token}");
+
+    // curl with the CA: /health and an authenticated GET answer; without a token 401.
+    assert_eq!(
+        curl(&["--cacert", ca, &format!("{https}/health")]),
+        Some(200)
+    );
+    assert_eq!(
+        curl(&["--cacert", ca, "-H", &auth, &format!("{https}/nodes")]),
+        Some(200)
+    );
+    assert_eq!(
+        curl(&["--cacert", ca, &format!("{https}/nodes")]),
+        Some(401)
+    );
+    // Without the CA curl refuses the certificate; plain HTTP gets no HTTP answer.
+    assert_eq!(curl(&[&format!("{https}/health")]), None);
+    assert_eq!(curl(&["http://127.0.220.11:8000/health"]), None);
+    assert!(
+        client()
+            .get("http://127.0.220.11:8000/health")
+            .send()
+            .await
+            .is_err()
+    );
+
+    // The CLI: by the pinned fingerprint, and by --ca-cert alone.
+    let (ok, out, err) = orion(&["nodes", "--addr", &https]);
+    assert!(ok && out.contains("sec-tls1"), "{out}{err}");
+    let (ok, out, err) = orion(&[
+        "nodes",
+        "--addr",
+        &https,
+        "--ca-cert",
+        ca,
+        "--token",
+        &token,
+    ]);
+    assert!(ok && out.contains("sec-tls1"), "{out}{err}");
+    // A CLI that pins another CA is refused, in one line that names both CAs.
+    let other = format!("sha256:{}", "ab".repeat(32));
+    let (ok, _, err) = orion(&["nodes", "--addr", &https, "--ca-fingerprint", &other]);
+    assert!(!ok, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not from a trusted CA") && err.contains(&other),
+        "{err}"
+    );
+    // Plain HTTP to the HTTPS port: a hint to use https.
+    let (ok, _, err) = orion(&["nodes", "--addr", "http://127.0.220.11:8000"]);
+    assert!(!ok && err.contains("--api-tls"), "{err}");
+
+    // A second node with --api-tls; node 1 proxies its task's logs over HTTPS.
+    let b = Agent::start(
+        "sec-tls2",
+        ip("127.0.220.12"),
+        &["--api-tls", "--join", "127.0.220.11:6000"],
+    );
+    let b_https = "https://127.0.220.12:8000".to_string();
+    wait_for(Duration::from_secs(30), "sec-tls2 to join", || {
+        let https = https.clone();
+        async move {
+            let (ok, out, _) = orion(&["nodes", "--addr", &https]);
+            (ok && out.contains("sec-tls2") && out.contains("alive")).then_some(())
+        }
+    })
+    .await;
+    // A joiner issues its API certificate once it has replicated the CA (its key sealed in
+    // the state).
+    wait_for(
+        Duration::from_secs(10),
+        "sec-tls2's API certificate",
+        || {
+            let url = format!("{b_https}/health");
+            let ca = ca.to_string();
+            async move { (curl(&["--cacert", &ca, &url]) == Some(200)).then_some(()) }
+        },
+    )
+    .await;
+    let (ok, out, err) = orion(&[
+        "run",
+        "--addr",
+        &https,
+        "--wait",
+        "--constraint",
+        "node.id==sec-tls2",
+        common::IMAGE,
+        "sh",
+        "-c",
+        "echo hello-over-tls; sleep 3600",
+    ]);
+    assert!(ok, "{out}{err}");
+    let task = out.lines().last().unwrap_or_default().trim().to_string();
+    wait_for(Duration::from_secs(15), "logs through node 1", || {
+        let (https, task) = (https.clone(), task.clone());
+        async move {
+            let (ok, out, _) = orion(&["logs", "--addr", &https, &task]);
+            (ok && out.contains("hello-over-tls")).then_some(())
+        }
+    })
+    .await;
+
+    // After `orion ca rotate` the API's certificate is re-issued under the new CA: the old
+    // CA's file no longer verifies it, the CLI (its pin updated by the rotate) does.
+    let (ok, out, err) = orion(&["ca", "rotate", "--addr", &https]);
+    assert!(ok, "{out}{err}");
+    wait_for(
+        Duration::from_secs(10),
+        "the API certificate of the new CA",
+        || async {
+            (curl(&["--cacert", ca, "https://127.0.220.11:8000/health"]).is_none()).then_some(())
+        },
+    )
+    .await;
+    let (ok, out, err) = orion(&["nodes", "--addr", &https]);
+    assert!(ok && out.contains("sec-tls1"), "{out}{err}");
+    assert!(a.log_text().matches("issued the API's certificate").count() >= 2);
+
+    // A restart serves the saved certificate at once.
+    a.restart();
+    wait_for(Duration::from_secs(20), "sec-tls1 over HTTPS again", || {
+        let https = https.clone();
+        async move { orion(&["nodes", "--addr", &https]).0.then_some(()) }
+    })
+    .await;
+    drop(b);
 }

@@ -207,6 +207,8 @@ pub fn signal(pid: u32, sig: &str) {
 
 /// HTTP client bound to nothing in particular; short timeouts so a dead node fails fast.
 pub fn client() -> reqwest::Client {
+    // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(2))

@@ -114,6 +114,8 @@ pub async fn client(
     history: Arc<History>,
     shared: Arc<Shared>,
 ) {
+    // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .default_headers(admin_header(&apis))
         .connect_timeout(Duration::from_secs(2))
@@ -375,6 +377,8 @@ pub struct HostileTally {
 
 /// Sends malformed and hostile requests until `stop`: each must get a 4xx or be cut off.
 pub async fn hostile(seed: u64, apis: Vec<String>, shared: Arc<Shared>) -> HostileTally {
+    // reqwest's rustls needs a process-wide provider (ARCHITECTURE.md, "HTTPS API").
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .default_headers(admin_header(&apis))
         .connect_timeout(Duration::from_secs(2))
