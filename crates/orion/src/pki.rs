@@ -278,17 +278,11 @@ impl NodePki {
             return;
         };
         let now = SystemTime::now();
-        let due = match &*api.cert.lock().unwrap_or_else(|p| p.into_inner()) {
-            None => true,
-            Some(c) => {
-                c.due_for_renewal(now)
-                    || ca.is_some_and(|ca| {
-                        pki::pem_der(&ca.cert_pem)
-                            .map(|d| pki::fingerprint_text(&d) != c.ca_fingerprint)
-                            .unwrap_or(false)
-                    })
-            }
-        };
+        let due = renewal_due(
+            api.cert.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
+            ca,
+            now,
+        );
         if !due || (ca.is_none() && self.local_ca.is_none()) {
             // Without the CA (a joiner before it replicated the state) it waits a refresh.
             return;
@@ -336,17 +330,11 @@ impl NodePki {
 
     fn renew_if_due(&self, ca: Option<&ClusterCa>) {
         let now = SystemTime::now();
-        let due = match &*self.cert.lock().unwrap_or_else(|p| p.into_inner()) {
-            None => true,
-            Some(c) => {
-                c.due_for_renewal(now)
-                    || ca.is_some_and(|ca| {
-                        pki::pem_der(&ca.cert_pem)
-                            .map(|d| pki::fingerprint_text(&d) != c.ca_fingerprint)
-                            .unwrap_or(false)
-                    })
-            }
-        };
+        let due = renewal_due(
+            self.cert.lock().unwrap_or_else(|p| p.into_inner()).as_ref(),
+            ca,
+            now,
+        );
         if !due {
             return;
         }
@@ -404,6 +392,22 @@ impl NodePki {
 
 /// The join token of the cluster's current CA (after a rotation the pinned fingerprint is
 /// the new CA's).
+/// Whether a certificate must be (re)issued: there is none, it is at two thirds of its life,
+/// or the cluster's CA is not the one that signed it (a rotation).
+fn renewal_due(cert: Option<&NodeCert>, ca: Option<&ClusterCa>, now: SystemTime) -> bool {
+    match cert {
+        None => true,
+        Some(c) => {
+            c.due_for_renewal(now)
+                || ca.is_some_and(|ca| {
+                    pki::pem_der(&ca.cert_pem)
+                        .map(|d| pki::fingerprint_text(&d) != c.ca_fingerprint)
+                        .unwrap_or(false)
+                })
+        }
+    }
+}
+
 pub fn join_token_for(secrets: &NodeSecrets, ca: Option<&ClusterCa>) -> String {
     let mut t = secrets.join_token();
     if let Some(der) = ca.and_then(|c| pki::pem_der(&c.cert_pem).ok()) {
