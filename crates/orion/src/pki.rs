@@ -303,16 +303,7 @@ impl NodePki {
             Ok((fp, until)) => {
                 info!(ca = %fp, not_after = until, names = ?api.names, "issued the API's certificate");
             }
-            Err(e) => {
-                let mut last = self
-                    .last_failure_log
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if last.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                    *last = Some(std::time::Instant::now());
-                    warn!(error = %e, "cannot issue the API's certificate yet");
-                }
-            }
+            Err(e) => self.warn_throttled(&e, "cannot issue the API's certificate yet"),
         }
     }
 
@@ -358,16 +349,19 @@ impl NodePki {
                 info!(ca = %fp, not_after = until, "issued this node's certificate");
                 metrics::counter!("orion_node_certificates_issued_total").increment(1);
             }
-            Err(e) => {
-                let mut last = self
-                    .last_failure_log
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if last.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                    *last = Some(std::time::Instant::now());
-                    warn!(error = %e, "cannot renew this node's certificate yet");
-                }
-            }
+            Err(e) => self.warn_throttled(&e, "cannot renew this node's certificate yet"),
+        }
+    }
+
+    /// Logs a failed issue at most every 30 s: the refresh loop retries every 250 ms.
+    fn warn_throttled(&self, e: &dyn std::fmt::Display, what: &str) {
+        let mut last = self
+            .last_failure_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+            *last = Some(std::time::Instant::now());
+            warn!(error = %e, "{what}");
         }
     }
 
