@@ -142,12 +142,16 @@ impl Tail {
 impl LogStore {
     /// Opens (or creates) the log database at `path`.
     pub fn open(path: &Path) -> Result<LogStore, StoreError> {
-        LogStore::with_db(Database::create(path)?, false)
+        LogStore::with_db(
+            crate::redb_builder(crate::LOG_CACHE_BYTES).create(path)?,
+            false,
+        )
     }
 
     /// Opens (or creates) the log database on a simulated disk; writes run inline.
     pub(crate) fn open_sim(disk: &crate::sim_disk::SimDisk) -> Result<LogStore, StoreError> {
-        let db = Database::builder().create_with_backend(disk.log_backend())?;
+        let db =
+            crate::redb_builder(crate::LOG_CACHE_BYTES).create_with_backend(disk.log_backend())?;
         LogStore::with_db(db, true)
     }
 

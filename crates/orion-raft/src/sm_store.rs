@@ -285,7 +285,11 @@ impl StateMachineStore {
     /// Opens (or creates) the state database at `path` and loads it into memory.
     pub fn open(path: &Path) -> Result<StateMachineStore, StoreError> {
         let seq = RandomState::new().hash_one(path);
-        StateMachineStore::load(Database::create(path)?, false, seq)
+        StateMachineStore::load(
+            crate::redb_builder(crate::STATE_CACHE_BYTES).create(path)?,
+            false,
+            seq,
+        )
     }
 
     /// Opens (or creates) the state database on a simulated disk, with no writer thread;
@@ -294,7 +298,8 @@ impl StateMachineStore {
         disk: &crate::sim_disk::SimDisk,
         snapshot_seq: u64,
     ) -> Result<StateMachineStore, StoreError> {
-        let db = Database::builder().create_with_backend(disk.state_backend())?;
+        let db = crate::redb_builder(crate::STATE_CACHE_BYTES)
+            .create_with_backend(disk.state_backend())?;
         StateMachineStore::load(db, true, snapshot_seq)
     }
 
