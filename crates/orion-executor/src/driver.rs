@@ -241,7 +241,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                 break;
             }
             if self.ever_fresh {
-                let fingerprint = self.cluster.tasks_digest(&self.cfg.node_id);
+                let fingerprint = self.cluster.share_version(&self.cfg.node_id);
                 if must_pass || seen != Some(fingerprint) {
                     self.sample_contact();
                     next_wake = self.pass().await;
@@ -417,7 +417,6 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
 
     async fn pass_inner(&mut self) -> Option<tokio::time::Instant> {
         let node = self.cfg.node_id.clone();
-        let desired = self.cluster.tasks_on(&node);
         let actual = match guard(
             "list",
             CALL_BACKSTOP,
@@ -432,9 +431,35 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             }
         };
         let now = self.clock.now_ms();
-        self.sync_probers(&desired, &actual, now);
-        self.sync_waiters(&desired, &actual, now);
+        let leader_contact_age_ms = self.cluster.leader_contact_age_ms();
+        // Planned over the replica's tasks in place (under its read lock: nothing in here
+        // calls the cluster); only the tasks to start are copied, into their actions.
+        let cluster = self.cluster.clone();
+        let decided = cluster.with_tasks_on(&node, |desired| {
+            self.plan_over(desired, &actual, now, leader_contact_age_ms)
+        });
         self.tell_unhealthy();
+        self.watched = decided.watched;
+        self.draining = decided.draining;
+        for action in decided.actions {
+            self.execute(action, now);
+        }
+        decided
+            .wake_at_ms
+            .map(|due| tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now)))
+    }
+
+    /// The pure part of a pass over this node's tasks: probers and readiness waits brought
+    /// up to date, the plan, and the report books trimmed to current allocations.
+    fn plan_over(
+        &mut self,
+        desired: &[&Task],
+        actual: &[ContainerInfo],
+        now: u64,
+        leader_contact_age_ms: Option<u64>,
+    ) -> crate::plan::Plan {
+        self.sync_probers(desired, actual, now);
+        self.sync_waiters(desired, actual, now);
         let readiness: BTreeMap<AllocId, ReadyView> = self
             .waiters
             .iter()
@@ -458,13 +483,13 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                 (alloc.clone(), view)
             })
             .collect();
-        let connections = count_connections(&actual, &self.draining);
+        let connections = count_connections(actual, &self.draining);
         let decided = plan(&PlanInput {
-            desired: &desired,
-            actual: &actual,
+            desired,
+            actual,
             now_ms: now,
             fresh: self.fresh,
-            leader_contact_age_ms: self.cluster.leader_contact_age_ms(),
+            leader_contact_age_ms,
             in_flight: &self.in_flight,
             watched: &self.watched,
             probes: &views,
@@ -472,8 +497,6 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             connections: &connections,
             readiness: &readiness,
         });
-        self.watched = decided.watched;
-        self.draining = decided.draining;
         let current: std::collections::BTreeSet<&str> = desired
             .iter()
             .filter_map(|t| t.allocation.as_deref())
@@ -482,12 +505,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             .retain(|alloc, _| current.contains(alloc.as_str()));
         self.reported_health
             .retain(|alloc, _| current.contains(alloc.as_str()));
-        for action in decided.actions {
-            self.execute(action, now);
-        }
         decided
-            .wake_at_ms
-            .map(|due| tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now)))
     }
 
     fn execute(&mut self, action: ExecAction, now: u64) {
@@ -619,7 +637,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
     /// Keeps one prober per running container of a task with a health check: a new
     /// container, or a restart of the same one, begins a new run (`starting`); a container
     /// that no longer runs, or a task that no longer wants one, drops its prober.
-    fn sync_probers(&mut self, desired: &[Task], actual: &[ContainerInfo], now: u64) {
+    fn sync_probers(&mut self, desired: &[&Task], actual: &[ContainerInfo], now: u64) {
         let mut keep: BTreeMap<AllocId, Prober> = BTreeMap::new();
         for task in desired.iter().filter(|t| t.wants_container()) {
             let (Some(alloc), Some(check)) = (&task.allocation, &task.spec.healthcheck) else {
@@ -661,7 +679,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
     /// Keeps one readiness wait per new run that needs one (`plan::readiness_targets`): the
     /// kept running container of a task not yet recorded running in it. The wait ends with
     /// the record (or when the container stops running).
-    fn sync_waiters(&mut self, desired: &[Task], actual: &[ContainerInfo], now: u64) {
+    fn sync_waiters(&mut self, desired: &[&Task], actual: &[ContainerInfo], now: u64) {
         let mut keep: BTreeMap<AllocId, Waiter> = BTreeMap::new();
         for task in desired.iter().filter(|t| t.wants_container()) {
             let Some(alloc) = &task.allocation else {

@@ -62,11 +62,14 @@ pub const STOP_GRACE_MS: u64 = 2_000;
 use orion_types::AllocId;
 
 pub trait Cluster: Send + Sync + 'static {
-    /// Tasks that the local replica places on `node` (allocation set).
-    fn tasks_on(&self, node: &str) -> Vec<Task>;
-    /// A digest of what `tasks_on(node)` would return (see `digest_tasks`), computed without
-    /// copying the tasks: it runs on every applied entry.
-    fn tasks_digest(&self, node: &str) -> u64;
+    /// Runs `f` over the tasks that the local replica places on `node` (allocation set), in
+    /// id order, without copying them: under the replica's read lock, so `f` must not call
+    /// back into the `Cluster`. A pass plans inside it and copies only the tasks it starts.
+    fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R;
+    /// A value that changes whenever what `with_tasks_on(node)` sees may have changed
+    /// (`ClusterState::share_version`, O(1)): it is read after every applied entry, and a
+    /// pass runs only when it moved.
+    fn share_version(&self, node: &str) -> u64;
     /// Bumps whenever the local replica applies something.
     fn changes(&self) -> watch::Receiver<u64>;
     /// Proposes a report through Raft.
@@ -123,26 +126,6 @@ pub fn spawn<R: ContainerRuntime, C: Cluster>(
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(cfg, runtime, cluster, clock, shutdown))
-}
-
-/// The digest `Cluster::tasks_digest` returns: what a reconcile pass acts on.
-pub fn digest_tasks<'a>(tasks: impl Iterator<Item = &'a Task>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for t in tasks {
-        (
-            &t.id,
-            &t.allocation,
-            t.state.as_str(),
-            t.restart_at,
-            &t.container_id,
-            t.ports.len(),
-            // The plan stops a container once its unhealthy health is recorded.
-            t.health.as_str(),
-        )
-            .hash(&mut h);
-    }
-    h.finish()
 }
 
 /// The Docker container for a task's current allocation.

@@ -126,7 +126,7 @@ pub struct InFlight {
 #[derive(Debug, Clone, Copy)]
 pub struct PlanInput<'a> {
     /// Tasks the local replica places on this node.
-    pub desired: &'a [Task],
+    pub desired: &'a [&'a Task],
     /// This node's containers, as the runtime lists them.
     pub actual: &'a [ContainerInfo],
     pub now_ms: u64,
@@ -241,7 +241,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .desired
         .iter()
         .filter(|t| t.wants_container())
-        .filter_map(|t| t.allocation.as_deref().map(|a| (a, t)))
+        .filter_map(|t| t.allocation.as_deref().map(|a| (a, *t)))
         .collect();
     let mut containers: Vec<&ContainerInfo> = input.actual.iter().collect();
     containers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));

@@ -165,8 +165,9 @@ impl Default for Case {
 }
 
 fn check(case: Case) {
+    let desired: Vec<&Task> = case.desired.iter().collect();
     let input = PlanInput {
-        desired: &case.desired,
+        desired: &desired,
         actual: &case.actual,
         now_ms: case.now_ms,
         fresh: case.fresh,
@@ -776,10 +777,11 @@ fn plan_watches_current_allocations_only_while_fresh() {
     let check = |fresh: bool, want: &[(&str, u64)]| {
         let mut checked = checked_task("t1", "c1", Health::Healthy);
         checked.allocation = Some("a-t1".into());
-        let desired = vec![checked, task("t2", TaskState::Scheduled, "")];
+        let desired = [checked, task("t2", TaskState::Scheduled, "")];
         let actual = vec![container("c8", "a-left", exited(0, false), None)];
         let watched =
             BTreeMap::from([("a-left".to_string(), 7_000), ("a-gone".to_string(), 7_000)]);
+        let desired: Vec<&Task> = desired.iter().collect();
         let got = plan(&PlanInput {
             desired: &desired,
             actual: &actual,
@@ -887,21 +889,16 @@ impl FakeCluster {
 }
 
 impl Cluster for FakeCluster {
-    fn tasks_on(&self, node: &str) -> Vec<Task> {
+    fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let tasks: Vec<&Task> = state.tasks_on(node).collect();
+        f(&tasks)
+    }
+    fn share_version(&self, node: &str) -> u64 {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .tasks_on(node)
-            .cloned()
-            .collect()
-    }
-    fn tasks_digest(&self, node: &str) -> u64 {
-        digest_tasks(
-            self.state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .tasks_on(node),
-        )
+            .share_version(node)
     }
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

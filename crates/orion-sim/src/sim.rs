@@ -393,12 +393,14 @@ struct SimNode {
 }
 
 impl orion_executor::Cluster for SimNode {
-    fn tasks_on(&self, node: &str) -> Vec<Task> {
-        self.raft.read(|s| s.tasks_on(node).cloned().collect())
+    fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R {
+        self.raft.read(|s| {
+            let tasks: Vec<&Task> = s.tasks_on(node).collect();
+            f(&tasks)
+        })
     }
-    fn tasks_digest(&self, node: &str) -> u64 {
-        self.raft
-            .read(|s| orion_executor::digest_tasks(s.tasks_on(node)))
+    fn share_version(&self, node: &str) -> u64 {
+        self.raft.read(|s| s.share_version(node))
     }
     fn changes(&self) -> watch::Receiver<u64> {
         self.raft.subscribe()

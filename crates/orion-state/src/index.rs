@@ -67,6 +67,57 @@ pub(crate) struct Index {
     by_node: HashMap<NodeId, BTreeSet<TaskId>>,
     pending: BTreeSet<TaskId>,
     usage: BTreeMap<NodeId, Use>,
+    shares: ShareVersions,
+}
+
+/// Per node, a value that changes whenever a task placed there (or leaving it) is touched by
+/// an applied command: what the node's executor compares instead of hashing its whole share
+/// after every applied entry. Drawn from one counter per process, so a rebuilt index (a
+/// snapshot installed) never shows a value seen before. Derived data: not part of equality.
+#[derive(Debug, Clone)]
+struct ShareVersions {
+    /// What a node that nothing touched since the index was built shows.
+    born: u64,
+    by_node: HashMap<NodeId, u64>,
+}
+
+static SHARE_VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_share_version() -> u64 {
+    SHARE_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Default for ShareVersions {
+    fn default() -> ShareVersions {
+        ShareVersions {
+            born: next_share_version(),
+            by_node: HashMap::new(),
+        }
+    }
+}
+
+impl PartialEq for ShareVersions {
+    fn eq(&self, _: &ShareVersions) -> bool {
+        true
+    }
+}
+
+impl Eq for ShareVersions {}
+
+impl ShareVersions {
+    fn touch(&mut self, node: &str) {
+        let v = next_share_version();
+        match self.by_node.get_mut(node) {
+            Some(slot) => *slot = v,
+            None => {
+                self.by_node.insert(node.to_string(), v);
+            }
+        }
+    }
+
+    fn get(&self, node: &str) -> u64 {
+        self.by_node.get(node).copied().unwrap_or(self.born)
+    }
 }
 
 impl Index {
@@ -85,6 +136,15 @@ impl Index {
     pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) -> bool {
         let now = tasks.get(id).map(Held::of);
         let old = self.held.get(id);
+        // Any touch of a task placed on a node (or leaving it) is news for that node's
+        // executor, even when nothing indexed here changed (its state, a report, health).
+        let nodes = [
+            old.and_then(|h| h.placed_on.as_ref()),
+            now.as_ref().and_then(|h| h.placed_on.as_ref()),
+        ];
+        for node in nodes.into_iter().flatten() {
+            self.shares.touch(node);
+        }
         if old == now.as_ref() {
             return false;
         }
@@ -156,6 +216,11 @@ impl Index {
     /// Ids of the tasks placed on `node`, in id order.
     pub(crate) fn on_node(&self, node: &str) -> impl Iterator<Item = &TaskId> + '_ {
         self.by_node.get(node).into_iter().flatten()
+    }
+
+    /// Changes whenever a task placed on `node` was touched (see `ShareVersions`).
+    pub(crate) fn share_version(&self, node: &str) -> u64 {
+        self.shares.get(node)
     }
 
     /// Ids of the tasks waiting for a node, in id order.

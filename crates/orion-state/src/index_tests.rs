@@ -132,6 +132,7 @@ fn check_index(s: &ClusterState) {
         .collect();
     assert_eq!(pending, scanned, "pending");
     assert_eq!(s.has_pending(), !scanned.is_empty());
+    assert_eq!(s.pending_count(), scanned.len());
     assert_eq!(s.usage(), s.usage_scan(), "usage");
 }
 
@@ -142,8 +143,20 @@ proptest! {
     fn indexes_equal_full_scans_after_every_command(cmds in commands()) {
         let mut s = ClusterState::default();
         for c in &cmds {
+            let before: Vec<(u64, Vec<Task>)> = NODES
+                .iter()
+                .map(|n| (s.share_version(n), s.tasks_on(n).cloned().collect()))
+                .collect();
             s.apply(c);
             check_index(&s);
+            // An executor that saw the same share version would skip its pass: the share
+            // must then be unchanged.
+            for (n, (version, tasks)) in NODES.iter().zip(before) {
+                if s.share_version(n) == version {
+                    let now: Vec<Task> = s.tasks_on(n).cloned().collect();
+                    prop_assert_eq!(now, tasks, "share of {} changed, its version did not", n);
+                }
+            }
         }
         // A snapshot's JSON and the store's rows decode to the same indexes.
         let decoded: ClusterState =

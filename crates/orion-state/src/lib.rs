@@ -948,6 +948,14 @@ impl ClusterState {
             .filter_map(move |id| self.tasks.get(id))
     }
 
+    /// A value that changes whenever a task placed on `node` (or one that left it) was
+    /// touched by an applied command, or the state was replaced: while it stays the same,
+    /// `tasks_on(node)` returns the same tasks. Not replicated and not comparable across
+    /// processes.
+    pub fn share_version(&self, node: &str) -> u64 {
+        self.index.share_version(node)
+    }
+
     /// Tasks waiting for a node (`Task::needs_placement`), in id order; from the index.
     pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> + '_ {
         self.index
@@ -959,6 +967,11 @@ impl ClusterState {
     /// Whether any task waits for a node.
     pub fn has_pending(&self) -> bool {
         !self.index.pending().is_empty()
+    }
+
+    /// How many tasks wait for a node; from the index.
+    pub fn pending_count(&self) -> usize {
+        self.index.pending().len()
     }
 
     /// What the tasks holding resources on each node reserve, and the host ports they use;
