@@ -26,9 +26,9 @@ use tracing::{debug, info, warn};
 const TICK: Duration = Duration::from_millis(250);
 /// A burst of placements logs at most this many lines, one per task; the rest are counted.
 const PLACEMENT_LOG_LINES_MAX: usize = 20;
-/// Up to this many waiting tasks the leader places them under the replica's read lock (on
-/// three nodes 256 placements take well under a millisecond, the time of an apply); beyond,
-/// it decides on a copy of the state so applies are not held back.
+/// Up to this many waiting tasks to look at, the leader places them under the replica's read
+/// lock (on three nodes 256 placements take well under a millisecond, the time of an apply);
+/// beyond, it decides on a copy of the state so applies are not held back.
 const PLACE_IN_PLACE_MAX: usize = 256;
 
 /// This node's membership view in the decision's terms.
@@ -114,21 +114,19 @@ impl Driver {
                 ids: self.ids.as_ref(),
             })
         };
-        // A turn with few waiting tasks is a few scans and a short placement pass: decided
-        // under the replica's read lock, on the state itself. With many waiting tasks the
-        // leader runs the scheduler over all of them, which must not hold applies back:
-        // decided on a copy (the same decision). A follower's turn only books gone times, so
-        // it never needs the copy (a copy of the whole state on every node for every applied
-        // entry was the simulator's top cost), and neither does the leader's turn under a
-        // stream of creates, each placed within a turn or two (a copy of every task per
-        // applied entry was the leader's top cost at 64 writing clients).
+        // A turn whose placement pass looks at few waiting tasks (few wait, or only few began
+        // to wait since a pass that placed nothing: `placement_work`) is a few scans and a
+        // short pass: decided under the replica's read lock, on the state itself. A pass over
+        // many waiting tasks must not hold applies back: decided on a copy (the same
+        // decision). A follower's turn only books gone times, so it never needs the copy (a
+        // copy of the whole state on every node for every applied entry was the simulator's
+        // top cost), and neither does the leader's turn under a stream of creates (a copy of
+        // every task per applied entry was the leader's top cost at 64 writing clients).
         let started = std::time::Instant::now();
         let outcome = self.raft.read(|state| {
             // A follower decides nothing from the state: never copy it there.
-            // An idle placement pass (nothing changed that could let a task be placed) reads
-            // no more than the other deciders: then decide on the state itself, too.
-            let idle = memory.placement_idle_at == Some((state.placement_version(), epoch));
-            if raft.is_leader && state.pending_count() > PLACE_IN_PLACE_MAX && !idle {
+            let work = orion_controller::placement_work(memory, state, epoch);
+            if raft.is_leader && work > PLACE_IN_PLACE_MAX {
                 Err(Box::new(state.clone()))
             } else {
                 Ok(decide(state))

@@ -119,12 +119,38 @@ pub struct ControllerMemory {
     /// When each member of the view was first seen dead or gone (for the voter grace period).
     /// Holds only members of the view, so it is bounded by it.
     pub gone_since: BTreeMap<NodeId, u64>,
-    /// `(ClusterState::placement_version, membership epoch)` of the last turn whose
-    /// placement found nothing to do: while both stay the same, placement is skipped, so an
-    /// entry that cannot make room (a report, a reason recorded) costs no scheduler pass.
-    pub placement_idle_at: Option<(u64, u64)>,
+    /// Where the last placement pass that placed nothing left off (it may have recorded
+    /// reasons): while the state's capacity version and the membership epoch stay the same,
+    /// no task it saw can be placed, so the next pass looks only at the tasks that began to
+    /// wait since; an entry that makes no room (a report, a reason, a new task that does not
+    /// fit) costs no scheduler pass over every waiting task.
+    pub placement_idle: Option<IdleMark>,
     /// When the deadlines were last scanned.
     pub deadlines_checked: Option<u64>,
+}
+
+/// See `ControllerMemory::placement_idle`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdleMark {
+    /// `ClusterState::capacity_version` then.
+    pub capacity: u64,
+    /// The membership epoch then.
+    pub epoch: u64,
+    /// `ClusterState::wait_seq` then: the tasks numbered up to it were looked at.
+    pub waits_upto: u64,
+}
+
+/// How many waiting tasks the next placement pass looks at, at most: all of them, or with an
+/// idle mark that still holds only those that began to wait since (0: placement is idle). The
+/// driver decides on a copy of the state when this is large, so the pass never holds applies
+/// back for long.
+pub fn placement_work(memory: &ControllerMemory, state: &ClusterState, epoch: u64) -> usize {
+    match memory.placement_idle {
+        Some(m) if m.capacity == state.capacity_version() && m.epoch == epoch => {
+            usize::try_from(state.wait_seq().saturating_sub(m.waits_upto)).unwrap_or(usize::MAX)
+        }
+        _ => state.pending_count(),
+    }
 }
 
 /// Everything one turn of the controller looks at.
@@ -186,7 +212,7 @@ pub fn decide(input: &Input<'_>) -> Outcome {
     }
     if !input.raft.is_leader {
         memory.leader_since = None;
-        memory.placement_idle_at = None;
+        memory.placement_idle = None;
         return Outcome {
             actions: Vec::new(),
             memory,
@@ -223,14 +249,29 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             .into_iter()
             .map(Action::Propose),
     );
-    let key = (input.state.placement_version(), input.membership_epoch);
-    if memory.placement_idle_at != Some(key) {
-        let placed = placement::decide(&state, input.members, input.ids, now);
-        // Remember an idle turn only if it looked at the state as it is, not as it will be.
-        if placed.is_empty() && settled {
-            memory.placement_idle_at = Some(key);
+    // Only a settled turn (the state as it is, not as it will be) uses or sets the mark.
+    let mark = memory.placement_idle.filter(|m| {
+        settled && m.capacity == input.state.capacity_version() && m.epoch == input.membership_epoch
+    });
+    let waiting: Option<Vec<&orion_types::Task>> = match mark {
+        // Nothing began to wait since a pass that placed nothing: idle.
+        Some(m) if m.waits_upto >= input.state.wait_seq() => None,
+        Some(m) => Some(state.waiting_after(m.waits_upto).collect()),
+        // From the pending index: no scan of every task.
+        None => Some(state.pending_tasks().collect()),
+    };
+    if let Some(waiting) = waiting {
+        let pass = placement::decide(&state, waiting, input.members, input.ids, now);
+        // A pass that placed nothing leaves every task it saw unplaceable until room is made
+        // (its reasons, if any, are proposed now).
+        if !pass.placed_any && settled {
+            memory.placement_idle = Some(IdleMark {
+                capacity: input.state.capacity_version(),
+                epoch: input.membership_epoch,
+                waits_upto: input.state.wait_seq(),
+            });
         }
-        actions.extend(placed);
+        actions.extend(pass.actions);
     }
     actions.extend(deadlines::decide(
         &state,

@@ -98,17 +98,27 @@ fn placement(ids: &dyn IdSource, task_id: String, node: String, host_ports: Vec<
     }
 }
 
-/// Places every waiting task; no actions when there is nothing new to say.
+/// What a placement pass proposes.
+pub(crate) struct Pass {
+    pub(crate) actions: Vec<Action>,
+    /// Whether any task was placed (not only reasons recorded).
+    pub(crate) placed_any: bool,
+}
+
+/// Places `waiting` (every waiting task, or those that began to wait since an idle pass, see
+/// `ControllerMemory::placement_idle`); no actions when there is nothing new to say.
 pub(crate) fn decide(
     state: &ClusterState,
+    mut waiting: Vec<&orion_types::Task>,
     members: &BTreeMap<NodeId, Member>,
     ids: &dyn IdSource,
     now: UnixMillis,
-) -> Vec<Action> {
-    // From the pending index: no scan of every task.
-    let mut waiting: Vec<&orion_types::Task> = state.pending_tasks().collect();
+) -> Pass {
     if waiting.is_empty() {
-        return Vec::new();
+        return Pass {
+            actions: Vec::new(),
+            placed_any: false,
+        };
     }
     waiting.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     let mut snapshot = scheduler_snapshot(state, members);
@@ -138,6 +148,7 @@ pub(crate) fn decide(
             }
         }
     }
+    let placed_any = !placements.is_empty();
     let mut actions = Vec::new();
     let mut placements = placements.into_iter().peekable();
     let mut unplaced = unplaced.into_iter().peekable();
@@ -148,7 +159,10 @@ pub(crate) fn decide(
             at: now,
         }));
     }
-    actions
+    Pass {
+        actions,
+        placed_any,
+    }
 }
 
 /// On the leader, with no other task waiting, places a new task in the entry that creates it:

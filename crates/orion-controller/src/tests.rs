@@ -602,10 +602,7 @@ fn placement_is_skipped_while_nothing_changed() {
     w.memory = first.memory;
     let idle = w.turn();
     assert_eq!(lines(&idle), Vec::<String>::new());
-    assert_eq!(
-        idle.memory.placement_idle_at,
-        Some((w.state.placement_version(), w.epoch))
-    );
+    assert_eq!(idle.memory.placement_idle, Some(mark_of(&w)));
     // A membership event makes placement look again (and here still find nothing new).
     let w = World {
         memory: idle.memory,
@@ -614,10 +611,74 @@ fn placement_is_skipped_while_nothing_changed() {
     };
     let again = w.turn();
     assert_eq!(lines(&again), Vec::<String>::new());
+    assert_eq!(again.memory.placement_idle, Some(mark_of(&w)));
+}
+
+/// The idle mark a pass that placed nothing leaves on this world's state.
+fn mark_of(w: &World) -> IdleMark {
+    IdleMark {
+        capacity: w.state.capacity_version(),
+        epoch: w.epoch,
+        waits_upto: w.state.wait_seq(),
+    }
+}
+
+/// The reason for `ControllerMemory::placement_idle`: with thousands of tasks that fit
+/// nowhere, every new task cost a scheduler pass over all of them (on a copy of the state)
+/// on the leader. After a pass that placed nothing, a new task is placed alone; only room
+/// made (a task that held some stops) brings back a pass over every waiting task.
+#[test]
+fn placement_after_an_idle_pass_looks_only_at_tasks_that_began_to_wait_since() {
+    let w = world().task("t1", HUGE);
+    let first = w.turn();
+    assert_eq!(lines(&first), ["place t1@-"]);
     assert_eq!(
-        again.memory.placement_idle_at,
-        Some((w.state.placement_version(), w.epoch))
+        first.memory.placement_idle,
+        Some(mark_of(&w)),
+        "reasons only: idle"
     );
+    let mut w = w.apply(match &first.actions[0] {
+        Action::Propose(c) => c.clone(),
+        other => panic!("{other:?}"),
+    });
+    w.memory = first.memory;
+    // t2 fits: placed alone (t1, which fits nowhere, is not looked at again).
+    let mut w = w.task("t2", BIG);
+    let o = w.turn();
+    assert_eq!(lines(&o), ["place t2@n1"]);
+    assert_eq!(
+        crate::placement_work(&w.memory, &w.state, w.epoch),
+        1,
+        "one task to look at, not two"
+    );
+    // Placing t2 takes room and makes none: the mark still holds (a pass that placed a task
+    // does not move it: its proposal may yet fail), and t3 (which would fit where t2 went) is
+    // looked at alone and told why it waits. The bound counts t2's number too.
+    w = w.apply(match &o.actions[0] {
+        Action::Propose(c) => c.clone(),
+        other => panic!("{other:?}"),
+    });
+    w.memory = o.memory;
+    let mut w = w.task("t3", BIG);
+    assert_eq!(crate::placement_work(&w.memory, &w.state, w.epoch), 2);
+    let o = w.turn();
+    assert_eq!(lines(&o), ["place t3@-"]);
+    w.memory = o.memory;
+    // t2 deleted: its room is released, so the next pass looks at every waiting task again
+    // (t1 and t3) and places t3.
+    let mut w = w.apply(Command::DeleteTask {
+        task_id: "t2".into(),
+        at: 50,
+    });
+    assert_eq!(crate::placement_work(&w.memory, &w.state, w.epoch), 2);
+    assert_eq!(w.state.pending_count(), 2);
+    let o = w.turn();
+    assert!(
+        lines(&o).iter().any(|l| l.contains("t3@n1")),
+        "{:?}",
+        lines(&o)
+    );
+    w.memory = o.memory;
 }
 
 /// The idle mark follows what can let a task be placed, not every applied entry: a recorded
@@ -640,10 +701,7 @@ fn placement_stays_idle_across_entries_that_cannot_place_anything() {
         at: 99,
     });
     w.memory = idle.memory.clone();
-    assert_eq!(
-        w.turn().memory.placement_idle_at,
-        idle.memory.placement_idle_at
-    );
+    assert_eq!(w.turn().memory.placement_idle, idle.memory.placement_idle);
     // A new task that fits: placement looks again and places it.
     let mut w = w.task("t2", SMALL);
     w.memory = idle.memory;
@@ -820,4 +878,76 @@ fn a_decision_is_the_same_for_the_same_seed() {
     assert_eq!(a.len(), 2);
     assert_eq!(a, alloc_ids(&w.turn()));
     assert_ne!(a[0], a[1]);
+}
+
+/// Placement from an idle mark is the full pass's placement: over random sequences of new
+/// tasks of random sizes on two nodes, deletes (which make room) and turns, a turn with the
+/// memory places exactly what a turn without it (a pass over every waiting task) places. The
+/// full pass may also restate the reasons of tasks that waited before; nothing else differs.
+#[test]
+fn placement_from_an_idle_mark_equals_a_pass_over_every_waiting_task() {
+    fn placements(o: &Outcome) -> Vec<(String, String, String)> {
+        o.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Propose(Command::Place { placements, .. }) => Some(placements),
+                _ => None,
+            })
+            .flatten()
+            .map(|p| (p.task_id.clone(), p.node.clone(), p.allocation.clone()))
+            .collect()
+    }
+    const SIZES: [&str; 3] = [SMALL, BIG, HUGE];
+    // Turns that placed a task while looking at fewer than every waiting task.
+    let mut from_a_mark = 0;
+    for seed in 0..200u64 {
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut next = |n: u64| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) % n
+        };
+        let mut w = world().node("n2", 1).learners(&["n2"]);
+        let mut created = 0u32;
+        for _ in 0..40 {
+            match next(4) {
+                0 | 1 => {
+                    created += 1;
+                    w = w.task(&format!("t{created:02}"), SIZES[next(3) as usize]);
+                }
+                2 if created > 0 => {
+                    let id = format!("t{:02}", 1 + next(u64::from(created)));
+                    w = w.apply(Command::DeleteTask { task_id: id, at: 9 });
+                }
+                _ => {
+                    let with_memory = w.turn();
+                    if crate::placement_work(&w.memory, &w.state, w.epoch) < w.state.pending_count()
+                        && !placements(&with_memory).is_empty()
+                    {
+                        from_a_mark += 1;
+                    }
+                    let mut full = w.clone();
+                    full.memory.placement_idle = None;
+                    assert_eq!(
+                        placements(&with_memory),
+                        placements(&full.turn()),
+                        "seed {seed}"
+                    );
+                    for a in &with_memory.actions {
+                        if let Action::Propose(c) = a {
+                            w = w.apply(c.clone());
+                        }
+                    }
+                    w.memory = with_memory.memory;
+                }
+            }
+        }
+    }
+    assert!(
+        from_a_mark > 50,
+        "only {from_a_mark} turns placed from a mark"
+    );
 }

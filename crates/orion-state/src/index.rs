@@ -68,6 +68,37 @@ pub(crate) struct Index {
     pending: BTreeSet<TaskId>,
     usage: BTreeMap<NodeId, Use>,
     shares: ShareVersions,
+    waits: WaitOrder,
+}
+
+/// The waiting tasks in the order they began to wait, by a sequence number this index gives
+/// (from 1): what lets the controller place only the tasks that began waiting since its last
+/// pass. Numbers are local to one index (a rebuilt index numbers afresh, in id order); not part
+/// of equality.
+#[derive(Debug, Clone, Default)]
+struct WaitOrder {
+    /// The last number given (0: none yet).
+    last: u64,
+    by_seq: BTreeMap<u64, TaskId>,
+    seq_of: HashMap<TaskId, u64>,
+}
+
+impl PartialEq for WaitOrder {
+    fn eq(&self, _: &WaitOrder) -> bool {
+        true
+    }
+}
+
+impl Eq for WaitOrder {}
+
+/// What one task's change can do for the waiting tasks (see `Index::update`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// The task began to wait for a node.
+    pub(crate) began_waiting: bool,
+    /// What the task held on a node was released or changed: room that a waiting task may
+    /// fit into. A task that only began to hold something takes room and frees none.
+    pub(crate) released: bool,
 }
 
 /// Per node, a value that changes whenever a task placed there (or leaving it) is touched by
@@ -130,10 +161,9 @@ impl Index {
         index
     }
 
-    /// Brings task `id` up to date with its value in `tasks` (gone if absent). True if the
-    /// change can let a placement happen that could not before: a task began to wait, or
-    /// what a node holds changed.
-    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) -> bool {
+    /// Brings task `id` up to date with its value in `tasks` (gone if absent), and says what
+    /// the change can do for placement: a task began to wait, or what it held was released.
+    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) -> Change {
         let now = tasks.get(id).map(Held::of);
         let old = self.held.get(id);
         // Any touch of a task placed on a node (or leaving it) is news for that node's
@@ -146,19 +176,22 @@ impl Index {
             self.shares.touch(node);
         }
         if old == now.as_ref() {
-            return false;
+            return Change::default();
         }
         let was_pending = old.is_some_and(|h| h.pending);
-        let old_holds = old.and_then(|h| h.holds.clone());
-        let relevant = now.as_ref().is_some_and(|h| h.pending && !was_pending)
-            || now.as_ref().and_then(|h| h.holds.clone()) != old_holds;
+        let old_holds = old.and_then(|h| h.holds.as_ref());
+        let change = Change {
+            began_waiting: now.as_ref().is_some_and(|h| h.pending && !was_pending),
+            released: old_holds.is_some()
+                && now.as_ref().and_then(|h| h.holds.as_ref()) != old_holds,
+        };
         if let Some(old) = self.held.remove(id) {
             self.remove(id, &old);
         }
         if let Some(now) = now {
             self.add(id, now);
         }
-        relevant
+        change
     }
 
     fn add(&mut self, id: &str, h: Held) {
@@ -170,6 +203,10 @@ impl Index {
         }
         if h.pending {
             self.pending.insert(id.to_string());
+            let w = &mut self.waits;
+            w.last += 1;
+            w.by_seq.insert(w.last, id.to_string());
+            w.seq_of.insert(id.to_string(), w.last);
         }
         if let Some((n, res, ports)) = &h.holds {
             let u = self.usage.entry(n.clone()).or_default();
@@ -193,6 +230,9 @@ impl Index {
         }
         if h.pending {
             self.pending.remove(id);
+            if let Some(seq) = self.waits.seq_of.remove(id) {
+                self.waits.by_seq.remove(&seq);
+            }
         }
         if let Some((n, res, ports)) = &h.holds
             && let Some(u) = self.usage.get_mut(n)
@@ -221,6 +261,21 @@ impl Index {
     /// Changes whenever a task placed on `node` was touched (see `ShareVersions`).
     pub(crate) fn share_version(&self, node: &str) -> u64 {
         self.shares.get(node)
+    }
+
+    /// The last wait number given: every task that begins to wait from now on gets a larger
+    /// one.
+    pub(crate) fn wait_seq(&self) -> u64 {
+        self.waits.last
+    }
+
+    /// Ids of the tasks waiting for a node that began to wait after number `seq`, in the
+    /// order they began.
+    pub(crate) fn waiting_after(&self, seq: u64) -> impl Iterator<Item = &TaskId> + '_ {
+        self.waits
+            .by_seq
+            .range(seq.saturating_add(1)..)
+            .map(|(_, id)| id)
     }
 
     /// Ids of the tasks waiting for a node, in id order.

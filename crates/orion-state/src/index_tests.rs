@@ -133,6 +133,10 @@ fn check_index(s: &ClusterState) {
     assert_eq!(pending, scanned, "pending");
     assert_eq!(s.has_pending(), !scanned.is_empty());
     assert_eq!(s.pending_count(), scanned.len());
+    // The wait order holds exactly the waiting tasks.
+    let mut by_wait: Vec<&str> = s.waiting_after(0).map(|t| t.id.as_str()).collect();
+    by_wait.sort_unstable();
+    assert_eq!(by_wait, scanned, "wait order");
     assert_eq!(s.usage(), s.usage_scan(), "usage");
 }
 
@@ -147,8 +151,24 @@ proptest! {
                 .iter()
                 .map(|n| (s.share_version(n), s.tasks_on(n).cloned().collect()))
                 .collect();
+            let (capacity, seq) = (s.capacity_version(), s.wait_seq());
+            let waiting: Vec<String> = s.pending_tasks().map(|t| t.id.clone()).collect();
             s.apply(c);
             check_index(&s);
+            prop_assert!(s.wait_seq() >= seq, "wait numbers only grow");
+            // While the capacity version stays, every task that waits now either waited
+            // before or began after `seq`: a pass from an idle mark misses none.
+            if s.capacity_version() == capacity {
+                let after: Vec<&str> = s.waiting_after(seq).map(|t| t.id.as_str()).collect();
+                for t in s.pending_tasks() {
+                    prop_assert!(
+                        waiting.contains(&t.id) || after.contains(&t.id.as_str()),
+                        "{} waits, did not before, and is not after {}",
+                        t.id,
+                        seq
+                    );
+                }
+            }
             // An executor that saw the same share version would skip its pass: the share
             // must then be unchanged.
             for (n, (version, tasks)) in NODES.iter().zip(before) {

@@ -155,32 +155,32 @@ pub struct ClusterState {
     #[serde(skip)]
     index: index::Index,
     #[serde(skip)]
-    placement_version: PlacementVersion,
+    capacity_version: CapacityVersion,
 }
 
-/// Changes whenever the state changes in a way that can let a waiting task be placed (see
-/// `ClusterState::placement_version`). Drawn from one counter per process, so a state that
+/// Changes whenever the state changes in a way that can make room for a task that waits (see
+/// `ClusterState::capacity_version`). Drawn from one counter per process, so a state that
 /// was replaced (a snapshot installed) never shows a version seen before. Derived, like the
 /// indexes: not part of the state's equality.
 #[derive(Debug, Clone, Copy, Eq)]
-struct PlacementVersion(u64);
+struct CapacityVersion(u64);
 
-static PLACEMENT_VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static CAPACITY_VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-impl PlacementVersion {
-    fn fresh() -> PlacementVersion {
-        PlacementVersion(PLACEMENT_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+impl CapacityVersion {
+    fn fresh() -> CapacityVersion {
+        CapacityVersion(CAPACITY_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 }
 
-impl Default for PlacementVersion {
-    fn default() -> PlacementVersion {
-        PlacementVersion::fresh()
+impl Default for CapacityVersion {
+    fn default() -> CapacityVersion {
+        CapacityVersion::fresh()
     }
 }
 
-impl PartialEq for PlacementVersion {
-    fn eq(&self, _: &PlacementVersion) -> bool {
+impl PartialEq for CapacityVersion {
+    fn eq(&self, _: &CapacityVersion) -> bool {
         true
     }
 }
@@ -223,7 +223,7 @@ impl From<StateFields> for ClusterState {
             gossip_key: f.gossip_key,
             previous_gossip_key: f.previous_gossip_key,
             index,
-            placement_version: PlacementVersion::fresh(),
+            capacity_version: CapacityVersion::fresh(),
         }
     }
 }
@@ -244,13 +244,14 @@ impl ClusterState {
         (response, touched)
     }
 
-    /// Brings the indexes up to date for the tasks among `touched`, and the placement
-    /// version if what changed can let a waiting task be placed.
+    /// Brings the indexes up to date for the tasks among `touched`, and the capacity version
+    /// if what changed can make room for a waiting task.
     fn sync_index(&mut self, touched: &[Key]) {
         let mut relevant = false;
         for key in touched {
             relevant |= match key {
-                Key::Task(id) => self.index.update(&self.tasks, id),
+                // A task that begins to wait or to hold makes room for no other.
+                Key::Task(id) => self.index.update(&self.tasks, id).released,
                 // Nodes (capacity, labels, status, drain), services and settings feed the
                 // scheduler too.
                 Key::Node(_) | Key::Service(_) | Key::Config => true,
@@ -264,22 +265,37 @@ impl ClusterState {
             };
         }
         if relevant {
-            self.placement_version = PlacementVersion::fresh();
+            self.capacity_version = CapacityVersion::fresh();
         }
     }
 
     /// Rebuilds the indexes from the tasks (after changing `tasks` directly).
     pub fn reindex(&mut self) {
         self.index = index::Index::rebuild(&self.tasks);
-        self.placement_version = PlacementVersion::fresh();
+        self.capacity_version = CapacityVersion::fresh();
     }
 
-    /// A value that changes whenever a task begins to wait for a node, what a node holds
-    /// changes, or a node, service or setting changes: while it stays the same (and gossip's
-    /// view too), a placement pass that found nothing to place would find nothing again. Not
-    /// replicated and not comparable across processes.
-    pub fn placement_version(&self) -> u64 {
-        self.placement_version.0
+    /// A value that changes whenever something a task holds on a node is released or
+    /// changed, or a node, service or setting changes: while it stays the same (and gossip's
+    /// view too), a task that could not be placed still cannot (placing others only takes
+    /// room), so a placement pass need only look at the tasks that began to wait since
+    /// (`waiting_after`). Not replicated and not comparable across processes.
+    pub fn capacity_version(&self) -> u64 {
+        self.capacity_version.0
+    }
+
+    /// The last wait number given out: tasks that begin to wait from now on get larger ones.
+    /// Local to this process's copy of the state, like `capacity_version` (a state that was
+    /// decoded or rebuilt numbers afresh, and shows a new `capacity_version` too).
+    pub fn wait_seq(&self) -> u64 {
+        self.index.wait_seq()
+    }
+
+    /// The waiting tasks that began to wait after wait number `seq`, in the order they began.
+    pub fn waiting_after(&self, seq: u64) -> impl Iterator<Item = &Task> + '_ {
+        self.index
+            .waiting_after(seq)
+            .filter_map(move |id| self.tasks.get(id))
     }
 
     fn apply_command(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
