@@ -41,7 +41,7 @@
 //!   policy brings it back (a new run, `starting` again).
 
 use crate::health::Verdict;
-use crate::{FENCE_GRACE_MS, LABEL_ALLOC, STOP_GRACE_MS};
+use crate::{FENCE_GRACE_MS, LABEL_ALLOC, STARTS_IN_FLIGHT_MAX, STOP_GRACE_MS};
 use orion_docker::{ContainerInfo, ContainerState};
 use orion_types::{AllocId, AllocStatus, Health, PortMapping, Protocol, Task, TaskId, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
@@ -235,6 +235,23 @@ pub fn stop_grace_ms(task: &Task) -> u64 {
     task.spec.stop_grace_period_ms.unwrap_or(FENCE_GRACE_MS)
 }
 
+/// Starts the plan may still ask for: the driver runs at most `STARTS_IN_FLIGHT_MAX` at once,
+/// so a plan over thousands of placed tasks asks for only as many as can begin now (in
+/// allocation order) instead of copying every one into an action the driver would drop.
+struct Starts {
+    room: usize,
+    /// Some task wanted a start (asked for or not).
+    wanted: bool,
+}
+
+fn push_start(out: &mut Vec<ExecAction>, starts: &mut Starts, make: impl FnOnce() -> ExecAction) {
+    starts.wanted = true;
+    if starts.room > 0 {
+        starts.room -= 1;
+        out.push(make());
+    }
+}
+
 /// Decides what to do on this node now.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let desired: BTreeMap<&str, &Task> = input
@@ -284,6 +301,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     };
     let mut per_alloc: Vec<ExecAction> = Vec::new();
     let mut wake_at_ms: Option<u64> = None;
+    let mut starts = Starts {
+        room: STARTS_IN_FLIGHT_MAX.saturating_sub(input.in_flight.starting.len()),
+        wanted: false,
+    };
     for (alloc, task) in &desired {
         let container = kept.get(alloc).copied();
         if disconnected(task) {
@@ -308,7 +329,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let may_start = input.fresh && !wants_leaving_port(task, &out.leaving_ports);
         match (task.state, container) {
             (TaskState::Scheduled | TaskState::Starting, None) if may_start => {
-                per_alloc.push(start(None));
+                push_start(&mut per_alloc, &mut starts, || start(None));
             }
             (TaskState::Scheduled | TaskState::Starting | TaskState::Running, Some(c))
                 if c.state == ContainerState::Running =>
@@ -343,7 +364,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             })),
             (TaskState::Scheduled | TaskState::Starting, Some(c)) if may_start => {
                 // Created but never started (a crash mid-start): start it.
-                per_alloc.push(start(Some(c)));
+                push_start(&mut per_alloc, &mut starts, || start(Some(c)));
             }
             (TaskState::Running, None) => {
                 // The container vanished (removed from outside): count it as a kill.
@@ -358,17 +379,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     if due > input.now_ms {
                         wake_at_ms = Some(wake_at_ms.map_or(due, |w| w.min(due)));
                     } else if may_start {
-                        per_alloc.push(start(container));
+                        push_start(&mut per_alloc, &mut starts, || start(container));
                     }
                 }
             }
             _ => {}
         }
     }
-    let starts_pending = !input.in_flight.starting.is_empty()
-        || per_alloc
-            .iter()
-            .any(|a| matches!(a, ExecAction::Start { .. }));
+    let starts_pending = !input.in_flight.starting.is_empty() || starts.wanted;
     let mut draining = BTreeMap::new();
     let mut actions: Vec<ExecAction> = out
         .fenced
