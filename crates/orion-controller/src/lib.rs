@@ -147,7 +147,10 @@ pub struct IdleMark {
 pub fn placement_work(memory: &ControllerMemory, state: &ClusterState, epoch: u64) -> usize {
     match memory.placement_idle {
         Some(m) if m.capacity == state.capacity_version() && m.epoch == epoch => {
-            usize::try_from(state.wait_seq().saturating_sub(m.waits_upto)).unwrap_or(usize::MAX)
+            let began = state.wait_seq().saturating_sub(m.waits_upto);
+            usize::try_from(began)
+                .unwrap_or(usize::MAX)
+                .min(state.pending_count())
         }
         _ => state.pending_count(),
     }

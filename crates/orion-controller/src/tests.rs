@@ -219,6 +219,17 @@ fn line(a: &Action) -> String {
     }
 }
 
+/// Every placement a turn proposes.
+fn placements_of(o: &Outcome) -> impl Iterator<Item = &Placement> {
+    o.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Propose(Command::Place { placements, .. }) => Some(placements),
+            _ => None,
+        })
+        .flatten()
+}
+
 fn lines(o: &Outcome) -> Vec<String> {
     o.actions.iter().map(line).collect()
 }
@@ -661,6 +672,7 @@ fn placement_after_an_idle_pass_looks_only_at_tasks_that_began_to_wait_since() {
     w.memory = o.memory;
     let mut w = w.task("t3", BIG);
     assert_eq!(crate::placement_work(&w.memory, &w.state, w.epoch), 2);
+    assert_eq!(w.state.pending_count(), 2, "t1 and t3");
     let o = w.turn();
     assert_eq!(lines(&o), ["place t3@-"]);
     w.memory = o.memory;
@@ -863,17 +875,8 @@ fn a_decision_is_the_same_for_the_same_seed() {
         .learners(&["n2", "n3"])
         .task("t1", SMALL)
         .task("t2", SMALL);
-    let alloc_ids = |o: &Outcome| -> Vec<String> {
-        o.actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Propose(Command::Place { placements, .. }) => Some(placements),
-                _ => None,
-            })
-            .flatten()
-            .map(|p| p.allocation.clone())
-            .collect()
-    };
+    let alloc_ids =
+        |o: &Outcome| -> Vec<String> { placements_of(o).map(|p| p.allocation.clone()).collect() };
     let a = alloc_ids(&w.turn());
     assert_eq!(a.len(), 2);
     assert_eq!(a, alloc_ids(&w.turn()));
@@ -887,13 +890,7 @@ fn a_decision_is_the_same_for_the_same_seed() {
 #[test]
 fn placement_from_an_idle_mark_equals_a_pass_over_every_waiting_task() {
     fn placements(o: &Outcome) -> Vec<(String, String, String)> {
-        o.actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Propose(Command::Place { placements, .. }) => Some(placements),
-                _ => None,
-            })
-            .flatten()
+        placements_of(o)
             .map(|p| (p.task_id.clone(), p.node.clone(), p.allocation.clone()))
             .collect()
     }

@@ -890,9 +890,10 @@ impl FakeCluster {
 
 impl Cluster for FakeCluster {
     fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let tasks: Vec<&Task> = state.tasks_on(node).collect();
-        f(&tasks)
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .with_tasks_on(node, f)
     }
     fn share_version(&self, node: &str) -> u64 {
         self.state

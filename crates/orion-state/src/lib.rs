@@ -972,6 +972,12 @@ impl ClusterState {
         self.index.share_version(node)
     }
 
+    /// Runs `f` over the tasks placed on `node` (see `tasks_on`), borrowed, in id order.
+    pub fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R {
+        let tasks: Vec<&Task> = self.tasks_on(node).collect();
+        f(&tasks)
+    }
+
     /// Tasks waiting for a node (`Task::needs_placement`), in id order; from the index.
     pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> + '_ {
         self.index

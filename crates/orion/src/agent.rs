@@ -511,10 +511,7 @@ impl Backend for Node {
 
 impl orion_executor::Cluster for Node {
     fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R {
-        self.raft.read(|s| {
-            let tasks: Vec<&Task> = s.tasks_on(node).collect();
-            f(&tasks)
-        })
+        self.raft.read(|s| s.with_tasks_on(node, f))
     }
     fn share_version(&self, node: &str) -> u64 {
         self.raft.read(|s| s.share_version(node))
