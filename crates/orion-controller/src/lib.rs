@@ -140,13 +140,20 @@ pub struct IdleMark {
     pub waits_upto: u64,
 }
 
+impl IdleMark {
+    /// No room was made and gossip's view did not change since the mark was set.
+    fn holds(&self, state: &ClusterState, epoch: u64) -> bool {
+        self.capacity == state.capacity_version() && self.epoch == epoch
+    }
+}
+
 /// How many waiting tasks the next placement pass looks at, at most: all of them, or with an
 /// idle mark that still holds only those that began to wait since (0: placement is idle). The
 /// driver decides on a copy of the state when this is large, so the pass never holds applies
 /// back for long.
 pub fn placement_work(memory: &ControllerMemory, state: &ClusterState, epoch: u64) -> usize {
     match memory.placement_idle {
-        Some(m) if m.capacity == state.capacity_version() && m.epoch == epoch => {
+        Some(m) if m.holds(state, epoch) => {
             let began = state.wait_seq().saturating_sub(m.waits_upto);
             usize::try_from(began)
                 .unwrap_or(usize::MAX)
@@ -253,9 +260,9 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             .map(Action::Propose),
     );
     // Only a settled turn (the state as it is, not as it will be) uses or sets the mark.
-    let mark = memory.placement_idle.filter(|m| {
-        settled && m.capacity == input.state.capacity_version() && m.epoch == input.membership_epoch
-    });
+    let mark = memory
+        .placement_idle
+        .filter(|m| settled && m.holds(input.state, input.membership_epoch));
     let waiting: Option<Vec<&orion_types::Task>> = match mark {
         // Nothing began to wait since a pass that placed nothing: idle.
         Some(m) if m.waits_upto >= input.state.wait_seq() => None,

@@ -91,16 +91,6 @@ impl PartialEq for WaitOrder {
 
 impl Eq for WaitOrder {}
 
-/// What one task's change can do for the waiting tasks (see `Index::update`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Change {
-    /// The task began to wait for a node.
-    pub(crate) began_waiting: bool,
-    /// What the task held on a node was released or changed: room that a waiting task may
-    /// fit into. A task that only began to hold something takes room and frees none.
-    pub(crate) released: bool,
-}
-
 /// Per node, a value that changes whenever a task placed there (or leaving it) is touched by
 /// an applied command: what the node's executor compares instead of hashing its whole share
 /// after every applied entry. Drawn from one counter per process, so a rebuilt index (a
@@ -161,9 +151,10 @@ impl Index {
         index
     }
 
-    /// Brings task `id` up to date with its value in `tasks` (gone if absent), and says what
-    /// the change can do for placement: a task began to wait, or what it held was released.
-    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) -> Change {
+    /// Brings task `id` up to date with its value in `tasks` (gone if absent). True if what
+    /// the task held on a node was released or changed: room a waiting task may fit into. A
+    /// task that begins to wait, or to hold, makes no room.
+    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) -> bool {
         let now = tasks.get(id).map(Held::of);
         let old = self.held.get(id);
         // Any touch of a task placed on a node (or leaving it) is news for that node's
@@ -176,22 +167,18 @@ impl Index {
             self.shares.touch(node);
         }
         if old == now.as_ref() {
-            return Change::default();
+            return false;
         }
-        let was_pending = old.is_some_and(|h| h.pending);
         let old_holds = old.and_then(|h| h.holds.as_ref());
-        let change = Change {
-            began_waiting: now.as_ref().is_some_and(|h| h.pending && !was_pending),
-            released: old_holds.is_some()
-                && now.as_ref().and_then(|h| h.holds.as_ref()) != old_holds,
-        };
+        let released =
+            old_holds.is_some() && now.as_ref().and_then(|h| h.holds.as_ref()) != old_holds;
         if let Some(old) = self.held.remove(id) {
             self.remove(id, &old);
         }
         if let Some(now) = now {
             self.add(id, now);
         }
-        change
+        released
     }
 
     fn add(&mut self, id: &str, h: Held) {

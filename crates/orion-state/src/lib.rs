@@ -250,8 +250,7 @@ impl ClusterState {
         let mut relevant = false;
         for key in touched {
             relevant |= match key {
-                // A task that begins to wait or to hold makes room for no other.
-                Key::Task(id) => self.index.update(&self.tasks, id).released,
+                Key::Task(id) => self.index.update(&self.tasks, id),
                 // Nodes (capacity, labels, status, drain), services and settings feed the
                 // scheduler too.
                 Key::Node(_) | Key::Service(_) | Key::Config => true,
