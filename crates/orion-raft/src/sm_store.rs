@@ -25,9 +25,12 @@
 //! `SYNC_EVERY_BATCHES`-th batch is fsync'd anyway, to bound that replay and let redb reclaim
 //! pages, and shutdown syncs once more.
 //!
-//! In the simulator (`open_sim`) there is no writer thread: each job runs inline, on the
-//! task that queued it, in the same order, with the same transactions and durabilities (only
-//! the merging of queued batches is gone, since nothing ever queues behind the caller).
+//! In the simulator (`open_sim`) there is no writer thread: jobs run inline, on the task that
+//! queued them, in the same order, with the same transactions and durabilities. Apply batches
+//! wait in a queue until `INLINE_MERGE_BATCHES` of them are there or a barrier comes, and are
+//! then written as one merged transaction, as the writer thread merges what queued behind it:
+//! the simulated writer always lags that much, so a simulated crash loses up to that many
+//! batches before their commit, as a real crash can, and openraft replays them from the log.
 //!
 //! A snapshot is the whole `ClusterState` with its `last_applied` and membership, as JSON; the
 //! current one is stored in redb too, so it survives a restart and can be sent to a new learner.
@@ -71,6 +74,10 @@ const KEY_SNAP_DATA: &str = "data";
 /// 1 in 100 keeps the overhead near 1% while bounding the work replayed after a crash and the
 /// pages redb cannot reuse before a durable commit.
 const SYNC_EVERY_BATCHES: u64 = 100;
+
+/// The simulator's writer merges this many apply batches into one transaction (fewer if a
+/// barrier comes first); see the module docs.
+const INLINE_MERGE_BATCHES: usize = 8;
 
 type StResult<T> = Result<T, StorageError<RaftId>>;
 type Membership = StoredMembership<RaftId, Peer>;
@@ -134,11 +141,18 @@ struct Shared {
 /// Where jobs go: the writer thread, or (simulator) run at once on the caller.
 enum Writer {
     Thread(mpsc::Sender<Job>),
-    /// Batches written so far, for `SYNC_EVERY_BATCHES`.
     Inline {
         slot: Arc<DbSlot>,
-        batches: Mutex<u64>,
+        queue: Mutex<InlineQueue>,
     },
+}
+
+/// The simulator's writer: batches written so far (for `SYNC_EVERY_BATCHES`) and the apply
+/// batches not yet written.
+#[derive(Default)]
+struct InlineQueue {
+    batches: u64,
+    pending: Vec<ApplyRows>,
 }
 
 /// What the writer thread does, in the order queued.
@@ -201,17 +215,36 @@ fn run_writer(slot: Arc<DbSlot>, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Opti
     }
 }
 
-/// Runs one job inline (the simulator's writer).
-fn run_inline(slot: &DbSlot, batches: &Mutex<u64>, job: Job, failed: &Mutex<Option<String>>) {
-    match job {
-        Job::Barrier(f) => match failed_message(failed) {
+/// Runs one job inline (the simulator's writer): queues an apply batch, writing the queue
+/// once it holds `INLINE_MERGE_BATCHES`; writes the queue, then runs a barrier.
+fn run_inline(slot: &DbSlot, queue: &Mutex<InlineQueue>, job: Job, failed: &Mutex<Option<String>>) {
+    let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+    let barrier = match job {
+        Job::Apply(rows) => {
+            q.pending.push(rows);
+            if q.pending.len() < INLINE_MERGE_BATCHES {
+                return;
+            }
+            None
+        }
+        Job::Barrier(f) => Some(f),
+    };
+    let pending = std::mem::take(&mut q.pending);
+    let merged = pending.len() as u64;
+    let mut rows: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    let mut last = None;
+    for mut batch in pending {
+        rows.extend(std::mem::take(&mut batch.rows));
+        last = Some(batch);
+    }
+    if let Some(last) = last {
+        write_merged(slot, &rows, &last, merged, &mut q.batches, failed);
+    }
+    drop(q);
+    if let Some(f) = barrier {
+        match failed_message(failed) {
             Some(msg) => f(Err(StoreError::WriteFailed(msg))),
             None => f(slot.get()),
-        },
-        Job::Apply(mut rows) => {
-            let merged: BTreeMap<_, _> = std::mem::take(&mut rows.rows).into_iter().collect();
-            let mut n = batches.lock().unwrap_or_else(|p| p.into_inner());
-            write_merged(slot, &merged, &rows, 1, &mut n, failed);
         }
     }
 }
@@ -371,7 +404,7 @@ impl StateMachineStore {
         let writer = if inline {
             Writer::Inline {
                 slot: slot.clone(),
-                batches: Mutex::new(0),
+                queue: Mutex::default(),
             }
         } else {
             let (writer, rx) = mpsc::channel();
@@ -402,8 +435,8 @@ impl StateMachineStore {
             Writer::Thread(tx) => tx
                 .send(job)
                 .map_err(|_| StoreError::Join("the state writer stopped".to_string())),
-            Writer::Inline { slot, batches } => {
-                run_inline(slot, batches, job, &self.shared.failed);
+            Writer::Inline { slot, queue } => {
+                run_inline(slot, queue, job, &self.shared.failed);
                 Ok(())
             }
         }
