@@ -10,7 +10,8 @@
 //! task running exactly once and nothing else running.
 //!
 //! The same seed gives the same trace (`trace`), byte for byte, so a failing seed replays
-//! exactly: `cargo run -p orion-sim --release -- --seed S --nodes N`.
+//! exactly: `cargo run -p orion-sim --release -- --seed S --nodes N`. A sweep runs seeds on
+//! one thread per core (`sweep`), each seed alone on its thread.
 
 pub mod checker;
 pub mod history;
@@ -18,6 +19,8 @@ pub mod linearizability;
 pub mod net;
 pub mod rng;
 pub mod sim;
+pub mod sweep;
 pub mod trace;
 
 pub use sim::{Config, Report, run};
+pub use sweep::{default_jobs, sweep};

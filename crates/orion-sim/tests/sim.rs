@@ -4,7 +4,7 @@
 //! A long sweep: `ORION_SIM_SEEDS=0..500 cargo test -p orion-sim --release --test sim -- --nocapture`.
 
 use orion_raft::{RaftConfig, RaftNode, SimDisk, SimParts, WriteError};
-use orion_sim::{Config, run};
+use orion_sim::{Config, default_jobs, run, sweep};
 use std::time::Duration;
 
 /// Seeds CI runs on every change: each is a 5-node run with 30 simulated seconds of faults,
@@ -22,8 +22,7 @@ fn seeds_from_env() -> Option<std::ops::Range<u64>> {
     Some(a.trim().parse().ok()?..b.trim().parse().ok()?)
 }
 
-fn check(cfg: &Config) -> orion_sim::Report {
-    let report = run(cfg);
+fn check(cfg: &Config, report: &orion_sim::Report) {
     println!("{}", report.line());
     println!("{}", report.details());
     assert!(
@@ -39,22 +38,27 @@ fn check(cfg: &Config) -> orion_sim::Report {
     assert!(
         report.writes > 0,
         "seed {}: no write was acknowledged",
-        cfg.seed
+        report.seed
     );
     assert!(
         report.containers > 0,
         "seed {}: no container ran at the end: the executors did nothing",
-        cfg.seed
+        report.seed
     );
-    report
 }
 
+/// The second run of the seed runs in a sweep, on a thread of its own beside another seed:
+/// what runs beside a seed must not change its trace either.
 #[test]
 fn one_seed_twice_gives_the_same_trace() {
     let mut cfg = Config::new(42, 3);
     cfg.fault_s = 15;
     let a = run(&cfg);
-    let b = run(&cfg);
+    let mut other = cfg.clone();
+    other.seed = 43;
+    let mut reports = Vec::new();
+    sweep(&[cfg.clone(), other], 2, |r| reports.push(r));
+    let [b, c] = <[_; 2]>::try_from(reports).expect("two reports");
     assert!(
         a.events > 100,
         "a trivial trace proves nothing: {}",
@@ -62,24 +66,29 @@ fn one_seed_twice_gives_the_same_trace() {
     );
     assert_eq!(a.trace, b.trace, "{}\n{}", a.line(), b.line());
     assert_eq!(a.writes, b.writes);
-    let mut other = cfg.clone();
-    other.seed = 43;
-    assert_ne!(run(&other).trace, a.trace, "another seed, another run");
+    assert_eq!(c.seed, 43, "reports come back in the order of the configs");
+    assert_ne!(c.trace, a.trace, "another seed, another run");
 }
 
 #[test]
 fn seeds_find_no_violation() {
     let seeds = seeds_from_env().unwrap_or(CI_SEEDS);
+    let cfgs: Vec<Config> = seeds
+        .map(|seed| {
+            let mut cfg = Config::new(seed, 5);
+            if seeds_from_env().is_none() {
+                cfg.fault_s = CI_FAULT_SECS;
+            }
+            cfg
+        })
+        .collect();
     let (mut snapshots, mut downs) = (0, 0);
-    for seed in seeds {
-        let mut cfg = Config::new(seed, 5);
-        if seeds_from_env().is_none() {
-            cfg.fault_s = CI_FAULT_SECS;
-        }
-        let report = check(&cfg);
+    let mut cfg = cfgs.iter();
+    sweep(&cfgs, default_jobs(), |report| {
+        check(cfg.next().expect("one report per config"), &report);
         snapshots += report.snapshots;
         downs += report.downs;
-    }
+    });
     // The checks must have covered a node catching up by snapshot install, and gossip
     // declaring nodes dead (which the controller turns into `NodeDown` and re-placement).
     assert!(snapshots > 0, "no seed installed a snapshot");
