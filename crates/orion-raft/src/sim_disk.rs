@@ -46,10 +46,10 @@ impl Pages {
         if len < self.len {
             self.pages.truncate(len.div_ceil(PAGE_BYTES));
             let cut = len % PAGE_BYTES;
-            if cut != 0 {
-                if let Some(last) = self.pages.last_mut() {
-                    Arc::make_mut(last)[cut..].fill(0);
-                }
+            if cut != 0
+                && let Some(last) = self.pages.last_mut()
+            {
+                Arc::make_mut(last)[cut..].fill(0);
             }
         } else {
             self.pages.resize(len.div_ceil(PAGE_BYTES), zero_page());
