@@ -847,3 +847,80 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_disk::SimDisk;
+    use openraft::CommittedLeaderId;
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    async fn apply_one_by_one(
+        store: &mut StateMachineStore,
+        indexes: std::ops::RangeInclusive<u64>,
+    ) {
+        for i in indexes {
+            store.apply([blank(i)]).await.expect("apply");
+        }
+    }
+
+    async fn applied_after_crash(disk: &SimDisk) -> Option<u64> {
+        disk.crash();
+        let mut store = StateMachineStore::open_sim(disk, 0).expect("reopen");
+        let (applied, _) = store.applied_state().await.expect("applied state");
+        applied.map(|l| l.index)
+    }
+
+    /// The simulator's writer queues apply batches: a crash loses the queued ones (openraft
+    /// replays them from the log), and a barrier writes the queue before it runs.
+    #[tokio::test]
+    async fn the_simulated_writer_queues_applies_until_a_barrier() {
+        let disk = SimDisk::new();
+        let mut store = StateMachineStore::open_sim(&disk, 0).expect("open");
+        apply_one_by_one(&mut store, 1..=3).await;
+        assert_eq!(store.read().last_applied.map(|l| l.index), Some(3));
+        assert_eq!(
+            applied_after_crash(&disk).await,
+            None,
+            "queued, never written"
+        );
+
+        let mut store = StateMachineStore::open_sim(&disk, 0).expect("open");
+        apply_one_by_one(&mut store, 1..=3).await;
+        store.sync().await.expect("sync");
+        assert_eq!(
+            applied_after_crash(&disk).await,
+            Some(3),
+            "the barrier wrote the queue, then synced it"
+        );
+    }
+
+    /// At most `INLINE_MERGE_BATCHES` wait: the next one writes them all as one transaction.
+    #[tokio::test]
+    async fn the_simulated_writer_merges_a_full_queue_into_one_transaction() {
+        let queued = |store: &StateMachineStore| match &store.shared.writer {
+            Writer::Inline { queue, .. } => queue.lock().expect("queue").pending.len(),
+            Writer::Thread(_) => unreachable!("open_sim writes inline"),
+        };
+        let disk = SimDisk::new();
+        let mut store = StateMachineStore::open_sim(&disk, 0).expect("open");
+        let n = INLINE_MERGE_BATCHES as u64;
+        apply_one_by_one(&mut store, 1..=n - 1).await;
+        assert_eq!(queued(&store), INLINE_MERGE_BATCHES - 1);
+        apply_one_by_one(&mut store, n..=n).await;
+        assert_eq!(queued(&store), 0, "the {n}th batch wrote the queue");
+        // Written, not synced: what redb holds now is the merged transaction.
+        let db = store.shared.db.get().expect("db");
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(SM_META).expect("meta");
+        let applied: Option<LogId<RaftId>> =
+            get_json(&meta, KEY_LAST_APPLIED).expect("last_applied");
+        assert_eq!(applied.map(|l| l.index), Some(n));
+    }
+}
