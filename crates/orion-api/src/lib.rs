@@ -314,28 +314,42 @@ async fn list_tasks<B: Backend>(
     if q.consistent.unwrap_or(false) {
         b.consistent_read().await?;
     }
-    let views: Vec<TaskView> = b.read(|s| {
-        s.tasks
-            .values()
-            .filter(|t| state.is_none_or(|st| t.state == st))
-            .filter(|t| q.node.as_ref().is_none_or(|n| t.node.as_ref() == Some(n)))
-            .map(TaskView::from)
-            .collect()
+    let keep = |t: &&Task| {
+        state.is_none_or(|st| t.state == st)
+            && q.node.as_ref().is_none_or(|n| t.node.as_ref() == Some(n))
+    };
+    let body = b.read(|s| {
+        let count = s.tasks.values().filter(keep).count();
+        json_array(count, s.tasks.values().filter(keep).map(TaskView::from))
     });
-    Ok(json_list(&views))
+    match body {
+        Ok(body) => Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response()),
+        Err(e) => Err(ApiError::internal(format!("encoding the answer: {e}"))),
+    }
 }
 
 /// About what one task's JSON takes (a plain task with a few events is 600-900 bytes).
 const TASK_JSON_BYTES_HINT: usize = 768;
 
-/// A JSON array written into a buffer sized for it up front: axum's `Json` starts at 128
-/// bytes and doubles, so a list of thousands of tasks was copied a dozen times on its way out.
-fn json_list<T: serde::Serialize>(items: &[T]) -> Response {
-    let mut body = Vec::with_capacity(items.len().saturating_mul(TASK_JSON_BYTES_HINT) + 2);
-    match serde_json::to_writer(&mut body, items) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => ApiError::internal(format!("encoding the answer: {e}")).into_response(),
+/// `count` items as one JSON array (the bytes `serde_json` gives for a `Vec` of them), each
+/// item made, written and dropped in turn: no list of views is ever whole in memory. Building
+/// the 10,000 views of a large list first left about 12 MiB resident in the agent after the
+/// answer (glibc keeps the small chunks they were made of), and axum's `Json` grew its buffer
+/// from 128 bytes by doubling; this buffer is sized for the list up front.
+fn json_array<T: serde::Serialize>(
+    count: usize,
+    items: impl Iterator<Item = T>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut body = Vec::with_capacity(count.saturating_mul(TASK_JSON_BYTES_HINT) + 2);
+    body.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &item)?;
     }
+    body.push(b']');
+    Ok(body)
 }
 
 /// Finds a task by id or by a unique id prefix.

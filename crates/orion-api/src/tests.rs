@@ -540,3 +540,34 @@ mod services {
         );
     }
 }
+
+/// `GET /tasks` writes its array one view at a time; the bytes must be exactly those of the
+/// whole list serialized at once, whatever the count and however wrong the size hint.
+#[test]
+fn a_list_written_one_view_at_a_time_is_the_json_of_the_whole_list() {
+    let items: Vec<BTreeMapItem> = (0..5)
+        .map(|i| BTreeMapItem {
+            id: format!("t{i}"),
+            tags: (0..i)
+                .map(|j| (format!("k{j}"), "v \"quoted\"".to_string()))
+                .collect(),
+        })
+        .collect();
+    for n in 0..items.len() {
+        let whole = serde_json::to_vec(&items[..n]).expect("whole");
+        for hint in [0, n, 100] {
+            let streamed = json_array(hint, items[..n].iter()).expect("streamed");
+            assert_eq!(
+                String::from_utf8(streamed).expect("utf8"),
+                String::from_utf8(whole.clone()).expect("utf8"),
+                "{n} items, hint {hint}"
+            );
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct BTreeMapItem {
+    id: String,
+    tags: std::collections::BTreeMap<String, String>,
+}

@@ -52,9 +52,10 @@ const KEY_LAST_PURGED: &str = "last_purged";
 /// follower in step needs the last few; one that trails further reads redb)...
 const TAIL_ENTRIES_MAX: usize = 1024;
 /// ... and at most this many bytes of them (their JSON size), so big commands cannot pin much.
-/// Under a 64-client load the entries are batches of about ten creates (5 KiB); at 16 MiB the
-/// tail kept about 5 MiB more resident on an agent holding 10,000 tasks.
-const TAIL_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Under a 64-client load the entries are batches of about ten creates (5 KiB), so 1 MiB keeps
+/// the last couple of hundred: far more than a follower in step trails by. At 16 MiB the tail
+/// kept about 5 MiB more resident on an agent holding 10,000 tasks, at 4 MiB about 3.
+const TAIL_BYTES_MAX: usize = 1024 * 1024;
 
 type StResult<T> = Result<T, StorageError<RaftId>>;
 
