@@ -131,10 +131,10 @@ impl RaftConfig {
     }
 
     /// Entries between this node's snapshots: `snapshot_logs` plus up to a quarter more,
-    /// fixed per node by a hash of its id (two members may draw the same one). Members that all snapshot at the same index encode and
-    /// fsync the whole state at once on machines that may share cores and a disk, and a
-    /// commit then waits for a follower busy with its own; with intervals that differ they
-    /// drift apart after the first.
+    /// fixed per node by a hash of its id (two members may draw the same one). Members that
+    /// all snapshot at the same index encode and fsync the whole state at once on machines
+    /// that may share cores and a disk, and a commit then waits for a follower busy with its
+    /// own; with intervals that differ they drift apart after the first.
     fn snapshot_interval(&self) -> u64 {
         let spread = self.snapshot_logs / 4 + 1;
         self.snapshot_logs + crate::raft_id(&self.node_id) % spread

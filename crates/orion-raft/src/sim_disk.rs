@@ -59,13 +59,8 @@ impl Pages {
 
     /// Copies `out.len()` bytes from `start`, which the caller has checked lie in the file.
     fn read(&self, start: usize, out: &mut [u8]) {
-        let mut done = 0;
-        while done < out.len() {
-            let at = start + done;
-            let (page, within) = (at / PAGE_BYTES, at % PAGE_BYTES);
-            let n = (PAGE_BYTES - within).min(out.len() - done);
-            out[done..done + n].copy_from_slice(&self.pages[page][within..within + n]);
-            done += n;
+        for (page, within, at) in spans(start, out.len()) {
+            out[at].copy_from_slice(&self.pages[page][within]);
         }
     }
 
@@ -75,17 +70,31 @@ impl Pages {
         if data.is_empty() {
             return 0..0;
         }
-        let mut done = 0;
-        while done < data.len() {
-            let at = start + done;
-            let (page, within) = (at / PAGE_BYTES, at % PAGE_BYTES);
-            let n = (PAGE_BYTES - within).min(data.len() - done);
-            Arc::make_mut(&mut self.pages[page])[within..within + n]
-                .copy_from_slice(&data[done..done + n]);
-            done += n;
+        for (page, within, at) in spans(start, data.len()) {
+            Arc::make_mut(&mut self.pages[page])[within].copy_from_slice(&data[at]);
         }
         start / PAGE_BYTES..(start + data.len()).div_ceil(PAGE_BYTES)
     }
+}
+
+/// The bytes `start..start + len` of a file, page by page: (page, range within the page,
+/// range within the caller's buffer).
+fn spans(
+    start: usize,
+    len: usize,
+) -> impl Iterator<Item = (usize, std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let mut done = 0;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = start + done;
+        let (page, within) = (at / PAGE_BYTES, at % PAGE_BYTES);
+        let n = (PAGE_BYTES - within).min(len - done);
+        let span = (page, within..within + n, done..done + n);
+        done += n;
+        Some(span)
+    })
 }
 
 #[derive(Default)]

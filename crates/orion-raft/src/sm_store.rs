@@ -187,21 +187,12 @@ fn run_writer(slot: Arc<DbSlot>, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Opti
             },
         };
         match job {
-            Job::Barrier(f) => match failed_message(&failed) {
-                Some(msg) => f(Err(StoreError::WriteFailed(msg))),
-                None => f(slot.get()),
-            },
+            Job::Barrier(f) => run_barrier(&slot, f, &failed),
             Job::Apply(first) => {
-                let mut rows: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-                let mut last = first;
-                let mut merged: u64 = 1;
+                let mut queued = vec![first];
                 loop {
-                    rows.extend(std::mem::take(&mut last.rows));
                     match rx.try_recv() {
-                        Ok(Job::Apply(next)) => {
-                            last = next;
-                            merged += 1;
-                        }
+                        Ok(Job::Apply(next)) => queued.push(next),
                         Ok(barrier) => {
                             held = Some(barrier);
                             break;
@@ -209,7 +200,7 @@ fn run_writer(slot: Arc<DbSlot>, rx: mpsc::Receiver<Job>, failed: Arc<Mutex<Opti
                         Err(_) => break,
                     }
                 }
-                write_merged(&slot, &rows, &last, merged, &mut batches, &failed);
+                write_queued(&slot, queued, &mut batches, &failed);
             }
         }
     }
@@ -229,23 +220,43 @@ fn run_inline(slot: &DbSlot, queue: &Mutex<InlineQueue>, job: Job, failed: &Mute
         }
         Job::Barrier(f) => Some(f),
     };
-    let pending = std::mem::take(&mut q.pending);
-    let merged = pending.len() as u64;
+    let queued = std::mem::take(&mut q.pending);
+    write_queued(slot, queued, &mut q.batches, failed);
+    drop(q);
+    if let Some(f) = barrier {
+        run_barrier(slot, f, failed);
+    }
+}
+
+/// Runs a barrier job: it gets the database, or why nothing is written any more.
+fn run_barrier(
+    slot: &DbSlot,
+    f: Box<dyn FnOnce(Result<Arc<Database>, StoreError>) + Send>,
+    failed: &Mutex<Option<String>>,
+) {
+    match failed_message(failed) {
+        Some(msg) => f(Err(StoreError::WriteFailed(msg))),
+        None => f(slot.get()),
+    }
+}
+
+/// Writes apply batches queued behind each other (in apply order) as one transaction: each
+/// row as the last of them left it, and the markers of the last.
+fn write_queued(
+    slot: &DbSlot,
+    queued: Vec<ApplyRows>,
+    batches: &mut u64,
+    failed: &Mutex<Option<String>>,
+) {
+    let merged = queued.len() as u64;
     let mut rows: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut last = None;
-    for mut batch in pending {
+    for mut batch in queued {
         rows.extend(std::mem::take(&mut batch.rows));
         last = Some(batch);
     }
     if let Some(last) = last {
-        write_merged(slot, &rows, &last, merged, &mut q.batches, failed);
-    }
-    drop(q);
-    if let Some(f) = barrier {
-        match failed_message(failed) {
-            Some(msg) => f(Err(StoreError::WriteFailed(msg))),
-            None => f(slot.get()),
-        }
+        write_merged(slot, &rows, &last, merged, batches, failed);
     }
 }
 

@@ -59,9 +59,10 @@ pub fn sweep(cfgs: &[Config], jobs: usize, mut each: impl FnMut(Report)) {
                 due += 1;
             }
         }
-        // Every thread failed to start: run what is left here.
-        for cfg in &cfgs[due..] {
-            each(run(cfg));
+        // What no thread reported (none could start, or one died outside `run`, which
+        // catches a run's panics) runs here, in order, beside what the others reported.
+        for (i, cfg) in cfgs.iter().enumerate().skip(due) {
+            each(done.remove(&i).unwrap_or_else(|| run(cfg)));
         }
     });
 }
