@@ -36,13 +36,17 @@ for _ in $(seq 1 300); do
 done
 auth="Authorization: Bearer ${token:-none}"
 
+# `DELETE /tokens/{id}` is left out too: schemathesis reuses ids it saw in answers, so it
+# could revoke the very admin token it sends (`GET /tokens` lists its id), and every later
+# request answered 401 (it did, once in several runs). Revocation has tests of its own
+# (`api_tokens_have_roles_and_a_revocation_reaches_every_node_within_a_second`).
 # `GET /events` follows by default: an endless stream no fuzzer can read to its end (and
 # schemathesis cannot parse NDJSON), so it is left out of the run and checked here with
 # `follow=false`: a 200 whose every line is a JSON object with the event fields.
 status=0
 schemathesis run "http://$ip:8000/openapi.json" -H "$auth" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-  --exclude-path /events \
+  --exclude-path /events --exclude-path '/tokens/{id}' \
   --max-examples "$examples" --max-time "$budget" --request-timeout 5 --seed 1 || status=$?
 
 events="$(curl -sf -H "$auth" "http://$ip:8000/events?follow=false&limit=100")" || { echo "GET /events failed" >&2; status=1; }
