@@ -1,8 +1,8 @@
 //! The Raft log on redb (`<data_dir>/raft-log.redb`): log entries, the vote, the committed log
 //! id and the last purged log id.
 //!
-//! Durability contract with openraft: `append` and `save_vote` commit with
-//! `Durability::Immediate` (one fsync) before they call the IO callback or return, so an
+//! Durability contract with openraft: an append commits with `Durability::Immediate` (one
+//! fsync) before its IO callback is called, and `save_vote` before it returns, so an
 //! acknowledged entry or vote survives a crash; `truncate` does the same because it undoes
 //! entries a restarted node must not resurrect. `purge` commits without fsync
 //! (`Durability::None`): it is a hint that may roll back after a crash to a purge that had not
@@ -20,7 +20,15 @@
 //! bytes), so replication reads them without a redb read transaction and a JSON decode per
 //! entry; anything older is read from redb.
 //!
-//! redb is synchronous, so every write transaction runs on tokio's blocking pool.
+//! Every write runs on one writer, in the order openraft asked for it: a thread of its own,
+//! or in the simulator a task on its single-threaded runtime (its disk is memory). `append`
+//! returns once its entries are queued and in the tail; the writer commits them and only then
+//! calls the IO callback. Our patched openraft (`vendor/openraft`, ARCHITECTURE.md)
+//! lets the leader's core replicate meanwhile, so the leader's fsync overlaps its followers'.
+//! Appends queued behind each other share one transaction and one fsync. The other writes
+//! (vote, truncate, purge, flush) wait for their turn in the same queue, so a truncate can
+//! never be overtaken by an older append. A read that misses the tail waits for the queue to
+//! drain before it reads redb. A crash loses what is still queued, and no callback of it runs.
 
 use crate::error::StoreError;
 use crate::types::{RaftId, TypeConfig};
@@ -38,6 +46,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::mpsc;
 
 /// Log index -> JSON of `Entry<TypeConfig>`.
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
@@ -57,6 +66,9 @@ const TAIL_ENTRIES_MAX: usize = 1024;
 /// kept about 5 MiB more resident on an agent holding 10,000 tasks, at 4 MiB about 3.
 const TAIL_BYTES_MAX: usize = 1024 * 1024;
 
+/// At most this many queued appends share one transaction (and one fsync).
+const APPEND_GROUP_MAX: usize = 64;
+
 type StResult<T> = Result<T, StorageError<RaftId>>;
 
 /// The redb-backed Raft log. Cheap to clone: clones share the database.
@@ -70,10 +82,25 @@ pub struct LogStore {
     pending_committed: Arc<Mutex<PendingCommitted>>,
     /// The latest appended entries, as they are in redb.
     tail: Arc<Mutex<Tail>>,
-    /// Run redb writes on the calling task instead of a blocking thread (the simulator's
-    /// single-threaded runtime, whose disk is memory).
-    inline: bool,
+    /// The writer's queue (`run_writer`).
+    writer: mpsc::UnboundedSender<Job>,
 }
+
+/// What the writer does, in the order it was queued.
+enum Job {
+    /// Commits these rows (log index, JSON) with an fsync, then calls `done`.
+    Append {
+        rows: Vec<(u64, Vec<u8>)>,
+        done: AppendDone,
+    },
+    /// Any other write; it reports its own result.
+    Write(WriteFn),
+}
+
+/// A write other than an append, run by the writer in its turn.
+type WriteFn = Box<dyn FnOnce(&DbSlot, &Mutex<PendingCommitted>) + Send>;
+/// Told an append's outcome once it is committed and fsynced (or failed).
+type AppendDone = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 #[derive(Default)]
 struct PendingCommitted {
@@ -82,7 +109,8 @@ struct PendingCommitted {
 }
 
 /// Recently appended entries by index, each with its JSON size. Always a suffix of the log
-/// as redb holds it: filled after an append commits, cut before a truncate or purge runs.
+/// as appended (in redb, or queued for the writer): filled when an append is queued, cut
+/// before a truncate or purge is queued.
 #[derive(Default)]
 struct Tail {
     entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
@@ -152,24 +180,54 @@ impl LogStore {
         )
     }
 
-    /// Opens (or creates) the log database on a simulated disk; writes run inline.
+    /// Opens (or creates) the log database on a simulated disk; its writer is a task on the
+    /// calling (simulated) runtime.
     pub(crate) fn open_sim(disk: &crate::sim_disk::SimDisk) -> Result<LogStore, StoreError> {
         let db =
             crate::redb_builder(crate::LOG_CACHE_BYTES).create_with_backend(disk.log_backend())?;
         LogStore::with_db(db, true)
     }
 
-    fn with_db(db: Database, inline: bool) -> Result<LogStore, StoreError> {
+    fn with_db(db: Database, writer_task: bool) -> Result<LogStore, StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
         txn.commit()?;
+        let db = DbSlot::new(db);
+        let pending_committed: Arc<Mutex<PendingCommitted>> = Arc::default();
+        let (writer, mut rx) = mpsc::unbounded_channel();
+        let (slot, pending) = (db.clone(), pending_committed.clone());
+        if writer_task {
+            tokio::spawn(async move {
+                let mut next = None;
+                loop {
+                    let job = match next.take() {
+                        Some(job) => job,
+                        None => match rx.recv().await {
+                            Some(job) => job,
+                            None => break,
+                        },
+                    };
+                    next = run_writer(job, &mut rx, &slot, &pending);
+                }
+            });
+        } else {
+            std::thread::Builder::new()
+                .name("orion-log-writer".into())
+                .spawn(move || {
+                    let mut next = None;
+                    while let Some(job) = next.take().or_else(|| rx.blocking_recv()) {
+                        next = run_writer(job, &mut rx, &slot, &pending);
+                    }
+                })
+                .map_err(|e| StoreError::Join(e.to_string()))?;
+        }
         let store = LogStore {
-            db: DbSlot::new(db),
+            db,
             committed: Arc::new(AtomicU64::new(0)),
-            pending_committed: Arc::default(),
+            pending_committed,
             tail: Arc::default(),
-            inline,
+            writer,
         };
         let committed: Option<LogId<RaftId>> = store.read_meta(KEY_COMMITTED)?;
         store.set_committed_cache(committed.as_ref());
@@ -188,16 +246,55 @@ impl LogStore {
         if !self.lock_committed().dirty {
             return Ok(());
         }
-        let slot = self.db.clone();
-        let pending = self.pending_committed.clone();
-        blocking(self.inline, move || {
-            let db = slot.get()?;
+        self.write(|db, pending| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
-            let wrote = write_pending_committed(&txn, &pending)?;
-            commit_or_redirty(txn, &pending, wrote)
+            let wrote = write_pending_committed(&txn, pending)?;
+            commit_or_redirty(txn, pending, wrote)
         })
         .await
+    }
+
+    /// Runs a write transaction on the writer, after every write queued before it, and
+    /// returns its result.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &Mutex<PendingCommitted>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Write(Box::new(move |slot, pending| {
+            let _ = tx.send(slot.get().and_then(|db| f(&db, pending)));
+        }));
+        self.writer.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until every write queued so far is done.
+    async fn drain(&self) -> Result<(), StoreError> {
+        self.write(|_, _| Ok(())).await
+    }
+
+    /// Queues these entries for the writer, readable from the tail at once; `done` is called
+    /// when they are committed and fsynced, or failed.
+    fn submit_append(
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
+        done: AppendDone,
+    ) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(entries.len());
+        let mut cached = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry)?;
+            let index = entry.log_id.index;
+            cached.push((entry, bytes.len()));
+            rows.push((index, bytes));
+        }
+        metrics::histogram!("orion_raft_append_entries").record(rows.len() as f64);
+        self.lock_tail().insert(cached);
+        self.writer
+            .send(Job::Append { rows, done })
+            .map_err(|_| StoreError::Closed)
     }
 
     fn lock_committed(&self) -> std::sync::MutexGuard<'_, PendingCommitted> {
@@ -229,7 +326,7 @@ impl LogStore {
         }
     }
 
-    /// Writes one META value in its own transaction on the blocking pool.
+    /// Writes one META value in its own transaction, in the writer's order.
     async fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
@@ -237,24 +334,31 @@ impl LogStore {
         durability: Durability,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value)?;
-        let slot = self.db.clone();
-        let pending = self.pending_committed.clone();
-        blocking(self.inline, move || {
-            let db = slot.get()?;
+        self.write(move |db, pending| {
             let mut txn = db.begin_write()?;
             txn.set_durability(durability)?;
             txn.open_table(META)?.insert(key, bytes.as_slice())?;
-            let wrote = write_pending_committed(&txn, &pending)?;
-            commit_or_redirty(txn, &pending, wrote)
+            let wrote = write_pending_committed(&txn, pending)?;
+            commit_or_redirty(txn, pending, wrote)
         })
         .await
     }
 
-    fn read_entries(
+    /// Entries in the range: from the tail if it holds them all, else from redb once every
+    /// queued write is done (an entry that left the tail may still be in the queue).
+    async fn read_entries(
         &self,
         start: Bound<u64>,
         end: Bound<u64>,
     ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        if let Some(hit) = self.read_tail(start, end) {
+            return Ok(hit);
+        }
+        self.drain().await?;
+        self.read_redb(start, end)
+    }
+
+    fn read_tail(&self, start: Bound<u64>, end: Bound<u64>) -> Option<Vec<Entry<TypeConfig>>> {
         let from = match start {
             Bound::Included(s) => Some(s),
             Bound::Excluded(s) => s.checked_add(1),
@@ -265,11 +369,14 @@ impl LogStore {
             Bound::Excluded(e) => Some(e),
             Bound::Unbounded => None,
         };
-        if let (Some(from), Some(to)) = (from, to)
-            && let Some(hit) = self.lock_tail().get(from, to)
-        {
-            return Ok(hit);
-        }
+        self.lock_tail().get(from?, to?)
+    }
+
+    fn read_redb(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
         let txn = self.db.get()?.begin_read()?;
         let table = txn.open_table(LOGS)?;
         let mut out = Vec::new();
@@ -351,30 +458,69 @@ fn commit_or_redirty(
     Ok(res?)
 }
 
-/// Runs a redb write (which may fsync) off the async workers and waits for it.
-///
-/// On a multi-threaded runtime this is `block_in_place`: the calling task, which waits for the
-/// write anyway (openraft's core awaits every log write), runs it on its own thread while the
-/// runtime moves the other tasks to another worker. That saves the two thread hand-offs of
-/// `spawn_blocking`, tens of microseconds each, on every append. Elsewhere (a current-thread
-/// runtime, as in unit tests) it falls back to the blocking pool. `inline` (the simulator, whose
-/// disk is memory and whose runtime must stay on one thread) runs it right here.
-pub(crate) async fn blocking<T, F>(inline: bool, f: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-{
-    if inline {
-        return f();
+/// Commits log rows with an fsync (and the pending committed log id with them).
+fn write_rows(
+    db: &Database,
+    pending: &Mutex<PendingCommitted>,
+    rows: &[(u64, Vec<u8>)],
+) -> Result<(), StoreError> {
+    // Observed for `/metrics`: the time of the durable (fsync'd) transaction, the cost that
+    // bounds the write path.
+    let started = std::time::Instant::now();
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut table = txn.open_table(LOGS)?;
+        for (index, bytes) in rows {
+            table.insert(*index, bytes.as_slice())?;
+        }
     }
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
-        return tokio::task::block_in_place(f);
+    let wrote = write_pending_committed(&txn, pending)?;
+    commit_or_redirty(txn, pending, wrote)?;
+    metrics::histogram!("orion_raft_append_seconds").record(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One step of the writer (thread or task; it runs until every `LogStore` clone is gone):
+/// runs `job`, and if it is an append, every append queued right behind it too (up to
+/// `APPEND_GROUP_MAX`) in the same transaction, one fsync, each reported after it. Returns the
+/// job it took from the queue but did not run.
+fn run_writer(
+    job: Job,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    slot: &DbSlot,
+    pending: &Mutex<PendingCommitted>,
+) -> Option<Job> {
+    let (mut rows, done) = match job {
+        Job::Write(f) => {
+            f(slot, pending);
+            return None;
+        }
+        Job::Append { rows, done } => (rows, done),
+    };
+    let mut dones = vec![done];
+    let mut next = None;
+    while dones.len() < APPEND_GROUP_MAX {
+        match rx.try_recv() {
+            Ok(Job::Append { rows: more, done }) => {
+                rows.extend(more);
+                dones.push(done);
+            }
+            Ok(other) => {
+                next = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
     }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Join(e.to_string()))?
+    let res = slot
+        .get()
+        .and_then(|db| write_rows(&db, pending, &rows))
+        .map_err(|e| e.to_string());
+    for done in dones {
+        done(res.clone());
+    }
+    next
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -383,6 +529,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> StResult<Vec<Entry<TypeConfig>>> {
         self.read_entries(range.start_bound().cloned(), range.end_bound().cloned())
+            .await
             .map_err(|e| StorageIOError::read_logs(&e).into())
     }
 }
@@ -391,7 +538,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StResult<LogState<TypeConfig>> {
-        self.log_state()
+        self.drain()
+            .await
+            .and_then(|()| self.log_state())
             .map_err(|e| StorageIOError::read_logs(&e).into())
     }
 
@@ -431,67 +580,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
-        let mut cached = Vec::new();
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry)
-                .map_err(|e| StorageIOError::write_log_entry(*entry.get_log_id(), &e))?;
-            rows.push((entry.get_log_id().index, bytes));
-            cached.push(entry);
-        }
-        let slot = self.db.clone();
-        let pending = self.pending_committed.clone();
-        // Observed for `/metrics` only: entries per append and the time of the durable
-        // (fsync'd) transaction, the cost that bounds the write path.
-        metrics::histogram!("orion_raft_append_entries").record(rows.len() as f64);
-        let res = blocking(self.inline, move || {
-            let started = std::time::Instant::now();
-            let db = slot.get()?;
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            {
-                let mut table = txn.open_table(LOGS)?;
-                for (index, bytes) in &rows {
-                    table.insert(*index, bytes.as_slice())?;
-                }
-            }
-            let wrote = write_pending_committed(&txn, &pending)?;
-            commit_or_redirty(txn, &pending, wrote)?;
-            metrics::histogram!("orion_raft_append_seconds")
-                .record(started.elapsed().as_secs_f64());
-            Ok(rows.into_iter().map(|(_, bytes)| bytes.len()))
-        })
-        .await;
-        match res {
-            Ok(sizes) => {
-                // Readable from memory from now on, as it is from redb.
-                self.lock_tail()
-                    .insert(cached.into_iter().zip(sizes).collect());
-                // Only now is the batch on disk: tell openraft.
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
-            }
-        }
+        let entries: Vec<_> = entries.into_iter().collect();
+        // Only once the batch is on disk is openraft told (see the module docs).
+        let done = Box::new(move |res: Result<(), String>| {
+            callback.log_io_completed(res.map_err(std::io::Error::other));
+        });
+        self.submit_append(entries, done)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> StResult<()> {
         tracing::debug!(%log_id, "truncate raft log");
         // Before redb: a failed truncate then leaves reads to redb, which still has it all.
         self.lock_tail().truncate(log_id.index);
-        let slot = self.db.clone();
-        let pending = self.pending_committed.clone();
-        blocking(self.inline, move || {
-            let db = slot.get()?;
+        self.write(move |db, pending| {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
             txn.open_table(LOGS)?
                 .retain_in::<u64, _>(log_id.index.., |_, _| false)?;
-            let wrote = write_pending_committed(&txn, &pending)?;
-            commit_or_redirty(txn, &pending, wrote)
+            let wrote = write_pending_committed(&txn, pending)?;
+            commit_or_redirty(txn, pending, wrote)
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&e).into())
@@ -502,10 +610,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes =
             serde_json::to_vec(&Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
         self.lock_tail().purge(log_id.index);
-        let slot = self.db.clone();
-        let pending = self.pending_committed.clone();
-        blocking(self.inline, move || {
-            let db = slot.get()?;
+        self.write(move |db, pending| {
             let mut txn = db.begin_write()?;
             // Safe without fsync: after a crash the purge may be undone, leaving more log than
             // needed, never less.
@@ -514,10 +619,88 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .insert(KEY_LAST_PURGED, bytes.as_slice())?;
             txn.open_table(LOGS)?
                 .retain_in::<u64, _>(..=log_id.index, |_, _| false)?;
-            let wrote = write_pending_committed(&txn, &pending)?;
-            commit_or_redirty(txn, &pending, wrote)
+            let wrote = write_pending_committed(&txn, pending)?;
+            commit_or_redirty(txn, pending, wrote)
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::blank_ent;
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        blank_ent::<TypeConfig>(1, 1, index)
+    }
+
+    /// Queues `count` one-entry appends without waiting; each records its index when reported.
+    fn queue_appends(store: &LogStore, range: std::ops::Range<u64>) -> Arc<Mutex<Vec<u64>>> {
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        for index in range {
+            let reported = reported.clone();
+            let done = Box::new(move |res: Result<(), String>| {
+                res.expect("append written");
+                reported.lock().expect("lock").push(index);
+            });
+            store
+                .submit_append(vec![entry(index)], done)
+                .expect("queued");
+        }
+        reported
+    }
+
+    #[tokio::test]
+    async fn queued_appends_are_reported_in_order_and_a_truncate_waits_behind_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("raft-log.redb");
+        let mut store = LogStore::open(&path).expect("open");
+        let reported = queue_appends(&store, 1..41);
+        // Readable at once, before any flush is reported: replication reads them from the tail.
+        let early = store.try_get_log_entries(1..41).await.expect("read");
+        assert_eq!(early.len(), 40);
+        // The truncate is queued behind the 40 appends, so it cannot be overtaken by them.
+        store.truncate(entry(31).log_id).await.expect("truncate");
+        assert_eq!(*reported.lock().expect("lock"), (1..41).collect::<Vec<_>>());
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(30));
+        store.close();
+        drop(store);
+        let mut reopened = LogStore::open(&path).expect("reopen");
+        let on_disk = reopened.try_get_log_entries(1..100).await.expect("read");
+        let indexes: Vec<u64> = on_disk.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (1..31).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn an_entry_that_left_the_tail_is_read_once_the_queue_drains() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = LogStore::open(&dir.path().join("raft-log.redb")).expect("open");
+        let count = TAIL_ENTRIES_MAX as u64 + 200;
+        let reported = queue_appends(&store, 1..count + 1);
+        // Entry 1 left the tail when the later ones were queued; it may not be in redb yet.
+        let first = store.try_get_log_entries(1..2).await.expect("read");
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].log_id.index, 1);
+        store.get_log_state().await.expect("drained");
+        assert_eq!(reported.lock().expect("lock").len() as u64, count);
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_is_reported_to_its_callback() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LogStore::open(&dir.path().join("raft-log.redb")).expect("open");
+        store.close();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done = Box::new(move |res: Result<(), String>| {
+            let _ = tx.send(res);
+        });
+        store.submit_append(vec![entry(1)], done).expect("queued");
+        let res = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reported");
+        assert!(res.is_err(), "an append to a closed log must fail: {res:?}");
     }
 }

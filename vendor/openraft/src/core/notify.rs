@@ -47,6 +47,14 @@ where C: RaftTypeConfig
         /// ith tick
         i: u64,
     },
+
+    /// Orion patch: a leader's own log append, submitted without awaiting its flush, is
+    /// flushed (or failed). Only then does the leader count itself as holding `log_id`.
+    LocalLogFlushed {
+        vote: Vote<C::NodeId>,
+        log_id: crate::LogId<C::NodeId>,
+        result: Result<(), String>,
+    },
 }
 
 impl<C> Notify<C>
@@ -87,6 +95,9 @@ where C: RaftTypeConfig
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)
+            }
+            Self::LocalLogFlushed { vote, log_id, result } => {
+                format!("LocalLogFlushed: vote: {}, log_id: {}, result: {:?}", vote, log_id, result)
             }
         }
     }

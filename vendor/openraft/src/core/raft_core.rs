@@ -730,6 +730,50 @@ where
         Ok(())
     }
 
+    /// Orion patch: submits a leader's append and returns before its flush. The flush is
+    /// reported to the core as `Notify::LocalLogFlushed`, which updates the leader's own
+    /// progress. A store that flushed within `append` is handled at once, as before.
+    pub(crate) async fn append_to_log_overlapped<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, mut rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new(log_io_id, tx);
+        self.log_store.append(entries, callback).await?;
+
+        if let Some(flushed) = futures::FutureExt::now_or_never(&mut rx) {
+            flushed
+                .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
+                .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+            if let Ok(mut lh) = self.engine.leader_handler() {
+                lh.replication_handler().update_local_progress(Some(last_log_id));
+            }
+            return Ok(());
+        }
+
+        let tx_notify = self.tx_notify.clone();
+        let _ = C::AsyncRuntime::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_id: last_log_id,
+                result,
+            });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1278,6 +1322,19 @@ where
                 }
             }
 
+            // Orion patch: the flush of a leader's own append (see `append_to_log_overlapped`).
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                if let Err(e) = result {
+                    let err = StorageIOError::write_logs(AnyError::error(e));
+                    return Err(Fatal::from(StorageError::from(err)));
+                }
+                if self.does_vote_match(&vote, "LocalLogFlushed") {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1636,6 +1693,18 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // Orion patch: a leader's own append does not hold up replication. Its entries
+                // go to the log store, and the core moves on to the `Replicate` commands queued
+                // behind this one, so the followers' writes overlap the leader's flush (Raft
+                // paper, section 10.2.1). The leader counts itself towards a quorum only when
+                // the flush is reported (`Notify::LocalLogFlushed`), so nothing is committed on
+                // an unflushed copy. A follower still awaits its flush here, before it answers.
+                let leading = self.engine.leader.as_ref().is_some_and(|l| l.vote == vote);
+                if leading {
+                    self.append_to_log_overlapped(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
