@@ -319,8 +319,8 @@ async fn list_tasks<B: Backend>(
             && q.node.as_ref().is_none_or(|n| t.node.as_ref() == Some(n))
     };
     let body = b.read(|s| {
-        let count = s.tasks.values().filter(keep).count();
-        json_array(count, s.tasks.values().filter(keep).map(TaskView::from))
+        let tasks = || s.tasks.values().map(|t| &**t).filter(keep);
+        json_array(tasks().count(), tasks().map(TaskView::from))
     });
     match body {
         Ok(body) => Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response()),
@@ -355,7 +355,7 @@ fn json_array<T: serde::Serialize>(
 /// Finds a task by id or by a unique id prefix.
 fn find_task(s: &ClusterState, id: &str) -> Result<Task, ApiError> {
     if let Some(t) = s.tasks.get(id) {
-        return Ok(t.clone());
+        return Ok(Task::clone(t));
     }
     if id.len() >= ID_PREFIX_MIN_CHARS {
         let mut matches = s
@@ -368,7 +368,7 @@ fn find_task(s: &ClusterState, id: &str) -> Result<Task, ApiError> {
                     "id prefix {id:?} matches more than one task"
                 )));
             }
-            return Ok(first.clone());
+            return Ok(Task::clone(first));
         }
     }
     // Task names are a convenience for people; ids stay the key.
@@ -379,7 +379,7 @@ fn find_task(s: &ClusterState, id: &str) -> Result<Task, ApiError> {
     if let Some(t) = by_name.next()
         && by_name.next().is_none()
     {
-        return Ok(t.clone());
+        return Ok(Task::clone(t));
     }
     Err(ApiError::not_found(format!("task {id} not found")))
 }

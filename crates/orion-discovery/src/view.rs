@@ -176,7 +176,7 @@ mod tests {
                 }],
                 at: 3,
             });
-            let t = s.tasks.get_mut(&id).unwrap();
+            let t = s.task_mut(&id).unwrap();
             t.node = Some(node.to_string());
             t.allocation = Some(alloc);
             t.state = TaskState::Running;
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn tasks_not_running_on_down_or_unknown_nodes_are_not_endpoints() {
         let mut s = state(&["n1", "n2", "n3"], &[Health::None; 3]);
-        s.tasks.get_mut("t0").unwrap().state = TaskState::Starting;
+        s.task_mut("t0").unwrap().state = TaskState::Starting;
         s.nodes.get_mut("n2").unwrap().status = NodeStatus::Down;
         let mut known = nodes();
         known.remove("n3");

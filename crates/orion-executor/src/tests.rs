@@ -884,7 +884,9 @@ impl FakeCluster {
     }
 
     fn task(&self, id: &str) -> Task {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).tasks[id].clone()
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).tasks[id]
+            .as_ref()
+            .clone()
     }
 }
 
@@ -1327,7 +1329,7 @@ async fn driver_fails_a_task_whose_image_is_absent_naming_the_image() {
     // Same helper, another image: the spec is patched in the state for brevity.
     {
         let mut st = r.cluster.state.lock().unwrap();
-        st.tasks.get_mut("t2").unwrap().spec.image = "ghost/app:1".into();
+        st.task_mut("t2").unwrap().spec.image = "ghost/app:1".into();
     }
     r.cluster.changes.send_modify(|v| *v += 1);
     r.until(Duration::from_secs(5), "t2 failed", |r| {

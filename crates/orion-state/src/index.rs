@@ -143,7 +143,7 @@ impl ShareVersions {
 
 impl Index {
     /// The index of `tasks`, from scratch.
-    pub(crate) fn rebuild(tasks: &BTreeMap<TaskId, Task>) -> Index {
+    pub(crate) fn rebuild(tasks: &BTreeMap<TaskId, std::sync::Arc<Task>>) -> Index {
         let mut index = Index::default();
         for (id, t) in tasks {
             index.add(id, Held::of(t));
@@ -154,8 +154,12 @@ impl Index {
     /// Brings task `id` up to date with its value in `tasks` (gone if absent). True if what
     /// the task held on a node was released or changed: room a waiting task may fit into. A
     /// task that begins to wait, or to hold, makes no room.
-    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Task>, id: &str) -> bool {
-        let now = tasks.get(id).map(Held::of);
+    pub(crate) fn update(
+        &mut self,
+        tasks: &BTreeMap<TaskId, std::sync::Arc<Task>>,
+        id: &str,
+    ) -> bool {
+        let now = tasks.get(id).map(|t| Held::of(t));
         let old = self.held.get(id);
         // Any touch of a task placed on a node (or leaving it) is news for that node's
         // executor, even when nothing indexed here changed (its state, a report, health).

@@ -12,6 +12,7 @@ use orion_types::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 mod index;
 
@@ -106,6 +107,12 @@ impl Key {
     }
 }
 
+/// Task `id` to change in place. Tasks are behind `Arc`s so that a snapshot's copy of the
+/// state shares them; a task still shared is copied here first (copy-on-write).
+fn task_mut<'a>(tasks: &'a mut BTreeMap<TaskId, Arc<Task>>, id: &str) -> Option<&'a mut Task> {
+    tasks.get_mut(id).map(Arc::make_mut)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("row {key:?} is corrupt: {source}")]
@@ -125,7 +132,7 @@ pub enum StateError {
 #[serde(from = "StateFields")]
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
-    pub tasks: BTreeMap<TaskId, Task>,
+    pub tasks: BTreeMap<TaskId, Arc<Task>>,
     /// The cluster-wide settings; `None` until the bootstrapping node (or an operator) sets
     /// them, and in snapshots from before they existed.
     #[serde(default)]
@@ -189,7 +196,7 @@ impl PartialEq for CapacityVersion {
 #[derive(Deserialize)]
 struct StateFields {
     nodes: BTreeMap<NodeId, NodeRecord>,
-    tasks: BTreeMap<TaskId, Task>,
+    tasks: BTreeMap<TaskId, Arc<Task>>,
     #[serde(default)]
     config: Option<ClusterConfig>,
     #[serde(default)]
@@ -290,11 +297,38 @@ impl ClusterState {
         self.index.wait_seq()
     }
 
+    /// A copy of the state to encode (a snapshot): it shares every task with this state
+    /// (`Arc`; a task changed later is copied then, by `task_mut`), and its indexes are
+    /// empty, since encoding skips them. Cheap at 10,000 tasks, so the state's lock is held
+    /// only briefly. Not for applying commands or answering queries.
+    pub fn copy_for_encoding(&self) -> ClusterState {
+        ClusterState {
+            nodes: self.nodes.clone(),
+            tasks: self.tasks.clone(),
+            config: self.config,
+            services: self.services.clone(),
+            tokens: self.tokens.clone(),
+            ca: self.ca.clone(),
+            previous_ca: self.previous_ca.clone(),
+            revoked_nodes: self.revoked_nodes.clone(),
+            gossip_key: self.gossip_key.clone(),
+            previous_gossip_key: self.previous_gossip_key.clone(),
+            index: index::Index::default(),
+            capacity_version: self.capacity_version,
+        }
+    }
+
+    /// Task `id` to change by hand (tests and tools; `apply` is the way in production): copied
+    /// first if a snapshot still shares it. Call `reindex` after changing tasks this way.
+    pub fn task_mut(&mut self, id: &str) -> Option<&mut Task> {
+        task_mut(&mut self.tasks, id)
+    }
+
     /// The waiting tasks that began to wait after wait number `seq`, in the order they began.
     pub fn waiting_after(&self, seq: u64) -> impl Iterator<Item = &Task> + '_ {
         self.index
             .waiting_after(seq)
-            .filter_map(move |id| self.tasks.get(id))
+            .filter_map(move |id| self.tasks.get(id).map(|t| &**t))
     }
 
     fn apply_command(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
@@ -320,12 +354,12 @@ impl ClusterState {
                     && placement.task_id == *task_id
                     && self.try_place(placement, *at, true, &mut touched)
                 {
-                    Response::Task(Box::new(self.tasks[task_id].clone()))
+                    Response::Task(Box::new(Task::clone(&self.tasks[task_id])))
                 } else {
                     response
                 }
             }
-            Command::DeleteTask { task_id, at } => match self.tasks.get_mut(task_id) {
+            Command::DeleteTask { task_id, at } => match task_mut(&mut self.tasks, task_id) {
                 None => Response::NotFound(format!("task {task_id} not found")),
                 Some(task) => {
                     if task.state != TaskState::Stopped {
@@ -347,7 +381,7 @@ impl ClusterState {
                     self.try_place(p, *at, false, &mut touched);
                 }
                 for (task_id, reason) in unplaced {
-                    let Some(task) = self.tasks.get_mut(task_id) else {
+                    let Some(task) = task_mut(&mut self.tasks, task_id) else {
                         continue;
                     };
                     if task.needs_placement() && task.reason.as_deref() != Some(reason.as_str()) {
@@ -458,7 +492,7 @@ impl ClusterState {
                 at,
             } => {
                 for id in task_ids {
-                    let Some(task) = self.tasks.get_mut(id) else {
+                    let Some(task) = task_mut(&mut self.tasks, id) else {
                         continue;
                     };
                     if matches!(task.state, TaskState::Scheduled | TaskState::Starting) {
@@ -657,7 +691,7 @@ impl ClusterState {
         touched: &mut Vec<Key>,
         change: impl FnOnce(&mut Task) -> bool,
     ) -> Response {
-        match self.tasks.get_mut(task_id) {
+        match task_mut(&mut self.tasks, task_id) {
             None => Response::Ignored(format!("task {task_id} is unknown")),
             Some(task)
                 if task.allocation.as_deref() != Some(allocation)
@@ -687,10 +721,11 @@ impl ClusterState {
     ) -> Response {
         if let Some(existing) = self.tasks.get(task_id) {
             // A retried proposal of the same create: answer as the first time.
-            return Response::Task(Box::new(existing.clone()));
+            return Response::Task(Box::new(Task::clone(existing)));
         }
         let task = Task::new(task_id.to_string(), spec.clone(), at);
-        self.tasks.insert(task_id.to_string(), task.clone());
+        self.tasks
+            .insert(task_id.to_string(), Arc::new(task.clone()));
         touched.push(Key::Task(task_id.to_string()));
         Response::Task(Box::new(task))
     }
@@ -750,7 +785,7 @@ impl ClusterState {
             svc.volume_node = Some(p.node.clone());
             touched.push(Key::Service(id.clone()));
         }
-        let Some(task) = self.tasks.get_mut(&p.task_id) else {
+        let Some(task) = task_mut(&mut self.tasks, &p.task_id) else {
             return false;
         };
         if let Some((_, None)) = &pin
@@ -848,7 +883,9 @@ impl ClusterState {
         touched: &mut Vec<Key>,
     ) {
         for task in self.tasks.values_mut() {
+            // Only the tasks that change are copied out of a snapshot that shares them.
             if task.node.as_deref() == Some(node) && task.holds_resources() {
+                let task = Arc::make_mut(task);
                 task.allocation = None;
                 task.restart_at = None;
                 task.running_since = None;
@@ -960,7 +997,7 @@ impl ClusterState {
     pub fn tasks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
         self.index
             .on_node(node)
-            .filter_map(move |id| self.tasks.get(id))
+            .filter_map(move |id| self.tasks.get(id).map(|t| &**t))
     }
 
     /// A value that changes whenever a task placed on `node` (or one that left it) was
@@ -982,7 +1019,7 @@ impl ClusterState {
         self.index
             .pending()
             .iter()
-            .filter_map(move |id| self.tasks.get(id))
+            .filter_map(move |id| self.tasks.get(id).map(|t| &**t))
     }
 
     /// Whether any task waits for a node.

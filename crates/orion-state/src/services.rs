@@ -47,6 +47,7 @@ impl ClusterState {
     pub fn tasks_of_service<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks
             .values()
+            .map(|t| &**t)
             .filter(move |t| t.service.as_deref() == Some(id))
     }
 
@@ -265,7 +266,8 @@ impl ClusterState {
             task.version = new.version;
             task.slot = new.slot;
             task.health = health;
-            self.tasks.insert(new.task_id.clone(), task);
+            self.tasks
+                .insert(new.task_id.clone(), std::sync::Arc::new(task));
             touched.push(Key::Task(new.task_id.clone()));
         }
         Response::Ok
@@ -280,7 +282,7 @@ impl ClusterState {
         touched: &mut Vec<Key>,
     ) {
         for id in ids {
-            let Some(task) = self.tasks.get_mut(id) else {
+            let Some(task) = crate::task_mut(&mut self.tasks, id) else {
                 continue;
             };
             if task.state != TaskState::Stopped {

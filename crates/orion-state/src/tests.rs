@@ -1142,3 +1142,33 @@ fn a_removed_node_loses_its_tasks_joins_the_revocation_list_and_is_never_recorde
     let rows: Vec<(String, Vec<u8>)> = s.keys().map(|k| (k.encode(), s.row(&k).unwrap())).collect();
     assert_eq!(ClusterState::from_rows(rows).unwrap(), s);
 }
+
+#[test]
+fn a_copy_for_encoding_shares_tasks_encodes_the_same_and_keeps_its_values_when_tasks_change() {
+    let mut state = ClusterState::default();
+    for c in [
+        node("n1", 1),
+        create("t1", NEVER),
+        create("t2", ONFAIL),
+        place("t1", "n1", "a1"),
+    ] {
+        state.apply(&c);
+    }
+    let copy = state.copy_for_encoding();
+    assert!(Arc::ptr_eq(&copy.tasks["t1"], &state.tasks["t1"]));
+    let before = serde_json::to_vec(&state).expect("encode");
+    assert_eq!(serde_json::to_vec(&copy).expect("encode"), before);
+    // The copy decodes to the state, indexes rebuilt.
+    let decoded: ClusterState = serde_json::from_slice(&before).expect("decode");
+    assert_eq!(decoded, state);
+    assert_eq!(decoded.tasks_on("n1").count(), 1);
+
+    // Changing the state afterwards copies the changed task out; the copy keeps the old one.
+    state.apply(&report("t1", "n1", "a1", running("c1"), 30));
+    state.apply(&place("t2", "n1", "a2"));
+    assert_eq!(state.tasks["t1"].state, TaskState::Running);
+    assert_eq!(copy.tasks["t1"].state, TaskState::Scheduled);
+    assert_eq!(copy.tasks["t2"].node, None);
+    assert!(!Arc::ptr_eq(&copy.tasks["t1"], &state.tasks["t1"]));
+    assert_eq!(serde_json::to_vec(&copy).expect("encode"), before);
+}
