@@ -86,9 +86,12 @@ fn describe() {
     );
     describe_histogram!(
         "orion_raft_append_seconds",
-        "Time of one durable (fsync'd) log append"
+        "Time of one durable (fsync'd) log transaction; appends queued together share one"
     );
-    describe_histogram!("orion_raft_append_entries", "Entries per log append");
+    describe_histogram!(
+        "orion_raft_append_entries",
+        "Entries per log append asked for by Raft"
+    );
     describe_histogram!(
         "orion_raft_proposal_commands",
         "Commands per proposal of the leader's batching proposer (one proposal, one entry)"
