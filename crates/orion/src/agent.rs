@@ -678,6 +678,23 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if let Some(sec) = &security {
         let ca = raft.read(|s| s.ca.clone());
         crate::security::register(&cfg, &sec.secrets, ca.as_ref());
+        // Right after a restart the local state may not yet hold a CA rotation it had applied
+        // before (the state rows are written behind; the log replays them), so the entry just
+        // written can name the old CA. Once a consistent read says this replica has caught up,
+        // the entry is written again if the CA differs (found by the security test
+        // `the_api_serves_https_under_the_cluster_ca_and_the_cli_checks_it`: a restart right
+        // after `orion ca rotate` left the CLI trusting the old CA).
+        let (raft, cfg, secrets) = (raft.clone(), cfg.clone(), sec.secrets.clone());
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                if raft.consistent_read().await.is_ok() {
+                    let ca = raft.read(|s| s.ca.clone());
+                    crate::security::register(&cfg, &secrets, ca.as_ref());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
     }
 
     orion_security::tls::install_default_provider();
