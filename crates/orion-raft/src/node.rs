@@ -330,7 +330,8 @@ impl RaftNode {
 
     /// Starts a node for the deterministic simulator: its stores on `parts.disk`, its RPC
     /// through `parts.transport` (peers reach it through `rpc_handler`, no socket is bound),
-    /// every store write inline on the calling task, and the watchdog's jitter and the
+    /// the state's writes inline on the calling task and the log's on a task of the same
+    /// runtime (its writer), and the watchdog's jitter and the
     /// snapshot ids drawn from `parts.seed`. Run it on a current-thread runtime with paused
     /// time; everything else is the production code path.
     pub async fn start_sim(cfg: RaftConfig, parts: SimParts) -> Result<RaftNode, RaftError> {
