@@ -694,6 +694,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            warn!(
+                "no consistent read within 10 s of the start: the credentials file keeps the \
+                 CA this node knew at start (`orion ca show` gives the cluster's)"
+            );
         });
     }
 
