@@ -26,7 +26,9 @@ use crate::plan::{
     readiness_targets,
 };
 use crate::runtime::ContainerRuntime;
-use crate::{Cluster, ExecutorConfig, LABEL_ALLOC, LABEL_NODE, container_spec, probe, short};
+use crate::{
+    Cluster, ExecutorConfig, LABEL_ALLOC, LABEL_NODE, LABEL_TASK, container_spec, probe, short,
+};
 use futures_util::StreamExt;
 use orion_docker::{ContainerInfo, ContainerState, RuntimeError};
 use orion_types::env::Clock;
@@ -45,6 +47,13 @@ use tracing::{debug, info, warn};
 /// A full pass also runs on this period, to repair anything no event told us about.
 /// Five seconds bounds how long a silently vanished container goes unnoticed.
 const RESYNC_PERIOD: Duration = Duration::from_secs(5);
+/// Least time from the end of one pass to the start of the next. A pass costs what the node
+/// holds (thousands of waiting tasks on a node the scheduler filled faster than its engine
+/// starts them); under a write load every applied entry touches the share, and without a gap
+/// the executor would plan once per entry. What asks for a pass inside the gap waits for its
+/// end and is served by one pass; the first pass after a quiet spell runs at once, so a lone
+/// placement starts without delay.
+const PASS_GAP_MIN: Duration = Duration::from_millis(20);
 /// Container starts in flight at once: a burst of placements must not overload the engine
 /// (dockerd serialises much of its work anyway), yet eight keep a returning node's new
 /// allocations moving while it fences old ones.
@@ -236,6 +245,8 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         // event, a finished job, the timer or a due restart asks for one.
         let mut seen: Option<u64> = None;
         let mut must_pass = true;
+        let mut last_pass: Option<tokio::time::Instant> = None;
+        let mut gap_wake: Option<tokio::time::Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -243,11 +254,22 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             if self.ever_fresh {
                 let fingerprint = self.cluster.share_version(&self.cfg.node_id);
                 if must_pass || seen != Some(fingerprint) {
-                    self.sample_contact();
-                    next_wake = self.pass().await;
-                    seen = Some(fingerprint);
+                    let gap_end = last_pass
+                        .map(|at| at + PASS_GAP_MIN)
+                        .filter(|end| *end > tokio::time::Instant::now());
+                    match gap_end {
+                        // Asked for inside the gap: kept (`must_pass`, `seen`) for its end.
+                        Some(end) => gap_wake = Some(end),
+                        None => {
+                            self.sample_contact();
+                            next_wake = self.pass().await;
+                            seen = Some(fingerprint);
+                            must_pass = false;
+                            gap_wake = None;
+                            last_pass = Some(tokio::time::Instant::now());
+                        }
+                    }
                 }
-                must_pass = false;
                 probe_wake = self.spawn_probes();
             }
             tokio::select! {
@@ -266,6 +288,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
                     must_pass = true;
                 }
                 _ = sleep_until_opt(probe_wake) => probe_wake = None,
+                _ = sleep_until_opt(gap_wake) => gap_wake = None,
             }
         }
         watcher.abort();
@@ -432,12 +455,17 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         };
         let now = self.clock.now_ms();
         let leader_contact_age_ms = self.cluster.leader_contact_age_ms();
-        // Planned over the replica's tasks in place (under its read lock: nothing in here
-        // calls the cluster); only the tasks to start are copied, into their actions.
-        let cluster = self.cluster.clone();
-        let decided = cluster.with_tasks_on(&node, |desired| {
-            self.plan_over(desired, &actual, now, leader_contact_age_ms)
-        });
+        // The share is what holds the node plus the tasks of its containers: a finished task
+        // without a container needs nothing, and a node that ran thousands keeps each pass
+        // as short as what it runs now. Its tasks are shared with the replica, and planned
+        // over without its lock; only the tasks to start are copied, into their actions.
+        let with_containers: Vec<&str> = actual
+            .iter()
+            .filter_map(|c| c.labels.get(LABEL_TASK).map(String::as_str))
+            .collect();
+        let share = self.cluster.share(&node, &with_containers);
+        let desired: Vec<&Task> = share.iter().map(|t| &**t).collect();
+        let decided = self.plan_over(&desired, &actual, now, leader_contact_age_ms);
         self.tell_unhealthy();
         self.watched = decided.watched;
         self.draining = decided.draining;

@@ -62,11 +62,13 @@ pub const STOP_GRACE_MS: u64 = 2_000;
 use orion_types::AllocId;
 
 pub trait Cluster: Send + Sync + 'static {
-    /// Runs `f` over the tasks that the local replica places on `node` (allocation set), in
-    /// id order, without copying them: under the replica's read lock, so `f` must not call
-    /// back into the `Cluster`. A pass plans inside it and copies only the tasks it starts.
-    fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R;
-    /// A value that changes whenever what `with_tasks_on(node)` sees may have changed
+    /// The executor's share of `node` in the local replica, in id order
+    /// (`ClusterState::executor_share`: the tasks placed there that hold its resources, and
+    /// those of `with_containers`, the task ids its containers carry, still placed there).
+    /// Shared, not copied, and taken under the replica's read lock only for the look-ups: a
+    /// pass plans without holding it, so applies never wait for a plan.
+    fn share(&self, node: &str, with_containers: &[&str]) -> Vec<Arc<Task>>;
+    /// A value that changes whenever what `share(node, ..)` returns may have changed
     /// (`ClusterState::share_version`, O(1)): it is read after every applied entry, and a
     /// pass runs only when it moved.
     fn share_version(&self, node: &str) -> u64;

@@ -821,6 +821,8 @@ struct FakeCluster {
     reports: Mutex<Vec<Command>>,
     /// Every set of failing allocations told to `local_unhealthy`, in order.
     told_unhealthy: Mutex<Vec<Vec<AllocId>>>,
+    /// The task ids of every share a pass planned over, in order.
+    shares: Mutex<Vec<Vec<String>>>,
 }
 
 impl FakeCluster {
@@ -833,6 +835,7 @@ impl FakeCluster {
             contact_age_ms: AtomicU64::new(0),
             reports: Mutex::new(Vec::new()),
             told_unhealthy: Mutex::new(Vec::new()),
+            shares: Mutex::new(Vec::new()),
         });
         c.apply(&Command::UpsertNode {
             meta: Box::new(NodeMeta {
@@ -891,11 +894,17 @@ impl FakeCluster {
 }
 
 impl Cluster for FakeCluster {
-    fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R {
-        self.state
+    fn share(&self, node: &str, with_containers: &[&str]) -> Vec<Arc<Task>> {
+        let share = self
+            .state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .with_tasks_on(node, f)
+            .executor_share(node, with_containers);
+        self.shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(share.iter().map(|t| t.id.clone()).collect());
+        share
     }
     fn share_version(&self, node: &str) -> u64 {
         self.state
@@ -1318,6 +1327,58 @@ async fn driver_reports_oom_and_restarts_after_the_back_off() {
         starts[1]
     );
     assert!(due > waited_from, "the back-off made it wait");
+    r.shutdown().await;
+}
+
+/// Regression (issue 16, found by `perf` on a 64-client run): a pass planned over every task
+/// ever placed on its node, so each new task cost the executor a pass over thousands of
+/// finished ones, under the replica's read lock. A pass now plans over the tasks that hold
+/// the node and those that still have a container, and keeps a finished task's container.
+#[tokio::test(start_paused = true)]
+async fn driver_plans_over_live_tasks_and_keeps_a_finished_tasks_container() {
+    let never = r#", "restartPolicy": "never""#;
+    let r = rig(|c, _| c.place("t1", never, vec![]));
+    r.until_running("t1", Duration::from_secs(5)).await;
+    // Twenty tasks whose image is absent: they fail at the start and never leave a container.
+    for i in 0..20 {
+        let id = format!("f{i:02}");
+        r.cluster.place(&id, never, vec![]);
+        r.cluster
+            .state
+            .lock()
+            .unwrap()
+            .task_mut(&id)
+            .unwrap()
+            .spec
+            .image = "ghost/app:1".into();
+    }
+    r.cluster.changes.send_modify(|v| *v += 1);
+    r.until(Duration::from_secs(5), "the absent images failed", |r| {
+        (0..20).all(|i| r.state_of(&format!("f{i:02}")) == TaskState::Failed)
+    })
+    .await;
+    // t1 exits for good: failed, no restart, its container left exited.
+    let cid = r.cluster.task("t1").container_id.expect("container");
+    assert!(r.runtime.exit(&cid, 1, false));
+    r.until(Duration::from_secs(5), "t1 failed", |r| {
+        r.state_of("t1") == TaskState::Failed
+    })
+    .await;
+    assert_eq!(r.cluster.task("t1").restart_at, None);
+    r.cluster.shares.lock().unwrap().clear();
+    r.cluster.place("t2", never, vec![]);
+    r.until_running("t2", Duration::from_secs(5)).await;
+    let shares = r.cluster.shares.lock().unwrap().clone();
+    let last = shares.last().expect("a pass ran after t2 was placed");
+    assert_eq!(
+        last,
+        &vec!["t1".to_string(), "t2".to_string()],
+        "the finished tasks without a container are not planned over: {shares:?}"
+    );
+    assert!(
+        r.runtime.containers().iter().any(|c| c.id == cid),
+        "the finished task's exited container is kept"
+    );
     r.shutdown().await;
 }
 

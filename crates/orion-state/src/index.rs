@@ -57,7 +57,8 @@ impl Held {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Use {
     allocated: Resources,
-    tasks: u32,
+    /// The tasks holding: the executor's working set on the node (`holding_on`).
+    holders: BTreeSet<TaskId>,
     ports: BTreeMap<(Protocol, u16), u32>,
 }
 
@@ -202,7 +203,7 @@ impl Index {
         if let Some((n, res, ports)) = &h.holds {
             let u = self.usage.entry(n.clone()).or_default();
             u.allocated = u.allocated.saturating_add(*res);
-            u.tasks += 1;
+            u.holders.insert(id.to_string());
             for p in ports {
                 *u.ports.entry(*p).or_default() += 1;
             }
@@ -229,7 +230,7 @@ impl Index {
             && let Some(u) = self.usage.get_mut(n)
         {
             u.allocated = u.allocated.saturating_sub(*res);
-            u.tasks = u.tasks.saturating_sub(1);
+            u.holders.remove(id);
             for p in ports {
                 if let Some(c) = u.ports.get_mut(p) {
                     *c -= 1;
@@ -238,7 +239,7 @@ impl Index {
                     }
                 }
             }
-            if u.tasks == 0 {
+            if u.holders.is_empty() {
                 self.usage.remove(n);
             }
         }
@@ -247,6 +248,14 @@ impl Index {
     /// Ids of the tasks placed on `node`, in id order.
     pub(crate) fn on_node(&self, node: &str) -> impl Iterator<Item = &TaskId> + '_ {
         self.by_node.get(node).into_iter().flatten()
+    }
+
+    /// Ids of the tasks holding resources on `node` (`Task::holds_resources`), in id order.
+    pub(crate) fn holding_on(&self, node: &str) -> impl Iterator<Item = &TaskId> + '_ {
+        self.usage
+            .get(node)
+            .into_iter()
+            .flat_map(|u| u.holders.iter())
     }
 
     /// Changes whenever a task placed on `node` was touched (see `ShareVersions`).
@@ -284,7 +293,7 @@ impl Index {
                     NodeUsage {
                         allocated: u.allocated,
                         ports: u.ports.keys().copied().collect(),
-                        tasks: u.tasks,
+                        tasks: u32::try_from(u.holders.len()).unwrap_or(u32::MAX),
                     },
                 )
             })

@@ -122,6 +122,22 @@ fn check_index(s: &ClusterState) {
             .map(|t| t.id.as_str())
             .collect();
         assert_eq!(indexed, scanned, "tasks on {n}");
+        // The executor's share: the holding tasks, plus those named by containers that are
+        // still placed here (a name of a task placed elsewhere, or unknown, adds nothing).
+        let named = ["t0", "t3", "nope"];
+        let share: Vec<String> = s
+            .executor_share(n, &named)
+            .iter()
+            .map(|t| t.id.clone())
+            .collect();
+        let scanned: Vec<String> = s
+            .tasks
+            .values()
+            .filter(|t| t.allocation.is_some() && t.node.as_deref() == Some(n))
+            .filter(|t| t.holds_resources() || named.contains(&t.id.as_str()))
+            .map(|t| t.id.clone())
+            .collect();
+        assert_eq!(share, scanned, "executor share of {n}");
     }
     let pending: Vec<&str> = s.pending_tasks().map(|t| t.id.as_str()).collect();
     let scanned: Vec<&str> = s

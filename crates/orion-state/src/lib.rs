@@ -1008,10 +1008,22 @@ impl ClusterState {
         self.index.share_version(node)
     }
 
-    /// Runs `f` over the tasks placed on `node` (see `tasks_on`), borrowed, in id order.
-    pub fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R {
-        let tasks: Vec<&Task> = self.tasks_on(node).collect();
-        f(&tasks)
+    /// The executor's share of `node`, in id order: the tasks placed there that hold its
+    /// resources (`Task::holds_resources`, from the index: they may need a start, a report or
+    /// a restart), and those of `with_containers` (the task ids the node's containers carry)
+    /// still placed there, whatever their state (a finished task keeps its container). A
+    /// finished task without a container asks nothing of the executor, so a node that ran
+    /// thousands of tasks costs a pass what it runs now, not a scan of them all. The tasks
+    /// are shared, not copied: the caller plans over them without holding the state's lock.
+    /// A subset of `tasks_on(node)`, so `share_version` covers it.
+    pub fn executor_share(&self, node: &str, with_containers: &[&str]) -> Vec<Arc<Task>> {
+        let mut ids: BTreeSet<&str> = self.index.holding_on(node).map(String::as_str).collect();
+        ids.extend(with_containers.iter().copied());
+        ids.into_iter()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(|t| t.allocation.is_some() && t.node.as_deref() == Some(node))
+            .cloned()
+            .collect()
     }
 
     /// Tasks waiting for a node (`Task::needs_placement`), in id order; from the index.

@@ -510,8 +510,8 @@ impl Backend for Node {
 }
 
 impl orion_executor::Cluster for Node {
-    fn with_tasks_on<R>(&self, node: &str, f: impl FnOnce(&[&Task]) -> R) -> R {
-        self.raft.read(|s| s.with_tasks_on(node, f))
+    fn share(&self, node: &str, with_containers: &[&str]) -> Vec<Arc<Task>> {
+        self.raft.read(|s| s.executor_share(node, with_containers))
     }
     fn share_version(&self, node: &str) -> u64 {
         self.raft.read(|s| s.share_version(node))
