@@ -70,8 +70,14 @@ pub fn build(
         view.nodes.insert(id.clone(), addrs.advertise);
     }
     // One pass over the tasks (not one per service): a rebuild runs on every applied entry.
+    // None at all when there is no service: only service tasks are endpoints.
     let mut running: BTreeMap<&str, Vec<&orion_types::Task>> = BTreeMap::new();
-    for task in state.tasks.values() {
+    let tasks = if state.services.is_empty() {
+        None
+    } else {
+        Some(state.tasks.values())
+    };
+    for task in tasks.into_iter().flatten() {
         if task.state == TaskState::Running
             && let Some(svc) = task.service.as_deref()
         {

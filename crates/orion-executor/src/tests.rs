@@ -1330,6 +1330,25 @@ async fn driver_reports_oom_and_restarts_after_the_back_off() {
     r.shutdown().await;
 }
 
+#[test]
+fn passes_are_spaced_by_at_least_ten_times_their_planning() {
+    use crate::driver::pass_gap;
+    assert_eq!(pass_gap(Duration::ZERO), Duration::from_millis(20));
+    assert_eq!(
+        pass_gap(Duration::from_millis(1)),
+        Duration::from_millis(20)
+    );
+    assert_eq!(
+        pass_gap(Duration::from_millis(3)),
+        Duration::from_millis(30)
+    );
+    assert_eq!(
+        pass_gap(Duration::MAX),
+        Duration::MAX,
+        "saturates, no overflow"
+    );
+}
+
 /// Regression (issue 16, found by `perf` on a 64-client run): a pass planned over every task
 /// ever placed on its node, so each new task cost the executor a pass over thousands of
 /// finished ones, under the replica's read lock. A pass now plans over the tasks that hold
