@@ -58,12 +58,18 @@ const PASS_GAP_MIN: Duration = Duration::from_millis(20);
 /// at most about a tenth of a core however much the node holds (about 3 ms a plan at 8,000
 /// waiting tasks: a 30 ms gap).
 const PASS_GAP_PER_PLAN: u32 = 10;
+/// The gap never exceeds this: a process frozen in the middle of a plan (a stall the executor
+/// must then answer: the `stale_replica_after_a_stall` tests) would otherwise measure the freeze as
+/// planning time and hold every pass back ten times as long.
+const PASS_GAP_MAX: Duration = Duration::from_millis(500);
 
 /// The least time between the end of a pass and the start of the next, given how long the
 /// last one planned (measured on tokio's clock: zero in the simulator's paused time, so its
 /// runs stay deterministic).
 pub(crate) fn pass_gap(last_plan: Duration) -> Duration {
-    PASS_GAP_MIN.max(last_plan.saturating_mul(PASS_GAP_PER_PLAN))
+    last_plan
+        .saturating_mul(PASS_GAP_PER_PLAN)
+        .clamp(PASS_GAP_MIN, PASS_GAP_MAX)
 }
 /// Container starts in flight at once: a burst of placements must not overload the engine
 /// (dockerd serialises much of its work anyway), yet eight keep a returning node's new

@@ -1342,9 +1342,12 @@ fn passes_are_spaced_by_at_least_ten_times_their_planning() {
         pass_gap(Duration::from_millis(3)),
         Duration::from_millis(30)
     );
+    // Regression (found in review): a process frozen mid-plan measured the freeze as planning
+    // and would have held every pass back ten times as long; the gap is capped.
+    assert_eq!(pass_gap(Duration::from_secs(5)), Duration::from_millis(500));
     assert_eq!(
         pass_gap(Duration::MAX),
-        Duration::MAX,
+        Duration::from_millis(500),
         "saturates, no overflow"
     );
 }
