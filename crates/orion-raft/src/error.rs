@@ -16,6 +16,11 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("stored state: {0}")]
     State(#[from] orion_state::StateError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The log's files hold something that cannot be what this code wrote.
+    #[error("raft log damaged: {0}")]
+    Corrupt(String),
     #[error("the store is closed")]
     Closed,
     /// A background write of the state machine failed earlier; the store takes no more.

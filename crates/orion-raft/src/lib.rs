@@ -9,15 +9,16 @@
 //! # Layout
 //!
 //! - `types`: the openraft type configuration; `Peer`; `raft_id` (FNV-1a of the string id).
-//! - `log_store`: the Raft log on redb, fsync'd before acknowledging.
+//! - `log_store`: the Raft log, fsync'd before acknowledging; `wal`: its segment files;
+//!   `log_migrate`: moves a log of the older redb format into them.
 //! - `sm_store`: the state machine (memory + redb rows) and snapshots.
 //! - `proposer`: the batching proposer; concurrent writes on the leader share one entry.
 //! - `network`: the RPC client (reqwest, sourced from the advertise IP) and wire types.
 //! - `server`: the RPC server (axum) on the raft port.
 //! - `node`: `RaftNode`, write forwarding, ReadIndex, membership changes, the watchdog;
 //!   `start_sim` builds one for the simulator (`orion-sim`).
-//! - `sim_disk`: the simulator's disk, a redb backend in memory that loses unsynced writes on
-//!   a simulated crash.
+//! - `sim_disk`: the simulator's disk, files in memory (log segments, the state's redb file)
+//!   that lose unsynced writes on a simulated crash.
 //!
 //! # Seams for simulation
 //!
@@ -55,6 +56,7 @@
 //! is a few dozen lines that can go when the pin moves.
 
 mod error;
+mod log_migrate;
 mod log_store;
 mod network;
 mod node;
@@ -64,6 +66,7 @@ mod sim_disk;
 mod sm_store;
 mod tls;
 mod types;
+mod wal;
 
 /// redb's page cache for one database. redb's default is a 1 GiB ceiling, which a long-lived
 /// agent fills with pages it never reads again: the state lives in memory and its rows are
@@ -75,10 +78,8 @@ pub(crate) fn redb_builder(cache_bytes: usize) -> redb::Builder {
     b.set_cache_size(cache_bytes);
     b
 }
-/// The log database's cache: appends and the occasional read behind the in-memory tail.
-/// Pages redb does not hold are read from the file, which the kernel's page cache serves:
-/// at 4 MiB (log) and 8 MiB (state) an agent holding 10,000 tasks kept about 16 MiB more
-/// resident than at these sizes, and writes were no faster (BENCHMARKS.md section 2b).
+/// The cache of an older version's log database, read once when it is moved to the segment
+/// format (`log_migrate`).
 pub(crate) const LOG_CACHE_BYTES: usize = 1 << 20;
 /// The state database's cache: the rows of the applied state, written behind.
 pub(crate) const STATE_CACHE_BYTES: usize = 2 << 20;

@@ -1,5 +1,5 @@
-//! `RaftNode`: the project's one handle on consensus. It owns the openraft instance, the two
-//! redb stores, the RPC server on the raft port and the no-leader watchdog, and it hides
+//! `RaftNode`: the project's one handle on consensus. It owns the openraft instance, the log
+//! and state stores, the RPC server on the raft port and the no-leader watchdog, and it hides
 //! openraft's types behind Orion's: commands go in, responses and `RaftStatus` come out.
 //!
 //! Writes go to the leader: proposed locally when this node leads, otherwise forwarded over
@@ -55,7 +55,7 @@ const WATCHDOG_STUCK_FACTOR: u64 = 3;
 pub struct RaftConfig {
     /// The operator's `--id`.
     pub node_id: String,
-    /// Holds `raft-log.redb` and `state.redb`.
+    /// Holds the log (`raft-log/`) and the state (`state.redb`).
     pub data_dir: PathBuf,
     /// Where the RPC server listens.
     pub bind: SocketAddr,
@@ -237,7 +237,7 @@ pub struct RaftNode {
 pub struct SimParts {
     /// Carries this node's outgoing RPC.
     pub transport: Arc<dyn RpcTransport>,
-    /// Holds its two redb files; keep a clone to crash it.
+    /// Holds its log and state files; keep a clone to crash it.
     pub disk: SimDisk,
     /// Seeds the watchdog's jitter and the snapshot ids.
     pub seed: u64,
@@ -261,11 +261,11 @@ impl RaftNode {
             path: cfg.data_dir.display().to_string(),
             source,
         })?;
-        let log_path = cfg.data_dir.join("raft-log.redb");
+        let data_dir = cfg.data_dir.clone();
         let sm_path = cfg.data_dir.join("state.redb");
         let (log, sm) = tokio::task::spawn_blocking(move || {
             Ok::<_, StoreError>((
-                LogStore::open(&log_path)?,
+                LogStore::open(&data_dir)?,
                 StateMachineStore::open(&sm_path)?,
             ))
         })

@@ -1,8 +1,10 @@
-//! A simulated disk for the deterministic simulator: redb's `StorageBackend` over memory that
-//! keeps what was `sync_data`'d apart from what was only written, so `SimDisk::crash` loses
-//! exactly the unsynced writes, as a power cut loses the page cache.
+//! A simulated disk for the deterministic simulator: files in memory that keep what was
+//! `sync_data`'d apart from what was only written, so `SimDisk::crash` loses exactly the
+//! unsynced writes, as a power cut loses the page cache.
 //!
-//! A `SimDisk` holds the two files of one node (`raft-log.redb`, `state.redb`). Bytes live in
+//! A `SimDisk` holds the files of one node: the log's segments (`wal::SegmentDir`; creating
+//! and deleting one is durable at once, as the real directory is synced after each) and the
+//! state's redb file (redb's `StorageBackend`). Bytes live in
 //! pages of `PAGE_BYTES`, each behind an `Arc`: the current image (what the node sees) and the
 //! durable one (what survives a crash) share every page that has not been written since the
 //! last sync. A write copies only the pages it touches that are still shared
@@ -16,7 +18,8 @@
 //! instead of writing into the new life's file. Nothing here touches the real file system,
 //! spawns a thread or reads a clock.
 
-use std::collections::BTreeSet;
+use crate::wal::{SegmentDir, SegmentFile};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -158,21 +161,37 @@ impl SimFile {
     }
 }
 
-/// The two redb files of one simulated node. Cheap to clone: clones share the bytes.
+/// The files of one simulated node. Cheap to clone: clones share the bytes.
 #[derive(Clone, Default)]
 pub struct SimDisk {
-    log: SimFile,
+    log: SimLogDir,
     state: SimFile,
+}
+
+/// The log's segments by id.
+#[derive(Clone, Default)]
+pub(crate) struct SimLogDir(Arc<Mutex<BTreeMap<u64, SimFile>>>);
+
+impl SimLogDir {
+    fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, SimFile>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sums `f` over the segments.
+    fn sum(&self, f: impl Fn(&Image) -> u64) -> u64 {
+        self.files().values().map(|file| f(&file.lock())).sum()
+    }
 }
 
 impl fmt::Debug for SimDisk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (l, s) = (self.log.lock(), self.state.lock());
+        let s = self.state.lock();
         write!(
             f,
-            "SimDisk(log {} B, {} dirty pages; state {} B, {} dirty pages)",
-            l.current.len,
-            l.dirty.len(),
+            "SimDisk(log {} segments, {} B, {} dirty pages; state {} B, {} dirty pages)",
+            self.log.files().len(),
+            self.log.sum(|i| i.current.len as u64),
+            self.log.sum(|i| i.dirty.len() as u64),
             s.current.len,
             s.dirty.len()
         )
@@ -184,25 +203,27 @@ impl SimDisk {
         SimDisk::default()
     }
 
-    /// A power cut: both files return to what was last synced, and every handle opened
+    /// A power cut: every file returns to what was last synced, and every handle opened
     /// before now stops working.
     pub fn crash(&self) {
-        self.log.lock().crash();
+        for file in self.log.files().values() {
+            file.lock().crash();
+        }
         self.state.lock().crash();
     }
 
-    /// Pages written but not yet synced, over both files (what a crash now would lose).
+    /// Pages written but not yet synced, over every file (what a crash now would lose).
     pub fn unsynced_pages(&self) -> usize {
-        self.log.lock().dirty.len() + self.state.lock().dirty.len()
+        self.log.sum(|i| i.dirty.len() as u64) as usize + self.state.lock().dirty.len()
     }
 
-    /// `sync_data` calls so far, over both files.
+    /// `sync_data` calls so far, over every file that still exists.
     pub fn syncs(&self) -> u64 {
-        self.log.lock().syncs + self.state.lock().syncs
+        self.log.sum(|i| i.syncs) + self.state.lock().syncs
     }
 
-    pub(crate) fn log_backend(&self) -> SimBackend {
-        SimBackend::open(&self.log)
+    pub(crate) fn log_dir(&self) -> Arc<dyn SegmentDir> {
+        Arc::new(self.log.clone())
     }
 
     pub(crate) fn state_backend(&self) -> SimBackend {
@@ -289,13 +310,64 @@ impl redb::StorageBackend for SimBackend {
     }
 }
 
+impl SegmentDir for SimLogDir {
+    fn list(&self) -> std::io::Result<Vec<u64>> {
+        Ok(self.files().keys().copied().collect())
+    }
+
+    fn open(&self, id: u64) -> std::io::Result<Arc<dyn SegmentFile>> {
+        let files = self.files();
+        let file = files.get(&id).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "simulated disk: no segment")
+        })?;
+        Ok(Arc::new(SimBackend::open(file)))
+    }
+
+    fn create(&self, id: u64, len: u64, head: &[u8]) -> std::io::Result<Arc<dyn SegmentFile>> {
+        let file = SimFile::default();
+        {
+            let mut image = file.lock();
+            let (len, _) = range(len, 0)?;
+            image.set_len(len);
+            image.write(0, head);
+            image.sync();
+        }
+        let handle = SimBackend::open(&file);
+        self.files().insert(id, file);
+        Ok(Arc::new(handle))
+    }
+
+    fn remove(&self, id: u64) -> std::io::Result<()> {
+        self.files().remove(&id);
+        Ok(())
+    }
+}
+
+impl SegmentFile for SimBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        redb::StorageBackend::len(self)
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        redb::StorageBackend::read(self, offset, out)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        redb::StorageBackend::write(self, offset, data)
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        redb::StorageBackend::sync_data(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use redb::StorageBackend;
 
     fn bytes(b: &SimBackend) -> Vec<u8> {
-        let mut out = vec![0; b.len().unwrap() as usize];
+        let mut out = vec![0; StorageBackend::len(b).unwrap() as usize];
         b.read(0, &mut out).unwrap();
         out
     }
@@ -303,7 +375,7 @@ mod tests {
     #[test]
     fn a_crash_keeps_synced_writes_and_loses_the_rest() {
         let disk = SimDisk::new();
-        let b = disk.log_backend();
+        let b = disk.state_backend();
         b.write(0, b"synced").unwrap();
         b.sync_data().unwrap();
         b.write(0, b"SY").unwrap();
@@ -311,8 +383,8 @@ mod tests {
         assert!(disk.unsynced_pages() > 0);
         disk.crash();
         // The old handle is dead; a new one sees the synced image only.
-        assert!(b.len().is_err());
-        let b = disk.log_backend();
+        assert!(StorageBackend::len(&b).is_err());
+        let b = disk.state_backend();
         assert_eq!(bytes(&b), b"synced");
         assert_eq!(disk.unsynced_pages(), 0);
     }

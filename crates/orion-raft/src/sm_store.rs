@@ -38,7 +38,6 @@
 //! while a large state is encoded.
 
 use crate::error::StoreError;
-use crate::log_store::DbSlot;
 use crate::types::{Peer, RaftId, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -871,6 +870,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
         self.current_snapshot()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+/// A database that `close` releases even while clones of its store are still alive (openraft
+/// keeps some until its tasks wind down), so the same files can be reopened at once.
+pub(crate) struct DbSlot(RwLock<Option<Arc<Database>>>);
+
+impl DbSlot {
+    pub(crate) fn new(db: Database) -> Arc<DbSlot> {
+        Arc::new(DbSlot(RwLock::new(Some(Arc::new(db)))))
+    }
+
+    pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Drops this handle on the database; it closes when in-flight operations finish.
+    pub(crate) fn close(&self) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

@@ -1,4 +1,5 @@
-//! openraft's own storage conformance suite, run against the redb log and state machine, each
+//! openraft's own storage conformance suite, run against the log (segment files) and the
+//! state machine (redb), each
 //! case on fresh files in its own temporary directory.
 
 use openraft::StorageError;
@@ -6,12 +7,12 @@ use openraft::testing::{StoreBuilder, Suite};
 use orion_raft::testing::{LogStore, StateMachineStore, TypeConfig};
 use tempfile::TempDir;
 
-struct RedbBuilder;
+struct FileBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for FileBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open log");
+        let log = LogStore::open(dir.path()).expect("open log");
         let sm = StateMachineStore::open(&dir.path().join("state.redb")).expect("open state");
         Ok((dir, log, sm))
     }
@@ -19,5 +20,5 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbBuil
 
 #[test]
 fn openraft_storage_suite() {
-    Suite::test_all(RedbBuilder).expect("storage suite");
+    Suite::test_all(FileBuilder).expect("storage suite");
 }

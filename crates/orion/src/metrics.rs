@@ -86,7 +86,7 @@ fn describe() {
     );
     describe_histogram!(
         "orion_raft_append_seconds",
-        "Time of one durable (fsync'd) log transaction; appends queued together share one"
+        "Time of one durable (fsync'd) log write; appends queued together share one"
     );
     describe_histogram!(
         "orion_raft_append_entries",
