@@ -687,7 +687,7 @@ impl Wal {
             // A segment that cannot be deleted only costs disk (and replay time) until the
             // next purge tries again.
             if let Err(e) = self.dir.remove(id) {
-                tracing::warn!(segment = id, error = %e, "raft log: cannot delete a purged segment");
+                tracing::warn!(segment = id, error = %e, "raft log: a purged segment stays");
                 continue;
             }
             self.shared.index().files.remove(&id);

@@ -30,10 +30,7 @@ struct Held {
 impl Held {
     fn of(t: &Task) -> Held {
         Held {
-            placed_on: match (&t.allocation, &t.node) {
-                (Some(_), Some(n)) => Some(n.clone()),
-                _ => None,
-            },
+            placed_on: t.placed_on().map(str::to_string),
             pending: t.needs_placement(),
             holds: match (&t.node, t.holds_resources()) {
                 (Some(n), true) => Some((

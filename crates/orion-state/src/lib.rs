@@ -1021,7 +1021,7 @@ impl ClusterState {
         ids.extend(with_containers.iter().copied());
         ids.into_iter()
             .filter_map(|id| self.tasks.get(id))
-            .filter(|t| t.allocation.is_some() && t.node.as_deref() == Some(node))
+            .filter(|t| t.placed_on() == Some(node))
             .cloned()
             .collect()
     }

@@ -140,6 +140,14 @@ impl Task {
             }
     }
 
+    /// The node the task's current allocation is on, if it has one.
+    pub fn placed_on(&self) -> Option<&str> {
+        match (&self.allocation, &self.node) {
+            (Some(_), Some(n)) => Some(n),
+            _ => None,
+        }
+    }
+
     /// Whether the scheduler should look for a node for it.
     pub fn needs_placement(&self) -> bool {
         self.allocation.is_none() && matches!(self.state, TaskState::Pending | TaskState::Lost)
