@@ -168,18 +168,18 @@ pub struct SimDisk {
     state: SimFile,
 }
 
-/// The log's segments by id.
+/// The log's segments by id, and the generation of the directory (bumped by every crash).
 #[derive(Clone, Default)]
-pub(crate) struct SimLogDir(Arc<Mutex<BTreeMap<u64, SimFile>>>);
+pub(crate) struct SimLogDir(Arc<Mutex<(BTreeMap<u64, SimFile>, u64)>>);
 
 impl SimLogDir {
-    fn files(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, SimFile>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<u64, SimFile>, u64)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sums `f` over the segments.
     fn sum(&self, f: impl Fn(&Image) -> u64) -> u64 {
-        self.files().values().map(|file| f(&file.lock())).sum()
+        self.lock().0.values().map(|file| f(&file.lock())).sum()
     }
 }
 
@@ -189,7 +189,7 @@ impl fmt::Debug for SimDisk {
         write!(
             f,
             "SimDisk(log {} segments, {} B, {} dirty pages; state {} B, {} dirty pages)",
-            self.log.files().len(),
+            self.log.lock().0.len(),
             self.log.sum(|i| i.current.len as u64),
             self.log.sum(|i| i.dirty.len() as u64),
             s.current.len,
@@ -206,9 +206,12 @@ impl SimDisk {
     /// A power cut: every file returns to what was last synced, and every handle opened
     /// before now stops working.
     pub fn crash(&self) {
-        for file in self.log.files().values() {
+        let mut dir = self.log.lock();
+        for file in dir.0.values() {
             file.lock().crash();
         }
+        dir.1 += 1;
+        drop(dir);
         self.state.lock().crash();
     }
 
@@ -222,8 +225,14 @@ impl SimDisk {
         self.log.sum(|i| i.syncs) + self.state.lock().syncs
     }
 
+    /// The log's directory as of now: after a crash, this handle fails every call (a writer
+    /// task of the crashed life must not create or delete segments of the next one).
     pub(crate) fn log_dir(&self) -> Arc<dyn SegmentDir> {
-        Arc::new(self.log.clone())
+        let generation = self.log.lock().1;
+        Arc::new(SimLogHandle {
+            dir: self.log.clone(),
+            generation,
+        })
     }
 
     pub(crate) fn state_backend(&self) -> SimBackend {
@@ -310,20 +319,39 @@ impl redb::StorageBackend for SimBackend {
     }
 }
 
-impl SegmentDir for SimLogDir {
+/// A handle on the log's directory, valid for the generation it was opened in.
+struct SimLogHandle {
+    dir: SimLogDir,
+    generation: u64,
+}
+
+impl SimLogHandle {
+    fn live(&self) -> std::io::Result<std::sync::MutexGuard<'_, (BTreeMap<u64, SimFile>, u64)>> {
+        let dir = self.dir.lock();
+        if dir.1 != self.generation {
+            return Err(std::io::Error::other(
+                "simulated disk: this directory handle predates a crash",
+            ));
+        }
+        Ok(dir)
+    }
+}
+
+impl SegmentDir for SimLogHandle {
     fn list(&self) -> std::io::Result<Vec<u64>> {
-        Ok(self.files().keys().copied().collect())
+        Ok(self.live()?.0.keys().copied().collect())
     }
 
     fn open(&self, id: u64) -> std::io::Result<Arc<dyn SegmentFile>> {
-        let files = self.files();
-        let file = files.get(&id).ok_or_else(|| {
+        let dir = self.live()?;
+        let file = dir.0.get(&id).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "simulated disk: no segment")
         })?;
         Ok(Arc::new(SimBackend::open(file)))
     }
 
     fn create(&self, id: u64, len: u64, head: &[u8]) -> std::io::Result<Arc<dyn SegmentFile>> {
+        let mut dir = self.live()?;
         let file = SimFile::default();
         {
             let mut image = file.lock();
@@ -333,12 +361,12 @@ impl SegmentDir for SimLogDir {
             image.sync();
         }
         let handle = SimBackend::open(&file);
-        self.files().insert(id, file);
+        dir.0.insert(id, file);
         Ok(Arc::new(handle))
     }
 
     fn remove(&self, id: u64) -> std::io::Result<()> {
-        self.files().remove(&id);
+        self.live()?.0.remove(&id);
         Ok(())
     }
 }
@@ -370,6 +398,23 @@ mod tests {
         let mut out = vec![0; StorageBackend::len(b).unwrap() as usize];
         b.read(0, &mut out).unwrap();
         out
+    }
+
+    /// Regression guard: a log writer of a crashed life (a task not yet dropped) must not
+    /// create or delete segments of the next life.
+    #[test]
+    fn a_log_directory_handle_from_before_a_crash_is_dead() {
+        let disk = SimDisk::new();
+        let old = disk.log_dir();
+        old.create(1, 4096, b"head").unwrap();
+        disk.crash();
+        assert!(old.create(2, 4096, b"head").is_err());
+        assert!(old.remove(1).is_err());
+        let new = disk.log_dir();
+        assert_eq!(new.list().unwrap(), vec![1]);
+        let mut out = [0u8; 4];
+        new.open(1).unwrap().read_at(0, &mut out).unwrap();
+        assert_eq!(&out, b"head");
     }
 
     #[test]
