@@ -9,7 +9,7 @@
 
 use crate::error::StoreError;
 use crate::types::RaftId;
-use crate::wal::{FsDir, Wal};
+use crate::wal::{EntryHead, FsDir, Wal};
 use openraft::{LogId, Vote};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -18,12 +18,6 @@ use std::sync::Arc;
 
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-
-/// The log id of an entry's JSON (serde skips the payload).
-#[derive(serde::Deserialize)]
-struct EntryHead {
-    log_id: LogId<RaftId>,
-}
 
 /// Entries copied per write while migrating (each write is synced).
 const ROWS_PER_WRITE: usize = 512;

@@ -358,8 +358,8 @@ fn parse_record(bytes: &[u8]) -> Parsed<'_> {
 
 /// Only the log id of an entry's JSON (serde skips the payload).
 #[derive(serde::Deserialize)]
-struct EntryHead {
-    log_id: LogId<RaftId>,
+pub(crate) struct EntryHead {
+    pub(crate) log_id: LogId<RaftId>,
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, StoreError> {
