@@ -11,7 +11,7 @@
 //! - `types`: the openraft type configuration; `Peer`; `raft_id` (FNV-1a of the string id).
 //! - `log_store`: the Raft log, fsync'd before acknowledging; `wal`: its segment files;
 //!   `log_migrate`: moves a log of the older redb format into them.
-//! - `sm_store`: the state machine (memory + redb rows) and snapshots.
+//! - `sm_store`: the state machine (in memory) and its snapshots (in redb).
 //! - `proposer`: the batching proposer; concurrent writes on the leader share one entry.
 //! - `network`: the RPC client (reqwest, sourced from the advertise IP) and wire types.
 //! - `server`: the RPC server (axum) on the raft port.
@@ -69,10 +69,10 @@ mod types;
 mod wal;
 
 /// redb's page cache for one database. redb's default is a 1 GiB ceiling, which a long-lived
-/// agent fills with pages it never reads again: the state lives in memory and its rows are
-/// only written behind (read once, at start), and replication reads recent entries from the
-/// log store's own cache. With the default, an agent holding 10,000 tasks kept about 60 MiB
-/// more resident than with these.
+/// agent fills with pages it never reads again: the state lives in memory and only its
+/// snapshots are written (read at start and when a learner needs one), and replication reads
+/// recent entries from the log store's own cache. With the default, an agent holding 10,000
+/// tasks kept about 60 MiB more resident than with these.
 pub(crate) fn redb_builder(cache_bytes: usize) -> redb::Builder {
     let mut b = redb::Database::builder();
     b.set_cache_size(cache_bytes);
@@ -81,7 +81,7 @@ pub(crate) fn redb_builder(cache_bytes: usize) -> redb::Builder {
 /// The cache of an older version's log database, read once when it is moved to the segment
 /// format (`log_migrate`).
 pub(crate) const LOG_CACHE_BYTES: usize = 1 << 20;
-/// The state database's cache: the rows of the applied state, written behind.
+/// The state database's cache: it holds only the current snapshot.
 pub(crate) const STATE_CACHE_BYTES: usize = 2 << 20;
 
 pub use error::{NO_LEADER_MESSAGE, NotProposed, RaftError, StoreError, Unknown, WriteError};

@@ -55,7 +55,7 @@ const WATCHDOG_STUCK_FACTOR: u64 = 3;
 pub struct RaftConfig {
     /// The operator's `--id`.
     pub node_id: String,
-    /// Holds the log (`raft-log/`) and the state (`state.redb`).
+    /// Holds the log (`raft-log/`) and the state's snapshot (`state.redb`).
     pub data_dir: PathBuf,
     /// Where the RPC server listens.
     pub bind: SocketAddr,
@@ -832,9 +832,6 @@ impl RaftNode {
                 task.abort();
                 let _ = task.await;
             }
-        }
-        if let Err(e) = self.inner.sm.sync().await {
-            tracing::warn!(error = %e, "final state sync failed; the log will be replayed");
         }
         if let Err(e) = self.inner.log.flush().await {
             tracing::warn!(error = %e, "saving the commit index failed; the log will be replayed");
