@@ -14,8 +14,6 @@ pub enum StoreError {
     Redb(#[from] redb::Error),
     #[error("encoding: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("stored state: {0}")]
-    State(#[from] orion_state::StateError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     /// The log's files hold something that cannot be what this code wrote.

@@ -2,8 +2,8 @@
 //!
 //! Architecture invariant: `apply` is pure and deterministic. It reads nothing but its
 //! arguments (no clock, no IO, no randomness: commands carry their ids and timestamps), so
-//! every node that applies the same log holds the same state. It reports the rows it touched
-//! so the store can persist exactly those. Services and their deployments are applied in
+//! every node that applies the same log holds the same state. It reports the objects it
+//! touched (`Key`), so the indexes and the event history look only at those. Services and their deployments are applied in
 //! `services`.
 
 use orion_types::{
@@ -37,74 +37,26 @@ pub struct NodeRecord {
     pub updated_at: UnixMillis,
 }
 
-/// A row of the persisted state.
+/// One object of the state that an applied command touched (what `apply` returns: the
+/// indexes and the event history look only at these).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     Node(NodeId),
     Task(TaskId),
-    /// The cluster-wide settings (one row).
+    /// The cluster-wide settings.
     Config,
     Service(String),
-    /// An API token (`token/<id>`): its hash, name and role.
+    /// An API token: its hash, name and role.
     Token(String),
-    /// The cluster CA, its key sealed (one row).
+    /// The cluster CA, its key sealed.
     Ca,
-    /// The CA a rotation replaced, still trusted (one row).
+    /// The CA a rotation replaced, still trusted.
     PreviousCa,
-    /// A removed node's id on the revocation list (`revoked/<id>`): when it was removed.
+    /// A removed node's id on the revocation list: when it was removed.
     Revoked(NodeId),
-    /// The gossip key of the last rotation, and the one it replaced (one row each).
+    /// The gossip key of the last rotation, and the one it replaced.
     GossipKey,
     PreviousGossipKey,
-}
-
-/// The row key of `Key::Config`.
-const CONFIG_KEY: &str = "cluster/config";
-/// The row key of `Key::Ca`.
-const CA_KEY: &str = "cluster/ca";
-/// The row key of `Key::PreviousCa`.
-const PREVIOUS_CA_KEY: &str = "cluster/ca-previous";
-const GOSSIP_KEY_KEY: &str = "cluster/gossip-key";
-const PREVIOUS_GOSSIP_KEY_KEY: &str = "cluster/gossip-key-previous";
-
-impl Key {
-    pub fn encode(&self) -> String {
-        match self {
-            Key::Node(id) => format!("node/{id}"),
-            Key::Task(id) => format!("task/{id}"),
-            Key::Config => CONFIG_KEY.to_string(),
-            Key::Service(id) => format!("service/{id}"),
-            Key::Token(id) => format!("token/{id}"),
-            Key::Ca => CA_KEY.to_string(),
-            Key::PreviousCa => PREVIOUS_CA_KEY.to_string(),
-            Key::Revoked(id) => format!("revoked/{id}"),
-            Key::GossipKey => GOSSIP_KEY_KEY.to_string(),
-            Key::PreviousGossipKey => PREVIOUS_GOSSIP_KEY_KEY.to_string(),
-        }
-    }
-    pub fn decode(s: &str) -> Option<Key> {
-        if s == CONFIG_KEY {
-            Some(Key::Config)
-        } else if s == CA_KEY {
-            Some(Key::Ca)
-        } else if s == PREVIOUS_CA_KEY {
-            Some(Key::PreviousCa)
-        } else if s == GOSSIP_KEY_KEY {
-            Some(Key::GossipKey)
-        } else if s == PREVIOUS_GOSSIP_KEY_KEY {
-            Some(Key::PreviousGossipKey)
-        } else if let Some(id) = s.strip_prefix("revoked/") {
-            Some(Key::Revoked(id.to_string()))
-        } else if let Some(id) = s.strip_prefix("node/") {
-            Some(Key::Node(id.to_string()))
-        } else if let Some(id) = s.strip_prefix("service/") {
-            Some(Key::Service(id.to_string()))
-        } else if let Some(id) = s.strip_prefix("token/") {
-            Some(Key::Token(id.to_string()))
-        } else {
-            s.strip_prefix("task/").map(|id| Key::Task(id.to_string()))
-        }
-    }
 }
 
 /// Task `id` to change in place. Tasks are behind `Arc`s so that a snapshot's copy of the
@@ -113,20 +65,8 @@ fn task_mut<'a>(tasks: &'a mut BTreeMap<TaskId, Arc<Task>>, id: &str) -> Option<
     tasks.get_mut(id).map(Arc::make_mut)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("row {key:?} is corrupt: {source}")]
-    CorruptRow {
-        key: String,
-        source: serde_json::Error,
-    },
-    #[error("row key {0:?} is not a known kind of row")]
-    UnknownKey(String),
-}
-
 /// The replicated state. Its JSON (snapshots) is its four fields; the task indexes are
-/// rebuilt when it is decoded (`StateFields`) or loaded from rows, and kept up to date by
-/// `apply`. Code that changes `tasks` directly (tests building a state by hand) calls
+/// rebuilt when it is decoded (`StateFields`), and kept up to date by `apply`. Code that changes `tasks` directly (tests building a state by hand) calls
 /// `reindex` after.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StateFields")]
@@ -241,7 +181,7 @@ impl ClusterState {
         self.config.unwrap_or_default()
     }
 
-    /// Applies one command. Returns what to answer the proposer and the rows it touched.
+    /// Applies one command. Returns what to answer the proposer and the objects it touched.
     pub fn apply(&mut self, cmd: &Command) -> (Response, Vec<Key>) {
         let (response, touched) = self.apply_command(cmd);
         // A batch's commands updated the indexes one by one already.
@@ -894,102 +834,6 @@ impl ClusterState {
                 touched.push(Key::Task(task.id.clone()));
             }
         }
-    }
-
-    /// The current bytes of a row, `None` if it does not exist.
-    pub fn row(&self, key: &Key) -> Option<Vec<u8>> {
-        let bytes = match key {
-            Key::Node(id) => serde_json::to_vec(self.nodes.get(id)?),
-            Key::Task(id) => serde_json::to_vec(self.tasks.get(id)?),
-            Key::Config => serde_json::to_vec(self.config.as_ref()?),
-            Key::Service(id) => serde_json::to_vec(self.services.get(id)?),
-            Key::Token(id) => serde_json::to_vec(self.tokens.get(id)?),
-            Key::Ca => serde_json::to_vec(self.ca.as_ref()?),
-            Key::PreviousCa => serde_json::to_vec(self.previous_ca.as_ref()?),
-            Key::Revoked(id) => serde_json::to_vec(self.revoked_nodes.get(id)?),
-            Key::GossipKey => serde_json::to_vec(self.gossip_key.as_ref()?),
-            Key::PreviousGossipKey => serde_json::to_vec(self.previous_gossip_key.as_ref()?),
-        };
-        // Serializing plain structs of strings and integers cannot fail.
-        Some(bytes.expect("state rows serialize"))
-    }
-
-    /// Every row, for a full rewrite (snapshot install).
-    pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
-        self.nodes
-            .keys()
-            .map(|k| Key::Node(k.clone()))
-            .chain(self.tasks.keys().map(|k| Key::Task(k.clone())))
-            .chain(self.config.map(|_| Key::Config))
-            .chain(self.services.keys().map(|k| Key::Service(k.clone())))
-            .chain(self.tokens.keys().map(|k| Key::Token(k.clone())))
-            .chain(self.ca.as_ref().map(|_| Key::Ca))
-            .chain(self.previous_ca.as_ref().map(|_| Key::PreviousCa))
-            .chain(self.revoked_nodes.keys().map(|k| Key::Revoked(k.clone())))
-            .chain(self.gossip_key.as_ref().map(|_| Key::GossipKey))
-            .chain(
-                self.previous_gossip_key
-                    .as_ref()
-                    .map(|_| Key::PreviousGossipKey),
-            )
-    }
-
-    pub fn from_rows(
-        rows: impl IntoIterator<Item = (String, Vec<u8>)>,
-    ) -> Result<ClusterState, StateError> {
-        let mut state = ClusterState::default();
-        for (key, bytes) in rows {
-            let corrupt = |source| StateError::CorruptRow {
-                key: key.clone(),
-                source,
-            };
-            match Key::decode(&key) {
-                Some(Key::Node(id)) => {
-                    state
-                        .nodes
-                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::Task(id)) => {
-                    state
-                        .tasks
-                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::Config) => {
-                    state.config = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::Service(id)) => {
-                    state
-                        .services
-                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::Token(id)) => {
-                    state
-                        .tokens
-                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::Ca) => {
-                    state.ca = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::PreviousCa) => {
-                    state.previous_ca = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::GossipKey) => {
-                    state.gossip_key = Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::PreviousGossipKey) => {
-                    state.previous_gossip_key =
-                        Some(serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                Some(Key::Revoked(id)) => {
-                    state
-                        .revoked_nodes
-                        .insert(id, serde_json::from_slice(&bytes).map_err(corrupt)?);
-                }
-                None => return Err(StateError::UnknownKey(key)),
-            }
-        }
-        state.reindex();
-        Ok(state)
     }
 
     /// Tasks placed on `node` (current allocation there), in id order; from the index, so it
