@@ -65,9 +65,9 @@ fn task_mut<'a>(tasks: &'a mut BTreeMap<TaskId, Arc<Task>>, id: &str) -> Option<
     tasks.get_mut(id).map(Arc::make_mut)
 }
 
-/// The replicated state. Its JSON (snapshots) is its four fields; the task indexes are
-/// rebuilt when it is decoded (`StateFields`), and kept up to date by `apply`. Code that changes `tasks` directly (tests building a state by hand) calls
-/// `reindex` after.
+/// The replicated state. Its JSON (snapshots) is its fields; the task indexes are rebuilt
+/// when it is decoded (`StateFields`), and kept up to date by `apply`. Code that changes
+/// `tasks` directly (tests building a state by hand) calls `reindex` after.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StateFields")]
 pub struct ClusterState {
@@ -103,6 +103,36 @@ pub struct ClusterState {
     index: index::Index,
     #[serde(skip)]
     capacity_version: CapacityVersion,
+}
+
+/// What `ClusterState::copy_for_encoding` gives: the state's fields, in its order, with the
+/// tasks as a list in id order (each shared with the state). Encodes to the same JSON as the
+/// state it was copied from; decode that JSON as a `ClusterState`.
+#[derive(Debug, Serialize)]
+pub struct StateCopy {
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    #[serde(serialize_with = "tasks_by_id")]
+    tasks: Vec<Arc<Task>>,
+    config: Option<ClusterConfig>,
+    services: BTreeMap<String, Service>,
+    tokens: BTreeMap<String, orion_types::ApiToken>,
+    ca: Option<orion_types::ClusterCa>,
+    previous_ca: Option<orion_types::ClusterCa>,
+    revoked_nodes: BTreeMap<NodeId, UnixMillis>,
+    gossip_key: Option<orion_types::GossipKeyRecord>,
+    previous_gossip_key: Option<orion_types::GossipKeyRecord>,
+}
+
+impl StateCopy {
+    /// The copied task `id` (a scan: for tests).
+    pub fn task(&self, id: &str) -> Option<&Arc<Task>> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+}
+
+/// The tasks as the state's map encodes them: `{id: task}` in id order.
+fn tasks_by_id<S: serde::Serializer>(tasks: &[Arc<Task>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(tasks.iter().map(|t| (&t.id, t)))
 }
 
 /// Changes whenever the state changes in a way that can make room for a task that waits (see
@@ -237,14 +267,14 @@ impl ClusterState {
         self.index.wait_seq()
     }
 
-    /// A copy of the state to encode (a snapshot): it shares every task with this state
-    /// (`Arc`; a task changed later is copied then, by `task_mut`), and its indexes are
-    /// empty, since encoding skips them. Cheap at 10,000 tasks, so the state's lock is held
-    /// only briefly. Not for applying commands or answering queries.
-    pub fn copy_for_encoding(&self) -> ClusterState {
-        ClusterState {
+    /// A copy of the state to encode (a snapshot), taken under the state's lock: it shares
+    /// every task with this state (`Arc`; a task changed later is copied then, by
+    /// `task_mut`) in a list, so no key is copied and no map is built, and it has no indexes.
+    /// It encodes to the same JSON as the state.
+    pub fn copy_for_encoding(&self) -> StateCopy {
+        StateCopy {
             nodes: self.nodes.clone(),
-            tasks: self.tasks.clone(),
+            tasks: self.tasks.values().cloned().collect(),
             config: self.config,
             services: self.services.clone(),
             tokens: self.tokens.clone(),
@@ -253,8 +283,6 @@ impl ClusterState {
             revoked_nodes: self.revoked_nodes.clone(),
             gossip_key: self.gossip_key.clone(),
             previous_gossip_key: self.previous_gossip_key.clone(),
-            index: index::Index::default(),
-            capacity_version: self.capacity_version,
         }
     }
 

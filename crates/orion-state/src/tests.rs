@@ -1150,7 +1150,7 @@ fn a_copy_for_encoding_shares_tasks_encodes_the_same_and_keeps_its_values_when_t
         state.apply(&c);
     }
     let copy = state.copy_for_encoding();
-    assert!(Arc::ptr_eq(&copy.tasks["t1"], &state.tasks["t1"]));
+    assert!(Arc::ptr_eq(copy.task("t1").unwrap(), &state.tasks["t1"]));
     let before = serde_json::to_vec(&state).expect("encode");
     assert_eq!(serde_json::to_vec(&copy).expect("encode"), before);
     // The copy decodes to the state, indexes rebuilt.
@@ -1162,8 +1162,8 @@ fn a_copy_for_encoding_shares_tasks_encodes_the_same_and_keeps_its_values_when_t
     state.apply(&report("t1", "n1", "a1", running("c1"), 30));
     state.apply(&place("t2", "n1", "a2"));
     assert_eq!(state.tasks["t1"].state, TaskState::Running);
-    assert_eq!(copy.tasks["t1"].state, TaskState::Scheduled);
-    assert_eq!(copy.tasks["t2"].node, None);
-    assert!(!Arc::ptr_eq(&copy.tasks["t1"], &state.tasks["t1"]));
+    assert_eq!(copy.task("t1").unwrap().state, TaskState::Scheduled);
+    assert_eq!(copy.task("t2").unwrap().node, None);
+    assert!(!Arc::ptr_eq(copy.task("t1").unwrap(), &state.tasks["t1"]));
     assert_eq!(serde_json::to_vec(&copy).expect("encode"), before);
 }
