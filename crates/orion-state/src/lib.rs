@@ -3,8 +3,8 @@
 //! Architecture invariant: `apply` is pure and deterministic. It reads nothing but its
 //! arguments (no clock, no IO, no randomness: commands carry their ids and timestamps), so
 //! every node that applies the same log holds the same state. It reports the objects it
-//! touched (`Key`), so the indexes and the event history look only at those. Services and their deployments are applied in
-//! `services`.
+//! touched (`Key`), so the indexes and the event history look only at those. Services and
+//! their deployments are applied in `services`.
 
 use orion_types::{
     AllocStatus, BackoffConfig, ClusterConfig, Command, NodeId, NodeMeta, Placement, Protocol,
@@ -67,7 +67,8 @@ fn task_mut<'a>(tasks: &'a mut BTreeMap<TaskId, Arc<Task>>, id: &str) -> Option<
 
 /// The replicated state. Its JSON (snapshots) is its fields; the task indexes are rebuilt
 /// when it is decoded (`StateFields`), and kept up to date by `apply`. Code that changes
-/// `tasks` directly (tests building a state by hand) calls `reindex` after.
+/// `tasks` directly (tests building a state by hand) calls `reindex` after. A field added here
+/// goes into `StateFields` and `StateCopy` too (the copy's test compares the two encodings).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StateFields")]
 pub struct ClusterState {
