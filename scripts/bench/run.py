@@ -30,7 +30,7 @@ ABSENT = "orion/absent-bench:none"
 SIZES = {
     # figure 1: start-ups; figure 2: requests per load run; figure 3: samples per method;
     # figure 4: kills per case; figure 6: measurement window in seconds.
-    "full": {"startups": 20, "commit1": 1000, "commit64": 5000, "placed1": 300, "placed64": 2000,
+    "full": {"startups": 20, "commit1": 1000, "commit64": 20000, "placed1": 300, "placed64": 10000,
              "running": 20, "kills": 20, "gossip_window": 10.0, "pending": 1000, "tasks10k": 10000,
              "slices": 20, "slice": 100, "sim_sizes": "8,32,128,1000", "lifeguard_seeds": "1,2,3", "lifeguard_run_s": 120},
     "quick": {"startups": 20, "commit1": 200, "commit64": 1000, "placed1": 100, "placed64": 500,

@@ -9,6 +9,10 @@
 //! the agent that wires it. It is a crate of its own so that the simulator (`orion-sim`) runs
 //! this very loop over its simulated Raft and gossip.
 
+mod create;
+
+pub use create::{Booking, CreatePlacer};
+
 use orion_controller::{Action, ControllerMemory, Input, Member, MemberStatus, RaftView, Settings};
 use orion_gossip::Gossip;
 use orion_raft::{Peer, RaftNode};

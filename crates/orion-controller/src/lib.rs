@@ -30,7 +30,7 @@ mod services_tests;
 #[cfg(test)]
 mod tests;
 
-pub use placement::{PORT_COOLING_BASE_MS, place_at_creation, scheduler_snapshot};
+pub use placement::{PORT_COOLING_BASE_MS, Unapplied, place_at_creation, scheduler_snapshot};
 
 use orion_state::ClusterState;
 use orion_types::env::IdSource;

@@ -9,7 +9,9 @@ use crate::{Action, Member, MemberStatus, PLACE_BATCH_MAX};
 use orion_scheduler::{Decision, NodeView, Snapshot, TaskRequest};
 use orion_state::{ClusterState, NodeStatus};
 use orion_types::env::IdSource;
-use orion_types::{Command, NodeId, Placement, Task, TaskSpec, TaskState, UnixMillis};
+use orion_types::{
+    Command, NodeId, Placement, Protocol, Resources, Task, TaskId, TaskSpec, TaskState, UnixMillis,
+};
 use std::collections::BTreeMap;
 
 /// After its stop, a task's container may bind its host ports for this long plus twice its
@@ -165,9 +167,45 @@ pub(crate) fn decide(
     }
 }
 
-/// On the leader, with no other task waiting, places a new task in the entry that creates it:
-/// `CreatePlacedTask` (one commit instead of two). `None` when tasks are waiting (they go
-/// first, through the controller) or when it fits nowhere; the caller then proposes a plain
+/// A placement the leader proposed with a new task (`CreatePlacedTask`) whose entry has not
+/// been applied yet: what placement at creation counts as taken, besides the state, so that
+/// concurrent creates see each other's choices (spread stays even and two creates do not pick
+/// the same dynamic port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unapplied {
+    pub task_id: TaskId,
+    pub node: NodeId,
+    pub resources: Resources,
+    pub ports: Vec<(Protocol, u16)>,
+}
+
+impl Unapplied {
+    /// What `cmd` takes if it is a `CreatePlacedTask`.
+    pub fn of(cmd: &Command) -> Option<Unapplied> {
+        match cmd {
+            Command::CreatePlacedTask {
+                spec, placement, ..
+            } => Some(Unapplied {
+                task_id: placement.task_id.clone(),
+                node: placement.node.clone(),
+                resources: spec.resources(),
+                ports: spec
+                    .ports
+                    .iter()
+                    .zip(&placement.host_ports)
+                    .map(|(p, host)| (p.protocol, *host))
+                    .collect(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// On the leader, with no task waiting, places a new task in the entry that creates it:
+/// `CreatePlacedTask` (one commit instead of two). `unapplied` are the placements at creation
+/// this leader proposed whose entries have not been applied yet: they count as taken (one
+/// whose task is already in the state is counted there). `None` when tasks are waiting (they
+/// go first, through the controller) or when it fits nowhere; the caller then proposes a plain
 /// `CreateTask` and the task waits as pending.
 pub fn place_at_creation(
     state: &ClusterState,
@@ -176,11 +214,22 @@ pub fn place_at_creation(
     spec: &TaskSpec,
     at: UnixMillis,
     ids: &dyn IdSource,
+    unapplied: &[Unapplied],
 ) -> Option<Command> {
     if state.has_pending() {
         return None;
     }
     let mut snapshot = scheduler_snapshot(state, members);
+    for u in unapplied {
+        if state.tasks.contains_key(&u.task_id) {
+            continue;
+        }
+        if let Some(view) = snapshot.nodes.iter_mut().find(|n| n.id == u.node) {
+            view.allocated = view.allocated.saturating_add(u.resources);
+            view.used_ports.extend(u.ports.iter().copied());
+            view.task_count = view.task_count.saturating_add(1);
+        }
+    }
     if wants_dynamic_port(spec) {
         cool_recently_freed_ports(&mut snapshot, state, at);
     }

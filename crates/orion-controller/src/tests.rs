@@ -821,11 +821,22 @@ fn config_seed_and_leadership() {
 
 #[test]
 fn place_at_creation() {
-    /// Which node a new task `spec` is placed on at creation, or None.
-    fn check(name: &str, w: &World, spec: &str, want: Option<&str>) {
+    /// The command a new task `spec` is created with, given the placements at creation still
+    /// unapplied.
+    fn create(w: &World, spec: &str, unapplied: &[super::Unapplied]) -> Option<Command> {
         let spec = parse_task_request(spec.as_bytes()).expect("valid spec");
         let ids = SeededIds::new(1);
-        let got = super::place_at_creation(&w.state, &w.members, "new", &spec, 7, &ids);
+        super::place_at_creation(&w.state, &w.members, "new", &spec, 7, &ids, unapplied)
+    }
+    /// Which node a new task `spec` is placed on at creation, or None.
+    fn check_with(
+        name: &str,
+        w: &World,
+        spec: &str,
+        unapplied: &[super::Unapplied],
+        want: Option<&str>,
+    ) {
+        let got = create(w, spec, unapplied);
         let node = got.as_ref().map(|c| match c {
             Command::CreatePlacedTask {
                 placement, task_id, ..
@@ -838,6 +849,21 @@ fn place_at_creation() {
         });
         assert_eq!(node.as_deref(), want, "case {name}");
     }
+    fn check(name: &str, w: &World, spec: &str, want: Option<&str>) {
+        check_with(name, w, spec, &[], want);
+    }
+    let unapplied = |task: &str, node: &str, memory: u64, ports: &[u16]| super::Unapplied {
+        task_id: task.into(),
+        node: node.into(),
+        resources: orion_types::Resources {
+            memory_bytes: memory,
+            cpu_millis: 0,
+        },
+        ports: ports
+            .iter()
+            .map(|p| (orion_types::Protocol::Tcp, *p))
+            .collect(),
+    };
     let two = world().node("n2", 1).learners(&["n2"]);
     check("alone: placed", &two, SMALL, Some("n1"));
     check(
@@ -865,6 +891,47 @@ fn place_at_creation() {
         None,
     );
     check("fits nowhere", &two, HUGE, None);
+    check_with(
+        "a create in flight counts: spread goes to the other node",
+        &two,
+        SMALL,
+        &[unapplied("t1", "n1", 100 << 20, &[])],
+        Some("n2"),
+    );
+    check_with(
+        "a create in flight counts against the room",
+        &world(),
+        BIG,
+        &[unapplied("t1", "n1", 600 << 20, &[])],
+        None,
+    );
+    check_with(
+        "a create in flight whose entry applied is counted once, from the state",
+        &two.clone()
+            .task("t1", SMALL)
+            .placed("t1", "n1", 2)
+            .task("t2", SMALL)
+            .placed("t2", "n2", 3),
+        SMALL,
+        &[unapplied("t1", "n1", 100 << 20, &[])],
+        Some("n1"),
+    );
+    // Two creates in flight at once asking for a dynamic port get different ones.
+    let dynamic = r#"{"image":"x","memory":"100m","portBindings":{"80/tcp":""}}"#;
+    let port_of = |c: Option<Command>| match c {
+        Some(Command::CreatePlacedTask { placement, .. }) => placement.host_ports[0],
+        other => panic!("unexpected {other:?}"),
+    };
+    let first = port_of(create(&world(), dynamic, &[]));
+    let second = port_of(create(
+        &world(),
+        dynamic,
+        &[unapplied("t1", "n1", 100 << 20, &[first])],
+    ));
+    assert_ne!(
+        first, second,
+        "a dynamic port taken in flight is not given again"
+    );
 }
 
 #[test]

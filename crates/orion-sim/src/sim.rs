@@ -41,7 +41,7 @@ use orion_types::{ClusterConfig, Command, NodeMeta, Resources, Response, Task};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -258,17 +258,8 @@ struct SimApi {
     raft: RaftNode,
     gossip: Gossip<NodeMeta>,
     ids: Arc<SeededIds>,
-    /// Creates this node is proposing right now (as the agent's `Node::create`).
-    creates_in_flight: AtomicUsize,
-}
-
-/// Lowers the count of creates in flight when the create ends or is dropped.
-struct CreateInFlight<'a>(&'a AtomicUsize);
-
-impl Drop for CreateInFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+    /// Placements at creation proposed and not yet returned (as the agent's `Node::create`).
+    placer: orion_controller_driver::CreatePlacer,
 }
 
 /// As the agent answers (`WriteError::http_status` holds the rule).
@@ -279,29 +270,21 @@ fn write_error(e: WriteError) -> ApiError {
 
 impl Backend for SimApi {
     async fn write(&self, cmd: Command) -> Result<Response, ApiError> {
-        // As the agent: on the leader, with no other create in flight, a new task is placed
-        // in the entry that creates it, by the controller's placement code.
-        let _in_flight;
+        // As the agent: on the leader, a new task is placed in the entry that creates it, by
+        // the controller's placement code, counting the other creates in flight.
+        let _booking;
         let cmd = match cmd {
             Command::CreateTask { task_id, spec, at } => {
-                _in_flight = CreateInFlight(&self.creates_in_flight);
-                let alone = self.creates_in_flight.fetch_add(1, Ordering::SeqCst) == 0;
-                let placed = (alone && self.raft.is_leader())
-                    .then(|| {
-                        let members = orion_controller_driver::members_view(&self.gossip);
-                        self.raft.read(|s| {
-                            orion_controller::place_at_creation(
-                                s,
-                                &members,
-                                &task_id,
-                                &spec,
-                                at,
-                                self.ids.as_ref(),
-                            )
-                        })
-                    })
-                    .flatten();
-                placed.unwrap_or(Command::CreateTask { task_id, spec, at })
+                let (cmd, booking) = self.placer.command(
+                    &self.raft,
+                    &self.gossip,
+                    &task_id,
+                    &spec,
+                    at,
+                    self.ids.as_ref(),
+                );
+                _booking = booking;
+                cmd
             }
             other => other,
         };
@@ -534,7 +517,7 @@ impl Cluster {
             raft: raft.clone(),
             gossip: gossip.clone(),
             ids: self.ids.clone(),
-            creates_in_flight: AtomicUsize::new(0),
+            placer: Default::default(),
         }));
         let (stop_tx, stop_rx) = watch::channel(false);
         let clock: Arc<dyn Clock> = self.clock.clone();

@@ -19,7 +19,6 @@ use orion_types::env::{IdSource, RandomIds, SystemClock};
 use orion_types::{Command, NodeMeta, Response, Task};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -77,8 +76,8 @@ pub struct Node {
     https: Option<reqwest::Client>,
     /// Allocation ids of placements at creation (the controller shares it).
     ids: Arc<dyn IdSource>,
-    /// Creates this node is proposing right now (see `Node::create`).
-    creates_in_flight: AtomicUsize,
+    /// Placements at creation proposed and not yet returned (see `Node::create`).
+    placer: controller::CreatePlacer,
     /// The sealed gossip transport (its drop counters), unless `--insecure`.
     sealed: Option<Arc<crate::sealed::SealedUdp>>,
     /// This node's secrets, unless `--insecure` (a first join may still replace them).
@@ -97,55 +96,27 @@ fn write_error(e: WriteError) -> ApiError {
     ApiError::new(status, e.client_message())
 }
 
-/// Counts one create in flight for as long as it lives: the count goes down when the create
-/// finishes *or* when its future is dropped (the client went away mid-await).
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    /// Raises the count; true if no other create was in flight.
-    fn enter(count: &'a AtomicUsize) -> (InFlight<'a>, bool) {
-        let alone = count.fetch_add(1, Ordering::SeqCst) == 0;
-        (InFlight(count), alone)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl Node {
-    /// On the leader, with nothing else waiting or being placed, a new task is placed in the
-    /// same Raft entry that creates it (one commit instead of two). Otherwise it is created
-    /// pending and the controller places it with the others, in batches: that keeps spread
-    /// even under a burst and the queue first come, first placed.
+    /// On the leader, with no task waiting, a new task is placed in the same Raft entry that
+    /// creates it (one commit instead of two), by the controller's placement code; creates in
+    /// flight count each other's placements (`CreatePlacer`), so a burst spreads as the
+    /// controller's batches do. Otherwise (a follower, tasks waiting, no room) it is created
+    /// pending and the controller places it with the others, first come, first placed.
     async fn create(
         &self,
         task_id: String,
         spec: Box<orion_types::TaskSpec>,
         at: u64,
     ) -> Result<Response, ApiError> {
-        let plain = || Command::CreateTask {
-            task_id: task_id.clone(),
-            spec: spec.clone(),
+        let (cmd, _booking) = self.placer.command(
+            &self.raft,
+            &self.gossip,
+            &task_id,
+            &spec,
             at,
-        };
-        let (_in_flight, alone) = InFlight::enter(&self.creates_in_flight);
-        let cmd = if alone && self.raft.is_leader() {
-            self.place_now(&task_id, &spec, at).unwrap_or_else(plain)
-        } else {
-            plain()
-        };
+            self.ids.as_ref(),
+        );
         self.raft.write(cmd).await.map_err(write_error)
-    }
-
-    /// The placement of a new task at creation, decided by the controller's placement code.
-    fn place_now(&self, task_id: &str, spec: &orion_types::TaskSpec, at: u64) -> Option<Command> {
-        let members = controller::members_view(&self.gossip);
-        self.raft.read(|s| {
-            orion_controller::place_at_creation(s, &members, task_id, spec, at, self.ids.as_ref())
-        })
     }
 }
 
@@ -738,7 +709,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         http,
         https,
         ids: ids.clone(),
-        creates_in_flight: AtomicUsize::new(0),
+        placer: controller::CreatePlacer::default(),
         sealed,
         secrets: live.clone(),
         endpoints: endpoints.clone(),
@@ -1000,29 +971,7 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
     use axum::http::StatusCode;
-    use futures_util::FutureExt;
     use orion_raft::Unknown;
-
-    /// Regression (issue 10, cancel safety): `create` raised `creates_in_flight` and lowered it
-    /// after an await; a client that hung up in between left it raised for good, which turned
-    /// placement-at-creation off on that leader.
-    #[test]
-    fn creates_in_flight_is_lowered_when_the_client_goes_away() {
-        let count = AtomicUsize::new(0);
-        let create = async {
-            let (_in_flight, alone) = InFlight::enter(&count);
-            assert!(alone);
-            // The write that is still waiting for its commit when the client goes away.
-            std::future::pending::<()>().await;
-        };
-        // Polled once, then dropped: what axum does to a handler whose client disconnected.
-        assert!(create.now_or_never().is_none());
-        assert_eq!(count.load(Ordering::SeqCst), 0);
-        let (_next, alone) = InFlight::enter(&count);
-        assert!(alone, "the next create is alone again");
-        let (_other, alone) = InFlight::enter(&count);
-        assert!(!alone);
-    }
 
     #[test]
     fn each_write_outcome_has_its_status() {
