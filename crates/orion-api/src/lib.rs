@@ -408,7 +408,7 @@ async fn get_task<B: Backend>(
 #[utoipa::path(post, path = "/tasks", tag = "tasks",
     request_body = orion_types::api::TaskRequest,
     responses(
-        (status = 201, description = "The task, pending placement", body = TaskView),
+        (status = 201, description = "The task: `scheduled` on its node when the leader placed it in the entry that created it, else `pending`", body = TaskView),
         openapi::WriteErrors, openapi::BodyErrors))]
 async fn create_task<B: Backend>(
     State(b): State<Arc<B>>,
