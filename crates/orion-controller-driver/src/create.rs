@@ -51,7 +51,8 @@ impl CreatePlacer {
     }
 
     /// How many placements are booked.
-    pub fn booked(&self) -> usize {
+    #[cfg(test)]
+    fn booked(&self) -> usize {
         self.lock().len()
     }
 
@@ -67,20 +68,23 @@ impl CreatePlacer {
         at: UnixMillis,
         ids: &dyn IdSource,
     ) -> (Command, Booking<'_>) {
-        let leader = raft.is_leader() && !raft.read(ClusterState::has_pending);
-        let members = if leader {
+        // Only a leader places, and only when no task waits (`place_at_creation` says so
+        // again under the lock): otherwise the membership view is not worth its copy.
+        let place = raft.is_leader() && !raft.read(ClusterState::has_pending);
+        let members = if place {
             crate::members_view(gossip)
         } else {
             BTreeMap::new()
         };
-        raft.read(|s| self.decide(leader, s, &members, task_id, spec, at, ids))
+        raft.read(|s| self.decide(place, s, &members, task_id, spec, at, ids))
     }
 
-    /// `command` over a given replica `state` (under its read lock) and membership view.
+    /// `command` over a given replica `state` (under its read lock) and membership view;
+    /// `place` false (a follower) gives a plain `CreateTask`.
     #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &self,
-        leader: bool,
+        place: bool,
         state: &ClusterState,
         members: &BTreeMap<NodeId, Member>,
         task_id: &str,
@@ -92,7 +96,7 @@ impl CreatePlacer {
             placer: self,
             task_id: None,
         };
-        if leader {
+        if place {
             // Deciding and booking under one hold of the lock: two creates never decide on
             // the same view.
             let mut booked = self.lock();

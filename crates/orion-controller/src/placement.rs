@@ -45,9 +45,7 @@ fn cool_recently_freed_ports(snapshot: &mut Snapshot, state: &ClusterState, now:
             continue;
         };
         if let Some(view) = snapshot.nodes.iter_mut().find(|n| n.id == node) {
-            for (spec, host) in t.spec.ports.iter().zip(&t.host_ports) {
-                view.cooling_ports.insert((spec.protocol, *host));
-            }
+            view.cooling_ports.extend(t.spec.bound_ports(&t.host_ports));
         }
     }
 }
@@ -189,12 +187,7 @@ impl Unapplied {
                 task_id: placement.task_id.clone(),
                 node: placement.node.clone(),
                 resources: spec.resources(),
-                ports: spec
-                    .ports
-                    .iter()
-                    .zip(&placement.host_ports)
-                    .map(|(p, host)| (p.protocol, *host))
-                    .collect(),
+                ports: spec.bound_ports(&placement.host_ports).collect(),
             }),
             _ => None,
         }

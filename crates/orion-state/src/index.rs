@@ -36,12 +36,7 @@ impl Held {
                 (Some(n), true) => Some((
                     n.clone(),
                     t.spec.resources(),
-                    t.spec
-                        .ports
-                        .iter()
-                        .zip(&t.host_ports)
-                        .map(|(spec, host)| (spec.protocol, *host))
-                        .collect(),
+                    t.spec.bound_ports(&t.host_ports).collect(),
                 )),
                 _ => None,
             },

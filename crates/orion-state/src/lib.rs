@@ -936,9 +936,7 @@ impl ClusterState {
             let u = out.entry(node.clone()).or_default();
             u.allocated = u.allocated.saturating_add(task.spec.resources());
             u.tasks += 1;
-            for (spec, host) in task.spec.ports.iter().zip(&task.host_ports) {
-                u.ports.insert((spec.protocol, *host));
-            }
+            u.ports.extend(task.spec.bound_ports(&task.host_ports));
         }
         out
     }

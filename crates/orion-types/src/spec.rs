@@ -203,6 +203,18 @@ pub struct FileMount {
 }
 
 impl TaskSpec {
+    /// The host ports a placement binds, as (protocol, port), given its host port for each
+    /// published port (in the order of `ports`).
+    pub fn bound_ports<'a>(
+        &'a self,
+        host_ports: &'a [u16],
+    ) -> impl Iterator<Item = (Protocol, u16)> + 'a {
+        self.ports
+            .iter()
+            .zip(host_ports)
+            .map(|(spec, host)| (spec.protocol, *host))
+    }
+
     pub fn resources(&self) -> Resources {
         Resources {
             memory_bytes: self.memory_bytes,
