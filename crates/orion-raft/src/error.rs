@@ -19,6 +19,9 @@ pub enum StoreError {
     /// The log's files hold something that cannot be what this code wrote.
     #[error("raft log damaged: {0}")]
     Corrupt(String),
+    /// `state.redb` names a snapshot file that is not there, or cannot be read whole.
+    #[error("snapshot damaged: {0}")]
+    Snapshot(String),
     #[error("the store is closed")]
     Closed,
     /// A background write of the state machine failed earlier; the store takes no more.

@@ -64,6 +64,7 @@ mod proposer;
 mod server;
 mod sim_disk;
 mod sm_store;
+mod snapshot_dir;
 mod tls;
 mod types;
 mod wal;

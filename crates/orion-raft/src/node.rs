@@ -55,7 +55,8 @@ const WATCHDOG_STUCK_FACTOR: u64 = 3;
 pub struct RaftConfig {
     /// The operator's `--id`.
     pub node_id: String,
-    /// Holds the log (`raft-log/`) and the state's snapshot (`state.redb`).
+    /// Holds the log (`raft-log/`) and the state's snapshot (meta in `state.redb`, bytes in
+    /// `snapshots/`).
     pub data_dir: PathBuf,
     /// Where the RPC server listens.
     pub bind: SocketAddr,

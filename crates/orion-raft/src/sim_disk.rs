@@ -166,6 +166,8 @@ impl SimFile {
 pub struct SimDisk {
     log: SimLogDir,
     state: SimFile,
+    /// The snapshot files (`snapshot_dir.rs`), by number.
+    snapshots: SimLogDir,
 }
 
 /// The log's segments by id, and the generation of the directory (bumped by every crash).
@@ -175,6 +177,15 @@ pub(crate) struct SimLogDir(Arc<Mutex<(BTreeMap<u64, SimFile>, u64)>>);
 impl SimLogDir {
     fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<u64, SimFile>, u64)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every file returns to what was last synced; handles of this generation die.
+    fn crash(&self) {
+        let mut dir = self.lock();
+        for file in dir.0.values() {
+            file.lock().crash();
+        }
+        dir.1 += 1;
     }
 
     /// Sums `f` over the segments.
@@ -206,23 +217,21 @@ impl SimDisk {
     /// A power cut: every file returns to what was last synced, and every handle opened
     /// before now stops working.
     pub fn crash(&self) {
-        let mut dir = self.log.lock();
-        for file in dir.0.values() {
-            file.lock().crash();
-        }
-        dir.1 += 1;
-        drop(dir);
+        self.log.crash();
+        self.snapshots.crash();
         self.state.lock().crash();
     }
 
     /// Pages written but not yet synced, over every file (what a crash now would lose).
     pub fn unsynced_pages(&self) -> usize {
-        self.log.sum(|i| i.dirty.len() as u64) as usize + self.state.lock().dirty.len()
+        (self.log.sum(|i| i.dirty.len() as u64) + self.snapshots.sum(|i| i.dirty.len() as u64))
+            as usize
+            + self.state.lock().dirty.len()
     }
 
     /// `sync_data` calls so far, over every file that still exists.
     pub fn syncs(&self) -> u64 {
-        self.log.sum(|i| i.syncs) + self.state.lock().syncs
+        self.log.sum(|i| i.syncs) + self.snapshots.sum(|i| i.syncs) + self.state.lock().syncs
     }
 
     /// The log's directory as of now: after a crash, this handle fails every call (a writer
@@ -231,6 +240,15 @@ impl SimDisk {
         let generation = self.log.lock().1;
         Arc::new(SimLogHandle {
             dir: self.log.clone(),
+            generation,
+        })
+    }
+
+    /// The snapshot files' directory as of now (a handle like `log_dir`'s).
+    pub(crate) fn snapshot_dir(&self) -> Arc<dyn SegmentDir> {
+        let generation = self.snapshots.lock().1;
+        Arc::new(SimLogHandle {
+            dir: self.snapshots.clone(),
             generation,
         })
     }

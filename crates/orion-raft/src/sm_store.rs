@@ -20,15 +20,20 @@
 //! its CPU at 64 clients (BENCHMARKS.md, section 2f). An older data dir's two tables are
 //! dropped at open; its snapshot and log are read as always.
 //!
-//! A snapshot is the whole `ClusterState` with its `last_applied` and membership, as JSON; the
-//! current one is stored in redb, so it survives a restart and can be sent to a new learner. It
-//! is encoded outside the state lock, from a copy taken under it (`build`), so applies go on
+//! A snapshot is the whole `ClusterState` with its `last_applied` and membership, as JSON. The
+//! current one's meta is stored in redb and its bytes in a file of `<data_dir>/snapshots/` that
+//! redb names (`snapshot_dir.rs`: written in flushed steps, so the logs' syncs on the same disk
+//! do not wait behind a whole snapshot), so it survives a restart and can be sent to a new
+//! learner. Versions before kept the bytes in redb too (the row `data`); such a snapshot still
+//! loads, and the next one moves to a file. It is encoded outside the state lock, from a copy taken under it (`build`), so applies go on
 //! while a large state is encoded; encoding and write run on a thread of their own at a lower
 //! CPU priority (`lower_priority`). Builds and installs run one at a time (`persist`). In the
 //! simulator (`open_sim`) the encoding and the write run on the calling task, in virtual time.
 
 use crate::error::StoreError;
+use crate::snapshot_dir::{self, FsSnapshotDir};
 use crate::types::{Peer, RaftId, TypeConfig};
+use crate::wal::SegmentDir;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
@@ -45,7 +50,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 
-/// `meta` (JSON `SnapshotMeta`) and `data` (the snapshot bytes) of the current snapshot.
+/// `meta` (JSON `SnapshotMeta`) and `file` (the number of its file in `snapshots/`, u64 LE) of
+/// the current snapshot; versions before held its bytes here (`data`).
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 /// Tables of older versions (a row per object, and `last_applied`), dropped at open.
 const LEGACY_ROWS: TableDefinition<&str, &[u8]> = TableDefinition::new("rows");
@@ -53,6 +59,7 @@ const LEGACY_SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_me
 
 const KEY_SNAP_META: &str = "meta";
 const KEY_SNAP_DATA: &str = "data";
+const KEY_SNAP_FILE: &str = "file";
 
 type StResult<T> = Result<T, StorageError<RaftId>>;
 type Membership = StoredMembership<RaftId, Peer>;
@@ -106,8 +113,13 @@ struct Shared {
     applied_tx: watch::Sender<u64>,
     /// The simulator's store: snapshots are encoded and written on the calling task.
     inline: bool,
-    /// Held while a snapshot is built or installed: one at a time.
+    /// Held while a snapshot is built, installed or read: one at a time, so a file is never
+    /// deleted while it is read.
     persist: tokio::sync::Mutex<()>,
+    /// The snapshot files.
+    snapshots: Arc<dyn SegmentDir>,
+    /// The number of the next snapshot file.
+    next_file: AtomicU64,
     snapshot_seq: AtomicU64,
     observer: RwLock<Option<Arc<dyn ApplyObserver>>>,
 }
@@ -150,25 +162,44 @@ fn applied_index(log_id: Option<&LogId<RaftId>>) -> u64 {
     log_id.map_or(0, |l| l.index)
 }
 
-/// Writes `meta` and `data` as the current snapshot, fsync'd before it returns.
-fn write_snapshot(db: &Database, meta: &[u8], data: &[u8]) -> Result<(), StoreError> {
+/// Makes `data` with `meta` the current snapshot, durably before it returns: the bytes go to
+/// a new file (`file`, a number not used before), then redb names it, then the files of older
+/// snapshots are deleted. A crash before redb names the file leaves the snapshot before; the
+/// next open deletes the file.
+fn write_snapshot(
+    db: &Database,
+    dir: &dyn SegmentDir,
+    file: u64,
+    meta: &[u8],
+    data: &[u8],
+) -> Result<(), StoreError> {
+    dir.create(file, data.len() as u64, data)?;
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     {
         let mut snap = txn.open_table(SNAPSHOT)?;
         snap.insert(KEY_SNAP_META, meta)?;
-        snap.insert(KEY_SNAP_DATA, data)?;
+        snap.insert(KEY_SNAP_FILE, file.to_le_bytes().as_slice())?;
+        snap.remove(KEY_SNAP_DATA)?;
     }
     txn.commit()?;
+    if let Err(e) = snapshot_dir::remove_all_but(dir, Some(file)) {
+        // Only disk space: the next snapshot or open deletes them.
+        tracing::warn!(error = %e, "could not delete older snapshot files");
+    }
     Ok(())
 }
 
 impl StateMachineStore {
     /// Opens (or creates) the state database at `path` and loads its snapshot into memory.
+    /// Its snapshot files are in `snapshots/` beside it.
     pub fn open(path: &Path) -> Result<StateMachineStore, StoreError> {
         let seq = RandomState::new().hash_one(path);
+        let snapshots = FsSnapshotDir::open(&path.with_file_name("snapshots"))?;
+        snapshots.remove_strays()?;
         StateMachineStore::load(
             crate::redb_builder(crate::STATE_CACHE_BYTES).create(path)?,
+            Arc::new(snapshots),
             false,
             seq,
         )
@@ -182,11 +213,12 @@ impl StateMachineStore {
     ) -> Result<StateMachineStore, StoreError> {
         let db = crate::redb_builder(crate::STATE_CACHE_BYTES)
             .create_with_backend(disk.state_backend())?;
-        StateMachineStore::load(db, true, snapshot_seq)
+        StateMachineStore::load(db, disk.snapshot_dir(), true, snapshot_seq)
     }
 
     fn load(
         db: Database,
+        snapshots: Arc<dyn SegmentDir>,
         inline: bool,
         snapshot_seq: u64,
     ) -> Result<StateMachineStore, StoreError> {
@@ -207,9 +239,18 @@ impl StateMachineStore {
             let snap = txn.open_table(SNAPSHOT)?;
             read_snapshot(&snap)?
         };
+        // Files redb does not name are what a crash left behind.
+        let files = snapshots.list()?;
+        let next_file = files.last().map_or(1, |last| last.saturating_add(1));
+        let current = match &snapshot {
+            Some((_, Stored::File(id))) => Some(*id),
+            _ => None,
+        };
+        snapshot_dir::remove_all_but(snapshots.as_ref(), current)?;
         let applied = match snapshot {
             None => Applied::default(),
-            Some((meta, data)) => {
+            Some((meta, stored)) => {
+                let data = stored.bytes(snapshots.as_ref())?;
                 let blob: SnapshotBlob = serde_json::from_slice(&data)?;
                 Applied {
                     state: blob.state,
@@ -227,6 +268,8 @@ impl StateMachineStore {
                 applied_tx,
                 inline,
                 persist: tokio::sync::Mutex::new(()),
+                snapshots,
+                next_file: AtomicU64::new(next_file),
                 snapshot_seq: AtomicU64::new(snapshot_seq),
                 observer: RwLock::new(None),
             }),
@@ -408,6 +451,8 @@ impl StateMachineStore {
         let locked = started.elapsed();
         let meta_bytes = serde_json::to_vec(&meta)?;
         let db = self.shared.db.get()?;
+        let dir = self.shared.snapshots.clone();
+        let file = self.shared.next_file.fetch_add(1, Ordering::Relaxed);
         let (data, encoded) = self
             .background(move || {
                 let data = serde_json::to_vec(&blob);
@@ -418,7 +463,7 @@ impl StateMachineStore {
                 let data = data?;
                 let encoded = started.elapsed();
                 // Durable before openraft hears of it: it purges the log behind this snapshot.
-                write_snapshot(&db, &meta_bytes, &data)?;
+                write_snapshot(&db, dir.as_ref(), file, &meta_bytes, &data)?;
                 Ok((data, encoded))
             })
             .await?;
@@ -448,7 +493,9 @@ impl StateMachineStore {
         let meta_bytes = serde_json::to_vec(meta)?;
         // Durable before the state is replaced and openraft purges the log behind it.
         let db = self.shared.db.get()?;
-        self.background(move || write_snapshot(&db, &meta_bytes, &data))
+        let dir = self.shared.snapshots.clone();
+        let file = self.shared.next_file.fetch_add(1, Ordering::Relaxed);
+        self.background(move || write_snapshot(&db, dir.as_ref(), file, &meta_bytes, &data))
             .await?;
         let new = Applied {
             state: blob.state,
@@ -468,10 +515,19 @@ impl StateMachineStore {
         Ok(())
     }
 
-    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-        let txn = self.shared.db.get()?.begin_read()?;
-        let table = txn.open_table(SNAPSHOT)?;
-        Ok(read_snapshot(&table)?.map(|(meta, data)| Snapshot {
+    async fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        // No build or install meanwhile: the file redb names stays until it is read.
+        let _gate = self.shared.persist.lock().await;
+        let stored = {
+            let txn = self.shared.db.get()?.begin_read()?;
+            let table = txn.open_table(SNAPSHOT)?;
+            read_snapshot(&table)?
+        };
+        let Some((meta, stored)) = stored else {
+            return Ok(None);
+        };
+        let data = stored.bytes(self.shared.snapshots.as_ref())?;
+        Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
@@ -488,7 +544,28 @@ fn get_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-type StoredSnapshot = (SnapshotMeta<RaftId, Peer>, Vec<u8>);
+/// Where the current snapshot's bytes are.
+enum Stored {
+    /// In its file, by number.
+    File(u64),
+    /// In redb, as versions before this one kept them.
+    Inline(Vec<u8>),
+}
+
+impl Stored {
+    fn bytes(self, dir: &dyn SegmentDir) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Stored::Inline(data) => Ok(data),
+            Stored::File(id) => snapshot_dir::read_all(dir, id).map_err(|e| {
+                StoreError::Snapshot(format!(
+                    "state.redb names snapshot file {id:016x}, which cannot be read: {e}"
+                ))
+            }),
+        }
+    }
+}
+
+type StoredSnapshot = (SnapshotMeta<RaftId, Peer>, Stored);
 
 fn read_snapshot(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -496,11 +573,17 @@ fn read_snapshot(
     let Some(meta) = get_json(table, KEY_SNAP_META)? else {
         return Ok(None);
     };
+    if let Some(file) = table.get(KEY_SNAP_FILE)? {
+        let id = <[u8; 8]>::try_from(file.value()).map_err(|_| {
+            StoreError::Snapshot("the snapshot's file number is not 8 bytes".into())
+        })?;
+        return Ok(Some((meta, Stored::File(u64::from_le_bytes(id)))));
+    }
     let data = table
         .get(KEY_SNAP_DATA)?
         .map(|v| v.value().to_vec())
         .unwrap_or_default();
-    Ok(Some((meta, data)))
+    Ok(Some((meta, Stored::Inline(data))))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -551,6 +634,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
         self.current_snapshot()
+            .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
@@ -690,5 +774,145 @@ mod tests {
             .map(|t| t.name().to_string())
             .collect();
         assert_eq!(tables, ["snapshot"]);
+    }
+
+    async fn build(store: &mut StateMachineStore) -> Snapshot<TypeConfig> {
+        store
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot")
+    }
+
+    fn snapshot_rows(store: &StateMachineStore) -> Vec<String> {
+        let db = store.shared.db.get().expect("db");
+        let txn = db.begin_read().expect("read");
+        let table = txn.open_table(SNAPSHOT).expect("table");
+        table
+            .iter()
+            .expect("iter")
+            .map(|r| r.expect("row").0.value().to_string())
+            .collect()
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+            .expect("snapshots dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A snapshot's bytes are a file of `snapshots/` that redb names; each new one replaces
+    /// the one before, and the current one is what a reopen loads and a follower is sent.
+    #[tokio::test]
+    async fn each_snapshot_is_a_file_and_only_the_current_one_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let mut store = StateMachineStore::open(&path).expect("open");
+        store.apply([upsert(1, "n1")]).await.expect("apply");
+        build(&mut store).await;
+        assert_eq!(files_in(dir.path()), ["0000000000000001.snap"]);
+        store.apply([upsert(2, "n2")]).await.expect("apply");
+        let built = build(&mut store).await;
+        assert_eq!(files_in(dir.path()), ["0000000000000002.snap"]);
+        assert_eq!(snapshot_rows(&store), ["file", "meta"]);
+
+        let current = store
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta, built.meta);
+        assert_eq!(
+            current.snapshot.into_inner(),
+            std::fs::read(dir.path().join("snapshots/0000000000000002.snap")).expect("file")
+        );
+        store.close();
+        drop(store);
+
+        let mut store = StateMachineStore::open(&path).expect("reopen");
+        let (applied, _) = store.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), Some(2));
+        assert_eq!(nodes(&store), ["n1", "n2"]);
+        store.apply([upsert(3, "n3")]).await.expect("apply");
+        build(&mut store).await;
+        assert_eq!(files_in(dir.path()), ["0000000000000003.snap"]);
+    }
+
+    /// Versions before kept a snapshot's bytes in redb (`data`): such a snapshot loads, and
+    /// the next one goes to a file and drops the row.
+    #[tokio::test]
+    async fn an_older_snapshot_in_redb_loads_and_the_next_one_drops_its_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        {
+            let mut store = StateMachineStore::open(&path).expect("open");
+            store.apply([upsert(1, "n1")]).await.expect("apply");
+            let snap = build(&mut store).await;
+            let meta = serde_json::to_vec(&snap.meta).expect("meta");
+            let data = snap.snapshot.into_inner();
+            let db = store.shared.db.get().expect("db");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut table = txn.open_table(SNAPSHOT).expect("table");
+                table.insert(KEY_SNAP_META, meta.as_slice()).expect("meta");
+                table.insert(KEY_SNAP_DATA, data.as_slice()).expect("data");
+                table.remove(KEY_SNAP_FILE).expect("file row");
+            }
+            txn.commit().expect("commit");
+            store.close();
+        }
+        let mut store = StateMachineStore::open(&path).expect("open the older dir");
+        assert_eq!(snapshot_rows(&store), ["data", "meta"]);
+        assert!(files_in(dir.path()).is_empty(), "a file no row names goes");
+        let (applied, _) = store.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), Some(1));
+        assert_eq!(nodes(&store), ["n1"]);
+        store.apply([upsert(2, "n2")]).await.expect("apply");
+        build(&mut store).await;
+        assert_eq!(snapshot_rows(&store), ["file", "meta"]);
+        assert_eq!(files_in(dir.path()).len(), 1);
+    }
+
+    /// A crash after a snapshot's file is whole but before redb names it leaves a file no one
+    /// names: the next open deletes it and loads the snapshot before, and numbers go on past it.
+    #[tokio::test]
+    async fn a_snapshot_file_redb_does_not_name_is_deleted_at_open() {
+        let disk = SimDisk::new();
+        let mut store = StateMachineStore::open_sim(&disk, 0).expect("open");
+        store.apply([upsert(1, "n1")]).await.expect("apply");
+        build(&mut store).await;
+        disk.snapshot_dir().create(5, 3, b"{}x").expect("a stray");
+        assert_eq!(disk.snapshot_dir().list().expect("list"), [1, 5]);
+
+        let (mut store, applied) = reopened(&disk).await;
+        assert_eq!(applied, Some(1));
+        assert_eq!(nodes(&store), ["n1"]);
+        assert_eq!(disk.snapshot_dir().list().expect("list"), [1]);
+        store.apply([upsert(2, "n2")]).await.expect("apply");
+        build(&mut store).await;
+        assert_eq!(disk.snapshot_dir().list().expect("list"), [6]);
+    }
+
+    /// A file redb names that is gone is an error that says which, not a panic or an empty
+    /// state (which would lose every entry the log no longer holds).
+    #[tokio::test]
+    async fn a_missing_snapshot_file_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let mut store = StateMachineStore::open(&path).expect("open");
+        store.apply([upsert(1, "n1")]).await.expect("apply");
+        build(&mut store).await;
+        store.close();
+        drop(store);
+        std::fs::remove_file(dir.path().join("snapshots/0000000000000001.snap")).expect("rm");
+        match StateMachineStore::open(&path) {
+            Err(StoreError::Snapshot(m)) => assert!(m.contains("0000000000000001"), "{m}"),
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("opened without its snapshot"),
+        }
     }
 }

@@ -164,7 +164,8 @@ impl SegmentDir for FsDir {
     }
 }
 
-struct FsFile(std::fs::File);
+/// A file of a `SegmentDir` on the file system (a segment, or a snapshot: `snapshot_dir.rs`).
+pub(crate) struct FsFile(pub(crate) std::fs::File);
 
 impl SegmentFile for FsFile {
     fn len(&self) -> io::Result<u64> {

@@ -4,6 +4,11 @@
 //! executor's reports, then `kill -9` (so the log, not only the state rows, must be replayed
 //! up to the commit index). This node opens it, replays it, answers a linearizable read, takes
 //! new writes (batched entries) beside the old ones and reopens the mix.
+//!
+//! Snapshots kept in redb still load: `fixtures/data-dir-snapshot-in-redb.tar.gz` is the data
+//! dir of a one-node cluster written by the binary of commit f2f02b7 (`--snapshot-logs 10`, the
+//! snapshot's bytes in `state.redb`): 30 tasks `snap0`..`snap29` created through `POST /tasks`,
+//! five snapshots, then `kill -9`. The agent's key files were left out.
 
 use orion_raft::{RaftConfig, RaftNode};
 use orion_types::Command;
@@ -17,14 +22,23 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/data-dir-unbatched.tar.gz"
 );
 
-fn unpack(into: &Path) -> std::path::PathBuf {
+const SNAPSHOT_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/data-dir-snapshot-in-redb.tar.gz"
+);
+
+fn unpack_fixture(fixture: &str, into: &Path, dir: &str) -> std::path::PathBuf {
     let status = std::process::Command::new("tar")
-        .args(["xzf", FIXTURE, "-C"])
+        .args(["xzf", fixture, "-C"])
         .arg(into)
         .status()
         .expect("tar runs");
-    assert!(status.success(), "tar xzf {FIXTURE}");
-    into.join("orion-old-fixture")
+    assert!(status.success(), "tar xzf {fixture}");
+    into.join(dir)
+}
+
+fn unpack(into: &Path) -> std::path::PathBuf {
+    unpack_fixture(FIXTURE, into, "orion-old-fixture")
 }
 
 fn config(dir: &Path) -> RaftConfig {
@@ -100,5 +114,73 @@ async fn a_data_dir_of_single_command_entries_still_loads() {
     node.consistent_read().await.unwrap();
     assert_eq!(names(&node), with_new);
     assert_eq!(with_new.len(), before.len() + 8);
+    node.shutdown().await;
+}
+
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+        .map(|rd| {
+            rd.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_whose_snapshot_is_in_redb_still_loads_and_the_next_goes_to_a_file() {
+    let tmp = TempDir::new().unwrap();
+    let dir = unpack_fixture(SNAPSHOT_FIXTURE, tmp.path(), "orion-snapshot-in-redb");
+    let config = || {
+        let a = SocketAddr::from(([127, 0, 130, 10], 0));
+        let mut c = RaftConfig::new("fixture2", &dir, a, a, "127.0.130.10:8000");
+        c.snapshot_logs = 10;
+        c
+    };
+    let node = RaftNode::start(config()).await.unwrap();
+    wait_leader(&node).await;
+    node.consistent_read().await.unwrap();
+    // The log behind the fixture's last snapshot is purged: these come from the snapshot.
+    let before = names(&node);
+    let old: Vec<String> = (0..30).map(|i| format!("snap{i}")).collect();
+    for n in &old {
+        assert!(before.contains(n), "{n} missing: {before:?}");
+    }
+    // Enough entries for the next snapshot, which goes to a file of its own.
+    for n in 0..30u64 {
+        let spec = orion_types::api::parse_task_request(
+            format!(r#"{{"image":"busybox","name":"after{n}"}}"#).as_bytes(),
+        )
+        .expect("spec");
+        node.write(Command::CreateTask {
+            task_id: format!("{:032x}", 0xfeed_0000 + n),
+            spec: Box::new(spec),
+            at: 1_800_000_000_000 + n,
+        })
+        .await
+        .expect("write after the old entries");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while snapshot_files(&dir).is_empty() {
+        assert!(Instant::now() < deadline, "no snapshot file was written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let with_new = names(&node);
+    node.shutdown().await;
+    drop(node);
+    let files = snapshot_files(&dir);
+    assert_eq!(
+        files.len(),
+        1,
+        "only the current snapshot's file: {files:?}"
+    );
+    assert!(files[0].ends_with(".snap"), "{files:?}");
+
+    let node = RaftNode::start(config()).await.unwrap();
+    wait_leader(&node).await;
+    node.consistent_read().await.unwrap();
+    assert_eq!(names(&node), with_new);
+    assert_eq!(with_new.len(), before.len() + 30);
     node.shutdown().await;
 }
