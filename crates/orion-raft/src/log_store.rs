@@ -57,10 +57,12 @@ pub(crate) const OLD_LOG_FILE: &str = "raft-log.redb";
 /// follower in step needs the last few; one that trails further reads the files)...
 const TAIL_ENTRIES_MAX: usize = 1024;
 /// ... and at most this many bytes of them (their JSON size), so big commands cannot pin much.
-/// Under a 64-client load the entries are batches of about ten creates (5 KiB), so 1 MiB keeps
-/// the last couple of hundred: far more than a follower in step trails by. At 16 MiB the tail
-/// kept about 5 MiB more resident on an agent holding 10,000 tasks, at 4 MiB about 3.
-const TAIL_BYTES_MAX: usize = 1024 * 1024;
+/// Under a 64-client load the entries are batches of about ten creates (3 KiB since a spec's
+/// JSON leaves out its `null`s), so 640 KiB keeps the last couple of hundred: far more than a
+/// follower in step trails by. A decoded entry takes several times its JSON in memory: at 16
+/// MiB the tail kept about 5 MiB more resident on an agent holding 10,000 tasks, at 4 MiB about
+/// 3, and 1 MiB of the slimmer JSON about 2.5 more than 1 MiB of the older.
+const TAIL_BYTES_MAX: usize = 640 * 1024;
 
 /// At most this many queued appends share one write (and one fsync).
 const APPEND_GROUP_MAX: usize = 64;

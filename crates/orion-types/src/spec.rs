@@ -101,7 +101,9 @@ impl Strategy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
     pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
     /// Hard memory limit and scheduling reservation; 0 means neither.
@@ -116,20 +118,21 @@ pub struct TaskSpec {
     pub node_selectors: BTreeMap<String, String>,
     pub constraints: Vec<Constraint>,
     /// Overrides the cluster's scheduling strategy for this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
     /// The health check the task's executor runs (tasks of a service that defines one).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<crate::service::HealthCheck>,
     /// Between the stop signal and SIGKILL; `None`: the executor's default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_period_ms: Option<u64>,
     /// Opt-in: a node cut off from the quorum this long stops the task's container (Nomad's
     /// `stop_after_client_disconnect`). `None`: the container keeps running while cut off.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_after_disconnect_ms: Option<u64>,
     /// How the container is set up besides the fields above (entrypoint, user, mounts, files):
     /// what a compose file asks for. All empty for a plain task.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ContainerOptions::is_empty")]
     pub container: ContainerOptions,
 }
 
@@ -139,14 +142,19 @@ pub struct TaskSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ContainerOptions {
     /// Overrides the image's ENTRYPOINT; `Some([])` clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
     /// `user`, `user:group`, `uid` or `uid:gid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// An absolute path in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// The container's hostname (a DNS name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// The signal that asks the container to stop, e.g. `SIGINT`; `None`: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
     /// Volumes and bind mounts, sorted by target; no two share a target.
     pub mounts: Vec<Mount>,
