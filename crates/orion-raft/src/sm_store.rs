@@ -25,8 +25,8 @@
 //! redb names (`snapshot_dir.rs`: written in flushed steps, so the logs' syncs on the same disk
 //! do not wait behind a whole snapshot), so it survives a restart and can be sent to a new
 //! learner. Versions before kept the bytes in redb too (the row `data`); such a snapshot still
-//! loads, and the next one moves to a file. It is encoded outside the state lock, from a copy taken under it (`build`), so applies go on
-//! while a large state is encoded; encoding and write run on a thread of their own at a lower
+//! loads, and the next one moves to a file. It is encoded outside the state lock, from a copy
+//! taken under it (`build`), so applies go on while a large state is encoded; encoding and write run on a thread of their own at a lower
 //! CPU priority (`lower_priority`). Builds and installs run one at a time (`persist`). In the
 //! simulator (`open_sim`) the encoding and the write run on the calling task, in virtual time.
 
@@ -113,8 +113,7 @@ struct Shared {
     applied_tx: watch::Sender<u64>,
     /// The simulator's store: snapshots are encoded and written on the calling task.
     inline: bool,
-    /// Held while a snapshot is built, installed or read: one at a time, so a file is never
-    /// deleted while it is read.
+    /// Held while a snapshot is built or installed: one at a time.
     persist: tokio::sync::Mutex<()>,
     /// The snapshot files.
     snapshots: Arc<dyn SegmentDir>,
@@ -242,10 +241,7 @@ impl StateMachineStore {
         // Files redb does not name are what a crash left behind.
         let files = snapshots.list()?;
         let next_file = files.last().map_or(1, |last| last.saturating_add(1));
-        let current = match &snapshot {
-            Some((_, Stored::File(id))) => Some(*id),
-            _ => None,
-        };
+        let current = snapshot.as_ref().and_then(|(_, stored)| stored.file());
         snapshot_dir::remove_all_but(snapshots.as_ref(), current)?;
         let applied = match snapshot {
             None => Applied::default(),
@@ -515,22 +511,40 @@ impl StateMachineStore {
         Ok(())
     }
 
-    async fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-        // No build or install meanwhile: the file redb names stays until it is read.
-        let _gate = self.shared.persist.lock().await;
-        let stored = {
+    /// Runs on openraft's state machine worker, so it takes no lock a build holds for its
+    /// whole length (applies would wait): a build or install that ends between reading the
+    /// file's number and opening the file deletes that file, and then redb names a newer one,
+    /// which is read instead.
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let read = || -> Result<Option<StoredSnapshot>, StoreError> {
             let txn = self.shared.db.get()?.begin_read()?;
             let table = txn.open_table(SNAPSHOT)?;
-            read_snapshot(&table)?
+            read_snapshot(&table)
         };
-        let Some((meta, stored)) = stored else {
-            return Ok(None);
-        };
-        let data = stored.bytes(self.shared.snapshots.as_ref())?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        let mut stored = read()?;
+        let mut attempts = 0;
+        loop {
+            let Some((meta, place)) = stored else {
+                return Ok(None);
+            };
+            let tried = place.file();
+            match place.bytes(self.shared.snapshots.as_ref()) {
+                Ok(data) => {
+                    return Ok(Some(Snapshot {
+                        meta,
+                        snapshot: Box::new(Cursor::new(data)),
+                    }));
+                }
+                Err(e) => {
+                    stored = read()?;
+                    attempts += 1;
+                    let moved = stored.as_ref().and_then(|(_, p)| p.file()) != tried;
+                    if !moved || attempts > 3 {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -553,6 +567,13 @@ enum Stored {
 }
 
 impl Stored {
+    fn file(&self) -> Option<u64> {
+        match self {
+            Stored::File(id) => Some(*id),
+            Stored::Inline(_) => None,
+        }
+    }
+
     fn bytes(self, dir: &dyn SegmentDir) -> Result<Vec<u8>, StoreError> {
         match self {
             Stored::Inline(data) => Ok(data),
@@ -634,7 +655,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
         self.current_snapshot()
-            .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
@@ -895,6 +915,21 @@ mod tests {
         store.apply([upsert(2, "n2")]).await.expect("apply");
         build(&mut store).await;
         assert_eq!(disk.snapshot_dir().list().expect("list"), [6]);
+    }
+
+    /// Sending a snapshot whose file is gone (and not replaced by a newer one) fails with an
+    /// error naming it; it does not loop or send empty bytes.
+    #[tokio::test]
+    async fn a_current_snapshot_whose_file_is_gone_is_an_error() {
+        let disk = SimDisk::new();
+        let mut store = StateMachineStore::open_sim(&disk, 0).expect("open");
+        store.apply([upsert(1, "n1")]).await.expect("apply");
+        build(&mut store).await;
+        disk.snapshot_dir().remove(1).expect("remove");
+        match store.get_current_snapshot().await {
+            Err(e) => assert!(e.to_string().contains("0000000000000001"), "{e}"),
+            Ok(s) => panic!("read a snapshot without its file: {:?}", s.map(|s| s.meta)),
+        }
     }
 
     /// A file redb names that is gone is an error that says which, not a panic or an empty
