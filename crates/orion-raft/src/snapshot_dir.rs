@@ -19,9 +19,9 @@
 //! It is a `SegmentDir` (the log's directory interface), so the simulator runs the same code on
 //! its disk (`SimDisk::snapshot_dir`), which loses unsynced writes on a simulated crash.
 
-use crate::wal::{FsFile, SegmentDir, SegmentFile};
+use crate::wal::{NumberedFiles, SegmentDir, SegmentFile};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The bytes written and flushed at a time: at the 150-350 MB/s this disk writes, about a
@@ -30,25 +30,27 @@ const WRITE_STEP: usize = 256 << 10;
 const SUFFIX: &str = ".snap";
 
 /// Snapshot files on the file system.
-pub(crate) struct FsSnapshotDir {
-    path: PathBuf,
-}
+pub(crate) struct FsSnapshotDir(NumberedFiles);
 
 impl FsSnapshotDir {
     /// Opens (creating) the directory.
     pub(crate) fn open(path: &Path) -> io::Result<FsSnapshotDir> {
-        std::fs::create_dir_all(path)?;
-        Ok(FsSnapshotDir {
-            path: path.to_path_buf(),
-        })
+        Ok(FsSnapshotDir(NumberedFiles::open(path, SUFFIX)?))
     }
 
-    fn file(&self, id: u64) -> PathBuf {
-        self.path.join(format!("{id:016x}{SUFFIX}"))
-    }
-
-    fn sync_dir(&self) -> io::Result<()> {
-        std::fs::File::open(&self.path)?.sync_all()
+    /// Deletes the temporary files a crash left.
+    pub(crate) fn remove_strays(&self) -> io::Result<()> {
+        for item in std::fs::read_dir(self.0.path())? {
+            let item = item?;
+            let name = item.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.ends_with(&format!("{SUFFIX}.tmp")))
+            {
+                std::fs::remove_file(item.path())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -81,34 +83,16 @@ fn flush_range(_file: &std::fs::File, _offset: u64, _len: usize) -> io::Result<(
 
 impl SegmentDir for FsSnapshotDir {
     fn list(&self) -> io::Result<Vec<u64>> {
-        let mut ids = Vec::new();
-        for item in std::fs::read_dir(&self.path)? {
-            let name = item?.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
-                continue; // a `.tmp` (`remove_strays` deletes those) or a stranger
-            };
-            if let Ok(id) = u64::from_str_radix(stem, 16) {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-        Ok(ids)
+        self.0.list()
     }
 
     fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
-        let file = std::fs::OpenOptions::new().read(true).open(self.file(id))?;
-        Ok(Arc::new(FsFile(file)))
+        self.0.open_file(id)
     }
 
     /// Writes `head` (the snapshot's bytes; `len` is their length) in flushed steps.
     fn create(&self, id: u64, len: u64, head: &[u8]) -> io::Result<Arc<dyn SegmentFile>> {
-        let tmp = self.path.join(format!("{id:016x}{SUFFIX}.tmp"));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let (tmp, file) = self.0.create_tmp(&format!("{id:016x}{SUFFIX}.tmp"))?;
         let mut at = 0u64;
         for step in head.chunks(WRITE_STEP) {
             std::os::unix::fs::FileExt::write_all_at(&file, step, at)?;
@@ -118,32 +102,11 @@ impl SegmentDir for FsSnapshotDir {
         if len > at {
             file.set_len(len)?;
         }
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.file(id))?;
-        self.sync_dir()?;
-        Ok(Arc::new(FsFile(file)))
+        self.0.publish(&tmp, file, id)
     }
 
     fn remove(&self, id: u64) -> io::Result<()> {
-        std::fs::remove_file(self.file(id))?;
-        self.sync_dir()
-    }
-}
-
-impl FsSnapshotDir {
-    /// Deletes the temporary files a crash left.
-    pub(crate) fn remove_strays(&self) -> io::Result<()> {
-        for item in std::fs::read_dir(&self.path)? {
-            let item = item?;
-            let name = item.file_name();
-            if name
-                .to_str()
-                .is_some_and(|n| n.ends_with(&format!("{SUFFIX}.tmp")))
-            {
-                std::fs::remove_file(item.path())?;
-            }
-        }
-        Ok(())
+        self.0.remove(id)
     }
 }
 

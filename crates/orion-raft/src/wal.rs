@@ -86,36 +86,43 @@ pub(crate) trait SegmentFile: Send + Sync {
     fn sync(&self) -> io::Result<()>;
 }
 
-/// Segments on the file system.
-pub(crate) struct FsDir {
+/// A directory of files named by a number and a suffix (`0000000000000001.seg`): what the
+/// log's segments and the snapshots' files (`snapshot_dir.rs`) have in common.
+pub(crate) struct NumberedFiles {
     path: PathBuf,
+    suffix: &'static str,
 }
 
-impl FsDir {
+impl NumberedFiles {
     /// Opens (creating) the directory.
-    pub(crate) fn open(path: &Path) -> io::Result<FsDir> {
+    pub(crate) fn open(path: &Path, suffix: &'static str) -> io::Result<NumberedFiles> {
         std::fs::create_dir_all(path)?;
-        Ok(FsDir {
+        Ok(NumberedFiles {
             path: path.to_path_buf(),
+            suffix,
         })
     }
 
-    fn file(&self, id: u64) -> PathBuf {
-        self.path.join(format!("{id:016x}.seg"))
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
-    fn sync_dir(&self) -> io::Result<()> {
+    pub(crate) fn file(&self, id: u64) -> PathBuf {
+        self.path.join(format!("{id:016x}{}", self.suffix))
+    }
+
+    pub(crate) fn sync_dir(&self) -> io::Result<()> {
         std::fs::File::open(&self.path)?.sync_all()
     }
-}
 
-impl SegmentDir for FsDir {
-    fn list(&self) -> io::Result<Vec<u64>> {
+    /// The numbers present, ascending; other names (a `.tmp` left by a crash, a stranger)
+    /// are skipped.
+    pub(crate) fn list(&self) -> io::Result<Vec<u64>> {
         let mut ids = Vec::new();
         for item in std::fs::read_dir(&self.path)? {
             let name = item?.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
-                continue; // a `.tmp` left by a crash during `create`, or a stranger
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(self.suffix)) else {
+                continue;
             };
             if let Ok(id) = u64::from_str_radix(stem, 16) {
                 ids.push(id);
@@ -125,7 +132,7 @@ impl SegmentDir for FsDir {
         Ok(ids)
     }
 
-    fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
+    pub(crate) fn open_file(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -133,17 +140,63 @@ impl SegmentDir for FsDir {
         Ok(Arc::new(FsFile(file)))
     }
 
-    fn create(&self, id: u64, len: u64, head: &[u8]) -> io::Result<Arc<dyn SegmentFile>> {
-        // Written in full (not sparse, not fallocated): writes into unwritten extents would make
-        // each later sync carry metadata. Built under a temporary name, so a crash midway
-        // leaves no half-made segment.
-        let tmp = self.path.join(format!("{id:016x}.tmp"));
+    /// A new, empty file under the temporary name `name`, to be filled and then `publish`ed:
+    /// a crash midway leaves no half-made file under a number.
+    pub(crate) fn create_tmp(&self, name: &str) -> io::Result<(PathBuf, std::fs::File)> {
+        let tmp = self.path.join(name);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)?;
+        Ok((tmp, file))
+    }
+
+    /// Syncs the filled temporary file and names it `id`, durably on return.
+    pub(crate) fn publish(
+        &self,
+        tmp: &Path,
+        file: std::fs::File,
+        id: u64,
+    ) -> io::Result<Arc<dyn SegmentFile>> {
+        file.sync_all()?;
+        std::fs::rename(tmp, self.file(id))?;
+        self.sync_dir()?;
+        Ok(Arc::new(FsFile(file)))
+    }
+
+    /// Deletes file `id`, durably on return.
+    pub(crate) fn remove(&self, id: u64) -> io::Result<()> {
+        std::fs::remove_file(self.file(id))?;
+        self.sync_dir()
+    }
+}
+
+/// Segments on the file system.
+pub(crate) struct FsDir(NumberedFiles);
+
+impl FsDir {
+    /// Opens (creating) the directory.
+    pub(crate) fn open(path: &Path) -> io::Result<FsDir> {
+        Ok(FsDir(NumberedFiles::open(path, ".seg")?))
+    }
+}
+
+impl SegmentDir for FsDir {
+    fn list(&self) -> io::Result<Vec<u64>> {
+        self.0.list()
+    }
+
+    fn open(&self, id: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        self.0.open_file(id)
+    }
+
+    fn create(&self, id: u64, len: u64, head: &[u8]) -> io::Result<Arc<dyn SegmentFile>> {
+        // Written in full (not sparse, not fallocated): writes into unwritten extents would make
+        // each later sync carry metadata. Built under a temporary name, so a crash midway
+        // leaves no half-made segment.
+        let (tmp, file) = self.0.create_tmp(&format!("{id:016x}.tmp"))?;
         let zeros = vec![0u8; 1 << 20];
         let mut at = 0u64;
         while at < len {
@@ -152,20 +205,16 @@ impl SegmentDir for FsDir {
             at += n as u64;
         }
         std::os::unix::fs::FileExt::write_all_at(&file, head, 0)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.file(id))?;
-        self.sync_dir()?;
-        Ok(Arc::new(FsFile(file)))
+        self.0.publish(&tmp, file, id)
     }
 
     fn remove(&self, id: u64) -> io::Result<()> {
-        std::fs::remove_file(self.file(id))?;
-        self.sync_dir()
+        self.0.remove(id)
     }
 }
 
 /// A file of a `SegmentDir` on the file system (a segment, or a snapshot: `snapshot_dir.rs`).
-pub(crate) struct FsFile(pub(crate) std::fs::File);
+struct FsFile(std::fs::File);
 
 impl SegmentFile for FsFile {
     fn len(&self) -> io::Result<u64> {
