@@ -837,7 +837,13 @@ impl RaftNode {
         if let Err(e) = self.inner.log.flush().await {
             tracing::warn!(error = %e, "saving the commit index failed; the log will be replayed");
         }
-        self.inner.sm.close();
+        if tokio::time::timeout(join, self.inner.sm.close_when_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a snapshot was still being written; closing the state store under it");
+            self.inner.sm.close();
+        }
         self.inner.log.close();
     }
 }

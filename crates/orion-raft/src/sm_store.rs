@@ -340,6 +340,15 @@ impl StateMachineStore {
         self.shared.db.close();
     }
 
+    /// `close`, once no snapshot is being built or installed: a build's thread holds the
+    /// database until it ends, so closing under it left the file open and a reopen in the
+    /// same process failed (`DatabaseAlreadyOpen`). A build that starts later finds the store
+    /// closed.
+    pub async fn close_when_idle(&self) {
+        let _gate = self.shared.persist.lock().await;
+        self.close();
+    }
+
     fn apply_batch(&self, entries: Vec<Entry<TypeConfig>>) -> Vec<Response> {
         let mut responses = Vec::with_capacity(entries.len());
         let observer = self.observer();
@@ -930,6 +939,46 @@ mod tests {
             Err(e) => assert!(e.to_string().contains("0000000000000001"), "{e}"),
             Ok(s) => panic!("read a snapshot without its file: {:?}", s.map(|s| s.meta)),
         }
+    }
+
+    /// Regression (found by `old_format`'s snapshot test): `close` while a build's thread
+    /// still held the database left the file open, and a reopen in the same process failed
+    /// with `DatabaseAlreadyOpen`. A node's shutdown now closes with `close_when_idle`, which
+    /// waits for the build.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_closed_while_a_snapshot_is_written_reopens_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        let mut store = StateMachineStore::open(&path).expect("open");
+        let entries: Vec<_> = (1..=10_000).map(|i| upsert(i, &format!("n{i}"))).collect();
+        store.apply(entries).await.expect("apply");
+        let mut builder = store.get_snapshot_builder().await;
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        // Until its thread writes the file (it holds the database from before that on).
+        let writing = || {
+            std::fs::read_dir(dir.path().join("snapshots"))
+                .expect("snapshots dir")
+                .any(|e| {
+                    e.expect("entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".tmp")
+                })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !writing() && !build.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the build never wrote"
+            );
+            tokio::task::yield_now().await;
+        }
+        store.close_when_idle().await;
+        drop(store);
+        let mut store = StateMachineStore::open(&path).expect("reopen at once");
+        let built = build.await.expect("join");
+        let (applied, _) = store.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), built.ok().map(|_| 10_000));
     }
 
     /// A file redb names that is gone is an error that says which, not a panic or an empty
