@@ -195,7 +195,6 @@ impl StateMachineStore {
     pub fn open(path: &Path) -> Result<StateMachineStore, StoreError> {
         let seq = RandomState::new().hash_one(path);
         let snapshots = FsSnapshotDir::open(&path.with_file_name("snapshots"))?;
-        snapshots.remove_strays()?;
         StateMachineStore::load(
             crate::redb_builder(crate::STATE_CACHE_BYTES).create(path)?,
             Arc::new(snapshots),
@@ -238,11 +237,11 @@ impl StateMachineStore {
             let snap = txn.open_table(SNAPSHOT)?;
             read_snapshot(&snap)?
         };
-        // Files redb does not name are what a crash left behind.
-        let files = snapshots.list()?;
-        let next_file = files.last().map_or(1, |last| last.saturating_add(1));
+        // Files redb does not name are what a crash left behind. Numbers go on past every
+        // file found, so a new one never takes the name of one a crash left.
         let current = snapshot.as_ref().and_then(|(_, stored)| stored.file());
-        snapshot_dir::remove_all_but(snapshots.as_ref(), current)?;
+        let next_file = snapshot_dir::remove_all_but(snapshots.as_ref(), current)?
+            .map_or(1, |largest| largest.saturating_add(1));
         let applied = match snapshot {
             None => Applied::default(),
             Some((meta, stored)) => {
@@ -588,7 +587,8 @@ impl Stored {
             Stored::Inline(data) => Ok(data),
             Stored::File(id) => snapshot_dir::read_all(dir, id).map_err(|e| {
                 StoreError::Snapshot(format!(
-                    "state.redb names snapshot file {id:016x}, which cannot be read: {e}"
+                    "state.redb names snapshot file {id:016x}, which cannot be read ({e}): this \
+                     node's data dir is damaged; the cluster's other members still hold the state"
                 ))
             }),
         }

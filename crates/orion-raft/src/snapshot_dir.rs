@@ -33,24 +33,11 @@ const SUFFIX: &str = ".snap";
 pub(crate) struct FsSnapshotDir(NumberedFiles);
 
 impl FsSnapshotDir {
-    /// Opens (creating) the directory.
+    /// Opens (creating) the directory and deletes the temporary files a crash left there.
     pub(crate) fn open(path: &Path) -> io::Result<FsSnapshotDir> {
-        Ok(FsSnapshotDir(NumberedFiles::open(path, SUFFIX)?))
-    }
-
-    /// Deletes the temporary files a crash left.
-    pub(crate) fn remove_strays(&self) -> io::Result<()> {
-        for item in std::fs::read_dir(self.0.path())? {
-            let item = item?;
-            let name = item.file_name();
-            if name
-                .to_str()
-                .is_some_and(|n| n.ends_with(&format!("{SUFFIX}.tmp")))
-            {
-                std::fs::remove_file(item.path())?;
-            }
-        }
-        Ok(())
+        let files = NumberedFiles::open(path, SUFFIX)?;
+        files.remove_strays()?;
+        Ok(FsSnapshotDir(files))
     }
 }
 
@@ -92,7 +79,7 @@ impl SegmentDir for FsSnapshotDir {
 
     /// Writes `head` (the snapshot's bytes; `len` is their length) in flushed steps.
     fn create(&self, id: u64, len: u64, head: &[u8]) -> io::Result<Arc<dyn SegmentFile>> {
-        let (tmp, file) = self.0.create_tmp(&format!("{id:016x}{SUFFIX}.tmp"))?;
+        let (tmp, file) = self.0.create_tmp(id)?;
         let mut at = 0u64;
         for step in head.chunks(WRITE_STEP) {
             std::os::unix::fs::FileExt::write_all_at(&file, step, at)?;
@@ -120,14 +107,16 @@ pub(crate) fn read_all(dir: &dyn SegmentDir, id: u64) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Deletes every file of `dir` but `keep` (all of them for `None`).
-pub(crate) fn remove_all_but(dir: &dyn SegmentDir, keep: Option<u64>) -> io::Result<()> {
-    for id in dir.list()? {
+/// Deletes every file of `dir` but `keep` (all of them for `None`); returns the largest number
+/// it found, kept or deleted.
+pub(crate) fn remove_all_but(dir: &dyn SegmentDir, keep: Option<u64>) -> io::Result<Option<u64>> {
+    let ids = dir.list()?;
+    for &id in &ids {
         if Some(id) != keep {
             dir.remove(id)?;
         }
     }
-    Ok(())
+    Ok(ids.last().copied())
 }
 
 #[cfg(test)]
@@ -153,8 +142,8 @@ mod tests {
         assert_eq!(read_all(&dir, 7).expect("read"), data);
         assert_eq!(read_all(&dir, 9).expect("read"), b"abc");
 
-        dir.remove_strays().expect("strays");
-        remove_all_but(&dir, Some(9)).expect("remove");
+        let dir = FsSnapshotDir::open(&tmp.path().join("snapshots")).expect("reopen");
+        assert_eq!(remove_all_but(&dir, Some(9)).expect("remove"), Some(9));
         assert_eq!(dir.list().expect("list"), [9]);
         let mut names: Vec<String> = std::fs::read_dir(tmp.path().join("snapshots"))
             .expect("read dir")

@@ -103,15 +103,11 @@ impl NumberedFiles {
         })
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(crate) fn file(&self, id: u64) -> PathBuf {
+    fn file(&self, id: u64) -> PathBuf {
         self.path.join(format!("{id:016x}{}", self.suffix))
     }
 
-    pub(crate) fn sync_dir(&self) -> io::Result<()> {
+    fn sync_dir(&self) -> io::Result<()> {
         std::fs::File::open(&self.path)?.sync_all()
     }
 
@@ -140,10 +136,14 @@ impl NumberedFiles {
         Ok(Arc::new(FsFile(file)))
     }
 
-    /// A new, empty file under the temporary name `name`, to be filled and then `publish`ed:
-    /// a crash midway leaves no half-made file under a number.
-    pub(crate) fn create_tmp(&self, name: &str) -> io::Result<(PathBuf, std::fs::File)> {
-        let tmp = self.path.join(name);
+    fn tmp(&self, id: u64) -> PathBuf {
+        self.path.join(format!("{id:016x}{}.tmp", self.suffix))
+    }
+
+    /// A new, empty file for `id` under a temporary name, to be filled and then `publish`ed:
+    /// a crash midway leaves no half-made file under a number (`remove_strays` deletes it).
+    pub(crate) fn create_tmp(&self, id: u64) -> io::Result<(PathBuf, std::fs::File)> {
+        let tmp = self.tmp(id);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -164,6 +164,22 @@ impl NumberedFiles {
         std::fs::rename(tmp, self.file(id))?;
         self.sync_dir()?;
         Ok(Arc::new(FsFile(file)))
+    }
+
+    /// Deletes the temporary files a crash during `create_tmp`..`publish` left.
+    pub(crate) fn remove_strays(&self) -> io::Result<()> {
+        let stray = format!("{}.tmp", self.suffix);
+        for item in std::fs::read_dir(&self.path)? {
+            let item = item?;
+            if item
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(&stray))
+            {
+                std::fs::remove_file(item.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes file `id`, durably on return.
@@ -196,7 +212,7 @@ impl SegmentDir for FsDir {
         // Written in full (not sparse, not fallocated): writes into unwritten extents would make
         // each later sync carry metadata. Built under a temporary name, so a crash midway
         // leaves no half-made segment.
-        let (tmp, file) = self.0.create_tmp(&format!("{id:016x}.tmp"))?;
+        let (tmp, file) = self.0.create_tmp(id)?;
         let zeros = vec![0u8; 1 << 20];
         let mut at = 0u64;
         while at < len {
