@@ -4,24 +4,34 @@
 //! commit instead of two), by the controller's placement code (`place_at_creation`). Creates
 //! run concurrently, and each one's entry applies only later: so that they see each other's
 //! choices, the placements proposed at creation stay booked here (`Unapplied`) until their
-//! create returns, however it returns (answered, failed, or dropped because the client went
-//! away). With them counted, a burst of creates spreads as the controller's batches do and
-//! two creates never pick the same dynamic port. `apply` checks the room again, so a booking
-//! only steers choices; it never lets a node be overfilled.
+//! entry applies (the placer observes applies, under the state's lock: from then on the state
+//! counts the task) or their create returns, however it returns (answered, failed, or dropped
+//! because the client went away). With them counted, a burst of creates spreads as the
+//! controller's batches do and two creates never pick the same dynamic port. `apply` checks
+//! the room again, so a booking only steers choices; it never lets a node be overfilled.
 
-use orion_controller::{Member, Unapplied, place_at_creation};
+use orion_controller::{Liveness, Unapplied, place_at_creation};
 use orion_gossip::Gossip;
-use orion_raft::RaftNode;
-use orion_state::ClusterState;
+use orion_raft::{ApplyObserver, RaftNode};
+use orion_state::{ClusterState, Key};
 use orion_types::env::IdSource;
-use orion_types::{Command, NodeId, NodeMeta, TaskSpec, UnixMillis};
-use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use orion_types::{Command, NodeMeta, TaskSpec, UnixMillis};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The placements at creation this node proposed whose creates have not returned yet.
-#[derive(Debug, Default)]
+/// The placements at creation this node proposed whose entries have not applied and whose
+/// creates have not returned.
+#[derive(Debug)]
 pub struct CreatePlacer {
     booked: Mutex<Vec<Unapplied>>,
+}
+
+/// The gossip view as placement asks of it.
+struct GossipView<'a>(&'a Gossip<NodeMeta>);
+
+impl Liveness for GossipView<'_> {
+    fn is_alive(&self, node: &str) -> bool {
+        self.0.status_of(node) == Some(orion_gossip::MemberStatus::Alive)
+    }
 }
 
 /// Keeps a create's placement booked while it lives; dropping it (the create returned, or its
@@ -45,6 +55,20 @@ impl Drop for Booking<'_> {
 }
 
 impl CreatePlacer {
+    /// A placer for `raft`'s creates, told by `raft` of every apply (see `ApplyObserver`).
+    pub fn observing(raft: &RaftNode) -> Arc<CreatePlacer> {
+        let placer = Arc::new(CreatePlacer::unregistered());
+        raft.add_apply_observer(placer.clone());
+        placer
+    }
+
+    /// A placer no store tells of applies: a booking then lasts until its create returns.
+    fn unregistered() -> CreatePlacer {
+        CreatePlacer {
+            booked: Mutex::new(Vec::new()),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<Unapplied>> {
         // A panic while holding the lock leaves a valid list: keep using it.
         self.booked.lock().unwrap_or_else(|e| e.into_inner())
@@ -57,8 +81,8 @@ impl CreatePlacer {
     }
 
     /// The command that creates `task_id` on this node: placed at creation when it leads, no
-    /// task waits and the task fits (booked until the returned `Booking` is dropped), else a
-    /// plain `CreateTask`. The membership view is copied only when a placement is tried.
+    /// task waits and the task fits (booked until its entry applies or the returned `Booking`
+    /// is dropped), else a plain `CreateTask`. The membership view is read in place.
     pub fn command(
         &self,
         raft: &RaftNode,
@@ -68,15 +92,8 @@ impl CreatePlacer {
         at: UnixMillis,
         ids: &dyn IdSource,
     ) -> (Command, Booking<'_>) {
-        // Only a leader places, and only when no task waits (`place_at_creation` says so
-        // again under the lock): otherwise the membership view is not worth its copy.
-        let place = raft.is_leader() && !raft.read(ClusterState::has_pending);
-        let members = if place {
-            crate::members_view(gossip)
-        } else {
-            BTreeMap::new()
-        };
-        raft.read(|s| self.decide(place, s, &members, task_id, spec, at, ids))
+        let place = raft.is_leader();
+        raft.read(|s| self.decide(place, s, &GossipView(gossip), task_id, spec, at, ids))
     }
 
     /// `command` over a given replica `state` (under its read lock) and membership view;
@@ -86,7 +103,7 @@ impl CreatePlacer {
         &self,
         place: bool,
         state: &ClusterState,
-        members: &BTreeMap<NodeId, Member>,
+        members: &dyn Liveness,
         task_id: &str,
         spec: &TaskSpec,
         at: UnixMillis,
@@ -117,11 +134,40 @@ impl CreatePlacer {
     }
 }
 
+/// An applied create ends its booking: the state holds the task now, placed or not (and if
+/// it was deleted since, its room is free), so counting the booking too would count it twice.
+/// Under the state's write lock, so a `decide` (under its read lock) sees the task either in
+/// the state or booked, never both and never neither.
+impl ApplyObserver for CreatePlacer {
+    fn applied(
+        &self,
+        _index: u64,
+        cmd: Option<&Command>,
+        _leader: Option<&str>,
+        _state: &ClusterState,
+        _touched: &[Key],
+    ) {
+        if let Some(Command::CreatePlacedTask { placement, .. }) = cmd {
+            let mut booked = self.lock();
+            if let Some(i) = booked.iter().position(|u| u.task_id == placement.task_id) {
+                booked.swap_remove(i);
+            }
+        }
+    }
+
+    fn reset(&self, state: &ClusterState, _last_applied: u64) {
+        self.lock()
+            .retain(|u| !state.tasks.contains_key(&u.task_id));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orion_controller::MemberStatus;
+    use orion_controller::{Member, MemberStatus};
+    use orion_types::NodeId;
     use orion_types::api::parse_task_request;
+    use std::collections::BTreeMap;
 
     struct Counter(std::sync::atomic::AtomicU64);
 
@@ -162,7 +208,7 @@ mod tests {
         let (state, members) = cluster(&["n1", "n2", "n3"]);
         let spec = parse_task_request(br#"{"image":"x","memory":"100m"}"#).expect("valid");
         let ids = Counter(0.into());
-        let placer = CreatePlacer::default();
+        let placer = CreatePlacer::unregistered();
         let creates: Vec<_> = (0..6)
             .map(|i| placer.decide(true, &state, &members, &format!("t{i}"), &spec, 5, &ids))
             .collect();
@@ -184,7 +230,7 @@ mod tests {
         let (state, members) = cluster(&["n1"]);
         let spec = parse_task_request(br#"{"image":"x"}"#).expect("valid");
         let ids = Counter(0.into());
-        let placer = CreatePlacer::default();
+        let placer = CreatePlacer::unregistered();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -200,11 +246,74 @@ mod tests {
         assert_eq!(placer.booked(), 0);
     }
 
+    /// Tells `placer` that `cmd` applied to `state`, as the store does.
+    fn apply(placer: &CreatePlacer, state: &mut ClusterState, cmd: &Command) {
+        let (_, touched) = state.apply(cmd);
+        placer.applied(1, Some(cmd), None, state, &touched);
+    }
+
+    /// A create whose entry applied is counted once, from the state, even while its create
+    /// has not returned: counted twice, the next create's spread would lean away from it.
+    #[test]
+    fn an_applied_create_is_counted_once_from_the_state() {
+        let (mut state, members) = cluster(&["n1", "n2"]);
+        let spec = parse_task_request(br#"{"image":"x","memory":"100m"}"#).expect("valid");
+        let ids = Counter(0.into());
+        let placer = CreatePlacer::unregistered();
+        // One task already runs on n2, so the first create goes to n1.
+        state.apply(&Command::CreatePlacedTask {
+            task_id: "t0".into(),
+            spec: Box::new(spec.clone()),
+            placement: orion_types::Placement {
+                task_id: "t0".into(),
+                node: "n2".into(),
+                allocation: "a0".into(),
+                host_ports: vec![],
+            },
+            at: 4,
+        });
+        let (first, _b1) = placer.decide(true, &state, &members, "t1", &spec, 5, &ids);
+        assert_eq!(node_of(&first), Some("n1"));
+        apply(&placer, &mut state, &first);
+        assert_eq!(
+            placer.booked(),
+            0,
+            "applied, though its create has not returned"
+        );
+        // One each now, a tie, which spread breaks towards n1; with t1 counted twice (booked
+        // and in the state), n2 would look emptier.
+        let (second, _b2) = placer.decide(true, &state, &members, "t2", &spec, 5, &ids);
+        assert_eq!(node_of(&second), Some("n1"));
+        assert_eq!(placer.booked(), 1);
+        drop(_b1);
+        assert_eq!(
+            placer.booked(),
+            1,
+            "the first create's return finds nothing to release"
+        );
+        drop(_b2);
+        assert_eq!(placer.booked(), 0);
+    }
+
+    /// A snapshot installed under bookings ends those whose tasks it holds.
+    #[test]
+    fn a_reset_ends_the_bookings_whose_tasks_the_state_holds() {
+        let (mut state, members) = cluster(&["n1", "n2"]);
+        let spec = parse_task_request(br#"{"image":"x"}"#).expect("valid");
+        let ids = Counter(0.into());
+        let placer = CreatePlacer::unregistered();
+        let (first, _b1) = placer.decide(true, &state, &members, "t1", &spec, 5, &ids);
+        let (_second, _b2) = placer.decide(true, &state, &members, "t2", &spec, 5, &ids);
+        state.apply(&first);
+        placer.reset(&state, 9);
+        assert_eq!(placer.booked(), 1);
+    }
+
     #[test]
     fn a_follower_or_a_task_that_fits_nowhere_is_created_plain() {
         let (state, members) = cluster(&["n1"]);
         let ids = Counter(0.into());
-        let placer = CreatePlacer::default();
+        let placer = CreatePlacer::unregistered();
         let small = parse_task_request(br#"{"image":"x"}"#).expect("valid");
         let (cmd, _b) = placer.decide(false, &state, &members, "t1", &small, 5, &ids);
         assert!(matches!(cmd, Command::CreateTask { .. }), "{cmd:?}");

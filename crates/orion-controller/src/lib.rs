@@ -75,6 +75,20 @@ impl MemberStatus {
     }
 }
 
+/// What placement asks of the membership view: whether a node is alive in it. The copy of the
+/// view the controller's turn takes answers it, and so does the gossip view itself, read in
+/// place by a create on the leader (a copy per create cost more than the placement).
+pub trait Liveness {
+    fn is_alive(&self, node: &str) -> bool;
+}
+
+impl Liveness for BTreeMap<NodeId, Member> {
+    fn is_alive(&self, node: &str) -> bool {
+        self.get(node)
+            .is_some_and(|m| m.status == MemberStatus::Alive)
+    }
+}
+
 /// One member of the membership view. The driver converts gossip's members into these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {

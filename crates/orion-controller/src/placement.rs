@@ -5,7 +5,7 @@
 //! waiting is proposed only when it changed. Placement at creation runs the same code for one
 //! task.
 
-use crate::{Action, Member, MemberStatus, PLACE_BATCH_MAX};
+use crate::{Action, Liveness, Member, PLACE_BATCH_MAX};
 use orion_scheduler::{Decision, NodeView, Snapshot, TaskRequest};
 use orion_state::{ClusterState, NodeStatus};
 use orion_types::env::IdSource;
@@ -59,7 +59,7 @@ fn wants_dynamic_port(spec: &TaskSpec) -> bool {
 /// What the scheduler sees: every recorded node, ready if it is up in the state and alive in
 /// the membership view, with what is already placed on it, and the cluster config's strategy
 /// and dynamic port range.
-pub fn scheduler_snapshot(state: &ClusterState, members: &BTreeMap<NodeId, Member>) -> Snapshot {
+pub fn scheduler_snapshot(state: &ClusterState, members: &dyn Liveness) -> Snapshot {
     let mut usage = state.usage();
     let config = state.config();
     Snapshot {
@@ -70,10 +70,7 @@ pub fn scheduler_snapshot(state: &ClusterState, members: &BTreeMap<NodeId, Membe
                 let u = usage.remove(&r.meta.id).unwrap_or_default();
                 NodeView {
                     id: r.meta.id.clone(),
-                    ready: r.status == NodeStatus::Up
-                        && members
-                            .get(&r.meta.id)
-                            .is_some_and(|m| m.status == MemberStatus::Alive),
+                    ready: r.status == NodeStatus::Up && members.is_alive(&r.meta.id),
                     draining: r.draining,
                     capacity: r.meta.capacity,
                     allocated: u.allocated,
@@ -196,13 +193,14 @@ impl Unapplied {
 
 /// On the leader, with no task waiting, places a new task in the entry that creates it:
 /// `CreatePlacedTask` (one commit instead of two). `unapplied` are the placements at creation
-/// this leader proposed whose entries have not been applied yet: they count as taken (one
-/// whose task is already in the state is counted there). `None` when tasks are waiting (they
+/// this leader proposed whose entries have not been applied yet: they count as taken, besides
+/// the state (the caller drops a booking when its entry applies, so none is counted twice:
+/// `CreatePlacer`). `None` when tasks are waiting (they
 /// go first, through the controller) or when it fits nowhere; the caller then proposes a plain
 /// `CreateTask` and the task waits as pending.
 pub fn place_at_creation(
     state: &ClusterState,
-    members: &BTreeMap<NodeId, Member>,
+    members: &dyn Liveness,
     task_id: &str,
     spec: &TaskSpec,
     at: UnixMillis,
@@ -214,9 +212,6 @@ pub fn place_at_creation(
     }
     let mut snapshot = scheduler_snapshot(state, members);
     for u in unapplied {
-        if state.tasks.contains_key(&u.task_id) {
-            continue;
-        }
         if let Some(view) = snapshot.nodes.iter_mut().find(|n| n.id == u.node) {
             view.allocated = view.allocated.saturating_add(u.resources);
             view.used_ports.extend(u.ports.iter().copied());

@@ -905,17 +905,6 @@ fn place_at_creation() {
         &[unapplied("t1", "n1", 600 << 20, &[])],
         None,
     );
-    check_with(
-        "a create in flight whose entry applied is counted once, from the state",
-        &two.clone()
-            .task("t1", SMALL)
-            .placed("t1", "n1", 2)
-            .task("t2", SMALL)
-            .placed("t2", "n2", 3),
-        SMALL,
-        &[unapplied("t1", "n1", 100 << 20, &[])],
-        Some("n1"),
-    );
     // Two creates in flight at once asking for a dynamic port get different ones.
     let dynamic = r#"{"image":"x","memory":"100m","portBindings":{"80/tcp":""}}"#;
     let port_of = |c: Option<Command>| match c {

@@ -721,6 +721,18 @@ where
         view.values().filter(|m| m.status.is_live()).count()
     }
 
+    /// The status of `node_id` in the current view (ourselves included), without copying the
+    /// view; `None` if it is not in it.
+    pub fn status_of(&self, node_id: &str) -> Option<MemberStatus> {
+        let view = self
+            .inner
+            .shared
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        view.get(node_id).map(|m| m.status)
+    }
+
     /// The address peers dial (the bound port if `bind` had port 0).
     pub fn advertise_addr(&self) -> SocketAddr {
         self.inner.advertise

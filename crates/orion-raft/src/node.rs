@@ -623,13 +623,13 @@ impl RaftNode {
         f(&self.inner.sm.read().state)
     }
 
-    /// The applied index; changes after every applied batch or installed snapshot.
-    /// Tells `observer` about every entry this node applies from now on (see
+    /// Also tells `observer` about every entry this node applies from now on (see
     /// `ApplyObserver`).
-    pub fn set_apply_observer(&self, observer: Arc<dyn crate::ApplyObserver>) {
-        self.inner.sm.set_observer(observer);
+    pub fn add_apply_observer(&self, observer: Arc<dyn crate::ApplyObserver>) {
+        self.inner.sm.add_observer(observer);
     }
 
+    /// The applied index; changes after every applied batch or installed snapshot.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.sm.subscribe()
     }

@@ -65,7 +65,8 @@ type StResult<T> = Result<T, StorageError<RaftId>>;
 type Membership = StoredMembership<RaftId, Peer>;
 
 /// Told about every applied entry, in log order, under the state lock (so keep it short: it
-/// must not block). The event history is one: it derives events from each entry.
+/// must not block). The event history is one (it derives events from each entry); the leader's
+/// placer of new tasks is another (an applied create ends its booking).
 pub trait ApplyObserver: Send + Sync {
     /// Entry `index` was applied: `cmd` is its command (`None` for a new leader's blank entry,
     /// which names `leader`, and for membership changes); `touched` are the rows it changed.
@@ -79,6 +80,37 @@ pub trait ApplyObserver: Send + Sync {
     );
     /// The state was loaded or replaced wholesale (a snapshot was installed).
     fn reset(&self, state: &ClusterState, last_applied: u64);
+}
+
+/// Every observer, told in the order they were added.
+#[derive(Clone, Default)]
+struct Observers(Arc<[Arc<dyn ApplyObserver>]>);
+
+impl Observers {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl ApplyObserver for Observers {
+    fn applied(
+        &self,
+        index: u64,
+        cmd: Option<&orion_types::Command>,
+        leader: Option<&str>,
+        state: &ClusterState,
+        touched: &[Key],
+    ) {
+        for o in self.0.iter() {
+            o.applied(index, cmd, leader, state, touched);
+        }
+    }
+
+    fn reset(&self, state: &ClusterState, last_applied: u64) {
+        for o in self.0.iter() {
+            o.reset(state, last_applied);
+        }
+    }
 }
 
 /// The applied state, as one consistent unit.
@@ -120,7 +152,7 @@ struct Shared {
     /// The number of the next snapshot file.
     next_file: AtomicU64,
     snapshot_seq: AtomicU64,
-    observer: RwLock<Option<Arc<dyn ApplyObserver>>>,
+    observers: RwLock<Observers>,
 }
 
 /// The state machine. Cheap to clone: clones share everything.
@@ -266,7 +298,7 @@ impl StateMachineStore {
                 snapshots,
                 next_file: AtomicU64::new(next_file),
                 snapshot_seq: AtomicU64::new(snapshot_seq),
-                observer: RwLock::new(None),
+                observers: RwLock::new(Observers::default()),
             }),
         })
     }
@@ -292,21 +324,24 @@ impl StateMachineStore {
             .map_err(|_| StoreError::Join("a snapshot thread stopped".to_string()))?
     }
 
-    /// Tells `observer` about every entry applied from now on, after a `reset` with the state
-    /// as it is now (under the state lock, so nothing is missed or told twice).
-    pub fn set_observer(&self, observer: Arc<dyn ApplyObserver>) {
+    /// Also tells `observer` about every entry applied from now on, after a `reset` with the
+    /// state as it is now (under the state lock, so nothing is missed or told twice).
+    pub fn add_observer(&self, observer: Arc<dyn ApplyObserver>) {
         let applied = self.write();
         observer.reset(&applied.state, applied_index(applied.last_applied.as_ref()));
-        *self
+        let mut observers = self
             .shared
-            .observer
+            .observers
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(observer);
+            .unwrap_or_else(|p| p.into_inner());
+        let mut all = observers.0.to_vec();
+        all.push(observer);
+        *observers = Observers(all.into());
     }
 
-    fn observer(&self) -> Option<Arc<dyn ApplyObserver>> {
+    fn observers(&self) -> Observers {
         self.shared
-            .observer
+            .observers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -350,7 +385,7 @@ impl StateMachineStore {
 
     fn apply_batch(&self, entries: Vec<Entry<TypeConfig>>) -> Vec<Response> {
         let mut responses = Vec::with_capacity(entries.len());
-        let observer = self.observer();
+        let observers = self.observers();
         let mut commands_applied: u64 = 0;
         let entries_applied = entries.len() as u64;
         let index = {
@@ -366,13 +401,13 @@ impl StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => {
                         // A new leader's first entry: it names the leader of its term.
-                        if let Some(o) = &observer {
+                        if !observers.is_empty() {
                             let leader = applied
                                 .last_membership
                                 .membership()
                                 .get_node(&entry.log_id.leader_id.node_id)
                                 .map(|p| p.node_id.clone());
-                            o.applied(
+                            observers.applied(
                                 entry.log_id.index,
                                 None,
                                 leader.as_deref(),
@@ -388,15 +423,13 @@ impl StateMachineStore {
                         let mut answers = Vec::with_capacity(commands.len());
                         for cmd in &commands {
                             let (resp, keys) = applied.state.apply(cmd);
-                            if let Some(o) = &observer {
-                                o.applied(
-                                    entry.log_id.index,
-                                    Some(cmd),
-                                    None,
-                                    &applied.state,
-                                    &keys,
-                                );
-                            }
+                            observers.applied(
+                                entry.log_id.index,
+                                Some(cmd),
+                                None,
+                                &applied.state,
+                                &keys,
+                            );
                             answers.push(resp);
                         }
                         commands_applied += commands.len() as u64;
@@ -404,9 +437,13 @@ impl StateMachineStore {
                     }
                     EntryPayload::Normal(cmd) => {
                         let (resp, keys) = applied.state.apply(&cmd);
-                        if let Some(o) = &observer {
-                            o.applied(entry.log_id.index, Some(&cmd), None, &applied.state, &keys);
-                        }
+                        observers.applied(
+                            entry.log_id.index,
+                            Some(&cmd),
+                            None,
+                            &applied.state,
+                            &keys,
+                        );
                         commands_applied += 1;
                         responses.push(resp);
                     }
@@ -509,9 +546,7 @@ impl StateMachineStore {
         let index = applied_index(new.last_applied.as_ref());
         {
             let mut applied = self.write();
-            if let Some(o) = self.observer() {
-                o.reset(&new.state, index);
-            }
+            self.observers().reset(&new.state, index);
             *applied = new;
         }
         self.shared.applied_tx.send_replace(index);

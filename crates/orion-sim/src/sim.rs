@@ -259,7 +259,7 @@ struct SimApi {
     gossip: Gossip<NodeMeta>,
     ids: Arc<SeededIds>,
     /// Placements at creation proposed and not yet returned (as the agent's `Node::create`).
-    placer: orion_controller_driver::CreatePlacer,
+    placer: Arc<orion_controller_driver::CreatePlacer>,
 }
 
 /// As the agent answers (`WriteError::http_status` holds the rule).
@@ -517,7 +517,7 @@ impl Cluster {
             raft: raft.clone(),
             gossip: gossip.clone(),
             ids: self.ids.clone(),
-            placer: Default::default(),
+            placer: orion_controller_driver::CreatePlacer::observing(&raft),
         }));
         let (stop_tx, stop_rx) = watch::channel(false);
         let clock: Arc<dyn Clock> = self.clock.clone();

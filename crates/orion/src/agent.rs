@@ -77,7 +77,7 @@ pub struct Node {
     /// Allocation ids of placements at creation (the controller shares it).
     ids: Arc<dyn IdSource>,
     /// Placements at creation proposed and not yet returned (see `Node::create`).
-    placer: controller::CreatePlacer,
+    placer: Arc<controller::CreatePlacer>,
     /// The sealed gossip transport (its drop counters), unless `--insecure`.
     sealed: Option<Arc<crate::sealed::SealedUdp>>,
     /// This node's secrets, unless `--insecure` (a first join may still replace them).
@@ -585,7 +585,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         docker.context("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock)")?;
     let raft = raft.context("cannot start consensus")?;
     let events = Arc::new(orion_events::EventLog::new(&ClusterState::default(), 0));
-    raft.set_apply_observer(Arc::new(EventsObserver {
+    raft.add_apply_observer(Arc::new(EventsObserver {
         log: events.clone(),
     }));
     // Bootstrapping (two fsyncs and a one-voter election) runs while gossip and the API come
@@ -700,6 +700,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let (endpoints_tx, endpoints) =
         watch::channel(Arc::new(crate::discovery::build_view(&raft, &gossip)));
     let (local_unhealthy, unhealthy_rx) = watch::channel(Vec::new());
+    let placer = controller::CreatePlacer::observing(&raft);
     let node = Arc::new(Node {
         cfg: cfg.clone(),
         events,
@@ -709,7 +710,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         http,
         https,
         ids: ids.clone(),
-        placer: controller::CreatePlacer::default(),
+        placer,
         sealed,
         secrets: live.clone(),
         endpoints: endpoints.clone(),
