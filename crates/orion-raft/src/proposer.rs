@@ -227,7 +227,7 @@ pub(crate) async fn propose_one(
     cmd: Command,
     timeout: Duration,
 ) -> Result<Response, ForwardError> {
-    match tokio::time::timeout(timeout, raft.client_write(cmd)).await {
+    match tokio::time::timeout(timeout, raft.client_write(Arc::new(cmd))).await {
         Err(_) => Err(ForwardError::Timeout {
             ms: timeout.as_millis() as u64,
         }),

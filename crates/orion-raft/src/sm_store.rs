@@ -419,9 +419,24 @@ impl StateMachineStore {
                     }
                     // A batch applies command by command, each told to the observer with
                     // the state right after it, as if each were an entry of its own.
-                    EntryPayload::Normal(Command::Batch { commands }) => {
-                        let mut answers = Vec::with_capacity(commands.len());
-                        for cmd in &commands {
+                    EntryPayload::Normal(shared) => match &*shared {
+                        Command::Batch { commands } => {
+                            let mut answers = Vec::with_capacity(commands.len());
+                            for cmd in commands {
+                                let (resp, keys) = applied.state.apply(cmd);
+                                observers.applied(
+                                    entry.log_id.index,
+                                    Some(cmd),
+                                    None,
+                                    &applied.state,
+                                    &keys,
+                                );
+                                answers.push(resp);
+                            }
+                            commands_applied += commands.len() as u64;
+                            responses.push(Response::Batch(answers));
+                        }
+                        cmd => {
                             let (resp, keys) = applied.state.apply(cmd);
                             observers.applied(
                                 entry.log_id.index,
@@ -430,23 +445,10 @@ impl StateMachineStore {
                                 &applied.state,
                                 &keys,
                             );
-                            answers.push(resp);
+                            commands_applied += 1;
+                            responses.push(resp);
                         }
-                        commands_applied += commands.len() as u64;
-                        responses.push(Response::Batch(answers));
-                    }
-                    EntryPayload::Normal(cmd) => {
-                        let (resp, keys) = applied.state.apply(&cmd);
-                        observers.applied(
-                            entry.log_id.index,
-                            Some(&cmd),
-                            None,
-                            &applied.state,
-                            &keys,
-                        );
-                        commands_applied += 1;
-                        responses.push(resp);
-                    }
+                    },
                     EntryPayload::Membership(m) => {
                         applied.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         responses.push(Response::default());
@@ -737,10 +739,10 @@ mod tests {
     fn upsert(index: u64, node: &str) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::UpsertNode {
+            payload: EntryPayload::Normal(Arc::new(Command::UpsertNode {
                 meta: Box::new(NodeMeta::fixture(node, 1)),
                 at: 1,
-            }),
+            })),
         }
     }
 

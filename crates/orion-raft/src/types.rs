@@ -1,4 +1,7 @@
-//! The openraft type configuration for Orion: what a log entry carries (`Command`), what
+//! The openraft type configuration for Orion: what a log entry carries (a `Command`, shared:
+//! the log's in-memory tail, replication to each follower and the apply all hand an entry on
+//! by cloning it, and a clone is then a count, not a copy of the task spec; serde writes an
+//! `Arc` as what it holds, so the bytes on disk and on the wire are unchanged), what
 //! applying it returns (`Response`), how a node is named inside Raft (`u64`, a stable hash of
 //! the operator's string id) and what Raft remembers about each member (`Peer`: its addresses).
 //!
@@ -14,7 +17,7 @@ pub type RaftId = u64;
 openraft::declare_raft_types!(
     /// Orion's Raft types.
     pub TypeConfig:
-        D = orion_types::Command,
+        D = std::sync::Arc<orion_types::Command>,
         R = orion_types::Response,
         NodeId = RaftId,
         Node = Peer,
