@@ -12,7 +12,7 @@
 
 use crate::NodeUsage;
 use orion_types::{NodeId, Protocol, Resources, Task, TaskId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// A node, what a task holds there, and its host ports.
 type Holds = (NodeId, Resources, Vec<(Protocol, u16)>);
@@ -49,15 +49,18 @@ impl Held {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Use {
     allocated: Resources,
-    /// The tasks holding: the executor's working set on the node (`holding_on`).
-    holders: BTreeSet<TaskId>,
+    /// The tasks holding: the executor's working set on the node (`holding_on`). Hashed,
+    /// not ordered: an insert into a B-tree of thousands of random ids cost a cache miss per
+    /// comparison, on every member for every task placed; who asks sorts.
+    holders: HashSet<TaskId>,
     ports: BTreeMap<(Protocol, u16), u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Index {
     held: HashMap<TaskId, Held>,
-    by_node: HashMap<NodeId, BTreeSet<TaskId>>,
+    /// Hashed for the same reason as `Use::holders`.
+    by_node: HashMap<NodeId, HashSet<TaskId>>,
     pending: BTreeSet<TaskId>,
     usage: BTreeMap<NodeId, Use>,
     shares: ShareVersions,
@@ -237,12 +240,16 @@ impl Index {
         }
     }
 
-    /// Ids of the tasks placed on `node`, in id order.
+    /// Ids of the tasks placed on `node`, in id order (sorted here, for the metrics and the
+    /// tests that ask).
     pub(crate) fn on_node(&self, node: &str) -> impl Iterator<Item = &TaskId> + '_ {
-        self.by_node.get(node).into_iter().flatten()
+        let mut ids: Vec<&TaskId> = self.by_node.get(node).into_iter().flatten().collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 
-    /// Ids of the tasks holding resources on `node` (`Task::holds_resources`), in id order.
+    /// Ids of the tasks holding resources on `node` (`Task::holds_resources`), in no
+    /// particular order.
     pub(crate) fn holding_on(&self, node: &str) -> impl Iterator<Item = &TaskId> + '_ {
         self.usage
             .get(node)

@@ -890,8 +890,10 @@ impl ClusterState {
     /// are shared, not copied: the caller plans over them without holding the state's lock.
     /// A subset of `tasks_on(node)`, so `share_version` covers it.
     pub fn executor_share(&self, node: &str, with_containers: &[&str]) -> Vec<Arc<Task>> {
-        let mut ids: BTreeSet<&str> = self.index.holding_on(node).map(String::as_str).collect();
+        let mut ids: Vec<&str> = self.index.holding_on(node).map(String::as_str).collect();
         ids.extend(with_containers.iter().copied());
+        ids.sort_unstable();
+        ids.dedup();
         ids.into_iter()
             .filter_map(|id| self.tasks.get(id))
             .filter(|t| t.placed_on() == Some(node))
