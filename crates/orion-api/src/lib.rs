@@ -404,6 +404,22 @@ async fn get_task<B: Backend>(
     Ok(Json(TaskView::from(&task)).into_response())
 }
 
+/// `value` as a JSON answer, written into a buffer sized for a task's JSON: axum's `Json`
+/// starts at 128 bytes and grew a task's answer by reallocations and copies (2% of the
+/// leader's CPU at 64 writing clients).
+fn sized_json(status: StatusCode, value: &impl serde::Serialize) -> Response {
+    let mut buf = Vec::with_capacity(2048);
+    match serde_json::to_writer(&mut buf, value) {
+        Ok(()) => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            buf,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(format!("cannot encode the answer: {e}")).into_response(),
+    }
+}
+
 /// Runs a one-off task: validated, then placed by the leader's scheduler.
 #[utoipa::path(post, path = "/tasks", tag = "tasks",
     request_body = orion_types::api::TaskRequest,
@@ -422,9 +438,7 @@ async fn create_task<B: Backend>(
         at: b.now_ms(),
     };
     match b.write(cmd).await? {
-        CmdResponse::Task(task) => {
-            Ok((StatusCode::CREATED, Json(TaskView::from(&*task))).into_response())
-        }
+        CmdResponse::Task(task) => Ok(sized_json(StatusCode::CREATED, &TaskView::from(&*task))),
         other => Err(ApiError::internal(format!(
             "unexpected answer to a create: {other:?}"
         ))),
