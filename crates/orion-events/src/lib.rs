@@ -18,6 +18,7 @@
 use orion_state::{ClusterState, Key, NodeStatus};
 use orion_types::{Command, DeploymentState, Health, TaskState};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -65,7 +66,65 @@ pub struct Event {
     #[serde(rename = "type")]
     pub kind: String,
     pub key: String,
-    pub payload: Value,
+    pub payload: Payload,
+}
+
+/// An event's details, kept as the JSON text they are streamed as: a task's are written once,
+/// straight from the task (`TaskPayload`), where a `Value` map was built, and later dropped,
+/// on every member for every task created and placed (a tenth of a follower's CPU at 64
+/// writing clients).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// The JSON of `value`.
+    pub fn of(value: &impl Serialize) -> Payload {
+        // A `Value` or a struct of plain fields always encodes; `null` is a fallback never
+        // reached.
+        Payload(
+            serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()),
+        )
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// As a `Value` (for tests and readers that pick fields).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Payload {
+        Payload::of(&v)
+    }
+}
+
+/// A task event's details. Fields in alphabetical order, as a `Value` map wrote them.
+#[derive(Serialize)]
+struct TaskPayload<'a> {
+    allocation: &'a Option<String>,
+    #[serde(rename = "exitCode", skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i64>,
+    image: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    name: &'a Option<String>,
+    node: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    restarts: u32,
+    state: &'a str,
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -181,7 +240,7 @@ impl Deriver {
     ) -> Vec<Event> {
         let at_ms = cmd.map_or(fallback_at_ms, Command::at);
         let at = rfc3339(at_ms);
-        let mut out: Vec<(Topic, String, String, Value)> = Vec::new();
+        let mut out: Vec<(Topic, String, String, Payload)> = Vec::new();
         if cmd.is_none()
             && let Some(l) = leader
         {
@@ -189,7 +248,7 @@ impl Deriver {
                 Topic::Node,
                 "leader".to_string(),
                 l.to_string(),
-                json!({"leader": l}),
+                json!({"leader": l}).into(),
             ));
         }
         // Touched keys come sorted and deduplicated from apply; keep that order.
@@ -212,7 +271,7 @@ impl Deriver {
                     Topic::Node,
                     "removed".to_string(),
                     id.clone(),
-                    json!({"revoked": true}),
+                    json!({"revoked": true}).into(),
                 )),
             }
         }
@@ -258,7 +317,7 @@ impl Deriver {
                 topic: Topic::Task,
                 kind: "truncated".to_string(),
                 key: String::new(),
-                payload: json!({"dropped": total - room}),
+                payload: json!({"dropped": total - room}).into(),
             });
         }
         events
@@ -268,11 +327,16 @@ impl Deriver {
         &mut self,
         id: &str,
         state: &ClusterState,
-        out: &mut Vec<(Topic, String, String, Value)>,
+        out: &mut Vec<(Topic, String, String, Payload)>,
     ) {
         let Some(t) = state.tasks.get(id) else {
             if self.tasks.remove(id).is_some() {
-                out.push((Topic::Task, "removed".into(), id.to_string(), json!({})));
+                out.push((
+                    Topic::Task,
+                    "removed".into(),
+                    id.to_string(),
+                    json!({}).into(),
+                ));
             }
             return;
         };
@@ -282,24 +346,17 @@ impl Deriver {
             return;
         }
         let payload = || {
-            let mut p = json!({
-                "state": t.state.as_str(),
-                "node": t.node,
-                "allocation": t.allocation,
-                "name": t.spec.name,
-                "image": t.spec.image,
-                "restarts": t.restarts,
-            });
-            if let Some(m) = t.events.last() {
-                p["message"] = json!(m.message);
-            }
-            if let Some(r) = &t.reason {
-                p["reason"] = json!(r);
-            }
-            if let Some(c) = t.exit_code {
-                p["exitCode"] = json!(c);
-            }
-            p
+            Payload::of(&TaskPayload {
+                allocation: &t.allocation,
+                exit_code: t.exit_code,
+                image: &t.spec.image,
+                message: t.events.last().map(|m| m.message.as_str()),
+                name: &t.spec.name,
+                node: &t.node,
+                reason: t.reason.as_deref(),
+                restarts: t.restarts,
+                state: t.state.as_str(),
+            })
         };
         let mut push = |kind: &str| {
             out.push((Topic::Task, kind.to_string(), id.to_string(), payload()));
@@ -344,22 +401,28 @@ impl Deriver {
         &mut self,
         id: &str,
         state: &ClusterState,
-        out: &mut Vec<(Topic, String, String, Value)>,
+        out: &mut Vec<(Topic, String, String, Payload)>,
     ) {
         let Some(svc) = state.services.get(id) else {
             if self.services.remove(id).is_some() {
-                out.push((Topic::Service, "deleted".into(), id.to_string(), json!({})));
+                out.push((
+                    Topic::Service,
+                    "deleted".into(),
+                    id.to_string(),
+                    json!({}).into(),
+                ));
             }
             return;
         };
         let now = service_seen(svc);
         let before = self.services.insert(id.to_string(), now.clone());
-        let payload = json!({
+        let payload: Payload = json!({
             "version": svc.version,
             "replicas": svc.spec.replicas,
             "image": svc.spec.task.image,
-        });
-        let mut push = |topic: Topic, kind: &str, payload: Value| {
+        })
+        .into();
+        let mut push = |topic: Topic, kind: &str, payload: Payload| {
             out.push((topic, kind.to_string(), id.to_string(), payload));
         };
         match &before {
@@ -377,7 +440,7 @@ impl Deriver {
             return;
         };
         let before_d = before.and_then(|b| b.deployment);
-        let dpayload = json!({
+        let dpayload: Payload = json!({
             "id": d.id,
             "state": d.state.as_str(),
             "fromVersion": d.from_version,
@@ -385,7 +448,8 @@ impl Deriver {
             "updated": d.updated,
             "total": d.total,
             "message": d.message,
-        });
+        })
+        .into();
         let kind = match &before_d {
             Some((bid, bstate, bupdated)) if *bid == d.id => {
                 if *bstate != d.state {
@@ -412,7 +476,7 @@ impl Deriver {
         &mut self,
         id: &str,
         state: &ClusterState,
-        out: &mut Vec<(Topic, String, String, Value)>,
+        out: &mut Vec<(Topic, String, String, Payload)>,
     ) {
         let Some(r) = state.nodes.get(id) else {
             self.nodes.remove(id);
@@ -420,13 +484,14 @@ impl Deriver {
         };
         let now = node_seen(r);
         let before = self.nodes.insert(id.to_string(), now.clone());
-        let payload = json!({
+        let payload: Payload = json!({
             "status": if now.up { "up" } else { "down" },
             "generation": now.generation,
             "address": r.meta.gossip_addr,
             "draining": now.draining,
             "left": now.left,
-        });
+        })
+        .into();
         let mut push = |kind: &str| {
             out.push((
                 Topic::Node,

@@ -280,7 +280,7 @@ fn events_serialize_as_the_api_shows_them() {
         topic: Topic::Task,
         kind: "placed".into(),
         key: "t1".into(),
-        payload: json!({"node": "n1"}),
+        payload: json!({"node": "n1"}).into(),
     };
     let v = serde_json::to_value(&e).expect("json");
     assert_eq!(
@@ -394,4 +394,53 @@ fn commands_of_one_batched_entry_number_their_events_in_sequence() {
     assert_eq!(indexes.last(), Some(&(6 * EVENTS_PER_ENTRY_MAX)));
     let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys[..3], ["n1", "t1", "t2"]);
+}
+
+/// A task event's payload, now written straight from the task, says what the `Value` map it
+/// replaced said: the same fields, `null`s and values, in the same (alphabetical) order, and
+/// `message`, `reason` and `exitCode` only when the task has them.
+#[test]
+fn a_task_events_payload_is_the_map_it_replaced() {
+    let mut state = ClusterState::default();
+    let log = EventLog::new(&state, 0);
+    let exited = AllocStatus::Exited {
+        container_id: "c1".into(),
+        exit_code: 3,
+        oom_killed: false,
+    };
+    let cmds = [
+        up("n1", 1),
+        create("t1"),
+        place("t1", "n1", "a1"),
+        report("t1", "n1", "a1", exited),
+    ];
+    for (i, cmd) in cmds.iter().enumerate() {
+        let (_, touched) = state.apply(cmd);
+        log.applied(i as u64 + 1, Some(cmd), None, 0, &state, &touched);
+    }
+    let events = log.since(0, &[Topic::Task], usize::MAX).expect("all kept");
+    let created = &events[0];
+    assert_eq!(created.kind, "created");
+    assert_eq!(
+        created.payload.json(),
+        r#"{"allocation":null,"image":"x","message":"task accepted","name":null,"node":null,"reason":"waiting for the scheduler","restarts":0,"state":"pending"}"#
+    );
+    let last = events.last().expect("an event");
+    let t = &state.tasks["t1"];
+    let mut want = json!({
+        "state": t.state.as_str(),
+        "node": t.node,
+        "allocation": t.allocation,
+        "name": t.spec.name,
+        "image": t.spec.image,
+        "restarts": t.restarts,
+        "message": t.events.last().map(|m| m.message.clone()),
+        "exitCode": t.exit_code,
+    });
+    if let Some(r) = &t.reason {
+        want["reason"] = json!(r);
+    }
+    assert_eq!(t.exit_code, Some(3), "{t:?}");
+    assert_eq!(last.payload.value(), want);
+    assert_eq!(last.payload.json(), want.to_string());
 }

@@ -312,7 +312,7 @@ fn node_status_and_event_views_conform() {
                 topic: orion_events::Topic::Task,
                 kind: "placed".into(),
                 key: "abc".into(),
-                payload: json!({"node": "n1"}),
+                payload: json!({"node": "n1"}).into(),
             }),
         ),
     ];
