@@ -696,14 +696,20 @@ where
         self.inner.events.subscribe()
     }
 
-    /// Current view, ourselves included, sorted by node id.
-    pub fn members(&self) -> Vec<Member<M>> {
-        let view = self
-            .inner
+    /// The shared view, read-locked (a poisoned lock still holds a valid view).
+    fn view(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<Arc<str>, Member<M>>> {
+        self.inner
             .shared
             .view
             .read()
-            .unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Current view, ourselves included, sorted by node id.
+    pub fn members(&self) -> Vec<Member<M>> {
+        let view = self.view();
         let mut out: Vec<Member<M>> = view.values().cloned().collect();
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         out
@@ -712,24 +718,14 @@ where
     /// How many members (ourselves included) are Alive or Suspect: `members()` counted,
     /// without copying the view.
     pub fn live_count(&self) -> usize {
-        let view = self
-            .inner
-            .shared
-            .view
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let view = self.view();
         view.values().filter(|m| m.status.is_live()).count()
     }
 
     /// The status of `node_id` in the current view (ourselves included), without copying the
     /// view; `None` if it is not in it.
     pub fn status_of(&self, node_id: &str) -> Option<MemberStatus> {
-        let view = self
-            .inner
-            .shared
-            .view
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let view = self.view();
         view.get(node_id).map(|m| m.status)
     }
 
