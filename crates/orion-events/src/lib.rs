@@ -91,11 +91,6 @@ impl Payload {
     pub fn json(&self) -> &str {
         self.0.get()
     }
-
-    /// As a `Value` (for tests and readers that pick fields).
-    pub fn value(&self) -> Value {
-        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
-    }
 }
 
 impl PartialEq for Payload {
@@ -345,18 +340,24 @@ impl Deriver {
         if before.as_ref() == Some(&now) {
             return;
         }
+        // Written once, however many events this change makes (a new placed task: two).
+        let written = std::cell::OnceCell::new();
         let payload = || {
-            Payload::of(&TaskPayload {
-                allocation: &t.allocation,
-                exit_code: t.exit_code,
-                image: &t.spec.image,
-                message: t.events.last().map(|m| m.message.as_str()),
-                name: &t.spec.name,
-                node: &t.node,
-                reason: t.reason.as_deref(),
-                restarts: t.restarts,
-                state: t.state.as_str(),
-            })
+            written
+                .get_or_init(|| {
+                    Payload::of(&TaskPayload {
+                        allocation: &t.allocation,
+                        exit_code: t.exit_code,
+                        image: &t.spec.image,
+                        message: t.events.last().map(|m| m.message.as_str()),
+                        name: &t.spec.name,
+                        node: &t.node,
+                        reason: t.reason.as_deref(),
+                        restarts: t.restarts,
+                        state: t.state.as_str(),
+                    })
+                })
+                .clone()
         };
         let mut push = |kind: &str| {
             out.push((Topic::Task, kind.to_string(), id.to_string(), payload()));
