@@ -11,7 +11,9 @@
 //! - `types`: the openraft type configuration; `Peer`; `raft_id` (FNV-1a of the string id).
 //! - `log_store`: the Raft log, fsync'd before acknowledging; `wal`: its segment files;
 //!   `log_migrate`: moves a log of the older redb format into them.
-//! - `sm_store`: the state machine (in memory) and its snapshots (in redb).
+//! - `sm_store`: the state machine (in memory) and its snapshots (meta in redb, bytes in
+//!   `snapshot_dir` files); `snapshot_json`: a snapshot's JSON, unchanged tasks copied from the
+//!   previous one.
 //! - `proposer`: the batching proposer; concurrent writes on the leader share one entry.
 //! - `network`: the RPC client (reqwest, sourced from the advertise IP) and wire types.
 //! - `server`: the RPC server (axum) on the raft port.
@@ -65,6 +67,7 @@ mod server;
 mod sim_disk;
 mod sm_store;
 mod snapshot_dir;
+mod snapshot_json;
 mod tls;
 mod types;
 mod wal;

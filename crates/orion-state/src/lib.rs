@@ -60,7 +60,10 @@ pub enum Key {
 }
 
 /// Task `id` to change in place. Tasks are behind `Arc`s so that a snapshot's copy of the
-/// state shares them; a task still shared is copied here first (copy-on-write).
+/// state shares them; a task still shared is copied here first (copy-on-write), and one that
+/// only `Weak`s point at is moved to a new allocation. A snapshot relies on that: a task at
+/// the address it wrote is unchanged (orion-raft's `snapshot_json`). Change tasks only here,
+/// or by putting a new `Arc` in the map; never through `Arc::get_mut` or unsafe code.
 fn task_mut<'a>(tasks: &'a mut BTreeMap<TaskId, Arc<Task>>, id: &str) -> Option<&'a mut Task> {
     tasks.get_mut(id).map(Arc::make_mut)
 }
@@ -68,7 +71,8 @@ fn task_mut<'a>(tasks: &'a mut BTreeMap<TaskId, Arc<Task>>, id: &str) -> Option<
 /// The replicated state. Its JSON (snapshots) is its fields; the task indexes are rebuilt
 /// when it is decoded (`StateFields`), and kept up to date by `apply`. Code that changes
 /// `tasks` directly (tests building a state by hand) calls `reindex` after. A field added here
-/// goes into `StateFields` and `StateCopy` too (the copy's test compares the two encodings).
+/// goes into `StateFields` and `StateCopy` (or its `CopyRest`) too (the copy's tests compare
+/// the encodings).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StateFields")]
 pub struct ClusterState {
@@ -108,12 +112,21 @@ pub struct ClusterState {
 
 /// What `ClusterState::copy_for_encoding` gives: the state's fields, in its order, with the
 /// tasks as a list in id order (each shared with the state). Encodes to the same JSON as the
-/// state it was copied from; decode that JSON as a `ClusterState`.
+/// state it was copied from; decode that JSON as a `ClusterState`. `write_json` writes the
+/// same bytes with each task's JSON supplied by the caller (a snapshot copies the JSON of the
+/// tasks that did not change since the last one).
 #[derive(Debug, Serialize)]
 pub struct StateCopy {
     nodes: BTreeMap<NodeId, NodeRecord>,
     #[serde(serialize_with = "tasks_by_id")]
     tasks: Vec<Arc<Task>>,
+    #[serde(flatten)]
+    rest: CopyRest,
+}
+
+/// The state's fields after `tasks`, in its order.
+#[derive(Debug, Serialize)]
+struct CopyRest {
     config: Option<ClusterConfig>,
     services: BTreeMap<String, Service>,
     tokens: BTreeMap<String, orion_types::ApiToken>,
@@ -128,6 +141,39 @@ impl StateCopy {
     /// The copied task `id` (a scan: for tests).
     pub fn task(&self, id: &str) -> Option<&Arc<Task>> {
         self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// The copied tasks, in id order (the order `write_json` asks for their JSON).
+    pub fn tasks(&self) -> &[Arc<Task>] {
+        &self.tasks
+    }
+
+    /// Appends the copy's JSON to `out`: the bytes `serde_json::to_writer` writes, except that
+    /// the entries of the task map (between its braces) are what `entries` appends, given the
+    /// tasks in id order. It must append each task's entry (`write_task_entry`, or bytes it
+    /// wrote before for the same unchanged task), separated by commas.
+    pub fn write_json<E: From<serde_json::Error>>(
+        &self,
+        out: &mut Vec<u8>,
+        entries: impl FnOnce(&[Arc<Task>], &mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        out.extend_from_slice(b"{\"nodes\":");
+        serde_json::to_writer(&mut *out, &self.nodes)?;
+        out.extend_from_slice(b",\"tasks\":{");
+        entries(&self.tasks, out)?;
+        out.push(b'}');
+        // `{"config":...}`: its fields go on after the tasks, in the same object.
+        let rest = serde_json::to_vec(&self.rest)?;
+        out.push(b',');
+        out.extend_from_slice(rest.get(1..).unwrap_or_default());
+        Ok(())
+    }
+
+    /// Appends `task`'s entry in the task map: `"<id>":{...}`.
+    pub fn write_task_entry(task: &Task, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        serde_json::to_writer(&mut *out, &task.id)?;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, task)
     }
 }
 
@@ -276,14 +322,16 @@ impl ClusterState {
         StateCopy {
             nodes: self.nodes.clone(),
             tasks: self.tasks.values().cloned().collect(),
-            config: self.config,
-            services: self.services.clone(),
-            tokens: self.tokens.clone(),
-            ca: self.ca.clone(),
-            previous_ca: self.previous_ca.clone(),
-            revoked_nodes: self.revoked_nodes.clone(),
-            gossip_key: self.gossip_key.clone(),
-            previous_gossip_key: self.previous_gossip_key.clone(),
+            rest: CopyRest {
+                config: self.config,
+                services: self.services.clone(),
+                tokens: self.tokens.clone(),
+                ca: self.ca.clone(),
+                previous_ca: self.previous_ca.clone(),
+                revoked_nodes: self.revoked_nodes.clone(),
+                gossip_key: self.gossip_key.clone(),
+                previous_gossip_key: self.previous_gossip_key.clone(),
+            },
         }
     }
 

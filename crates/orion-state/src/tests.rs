@@ -1167,3 +1167,51 @@ fn a_copy_for_encoding_shares_tasks_encodes_the_same_and_keeps_its_values_when_t
     assert!(!Arc::ptr_eq(copy.task("t1").unwrap(), &state.tasks["t1"]));
     assert_eq!(serde_json::to_vec(&copy).expect("encode"), before);
 }
+
+#[test]
+fn a_copy_written_with_its_tasks_json_supplied_is_the_copy_serde_writes() {
+    let mut state = ClusterState::default();
+    for c in [
+        node("n1", 1),
+        create("t1", NEVER),
+        create("t2", ONFAIL),
+        place("t1", "n1", "a1"),
+        set_config(ClusterConfig::default(), false),
+    ] {
+        state.apply(&c);
+    }
+    // Every field after `tasks` holds something, so each is checked in its place.
+    state.revoked_nodes.insert("gone".into(), 7);
+    let copy = state.copy_for_encoding();
+    let serde = serde_json::to_vec(&copy).expect("encode");
+    assert_eq!(serde, serde_json::to_vec(&state).expect("encode"));
+
+    let mut asked = Vec::new();
+    let mut out = b"prefix".to_vec();
+    copy.write_json(&mut out, |tasks, out| {
+        for (i, t) in tasks.iter().enumerate() {
+            asked.push(t.id.clone());
+            if i > 0 {
+                out.push(b',');
+            }
+            StateCopy::write_task_entry(t, out)?;
+        }
+        Ok::<(), serde_json::Error>(())
+    })
+    .expect("write");
+    assert_eq!(&out[..6], b"prefix");
+    assert_eq!(out[6..], serde[..]);
+    assert_eq!(asked, ["t1", "t2"]);
+    assert_eq!(copy.tasks().len(), 2);
+
+    // No tasks at all.
+    let empty = ClusterState::default().copy_for_encoding();
+    let mut out = Vec::new();
+    empty
+        .write_json(&mut out, |tasks, _| {
+            assert!(tasks.is_empty());
+            Ok::<(), serde_json::Error>(())
+        })
+        .expect("write");
+    assert_eq!(out, serde_json::to_vec(&empty).expect("encode"));
+}
