@@ -19,8 +19,18 @@ dir="$(mktemp -d /tmp/orion-schemathesis.XXXXXX)"
 ./target/debug/orion --id st1 --bind "$ip" --publish-ip "$ip" --data-dir "$dir/data" \
   --bootstrap >"$dir/agent.log" 2>&1 &
 agent=$!
-# The agent is stopped by its pid; its data dir goes, the log is printed on a failure.
-trap 'kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null; [ "${status:-1}" = 0 ] || tail -n 50 "$dir/agent.log"; rm -rf "$dir"' EXIT
+# The agent is stopped by its pid; its containers, its network and its data dir go, the log
+# is printed on a failure.
+# (Each step goes on whatever the one before returned: `set -e` holds in a trap too.)
+cleanup() {
+  kill "$agent" 2>/dev/null || true
+  wait "$agent" 2>/dev/null || true
+  docker ps -aq --filter label=orion.node=st1 | xargs -r docker rm -f >/dev/null 2>&1 || true
+  docker network rm orion-st1 >/dev/null 2>&1 || true
+  [ "${status:-1}" = 0 ] || tail -n 50 "$dir/agent.log"
+  rm -rf "$dir"
+}
+trap cleanup EXIT
 
 # The admin token the bootstrap wrote to the credentials file (every route but /health needs
 # one), and a leader (writes answer 503 before that): at most 30 s. The token is read again on

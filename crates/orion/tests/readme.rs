@@ -182,6 +182,10 @@ async fn readme_quick_start_works_as_typed() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     remove_containers_of("node1");
+    // And the network the node made for its containers (`orion-<id>`).
+    let _ = Command::new("docker")
+        .args(["network", "rm", "orion-node1"])
+        .output();
     let _ = std::fs::remove_dir_all("/tmp/orion-quickstart");
     assert!(
         out.status.success(),
