@@ -247,6 +247,29 @@ mod tests {
         serde_json::to_vec(&whole).unwrap()
     }
 
+    /// The next snapshot of `state` (file 2) over `previous`'s spans in `bytes`.
+    fn encode_over(
+        state: &ClusterState,
+        previous: &TaskSpans,
+        bytes: Vec<u8>,
+    ) -> (Vec<u8>, TaskSpans) {
+        encode(
+            &head(),
+            &state.copy_for_encoding(),
+            Some((previous, &File(bytes))),
+            2,
+        )
+        .unwrap()
+    }
+
+    fn counts(copied: usize, encoded: usize, reads: usize) -> EncodeCounts {
+        EncodeCounts {
+            copied,
+            encoded,
+            reads,
+        }
+    }
+
     fn same_json(a: &[u8], b: &[u8]) {
         let a: serde_json::Value = serde_json::from_slice(a).expect("valid JSON");
         let b: serde_json::Value = serde_json::from_slice(b).expect("valid JSON");
@@ -264,14 +287,7 @@ mod tests {
             state.apply(&create(&format!("t{i}")));
         }
         let (first, spans) = encode(&head(), &state.copy_for_encoding(), None, 1).unwrap();
-        assert_eq!(
-            spans.counts,
-            EncodeCounts {
-                copied: 0,
-                encoded: 5,
-                reads: 0
-            }
-        );
+        assert_eq!(spans.counts, counts(0, 5, 0));
         assert_eq!(
             (spans.file, spans.len, spans.tasks()),
             (1, first.len() as u64, 5)
@@ -297,22 +313,9 @@ mod tests {
             at: 2,
         });
         state.apply(&create("t9"));
-        let (second, spans2) = encode(
-            &head(),
-            &state.copy_for_encoding(),
-            Some((&spans, &File(first.clone()))),
-            2,
-        )
-        .unwrap();
+        let (second, spans2) = encode_over(&state, &spans, first.clone());
         assert!(state.tasks.contains_key("t3"));
-        assert_eq!(
-            spans2.counts,
-            EncodeCounts {
-                copied: 3,
-                encoded: 3,
-                reads: 3
-            }
-        );
+        assert_eq!(spans2.counts, counts(3, 3, 3));
         assert_eq!((spans2.file, spans2.tasks()), (2, 6));
         same_json(&second, &serde_bytes(&state));
         let decoded: crate::sm_store::SnapshotBlob = serde_json::from_slice(&second).unwrap();
@@ -329,21 +332,8 @@ mod tests {
         let before = Arc::as_ptr(&state.tasks["t1"]);
         state.task_mut("t1").unwrap().reason = Some("changed".into());
         assert_ne!(Arc::as_ptr(&state.tasks["t1"]), before);
-        let (second, spans) = encode(
-            &head(),
-            &state.copy_for_encoding(),
-            Some((&spans, &File(first.clone()))),
-            2,
-        )
-        .unwrap();
-        assert_eq!(
-            spans.counts,
-            EncodeCounts {
-                copied: 0,
-                encoded: 1,
-                reads: 0
-            }
-        );
+        let (second, spans) = encode_over(&state, &spans, first.clone());
+        assert_eq!(spans.counts, counts(0, 1, 0));
         same_json(&second, &serde_bytes(&state));
     }
 
@@ -353,21 +343,8 @@ mod tests {
         state.apply(&create("t1"));
         let (first, spans) = encode(&head(), &state.copy_for_encoding(), None, 1).unwrap();
         // Bytes shorter than the spans say: the task is encoded, not copied out of range.
-        let (second, spans) = encode(
-            &head(),
-            &state.copy_for_encoding(),
-            Some((&spans, &File(first[..10].to_vec()))),
-            2,
-        )
-        .unwrap();
-        assert_eq!(
-            spans.counts,
-            EncodeCounts {
-                copied: 0,
-                encoded: 1,
-                reads: 0
-            }
-        );
+        let (second, spans) = encode_over(&state, &spans, first[..10].to_vec());
+        assert_eq!(spans.counts, counts(0, 1, 0));
         assert_eq!(second, first);
     }
 

@@ -1138,8 +1138,8 @@ fn a_removed_node_loses_its_tasks_joins_the_revocation_list_and_is_never_recorde
     assert_eq!(json_round_trip(&s), s);
 }
 
-#[test]
-fn a_copy_for_encoding_shares_tasks_encodes_the_same_and_keeps_its_values_when_tasks_change() {
+/// Node `n1`, task `t1` placed on it and `t2` waiting.
+fn node_with_two_tasks() -> ClusterState {
     let mut state = ClusterState::default();
     for c in [
         node("n1", 1),
@@ -1149,6 +1149,12 @@ fn a_copy_for_encoding_shares_tasks_encodes_the_same_and_keeps_its_values_when_t
     ] {
         state.apply(&c);
     }
+    state
+}
+
+#[test]
+fn a_copy_for_encoding_shares_tasks_encodes_the_same_and_keeps_its_values_when_tasks_change() {
+    let mut state = node_with_two_tasks();
     let copy = state.copy_for_encoding();
     assert!(Arc::ptr_eq(copy.task("t1").unwrap(), &state.tasks["t1"]));
     let before = serde_json::to_vec(&state).expect("encode");
@@ -1170,16 +1176,8 @@ fn a_copy_for_encoding_shares_tasks_encodes_the_same_and_keeps_its_values_when_t
 
 #[test]
 fn a_copy_written_with_its_tasks_json_supplied_is_the_copy_serde_writes() {
-    let mut state = ClusterState::default();
-    for c in [
-        node("n1", 1),
-        create("t1", NEVER),
-        create("t2", ONFAIL),
-        place("t1", "n1", "a1"),
-        set_config(ClusterConfig::default(), false),
-    ] {
-        state.apply(&c);
-    }
+    let mut state = node_with_two_tasks();
+    state.apply(&set_config(ClusterConfig::default(), false));
     // Every field after `tasks` holds something, so each is checked in its place.
     state.revoked_nodes.insert("gone".into(), 7);
     let copy = state.copy_for_encoding();
