@@ -62,8 +62,9 @@ pub enum Key {
 /// Task `id` to change in place. Tasks are behind `Arc`s so that a snapshot's copy of the
 /// state shares them; a task still shared is copied here first (copy-on-write), and one that
 /// only `Weak`s point at is moved to a new allocation. A snapshot relies on that: a task at
-/// the address it wrote is unchanged (orion-raft's `snapshot_json`). Change tasks only here,
-/// or by putting a new `Arc` in the map; never through `Arc::get_mut` or unsafe code.
+/// the address it wrote is unchanged (orion-raft's `snapshot_json`). Change tasks only through
+/// `Arc::make_mut` (here) or by putting a new `Arc` in the map; never through `Arc::get_mut`
+/// or unsafe code.
 fn task_mut<'a>(tasks: &'a mut BTreeMap<TaskId, Arc<Task>>, id: &str) -> Option<&'a mut Task> {
     tasks.get_mut(id).map(Arc::make_mut)
 }
@@ -367,26 +368,28 @@ impl ClusterState {
                 // The leader chose the node when it proposed; other proposals may have taken
                 // the room since, so the placement stands only if it still fits. If not, the
                 // task waits as pending and the controller places it.
-                if fresh
-                    && placement.task_id == *task_id
-                    && self.try_place(placement, *at, true, &mut touched)
-                {
-                    Response::Task(Box::new(Task::clone(&self.tasks[task_id])))
+                if fresh && placement.task_id == *task_id {
+                    // The answer shares the task: dropped first, the placement changes the
+                    // task in place instead of copying it.
+                    drop(response);
+                    self.try_place(placement, *at, true, &mut touched);
+                    Response::Task(Arc::clone(&self.tasks[task_id]))
                 } else {
                     response
                 }
             }
-            Command::DeleteTask { task_id, at } => match task_mut(&mut self.tasks, task_id) {
+            Command::DeleteTask { task_id, at } => match self.tasks.get_mut(task_id) {
                 None => Response::NotFound(format!("task {task_id} not found")),
-                Some(task) => {
-                    if task.state != TaskState::Stopped {
+                Some(shared) => {
+                    if shared.state != TaskState::Stopped {
+                        let task = Arc::make_mut(shared);
                         task.allocation = None;
                         task.restart_at = None;
                         task.reason = None;
                         task.transition(TaskState::Stopped, *at, "deleted by a user");
                         touched.push(Key::Task(task_id.clone()));
                     }
-                    Response::Task(Box::new(task.clone()))
+                    Response::Task(Arc::clone(shared))
                 }
             },
             Command::Place {
@@ -738,13 +741,12 @@ impl ClusterState {
     ) -> Response {
         if let Some(existing) = self.tasks.get(task_id) {
             // A retried proposal of the same create: answer as the first time.
-            return Response::Task(Box::new(Task::clone(existing)));
+            return Response::Task(Arc::clone(existing));
         }
-        let task = Task::new(task_id.to_string(), spec.clone(), at);
-        self.tasks
-            .insert(task_id.to_string(), Arc::new(task.clone()));
+        let task = Arc::new(Task::new(task_id.to_string(), spec.clone(), at));
+        self.tasks.insert(task_id.to_string(), Arc::clone(&task));
         touched.push(Key::Task(task_id.to_string()));
-        Response::Task(Box::new(task))
+        Response::Task(task)
     }
 
     /// Places a task that needs it on `p.node`, if that node takes placements. With

@@ -1213,3 +1213,28 @@ fn a_copy_written_with_its_tasks_json_supplied_is_the_copy_serde_writes() {
         .expect("write");
     assert_eq!(out, serde_json::to_vec(&empty).expect("encode"));
 }
+
+#[test]
+fn a_create_or_delete_answers_with_the_states_own_task() {
+    let mut state = ClusterState::default();
+    state.apply(&node("n1", 1));
+    let shared = |state: &ClusterState, response: Response, id: &str| match response {
+        Response::Task(t) => assert!(Arc::ptr_eq(&t, &state.tasks[id]), "{id}: a copy"),
+        other => panic!("{id}: {other:?}"),
+    };
+    let (r, _) = state.apply(&create("t1", NEVER));
+    shared(&state, r, "t1");
+    // Placed in the same command: the answer is the placed task.
+    let (r, _) = state.apply(&create_placed("t2", NEVER, "n1", "a2", vec![]));
+    assert_eq!(state.tasks["t2"].node.as_deref(), Some("n1"));
+    shared(&state, r, "t2");
+    // A retried create answers the task as it is.
+    let (r, _) = state.apply(&create("t1", NEVER));
+    shared(&state, r, "t1");
+    let (r, _) = state.apply(&Command::DeleteTask {
+        task_id: "t2".into(),
+        at: 20,
+    });
+    assert_eq!(state.tasks["t2"].state, TaskState::Stopped);
+    shared(&state, r, "t2");
+}

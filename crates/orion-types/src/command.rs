@@ -570,8 +570,9 @@ impl Command {
 pub enum Response {
     #[default]
     Ok,
-    /// The task as it is after the command (create, delete).
-    Task(Box<crate::Task>),
+    /// The task as it is after the command (create, delete): the state's own `Arc`, so an
+    /// answer copies nothing (JSON as the task itself).
+    Task(std::sync::Arc<crate::Task>),
     NotFound(String),
     /// The command was valid but does not apply to the current state (stale report, drain of
     /// an unknown node). Carries a human sentence.

@@ -110,6 +110,13 @@ async fn readme_first_command_starts_a_node() {
     // The gossip seed is drawn at start, logged, and shown in /status (issue 10, seams).
     let status = get("http://127.0.0.1:8000", "/status").await;
     let stopped = stop(&mut child);
+    // The node's id is the host's name: its containers and its network (`orion-<id>`) go.
+    if let Some(id) = status.as_ref().ok().and_then(|(_, v)| v["id"].as_str()) {
+        remove_containers_of(id);
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("orion-{id}")])
+            .output();
+    }
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
