@@ -110,12 +110,9 @@ async fn readme_first_command_starts_a_node() {
     // The gossip seed is drawn at start, logged, and shown in /status (issue 10, seams).
     let status = get("http://127.0.0.1:8000", "/status").await;
     let stopped = stop(&mut child);
-    // The node's id is the host's name: its containers and its network (`orion-<id>`) go.
+    // The node's id is the host's name.
     if let Some(id) = status.as_ref().ok().and_then(|(_, v)| v["id"].as_str()) {
-        remove_containers_of(id);
-        let _ = Command::new("docker")
-            .args(["network", "rm", &format!("orion-{id}")])
-            .output();
+        remove_node_leftovers(id);
     }
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
@@ -188,11 +185,7 @@ async fn readme_quick_start_works_as_typed() {
         .expect("bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    remove_containers_of("node1");
-    // And the network the node made for its containers (`orion-<id>`).
-    let _ = Command::new("docker")
-        .args(["network", "rm", "orion-node1"])
-        .output();
+    remove_node_leftovers("node1");
     let _ = std::fs::remove_dir_all("/tmp/orion-quickstart");
     assert!(
         out.status.success(),

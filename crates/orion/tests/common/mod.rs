@@ -178,12 +178,8 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
-        // Remove this node's containers: the engine is shared by every test.
-        remove_containers_of(&self.id);
-        // And its container network (each agent makes `orion-<id>`).
-        let _ = Command::new("docker")
-            .args(["network", "rm", &format!("orion-{}", self.id)])
-            .output();
+        // The engine is shared by every test.
+        remove_node_leftovers(&self.id);
         if std::thread::panicking() {
             eprintln!(
                 "---- log of {} ----\n{}",
@@ -502,6 +498,15 @@ pub fn median(v: &mut [Duration]) -> Duration {
 }
 
 /// Removes every container of node `id`: with the process killed, this is a machine's death.
+/// Removes what node `id` leaves in the shared engine once it is gone: its containers and the
+/// network it made for them (`orion-<id>`).
+pub fn remove_node_leftovers(id: &str) {
+    remove_containers_of(id);
+    let _ = Command::new("docker")
+        .args(["network", "rm", &format!("orion-{id}")])
+        .output();
+}
+
 pub fn remove_containers_of(id: &str) {
     let out = Command::new("docker")
         .args(["ps", "-aq", "--filter", &format!("label=orion.node={id}")])
