@@ -543,13 +543,25 @@ impl StateMachineStore {
             .background(move || {
                 let cpu_before = thread_cpu();
                 // The previous snapshot's file, which the spans describe (`encode` checks).
-                let previous = previous.and_then(|p| Some((dir.open(p.file).ok()?, p)));
+                // Unreadable, every task is encoded, as after a start: slower, not wrong.
+                let unread = |e: &dyn std::fmt::Display, file: u64| {
+                    tracing::warn!(error = %e, file, "cannot copy from the previous snapshot's file; encoding every task");
+                };
+                let previous = previous.and_then(|p| match dir.open(p.file) {
+                    Ok(f) => Some((f, p)),
+                    Err(e) => {
+                        unread(&e, p.file);
+                        None
+                    }
+                });
                 let opened = started.elapsed();
                 let encoding = match &previous {
                     Some((f, p)) => {
                         snapshot_json::encode(&head, &copy, Some((p, f.as_ref())), file)
-                            // That file unreadable: every task encoded, as after a start.
-                            .or_else(|_| snapshot_json::encode(&head, &copy, None, file))
+                            .or_else(|e| {
+                                unread(&e, p.file);
+                                snapshot_json::encode(&head, &copy, None, file)
+                            })
                     }
                     None => snapshot_json::encode(&head, &copy, None, file),
                 };

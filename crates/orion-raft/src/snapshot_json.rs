@@ -29,7 +29,6 @@ use std::sync::{Arc, Weak};
 
 /// Where each task's entry in the task map (`"<id>":{...}`) lies in the bytes of one snapshot
 /// file.
-#[derive(Default)]
 pub(crate) struct TaskSpans {
     /// The snapshot file the spans are in, and its length.
     pub(crate) file: u64,
@@ -84,7 +83,7 @@ pub(crate) fn encode(
             match previous.and_then(|(p, _)| p.span_of(task)) {
                 Some((from, to)) => {
                     match &mut run {
-                        Some((_, end)) if i > 0 && *end + 1 == from => {
+                        Some((_, end)) if *end + 1 == from => {
                             *end = to;
                             at += 1;
                         }
@@ -153,11 +152,9 @@ impl TaskSpans {
     /// The range of `task`'s entry in the file these spans describe, if it was written there
     /// and has not changed since.
     fn span_of(&self, task: &Arc<Task>) -> Option<(u64, u64)> {
-        let (weak, start, len) = self.spans.get(&address(task))?;
-        // The same allocation (see the module's comment): same task, unchanged.
-        if weak.as_ptr() != Arc::as_ptr(task) {
-            return None;
-        }
+        // An entry at this address is this task, unchanged: its `Weak` kept the address from
+        // being reused (see the module's comment).
+        let (_, start, len) = self.spans.get(&address(task))?;
         let end = start.checked_add(u64::from(*len))?;
         (end <= self.len).then_some((*start, end))
     }
