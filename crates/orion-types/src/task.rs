@@ -92,10 +92,7 @@ impl Task {
             state_since: at,
             created_at: at,
             updated_at: at,
-            // Room for the one event recorded below and no more: the state keeps this very
-            // task (the answer shares it), and ten thousand waiting tasks with room for four
-            // events each were 2 MiB more on every member.
-            events: Vec::with_capacity(1),
+            events: Vec::new(),
             service: None,
             version: 0,
             slot: None,
