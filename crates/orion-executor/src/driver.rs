@@ -31,6 +31,7 @@ use crate::{
 };
 use futures_util::StreamExt;
 use orion_docker::{ContainerInfo, ContainerState, RuntimeError};
+use orion_state::ClusterState;
 use orion_types::env::Clock;
 use orion_types::service::{HealthCheck, HealthTest};
 use orion_types::{AllocId, AllocStatus, Command, Health, Task, TaskState};
@@ -485,7 +486,8 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             .filter_map(|c| c.labels.get(LABEL_TASK).map(String::as_str))
             .collect();
         let planning = tokio::time::Instant::now();
-        let share = self.cluster.share(&node, &with_containers);
+        let mut share = self.cluster.share(&node, &with_containers);
+        ClusterState::order_share(&mut share);
         let desired: Vec<&Task> = share.iter().map(|t| &**t).collect();
         let decided = self.plan_over(&desired, &actual, now, leader_contact_age_ms);
         drop(desired);

@@ -62,11 +62,12 @@ pub const STOP_GRACE_MS: u64 = 2_000;
 use orion_types::AllocId;
 
 pub trait Cluster: Send + Sync + 'static {
-    /// The executor's share of `node` in the local replica, in id order
-    /// (`ClusterState::executor_share`: the tasks placed there that hold its resources, and
-    /// those of `with_containers`, the task ids its containers carry, still placed there).
-    /// Shared, not copied, and taken under the replica's read lock only for the look-ups: a
-    /// pass plans without holding it, so applies never wait for a plan.
+    /// The executor's share of `node` in the local replica, in no particular order and
+    /// possibly with repeats (`ClusterState::executor_share`: the tasks placed there that hold
+    /// its resources, and those of `with_containers`, the task ids its containers carry, still
+    /// placed there). Shared, not copied, and taken under the replica's read lock only to
+    /// follow the index's references: the pass orders it (`ClusterState::order_share`) and
+    /// plans without holding the lock, so applies never wait for a sort or a plan.
     fn share(&self, node: &str, with_containers: &[&str]) -> Vec<Arc<Task>>;
     /// A value that changes whenever what `share(node, ..)` returns may have changed
     /// (`ClusterState::share_version`, O(1)): it is read after every applied entry, and a

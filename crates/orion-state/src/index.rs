@@ -13,6 +13,7 @@
 use crate::NodeUsage;
 use orion_types::{NodeId, Protocol, Resources, Task, TaskId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Weak};
 
 /// A node, what a task holds there, and its host ports.
 type Holds = (NodeId, Resources, Vec<(Protocol, u16)>);
@@ -52,9 +53,41 @@ struct Use {
     /// The tasks holding: the executor's working set on the node (`holding_on`). Hashed,
     /// not ordered: an insert into a B-tree of thousands of random ids cost a cache miss per
     /// comparison, on every member for every task placed; who asks sorts.
-    holders: HashSet<TaskId>,
+    holders: HashMap<TaskId, Holder>,
     ports: BTreeMap<(Protocol, u16), u32>,
 }
+
+/// A holding task's current value, as a weak reference that follows it: `update` points it at
+/// the task's `Arc` after every change (`Arc::make_mut` moves a task that has weak references
+/// before changing it, and a task replaced by a new `Arc` is pointed at anew). The executor's
+/// share is read through these, one pointer each, under the state's read lock: looking each
+/// id up in the tasks' B-tree held that lock 7-9 ms for a node of 10,000 tasks (every apply,
+/// and every API read queued behind the waiting apply, waited). Not part of what makes two
+/// states equal (a state decoded from JSON holds other allocations). The property tests check
+/// that a reference that upgrades holds its task's current value, and
+/// `the_executor_share_follows_tasks_through_moves_and_copies` that applies keep it pointing
+/// at the current `Arc`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Holder(Weak<Task>);
+
+impl Holder {
+    fn of(task: Option<&Arc<Task>>) -> Holder {
+        Holder(task.map(Arc::downgrade).unwrap_or_default())
+    }
+
+    /// The task, if it is still where this points.
+    pub(crate) fn task(&self) -> Option<Arc<Task>> {
+        self.0.upgrade()
+    }
+}
+
+impl PartialEq for Holder {
+    fn eq(&self, _: &Holder) -> bool {
+        true
+    }
+}
+
+impl Eq for Holder {}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Index {
@@ -139,10 +172,10 @@ impl ShareVersions {
 
 impl Index {
     /// The index of `tasks`, from scratch.
-    pub(crate) fn rebuild(tasks: &BTreeMap<TaskId, std::sync::Arc<Task>>) -> Index {
+    pub(crate) fn rebuild(tasks: &BTreeMap<TaskId, Arc<Task>>) -> Index {
         let mut index = Index::default();
         for (id, t) in tasks {
-            index.add(id, Held::of(t));
+            index.add(id, Held::of(t), Some(t));
         }
         index
     }
@@ -150,12 +183,9 @@ impl Index {
     /// Brings task `id` up to date with its value in `tasks` (gone if absent). True if what
     /// the task held on a node was released or changed: room a waiting task may fit into. A
     /// task that begins to wait, or to hold, makes no room.
-    pub(crate) fn update(
-        &mut self,
-        tasks: &BTreeMap<TaskId, std::sync::Arc<Task>>,
-        id: &str,
-    ) -> bool {
-        let now = tasks.get(id).map(|t| Held::of(t));
+    pub(crate) fn update(&mut self, tasks: &BTreeMap<TaskId, Arc<Task>>, id: &str) -> bool {
+        let current = tasks.get(id);
+        let now = current.map(|t| Held::of(t));
         let old = self.held.get(id);
         // Any touch of a task placed on a node (or leaving it) is news for that node's
         // executor, even when nothing indexed here changed (its state, a report, health).
@@ -167,6 +197,8 @@ impl Index {
             self.shares.touch(node);
         }
         if old == now.as_ref() {
+            // Nothing indexed changed, but the task may have moved.
+            self.follow(tasks, id);
             return false;
         }
         let old_holds = old.and_then(|h| h.holds.as_ref());
@@ -176,12 +208,29 @@ impl Index {
             self.remove(id, &old);
         }
         if let Some(now) = now {
-            self.add(id, now);
+            self.add(id, now, current);
         }
         released
     }
 
-    fn add(&mut self, id: &str, h: Held) {
+    /// Points task `id`'s holder, if it holds, at its current `Arc`: after a change (`update`),
+    /// or after `Arc::make_mut` moved or copied a task that did not change. A holder left
+    /// behind by a move without a change is no error: it no longer upgrades (the share looks
+    /// the task up instead) or still points at a copy of the same value.
+    pub(crate) fn follow(&mut self, tasks: &BTreeMap<TaskId, Arc<Task>>, id: &str) {
+        if let Some(t) = tasks.get(id)
+            && let Some(Held {
+                holds: Some((n, _, _)),
+                ..
+            }) = self.held.get(id)
+            && let Some(holder) = self.usage.get_mut(n).and_then(|u| u.holders.get_mut(id))
+            && !std::ptr::eq(holder.0.as_ptr(), Arc::as_ptr(t))
+        {
+            *holder = Holder::of(Some(t));
+        }
+    }
+
+    fn add(&mut self, id: &str, h: Held, task: Option<&Arc<Task>>) {
         if let Some(n) = &h.placed_on {
             self.by_node
                 .entry(n.clone())
@@ -198,7 +247,7 @@ impl Index {
         if let Some((n, res, ports)) = &h.holds {
             let u = self.usage.entry(n.clone()).or_default();
             u.allocated = u.allocated.saturating_add(*res);
-            u.holders.insert(id.to_string());
+            u.holders.insert(id.to_string(), Holder::of(task));
             for p in ports {
                 *u.ports.entry(*p).or_default() += 1;
             }
@@ -248,13 +297,20 @@ impl Index {
         ids.into_iter()
     }
 
-    /// Ids of the tasks holding resources on `node` (`Task::holds_resources`), in no
-    /// particular order.
-    pub(crate) fn holding_on(&self, node: &str) -> impl Iterator<Item = &TaskId> + '_ {
+    /// The tasks holding resources on `node` (`Task::holds_resources`), by id with a reference
+    /// to each, in no particular order.
+    pub(crate) fn holding_on(&self, node: &str) -> impl Iterator<Item = (&TaskId, &Holder)> + '_ {
         self.usage
             .get(node)
             .into_iter()
             .flat_map(|u| u.holders.iter())
+    }
+
+    /// Whether task `id` holds resources on `node`.
+    pub(crate) fn holds_on(&self, node: &str, id: &str) -> bool {
+        self.usage
+            .get(node)
+            .is_some_and(|u| u.holders.contains_key(id))
     }
 
     /// Changes whenever a task placed on `node` was touched (see `ShareVersions`).

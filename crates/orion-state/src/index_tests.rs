@@ -125,11 +125,17 @@ fn check_index(s: &ClusterState) {
         // The executor's share: the holding tasks, plus those named by containers that are
         // still placed here (a name of a task placed elsewhere, or unknown, adds nothing).
         let named = ["t0", "t3", "nope"];
-        let share: Vec<String> = s
-            .executor_share(n, &named)
-            .iter()
-            .map(|t| t.id.clone())
-            .collect();
+        let mut share = s.executor_share(n, &named);
+        ClusterState::order_share(&mut share);
+        let share: Vec<String> = share.iter().map(|t| t.id.clone()).collect();
+        // Each holder's reference that still upgrades is the task's current value (one left
+        // behind by a move without a change no longer upgrades, or points at a copy of the
+        // same value; the share then looks the task up).
+        for (id, holder) in s.index.holding_on(n) {
+            if let Some(task) = holder.task() {
+                assert_eq!(*task, *s.tasks[id], "holder of {id} follows its task");
+            }
+        }
         let scanned: Vec<String> = s
             .tasks
             .values()
@@ -162,7 +168,16 @@ proptest! {
     #[test]
     fn indexes_equal_full_scans_after_every_command(cmds in commands()) {
         let mut s = ClusterState::default();
-        for c in &cmds {
+        for (i, c) in cmds.iter().enumerate() {
+            // Every other command applies while something else shares every task (as a
+            // snapshot's copy or an executor's share does): a change then puts a new `Arc` in
+            // place of the task, where otherwise `Arc::make_mut` moves it; the holders' references
+            // must follow both (`check_index`).
+            let shared: Vec<Arc<Task>> = if i % 2 == 0 {
+                s.tasks.values().cloned().collect()
+            } else {
+                Vec::new()
+            };
             let before: Vec<(u64, Vec<Task>)> = NODES
                 .iter()
                 .map(|n| (s.share_version(n), s.tasks_on(n).cloned().collect()))
@@ -170,6 +185,7 @@ proptest! {
             let (capacity, seq) = (s.capacity_version(), s.wait_seq());
             let waiting: Vec<String> = s.pending_tasks().map(|t| t.id.clone()).collect();
             s.apply(c);
+            drop(shared);
             check_index(&s);
             prop_assert!(s.wait_seq() >= seq, "wait numbers only grow");
             // While the capacity version stays, every task that waits now either waited

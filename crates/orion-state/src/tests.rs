@@ -1238,3 +1238,45 @@ fn a_create_or_delete_answers_with_the_states_own_task() {
     assert_eq!(state.tasks["t2"].state, TaskState::Stopped);
     shared(&state, r, "t2");
 }
+
+/// The executor's share is read through the index's references to the tasks: they must follow
+/// each task through changes made in place (`Arc::make_mut` moves a task that has weak
+/// references), through copies (while a snapshot shares the task), and through a repeated
+/// report that changes nothing.
+#[test]
+fn the_executor_share_follows_tasks_through_moves_and_copies() {
+    fn follows(state: &ClusterState) {
+        let share = state.executor_share("n1", &[]);
+        assert_eq!(share.len(), 2);
+        for t in &share {
+            assert!(
+                Arc::ptr_eq(t, &state.tasks[&t.id]),
+                "{} is the state's own",
+                t.id
+            );
+        }
+        // Reached through the references, not by the look-up that backs them up.
+        for (id, holder) in state.index.holding_on("n1") {
+            let task = holder.task().expect("the reference upgrades");
+            assert!(
+                Arc::ptr_eq(&task, &state.tasks[id]),
+                "{id}'s reference follows it"
+            );
+        }
+    }
+    let mut state = node_with_two_tasks();
+    state.apply(&place("t2", "n1", "a2"));
+    follows(&state);
+    state.apply(&report("t1", "n1", "a1", running("c1"), 30));
+    follows(&state);
+    let copy = state.copy_for_encoding();
+    state.apply(&report("t2", "n1", "a2", running("c2"), 31));
+    follows(&state);
+    // The same report again changes nothing; the task may move all the same.
+    let (answer, _) = state.apply(&report("t2", "n1", "a2", running("c2"), 32));
+    assert!(matches!(answer, Response::Ignored(_)), "{answer:?}");
+    follows(&state);
+    drop(copy);
+    state.apply(&report("t1", "n1", "a1", running("c1"), 33));
+    follows(&state);
+}
