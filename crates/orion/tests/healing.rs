@@ -363,11 +363,13 @@ async fn restart_policies() {
         "{t}"
     );
 
-    // An OOM kill is reported as such.
+    // An OOM kill is reported as such. The hog is a child that the container's first process
+    // outlives by a second, so that the engine sees the OOM kill before the container ends
+    // (see orion-docker's `memory_limit_is_enforced_and_oom_kill_reported`).
     let oom = create_task(
         &api,
         &format!(
-            r#"{{"image": "{IMAGE}", "memory": "8m", "restartPolicy": "never", "command": ["sh", "-c", "x=a; while true; do x=$x$x; done"]}}"#
+            r#"{{"image": "{IMAGE}", "memory": "8m", "restartPolicy": "never", "command": ["sh", "-c", "sh -c 'x=a; while true; do x=$x$x; done'; code=$?; sleep 1; exit $code"]}}"#
         ),
     )
     .await
