@@ -900,12 +900,12 @@ impl Cluster for FakeCluster {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .executor_share(node, with_containers);
-        self.shares.lock().unwrap_or_else(|p| p.into_inner()).push({
-            let mut ids: Vec<String> = share.iter().map(|t| t.id.clone()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        });
+        let mut ordered = share.clone();
+        ClusterState::order_share(&mut ordered);
+        self.shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ordered.iter().map(|t| t.id.clone()).collect());
         share
     }
     fn share_version(&self, node: &str) -> u64 {

@@ -67,12 +67,12 @@ struct Use {
 /// that a reference that upgrades holds its task's current value, and
 /// `the_executor_share_follows_tasks_through_moves_and_copies` that applies keep it pointing
 /// at the current `Arc`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Holder(Weak<Task>);
 
 impl Holder {
-    fn of(task: Option<&Arc<Task>>) -> Holder {
-        Holder(task.map(Arc::downgrade).unwrap_or_default())
+    fn of(task: &Arc<Task>) -> Holder {
+        Holder(Arc::downgrade(task))
     }
 
     /// The task, if it is still where this points.
@@ -175,7 +175,7 @@ impl Index {
     pub(crate) fn rebuild(tasks: &BTreeMap<TaskId, Arc<Task>>) -> Index {
         let mut index = Index::default();
         for (id, t) in tasks {
-            index.add(id, Held::of(t), Some(t));
+            index.add(id, Held::of(t), t);
         }
         index
     }
@@ -198,7 +198,9 @@ impl Index {
         }
         if old == now.as_ref() {
             // Nothing indexed changed, but the task may have moved.
-            self.follow(tasks, id);
+            if let Some(t) = current {
+                self.follow(id, t);
+            }
             return false;
         }
         let old_holds = old.and_then(|h| h.holds.as_ref());
@@ -207,30 +209,29 @@ impl Index {
         if let Some(old) = self.held.remove(id) {
             self.remove(id, &old);
         }
-        if let Some(now) = now {
-            self.add(id, now, current);
+        if let (Some(now), Some(t)) = (now, current) {
+            self.add(id, now, t);
         }
         released
     }
 
-    /// Points task `id`'s holder, if it holds, at its current `Arc`: after a change (`update`),
-    /// or after `Arc::make_mut` moved or copied a task that did not change. A holder left
-    /// behind by a move without a change is no error: it no longer upgrades (the share looks
-    /// the task up instead) or still points at a copy of the same value.
-    pub(crate) fn follow(&mut self, tasks: &BTreeMap<TaskId, Arc<Task>>, id: &str) {
-        if let Some(t) = tasks.get(id)
-            && let Some(Held {
-                holds: Some((n, _, _)),
-                ..
-            }) = self.held.get(id)
+    /// Points task `id`'s holder, if it holds, at `task`, its current `Arc`: after a change
+    /// (`update`), or after `Arc::make_mut` moved or copied a task that did not change. A
+    /// holder left behind by a move without a change is no error: it no longer upgrades (the
+    /// share looks the task up instead) or still points at a copy of the same value.
+    pub(crate) fn follow(&mut self, id: &str, task: &Arc<Task>) {
+        if let Some(Held {
+            holds: Some((n, _, _)),
+            ..
+        }) = self.held.get(id)
             && let Some(holder) = self.usage.get_mut(n).and_then(|u| u.holders.get_mut(id))
-            && !std::ptr::eq(holder.0.as_ptr(), Arc::as_ptr(t))
+            && !std::ptr::eq(holder.0.as_ptr(), Arc::as_ptr(task))
         {
-            *holder = Holder::of(Some(t));
+            *holder = Holder::of(task);
         }
     }
 
-    fn add(&mut self, id: &str, h: Held, task: Option<&Arc<Task>>) {
+    fn add(&mut self, id: &str, h: Held, task: &Arc<Task>) {
         if let Some(n) = &h.placed_on {
             self.by_node
                 .entry(n.clone())
