@@ -35,7 +35,7 @@ use orion_state::ClusterState;
 use orion_types::env::Clock;
 use orion_types::service::{HealthCheck, HealthTest};
 use orion_types::{AllocId, AllocStatus, Command, Health, Task, TaskState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -494,7 +494,7 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         drop(share);
         self.last_plan = planning.elapsed();
         self.tell_unhealthy();
-        self.watched = decided.watched;
+        decided.watch.apply(&mut self.watched);
         self.draining = decided.draining;
         for action in decided.actions {
             self.execute(action, now);
@@ -513,8 +513,9 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
         now: u64,
         leader_contact_age_ms: Option<u64>,
     ) -> crate::plan::Plan {
-        self.sync_probers(desired, actual, now);
-        self.sync_waiters(desired, actual, now);
+        let running = running_by_alloc(actual);
+        self.sync_probers(desired, &running, now);
+        self.sync_waiters(desired, &running, now);
         let readiness: BTreeMap<AllocId, ReadyView> = self
             .waiters
             .iter()
@@ -552,7 +553,8 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             connections: &connections,
             readiness: &readiness,
         });
-        let current: std::collections::BTreeSet<&str> = desired
+        // Only asked whether it holds an allocation: a hash set, not a sorted one.
+        let current: std::collections::HashSet<&str> = desired
             .iter()
             .filter_map(|t| t.allocation.as_deref())
             .collect();
@@ -692,18 +694,13 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
     /// Keeps one prober per running container of a task with a health check: a new
     /// container, or a restart of the same one, begins a new run (`starting`); a container
     /// that no longer runs, or a task that no longer wants one, drops its prober.
-    fn sync_probers(&mut self, desired: &[&Task], actual: &[ContainerInfo], now: u64) {
+    fn sync_probers(&mut self, desired: &[&Task], running: &RunningByAlloc<'_>, now: u64) {
         let mut keep: BTreeMap<AllocId, Prober> = BTreeMap::new();
         for task in desired.iter().filter(|t| t.wants_container()) {
             let (Some(alloc), Some(check)) = (&task.allocation, &task.spec.healthcheck) else {
                 continue;
             };
-            // The container the plan keeps: the first running one by name (the list is
-            // sorted by name).
-            let Some(c) = actual.iter().find(|c| {
-                c.state == ContainerState::Running
-                    && c.labels.get(LABEL_ALLOC).map(String::as_str) == Some(alloc.as_str())
-            }) else {
+            let Some(c) = running.get(alloc.as_str()) else {
                 continue;
             };
             let addr = probe::target(check, c);
@@ -734,16 +731,13 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
     /// Keeps one readiness wait per new run that needs one (`plan::readiness_targets`): the
     /// kept running container of a task not yet recorded running in it. The wait ends with
     /// the record (or when the container stops running).
-    fn sync_waiters(&mut self, desired: &[&Task], actual: &[ContainerInfo], now: u64) {
+    fn sync_waiters(&mut self, desired: &[&Task], running: &RunningByAlloc<'_>, now: u64) {
         let mut keep: BTreeMap<AllocId, Waiter> = BTreeMap::new();
         for task in desired.iter().filter(|t| t.wants_container()) {
             let Some(alloc) = &task.allocation else {
                 continue;
             };
-            let Some(c) = actual.iter().find(|c| {
-                c.state == ContainerState::Running
-                    && c.labels.get(LABEL_ALLOC).map(String::as_str) == Some(alloc.as_str())
-            }) else {
+            let Some(c) = running.get(alloc.as_str()) else {
                 continue;
             };
             if task.state == TaskState::Running && task.container_id.as_deref() == Some(&c.id) {
@@ -1073,6 +1067,22 @@ async fn create_and_start<R: ContainerRuntime>(
             reason: format!("container started but cannot be inspected: {e}"),
         },
     }
+}
+
+/// Each allocation's running container, the first in the list (sorted by name): the one the
+/// plan keeps. Built once a pass; each task's prober and readiness wait look theirs up here
+/// instead of scanning every container, which made a pass quadratic in the containers a
+/// node runs.
+type RunningByAlloc<'a> = HashMap<&'a str, &'a ContainerInfo>;
+
+fn running_by_alloc(actual: &[ContainerInfo]) -> RunningByAlloc<'_> {
+    let mut running = HashMap::new();
+    for c in actual.iter().filter(|c| c.state == ContainerState::Running) {
+        if let Some(alloc) = c.labels.get(LABEL_ALLOC) {
+            running.entry(alloc.as_str()).or_insert(c);
+        }
+    }
+    running
 }
 
 fn image_reason(image: &str, node: &str, e: &RuntimeError) -> String {

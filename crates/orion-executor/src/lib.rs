@@ -36,7 +36,9 @@ pub use driver::{
     CONTACT_GAP_MS, PROBES_IN_FLIGHT_MAX, REMOVES_IN_FLIGHT_MAX, STARTS_IN_FLIGHT_MAX, run,
 };
 pub use fake::{Call, FakeRuntime, Fault, Op, TokioClock};
-pub use plan::{ExecAction, InFlight, Plan, PlanInput, ProbeView, ReadyView, RemoveReason, plan};
+pub use plan::{
+    ExecAction, InFlight, Plan, PlanInput, ProbeView, ReadyView, RemoveReason, WatchChange, plan,
+};
 pub use runtime::{ContainerRuntime, EventStream, LogStream};
 
 use orion_docker::{ContainerSpec, PortRequest};

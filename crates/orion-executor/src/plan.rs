@@ -220,10 +220,11 @@ pub const DRAIN_POLL_MS: u64 = 200;
 pub struct Plan {
     pub actions: Vec<ExecAction>,
     pub wake_at_ms: Option<u64>,
-    /// What the next pass gets as `PlanInput::watched`: on a fresh replica, the allocations
-    /// seen current so far that still have a task here or a container; otherwise nothing
-    /// (a stale replica proves nothing, so what leaves next is fenced).
-    pub watched: BTreeMap<AllocId, u64>,
+    /// How the next pass's `PlanInput::watched` differs from this one's: on a fresh
+    /// replica, the allocations seen current so far that still have a task here or a
+    /// container; otherwise nothing (a stale replica proves nothing, so what leaves next is
+    /// fenced).
+    pub watch: WatchChange,
     /// Containers held for draining, with when the hold began: the next pass's
     /// `PlanInput::draining`.
     pub draining: BTreeMap<String, u64>,
@@ -254,12 +255,7 @@ fn push_start(out: &mut Vec<ExecAction>, starts: &mut Starts, make: impl FnOnce(
 
 /// Decides what to do on this node now.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let desired: BTreeMap<&str, &Task> = input
-        .desired
-        .iter()
-        .filter(|t| t.wants_container())
-        .filter_map(|t| t.allocation.as_deref().map(|a| (a, *t)))
-        .collect();
+    let desired = Desired::of(input.desired);
     let mut containers: Vec<&ContainerInfo> = input.actual.iter().collect();
     containers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
 
@@ -273,7 +269,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut kept: BTreeMap<&str, &ContainerInfo> = BTreeMap::new();
     for c in containers {
         let alloc = alloc_of(c);
-        if !desired.contains_key(alloc) {
+        if !desired.contains(alloc) {
             match input.watched.get(alloc) {
                 Some(grace) => out.add(c, *grace, RemoveReason::Stopped),
                 None => out.add(c, FENCE_GRACE_MS, RemoveReason::NotCurrent),
@@ -305,7 +301,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         room: STARTS_IN_FLIGHT_MAX.saturating_sub(input.in_flight.starting.len()),
         wanted: false,
     };
-    for (alloc, task) in &desired {
+    for &(alloc, task) in &desired.0 {
         let container = kept.get(alloc).copied();
         if disconnected(task) {
             if let Some(c) = container {
@@ -314,7 +310,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
             continue;
         }
-        if input.in_flight.starting.contains(*alloc) {
+        if input.in_flight.starting.contains(alloc) {
             continue;
         }
         let report = |status: AllocStatus| ExecAction::Report {
@@ -345,7 +341,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                         ports,
                     }));
                 }
-                if let Some(probe) = input.probes.get(*alloc).filter(|p| p.container_id == c.id) {
+                if let Some(probe) = input.probes.get(alloc).filter(|p| p.container_id == c.id) {
                     health_actions(task, alloc, c, probe, input.in_flight, &mut per_alloc);
                 }
             }
@@ -432,24 +428,105 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     actions.sort_by(|a, b| remove_key(a).cmp(remove_key(b)));
     actions.dedup();
     actions.extend(per_alloc);
-    let watched = if input.fresh {
+    let watch = if input.fresh {
         let present: BTreeSet<&str> = input.actual.iter().map(alloc_of).collect();
-        let mut watched = input.watched.clone();
-        watched.retain(|alloc, _| {
-            desired.contains_key(alloc.as_str()) || present.contains(alloc.as_str())
-        });
-        for (alloc, task) in &desired {
-            watched.insert(alloc.to_string(), stop_grace_ms(task));
-        }
-        watched
+        desired.watch_change(input.watched, &present)
     } else {
-        BTreeMap::new()
+        WatchChange {
+            clear: true,
+            ..WatchChange::default()
+        }
     };
     Plan {
         actions,
         wake_at_ms,
-        watched,
+        watch,
         draining,
+    }
+}
+
+/// The tasks that want a container here, by allocation, sorted: built once a pass from the
+/// share (a sorted list, not a map: a pass over thousands of waiting tasks built a B-tree of
+/// them every time).
+struct Desired<'a>(Vec<(&'a str, &'a Task)>);
+
+impl<'a> Desired<'a> {
+    fn of(tasks: &[&'a Task]) -> Desired<'a> {
+        let mut v: Vec<(&str, &Task)> = tasks
+            .iter()
+            .filter(|t| t.wants_container())
+            .filter_map(|t| t.allocation.as_deref().map(|a| (a, *t)))
+            .collect();
+        // Stable, and the later of two tasks with one allocation wins, as a map's insert
+        // would (allocation ids are unique; this only keeps the rule total).
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                *kept = *later;
+            }
+            same
+        });
+        Desired(v)
+    }
+
+    fn contains(&self, alloc: &str) -> bool {
+        self.0.binary_search_by(|(a, _)| (*a).cmp(alloc)).is_ok()
+    }
+
+    /// What changes in the watched allocations: each current one with its task's stop grace
+    /// is set, and a watched one with neither a task nor a container here any more goes. One
+    /// walk over both sorted lists; only what changed is copied.
+    fn watch_change(
+        &self,
+        watched: &BTreeMap<AllocId, u64>,
+        present: &BTreeSet<&str>,
+    ) -> WatchChange {
+        let mut change = WatchChange::default();
+        let mut old = watched.iter().peekable();
+        for &(alloc, task) in &self.0 {
+            while let Some((a, _)) = old.next_if(|(a, _)| a.as_str() < alloc) {
+                if !present.contains(a.as_str()) {
+                    change.unset.push(a.clone());
+                }
+            }
+            let grace = stop_grace_ms(task);
+            match old.next_if(|(a, _)| a.as_str() == alloc) {
+                Some((_, g)) if *g == grace => {}
+                _ => change.set.push((alloc.to_string(), grace)),
+            }
+        }
+        for (a, _) in old {
+            if !present.contains(a.as_str()) {
+                change.unset.push(a.clone());
+            }
+        }
+        change
+    }
+}
+
+/// How a pass changes the watched allocations (`PlanInput::watched` of the next pass): a
+/// change rather than the whole map, which a pass over thousands of tasks copied each time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchChange {
+    /// Forget every watched allocation first (a stale replica proves nothing).
+    pub clear: bool,
+    /// Watch these, with their stop grace.
+    pub set: Vec<(AllocId, u64)>,
+    /// Stop watching these.
+    pub unset: Vec<AllocId>,
+}
+
+impl WatchChange {
+    /// `watched` after this change.
+    pub fn apply(self, watched: &mut BTreeMap<AllocId, u64>) {
+        if self.clear {
+            watched.clear();
+        }
+        for a in &self.unset {
+            watched.remove(a);
+        }
+        watched.extend(self.set);
     }
 }
 

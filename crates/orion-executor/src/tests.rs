@@ -796,7 +796,9 @@ fn plan_watches_current_allocations_only_while_fresh() {
             readiness: &BTreeMap::new(),
         });
         let want: BTreeMap<String, u64> = want.iter().map(|(a, g)| (a.to_string(), *g)).collect();
-        assert_eq!(got.watched, want, "fresh {fresh}");
+        let mut next = watched.clone();
+        got.watch.apply(&mut next);
+        assert_eq!(next, want, "fresh {fresh}");
     };
     // Current ones with their grace (a plain task: the short one); a watched allocation
     // whose container is still there stays; one with neither task nor container goes.
@@ -805,6 +807,73 @@ fn plan_watches_current_allocations_only_while_fresh() {
         &[("a-left", 7_000), ("a-t1", 5_000), ("a-t2", FENCE_GRACE_MS)],
     );
     check(false, &[]);
+}
+
+/// The watched allocations a pass hands on are now a change to the last pass's, walked over
+/// both sorted lists; applied, it must give what rebuilding the whole map gave: the watched
+/// ones that still have a task or a container, then every current one with its grace.
+#[test]
+fn plan_watch_change_equals_rebuilding_the_watched_map() {
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for case in 0..500 {
+        let allocs: Vec<String> = (0..12).map(|i| format!("a-{i:02}")).collect();
+        let mut desired_tasks = Vec::new();
+        for (i, a) in allocs.iter().enumerate() {
+            if next(2) == 0 {
+                let mut t = task(&format!("t{i}"), TaskState::Scheduled, "");
+                t.allocation = Some(a.clone());
+                t.spec.stop_grace_period_ms = [None, Some(1_000), Some(9_000)][next(3) as usize];
+                desired_tasks.push(t);
+            }
+        }
+        let mut watched: BTreeMap<String, u64> = BTreeMap::new();
+        let mut actual: Vec<ContainerInfo> = Vec::new();
+        for (i, a) in allocs.iter().enumerate() {
+            if next(2) == 0 {
+                let grace = [1_000, 9_000, FENCE_GRACE_MS][next(3) as usize];
+                watched.insert(a.clone(), grace);
+            }
+            if next(3) == 0 {
+                actual.push(container(&format!("c{i}"), a, exited(0, false), None));
+            }
+        }
+        let desired: Vec<&Task> = desired_tasks.iter().collect();
+        let got = plan(&PlanInput {
+            desired: &desired,
+            actual: &actual,
+            now_ms: 10_000,
+            fresh: true,
+            leader_contact_age_ms: Some(0),
+            in_flight: &InFlight::default(),
+            watched: &watched,
+            probes: &BTreeMap::new(),
+            draining: &BTreeMap::new(),
+            connections: &BTreeMap::new(),
+            readiness: &BTreeMap::new(),
+        });
+        let present: BTreeSet<&str> = actual
+            .iter()
+            .map(|c| c.labels[LABEL_ALLOC].as_str())
+            .collect();
+        let current: BTreeMap<&str, &Task> = desired
+            .iter()
+            .map(|t| (t.allocation.as_deref().unwrap(), *t))
+            .collect();
+        let mut want = watched.clone();
+        want.retain(|a, _| current.contains_key(a.as_str()) || present.contains(a.as_str()));
+        for (a, t) in &current {
+            want.insert(a.to_string(), crate::plan::stop_grace_ms(t));
+        }
+        let mut applied = watched.clone();
+        got.watch.apply(&mut applied);
+        assert_eq!(applied, want, "case {case}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

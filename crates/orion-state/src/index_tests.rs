@@ -35,6 +35,20 @@ fn command() -> impl Strategy<Value = Command> {
             spec: spec(m, p),
             at: 2,
         }),
+        // Placed at creation: indexed once, as placed (or pending if it no longer fits).
+        (id.clone(), 0u64..700, node.clone(), 0u8..3, port.clone()).prop_map(|(id, m, n, a, p)| {
+            Command::CreatePlacedTask {
+                task_id: id.clone(),
+                spec: spec(m, p),
+                placement: Placement {
+                    task_id: id,
+                    node: n,
+                    allocation: format!("a{a}"),
+                    host_ports: p.into_iter().collect(),
+                },
+                at: 2,
+            }
+        }),
         (id.clone(), node.clone(), 0u8..3, port.clone()).prop_map(|(id, n, a, p)| {
             Command::Place {
                 placements: vec![Placement {

@@ -364,7 +364,8 @@ impl ClusterState {
                 at,
             } => {
                 let fresh = !self.tasks.contains_key(task_id);
-                let response = self.create_task(task_id, spec, *at, &mut touched);
+                let mut created = Vec::new();
+                let response = self.create_task(task_id, spec, *at, &mut created);
                 // The leader chose the node when it proposed; other proposals may have taken
                 // the room since, so the placement stands only if it still fits. If not, the
                 // task waits as pending and the controller places it.
@@ -372,9 +373,15 @@ impl ClusterState {
                     // The answer shares the task: dropped first, the placement changes the
                     // task in place instead of copying it.
                     drop(response);
+                    // The new task is indexed once, after this command, as placed (or as
+                    // pending if the placement no longer fits), not first as pending and
+                    // then again as placed: the fit check needs no entry for it, since a
+                    // task that is not placed holds nothing (`fits` counts the others).
                     self.try_place(placement, *at, true, &mut touched);
+                    touched.append(&mut created);
                     Response::Task(Arc::clone(&self.tasks[task_id]))
                 } else {
+                    touched.append(&mut created);
                     response
                 }
             }
