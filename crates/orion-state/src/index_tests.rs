@@ -150,13 +150,16 @@ fn check_index(s: &ClusterState) {
                 assert_eq!(*task, *s.tasks[id], "holder of {id} follows its task");
             }
         }
-        let scanned: Vec<String> = s
+        let mut scanned: Vec<&Task> = s
             .tasks
             .values()
             .filter(|t| t.allocation.is_some() && t.node.as_deref() == Some(n))
             .filter(|t| t.holds_resources() || named.contains(&t.id.as_str()))
-            .map(|t| t.id.clone())
+            .map(|t| &**t)
             .collect();
+        // In allocation order, as `order_share` puts it.
+        scanned.sort_by(|a, b| (&a.allocation, &a.id).cmp(&(&b.allocation, &b.id)));
+        let scanned: Vec<String> = scanned.iter().map(|t| t.id.clone()).collect();
         assert_eq!(share, scanned, "executor share of {n}");
     }
     let pending: Vec<&str> = s.pending_tasks().map(|t| t.id.as_str()).collect();
