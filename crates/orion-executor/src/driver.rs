@@ -553,15 +553,17 @@ impl<R: ContainerRuntime, C: Cluster> Executor<R, C> {
             connections: &connections,
             readiness: &readiness,
         });
-        // Only asked whether it holds an allocation: a hash set, not a sorted one.
-        let current: std::collections::HashSet<&str> = desired
-            .iter()
-            .filter_map(|t| t.allocation.as_deref())
-            .collect();
-        self.reported
-            .retain(|alloc, _| current.contains(alloc.as_str()));
-        self.reported_health
-            .retain(|alloc, _| current.contains(alloc.as_str()));
+        // The share comes in allocation order (`ClusterState::order_share`): whether a booked
+        // allocation is still current is a binary search, for the few the books hold, not a
+        // set built of every task's each pass.
+        debug_assert!(desired.is_sorted_by_key(|t| t.allocation.as_deref()));
+        let current = |alloc: &str| {
+            desired
+                .binary_search_by(|t| t.allocation.as_deref().cmp(&Some(alloc)))
+                .is_ok()
+        };
+        self.reported.retain(|alloc, _| current(alloc));
+        self.reported_health.retain(|alloc, _| current(alloc));
         decided
     }
 
