@@ -95,7 +95,7 @@ pub use server::{Rejected, RpcHandler};
 pub use sim_disk::SimDisk;
 pub use sm_store::ApplyObserver;
 pub use tls::{HANDSHAKE_TIMEOUT, RpcTls, TlsTransport};
-pub use types::{Payload, Peer, RaftId, raft_id};
+pub use types::{Peer, RaftId, raft_id};
 
 /// Storage internals, public only so the conformance test can run openraft's suite on them.
 #[doc(hidden)]

@@ -587,13 +587,12 @@ mod tests {
     /// An entry with a payload of about `bytes` (a blank entry is too small to fill segments).
     fn big_entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
         let mut e = entry(index);
-        e.payload = openraft::EntryPayload::Normal(crate::types::Payload::new(
-            orion_types::Command::Place {
+        e.payload =
+            openraft::EntryPayload::Normal(std::sync::Arc::new(orion_types::Command::Place {
                 placements: Vec::new(),
                 unplaced: vec![("t".to_string(), "x".repeat(bytes))],
                 at: 0,
-            },
-        ));
+            }));
         e
     }
 

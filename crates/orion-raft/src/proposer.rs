@@ -24,7 +24,7 @@
 //! committed and applied its entry, which is after the fsync of the log on a quorum.
 
 use crate::network::ForwardError;
-use crate::types::{Payload, TypeConfig};
+use crate::types::TypeConfig;
 use openraft::Raft;
 use openraft::error::{ClientWriteError, RaftError};
 use orion_types::{Command, Response};
@@ -227,7 +227,7 @@ pub(crate) async fn propose_one(
     cmd: Command,
     timeout: Duration,
 ) -> Result<Response, ForwardError> {
-    match tokio::time::timeout(timeout, raft.client_write(Payload::new(cmd))).await {
+    match tokio::time::timeout(timeout, raft.client_write(Arc::new(cmd))).await {
         Err(_) => Err(ForwardError::Timeout {
             ms: timeout.as_millis() as u64,
         }),

@@ -821,7 +821,7 @@ mod tests {
     fn upsert(index: u64, node: &str) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(crate::types::Payload::new(Command::UpsertNode {
+            payload: EntryPayload::Normal(Arc::new(Command::UpsertNode {
                 meta: Box::new(NodeMeta::fixture(node, 1)),
                 at: 1,
             })),
@@ -993,7 +993,7 @@ mod tests {
     fn create(index: u64, task: &str) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(crate::types::Payload::new(Command::CreateTask {
+            payload: EntryPayload::Normal(Arc::new(Command::CreateTask {
                 task_id: task.into(),
                 spec: Box::new(
                     orion_types::api::parse_task_request(br#"{"image":"busybox"}"#).expect("spec"),
