@@ -772,6 +772,31 @@ fn established_connections_are_counted_on_the_given_ports() {
     assert_eq!(crate::plan::established_on("", &[80]), 0);
 }
 
+/// The watched allocations after one plan over `desired` and `actual`, given the last pass's.
+fn watched_after(
+    desired: &[&Task],
+    actual: &[ContainerInfo],
+    fresh: bool,
+    watched: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    let got = plan(&PlanInput {
+        desired,
+        actual,
+        now_ms: 10_000,
+        fresh,
+        leader_contact_age_ms: Some(0),
+        in_flight: &InFlight::default(),
+        watched,
+        probes: &BTreeMap::new(),
+        draining: &BTreeMap::new(),
+        connections: &BTreeMap::new(),
+        readiness: &BTreeMap::new(),
+    });
+    let mut next = watched.clone();
+    got.watch.apply(&mut next);
+    next
+}
+
 #[test]
 fn plan_watches_current_allocations_only_while_fresh() {
     let check = |fresh: bool, want: &[(&str, u64)]| {
@@ -782,22 +807,8 @@ fn plan_watches_current_allocations_only_while_fresh() {
         let watched =
             BTreeMap::from([("a-left".to_string(), 7_000), ("a-gone".to_string(), 7_000)]);
         let desired: Vec<&Task> = desired.iter().collect();
-        let got = plan(&PlanInput {
-            desired: &desired,
-            actual: &actual,
-            now_ms: 10_000,
-            fresh,
-            leader_contact_age_ms: Some(0),
-            in_flight: &InFlight::default(),
-            watched: &watched,
-            probes: &BTreeMap::new(),
-            draining: &BTreeMap::new(),
-            connections: &BTreeMap::new(),
-            readiness: &BTreeMap::new(),
-        });
         let want: BTreeMap<String, u64> = want.iter().map(|(a, g)| (a.to_string(), *g)).collect();
-        let mut next = watched.clone();
-        got.watch.apply(&mut next);
+        let next = watched_after(&desired, &actual, fresh, &watched);
         assert_eq!(next, want, "fresh {fresh}");
     };
     // Current ones with their grace (a plain task: the short one); a watched allocation
@@ -844,19 +855,7 @@ fn plan_watch_change_equals_rebuilding_the_watched_map() {
             }
         }
         let desired: Vec<&Task> = desired_tasks.iter().collect();
-        let got = plan(&PlanInput {
-            desired: &desired,
-            actual: &actual,
-            now_ms: 10_000,
-            fresh: true,
-            leader_contact_age_ms: Some(0),
-            in_flight: &InFlight::default(),
-            watched: &watched,
-            probes: &BTreeMap::new(),
-            draining: &BTreeMap::new(),
-            connections: &BTreeMap::new(),
-            readiness: &BTreeMap::new(),
-        });
+        let applied = watched_after(&desired, &actual, true, &watched);
         let present: BTreeSet<&str> = actual
             .iter()
             .map(|c| c.labels[LABEL_ALLOC].as_str())
@@ -870,8 +869,6 @@ fn plan_watch_change_equals_rebuilding_the_watched_map() {
         for (a, t) in &current {
             want.insert(a.to_string(), crate::plan::stop_grace_ms(t));
         }
-        let mut applied = watched.clone();
-        got.watch.apply(&mut applied);
         assert_eq!(applied, want, "case {case}");
     }
 }
