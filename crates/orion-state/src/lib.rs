@@ -369,21 +369,22 @@ impl ClusterState {
                 // The leader chose the node when it proposed; other proposals may have taken
                 // the room since, so the placement stands only if it still fits. If not, the
                 // task waits as pending and the controller places it.
-                if fresh && placement.task_id == *task_id {
+                // The new task's key joins `touched` only after the placement, so it is
+                // indexed once, after this command, as placed (or as pending if the placement
+                // no longer fits), not first as pending and then again as placed: the fit
+                // check needs no entry for it, since a task that is not placed holds nothing
+                // (`fits` counts the others).
+                let response = if fresh && placement.task_id == *task_id {
                     // The answer shares the task: dropped first, the placement changes the
                     // task in place instead of copying it.
                     drop(response);
-                    // The new task is indexed once, after this command, as placed (or as
-                    // pending if the placement no longer fits), not first as pending and
-                    // then again as placed: the fit check needs no entry for it, since a
-                    // task that is not placed holds nothing (`fits` counts the others).
                     self.try_place(placement, *at, true, &mut touched);
-                    touched.append(&mut created);
                     Response::Task(Arc::clone(&self.tasks[task_id]))
                 } else {
-                    touched.append(&mut created);
                     response
-                }
+                };
+                touched.append(&mut created);
+                response
             }
             Command::DeleteTask { task_id, at } => match self.tasks.get_mut(task_id) {
                 None => Response::NotFound(format!("task {task_id} not found")),
